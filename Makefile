@@ -1,0 +1,26 @@
+# Two entry points (see README): `make demo` (the main job) and `make test`.
+# Both create .venv on first use with the CPU torch pin (torch==2.13.0; an unpinned torch pulls a CUDA build).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.sada-installed
+export HF_HUB_OFFLINE := 1
+
+.PHONY: install test demo lab-docs
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	HYPOTHESIS_PROFILE=ci $(BIN)/python -m pytest -q
+
+demo: $(STAMP)
+	$(BIN)/sada demo
+
+lab-docs: $(STAMP)
+	$(BIN)/python -m sada.lab.experiments > docs/lab-results.md

@@ -1,0 +1,12 @@
+"""sada: Stability-guided Adaptive Diffusion Acceleration (ICML 2025) as a solver-hook library.
+
+``import sada`` is light: numpy and scipy only (no torch). Backends and host adapters live in
+``sada.torch_backend`` and ``sada.adapters.<host>``.
+"""
+from sada.config import PRESETS, SADAConfig, preset
+from sada.policy import Decision, SkipPolicy
+from sada.trace import Trace
+
+__version__ = "0.1.0"
+
+__all__ = ["Decision", "PRESETS", "SADAConfig", "SkipPolicy", "Trace", "preset", "__version__"]

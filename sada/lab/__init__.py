@@ -1,0 +1,1 @@
+"""The synthetic ODE lab: closed-form denoisers, reference trajectories, samplers, reference engine."""

@@ -1,0 +1,293 @@
+"""The reference SADA engine in float64 numpy: the behaviour every backend must reproduce.
+
+Call sequence for a run of ``N`` steps (one network evaluation per step):
+
+    for n in range(N):
+        decisions = engine.begin_step(n, x_n)   # closes step n-1 with x_n: criterion, decide step n
+        output = engine.synthesise(n, x_n)      # rows whose decision is a skip get the estimate
+        output[compute_rows] = network(x_n[compute_rows])
+        engine.record(n, x_n, output)
+        x_{n+1} = solver(x_n, output)
+    engine.finish(x_N)
+
+``x`` is the schedule's sample ``alpha x0 + sigma eps`` (canonical scaling); outputs are in the
+model's own parameterisation. Skipped rows receive :func:`sada.trajectory.synthesise_output` of the
+estimated clean sample, so the unchanged solver consumes the paper's ``x0`` estimate.
+
+Modes (see :mod:`sada.reference.estimators`):
+
+* ``paper`` on a discrete VP grid: SADA_SPEC 2.1/3.1/4 -- drift ``f`` from the *reused* raw network
+  output, AM weights ``(5/8, 3/4, -3/8)`` with ``delta = 1/N``, multistep on step indices;
+* ``paper`` on a rectified-flow grid: SADA_SPEC 2.2/3.4 -- criterion ``-Delta^2 v``, skips by velocity
+  extrapolation, no stored nodes;
+* ``corrected`` on any grid: EDM variables, Adams weights on the real noise levels, criterion with a
+  divided-difference curvature, multistep on the configured abscissae. Every estimate is built from
+  each sample's last *network evaluations* only (per-row ring buffers), never from earlier
+  estimates: consecutive skips extrapolate further from real data instead of compounding.
+
+``config.criterion`` can pair either criterion with either estimator (an ablation: the criterion
+measures its residual against *its own* step estimate).
+"""
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+from sada.config import SADAConfig
+from sada.policy import Decision, SkipPolicy
+from sada.reference import (
+    adams_coefficients as corrected_step_weights_on,
+    flow_stability_product,
+    lagrange_basis_weights,
+    paper_step_estimate,
+    paper_vp_drift,
+    second_difference,
+    second_divided_difference,
+    stability_product,
+)
+from sada.reference._validate import as_int
+from sada.trace import Trace
+from sada.trajectory import StepGrid, check_kind, convert, synthesise_output, to_eps, to_x0
+
+__all__ = ["ReferenceEngine"]
+
+
+class RowRing:
+    """Per-row ring buffer: ``values[k, b]`` is row ``b``'s ``k``-th newest pushed value."""
+
+    def __init__(self, depth: int):
+        self.depth = depth
+        self.values = None  # [depth, batch, ...]
+        self.keys = None  # [depth, batch] abscissae, nan while empty
+        self.count = None  # [batch] number of values pushed
+
+    def push(self, rows: np.ndarray, key: float, value: np.ndarray) -> None:
+        if self.values is None:
+            self.values = np.zeros((self.depth,) + value.shape)
+            self.keys = np.full((self.depth, value.shape[0]), np.nan)
+            self.count = np.zeros(value.shape[0], dtype=np.int64)
+        self.values[1:, rows] = self.values[:-1, rows]
+        self.keys[1:, rows] = self.keys[:-1, rows]
+        self.values[0, rows] = value[rows]
+        self.keys[0, rows] = key
+        self.count[rows] += 1
+
+    def full(self) -> np.ndarray:
+        return np.zeros(0, bool) if self.count is None else self.count >= self.depth
+
+    def combine(self, weights: np.ndarray) -> np.ndarray:
+        """``sum_k weights[b, k] * values[k, b]`` per row."""
+        return np.einsum("bk,kb...->b...", weights, self.values)
+
+
+class ReferenceEngine:
+    """Per-sample SADA on numpy arrays ``[batch, ...]``; see the module docstring for the protocol."""
+
+    def __init__(self, config: SADAConfig, grid: StepGrid, kind: str, batch_size: int, replay=None):
+        if not isinstance(config, SADAConfig):
+            raise TypeError(f"config must be a SADAConfig, got {type(config).__name__}")
+        if not isinstance(grid, StepGrid):
+            raise TypeError(f"grid must be a StepGrid, got {type(grid).__name__}")
+        self.kind = check_kind(kind)
+        self.grid = grid
+        self.num_steps = grid.num_steps
+        self.config = config.for_steps(self.num_steps)
+        self.batch_size = as_int("batch_size", batch_size, minimum=1)
+        self.estimator = self._variant(self.config.mode, "mode")
+        paper_available = grid.family == "flow" or grid.training_beta is not None
+        self.criterion = self._variant(self.config.resolve_criterion(paper_available), "criterion")
+        self.replay = None if replay is None else np.asarray(replay, dtype=np.int8)
+        if self.replay is not None and self.replay.shape != (self.num_steps, self.batch_size):
+            raise ValueError(f"replay must have shape ({self.num_steps}, {self.batch_size}), got {self.replay.shape}")
+        self.policy = SkipPolicy(self.config, self.num_steps, self.batch_size)
+        self.trace = Trace(self.num_steps, self.batch_size)
+        self._abscissae = grid.abscissae(self.config.abscissae)
+        self._edm_sigma = grid.edm_sigma
+        self._history: deque = deque(maxlen=3)  # per step, oldest first
+        self._nodes = RowRing(max(self.config.lagrange_term, 1))  # stored (abscissa, x0) per row
+        self._eps_nodes = RowRing(3)  # corrected mode: each row's last three computed noise predictions
+        self._last_raw = None
+        self._estimate = None  # clean-sample estimate for the next step, per row
+        self._step = 0
+
+    def _variant(self, name: str, field: str) -> str:
+        if name == "corrected":
+            return "corrected"
+        if self.grid.family == "flow":
+            return "paper-flow"
+        if self.grid.training_beta is not None:
+            return "paper-vp"
+        raise ValueError(f"{field}='paper' needs a discrete VP grid (training betas) or a rectified-flow grid; "
+                         f"got a {self.grid.family!r} grid: use {field}='corrected'")
+
+    # ---------------------------------------------------------------- protocol
+    def begin_step(self, step: int, x) -> np.ndarray:
+        """Close the previous step with its result ``x`` and return the decisions for ``step``."""
+        step = as_int("step", step, minimum=0)
+        if step != self._step or step >= self.num_steps:
+            raise ValueError(f"begin_step expects step {self._step} (< {self.num_steps}), got {step}")
+        x = self._check_x(x)
+        if step > 0:
+            self._close(step - 1, x)
+        decisions = self.policy.decisions[step] if self.replay is None else self.replay[step]
+        self.trace.record_decisions(step, decisions)
+        return decisions.copy()
+
+    def synthesise(self, step: int, x) -> np.ndarray:
+        """The model output for every row as if it were skipped (rows that compute are overwritten)."""
+        x = self._check_x(x)
+        alpha, sigma = self.grid.alpha[step], self.grid.sigma[step]
+        if self._last_raw is None:
+            return np.zeros_like(x)
+        if self.estimator == "paper-flow":
+            raws = [h["raw_velocity"] for h in self._history][-2:]
+            last = convert(self._last_raw, self.kind, "flow_velocity", x, alpha, sigma)
+            velocity = 2.0 * raws[-1] - raws[-2] if len(raws) == 2 else last
+            return convert(velocity, "flow_velocity", self.kind, x, alpha, sigma)
+        if self._estimate is None:
+            return self._last_raw.copy()
+        return synthesise_output(self.kind, self._estimate, x, alpha, sigma)
+
+    def record(self, step: int, x, output) -> None:
+        """Store what the solver consumes at ``step`` (``output`` for all rows, real or synthesised)."""
+        x, output = self._check_x(x), self._check_x(output, "output")
+        computed = self.trace.decisions[step] == Decision.COMPUTE
+        if self._last_raw is None and not computed.all():
+            raise ValueError(f"step {step}: a skip needs a computed step before it")
+        rows = computed.reshape((-1,) + (1,) * (x.ndim - 1))
+        raw = output.copy() if self._last_raw is None else np.where(rows, output, self._last_raw)
+        self._last_raw = raw
+        alpha, sigma = self.grid.alpha[step], self.grid.sigma[step]
+        entry = {"x": x.copy(), "used": output.copy(), "raw": raw,
+                 "eps": to_eps(self.kind, output, x, alpha, sigma)}
+        if "paper-vp" in (self.estimator, self.criterion):
+            raw_eps = to_eps(self.kind, raw, x, alpha, sigma)
+            entry["drift"] = paper_vp_drift(x, raw_eps, self.grid.training_beta[step], sigma, self.num_steps)
+        if "paper-flow" in (self.estimator, self.criterion):
+            entry["velocity"] = convert(output, self.kind, "flow_velocity", x, alpha, sigma)
+            entry["raw_velocity"] = convert(raw, self.kind, "flow_velocity", x, alpha, sigma)
+        self._history.append(entry)
+        if np.isfinite(self._edm_sigma[step]):
+            self._eps_nodes.push(computed, self._edm_sigma[step], entry["eps"])
+        if self.policy.is_node(step) and self.estimator != "paper-flow":
+            # paper: every row stores the x0 it used; corrected: only rows that ran the network
+            rows = computed if self.estimator == "corrected" else np.ones_like(computed)
+            self._nodes.push(rows, self._abscissae[step], to_x0(self.kind, output, x, alpha, sigma))
+        self._step = step + 1
+
+    def finish(self, x_final) -> Trace:
+        """Close the last step (criterion only, for the trace) and return the trace."""
+        if self._step != self.num_steps:
+            raise ValueError(f"finish() after step {self._step - 1}; the run has {self.num_steps} steps")
+        self._close(self.num_steps - 1, self._check_x(x_final))
+        return self.trace
+
+    def __call__(self, step: int, x, network) -> np.ndarray:
+        """One step of the protocol: ``network(x_rows, row_mask)`` is called only for computed rows."""
+        decisions = self.begin_step(step, x)
+        output = self.synthesise(step, x)
+        compute = decisions == Decision.COMPUTE
+        if compute.any():
+            output[compute] = network(np.asarray(x)[compute], compute)
+        self.record(step, x, output)
+        return output
+
+    # ---------------------------------------------------------------- internals
+    def _check_x(self, x, name: str = "x") -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim < 2 or x.shape[0] != self.batch_size:
+            raise ValueError(f"{name} must have shape [batch={self.batch_size}, ...], got {x.shape}")
+        return x
+
+    def _close(self, step: int, x_next: np.ndarray) -> None:
+        product = self._stability_product(step, x_next)
+        stable = None
+        if product is not None:
+            per_sample = product.reshape(self.batch_size, -1).mean(axis=1)
+            self.trace.record_criterion(step, per_sample)
+            if self.config.reduce == "batch":
+                stable = np.full(self.batch_size, bool(product.mean() <= 0.0))
+            else:
+                stable = per_sample <= 0.0
+        if step >= self.num_steps - 1:
+            return
+        decisions = self.policy.decide(step, stable)
+        if self.replay is not None:
+            decisions = self.replay[step + 1]
+        self._estimate = None
+        if self.estimator == "paper-flow" or not np.any(decisions != Decision.COMPUTE):
+            return
+        estimate = np.empty_like(x_next)
+        am = decisions == Decision.SKIP_AM
+        lag = decisions == Decision.SKIP_LAGRANGE
+        if am.any():
+            estimate[am] = self._am_estimate(step, x_next)[am]
+        if lag.any():
+            estimate[lag] = self._multistep_estimate(step + 1)[lag]
+        self._estimate = estimate
+
+    def _paper_x_hat(self, step: int) -> np.ndarray:
+        """Theorem 3.5 as the official code computes it (VP sample space)."""
+        h = list(self._history)
+        return paper_step_estimate(h[2]["x"], [h[2]["drift"], h[1]["drift"], h[0]["drift"]], self.num_steps)
+
+    def _eps_weights(self, start: float | None, end: float) -> np.ndarray:
+        """Per-row weights on the ring of computed noise predictions: integral over [start, end] of the
+        Lagrange basis (``start`` given) or its value at ``end`` (``start=None``)."""
+        keys = self._eps_nodes.keys
+        weights = np.empty((keys.shape[1], 3))
+        for b in range(keys.shape[1]):
+            nodes = keys[:, b]
+            weights[b] = lagrange_basis_weights(nodes, end) if start is None else \
+                corrected_step_weights_on(nodes, start, end)
+        return weights
+
+    def _corrected_x_tilde_hat(self, step: int) -> np.ndarray:
+        """The corrected Theorem 3.5 estimate of ``x~_{n+1}``: integrate the interpolated drift of the
+        last three network evaluations over the real interval ``[sigma~_n, sigma~_{n+1}]``."""
+        weights = self._eps_weights(self._edm_sigma[step], self._edm_sigma[step + 1])
+        return self._history[-1]["x"] / self.grid.alpha[step] + self._eps_nodes.combine(weights)
+
+    def _stability_product(self, step: int, x_next: np.ndarray):
+        """Criterion 3.4's ``M_n`` (``None`` while the history is too short)."""
+        if len(self._history) < 3:
+            return None
+        h = list(self._history)  # n-2, n-1, n
+        if self.criterion == "paper-flow":
+            return flow_stability_product(h[2]["velocity"], h[1]["raw_velocity"], h[0]["raw_velocity"])
+        if self.criterion == "paper-vp":
+            curvature = second_difference(h[2]["drift"], h[1]["drift"], h[0]["drift"])
+            return stability_product(x_next, self._paper_x_hat(step), curvature)
+        if not np.all(self._eps_nodes.full()):
+            return None
+        ring = self._eps_nodes
+        curvature = np.stack([second_divided_difference(ring.values[:, b], ring.keys[:, b])
+                              for b in range(self.batch_size)])
+        x_tilde_next = x_next / self.grid.alpha[step + 1]
+        return stability_product(x_tilde_next, self._corrected_x_tilde_hat(step), curvature)
+
+    def _am_estimate(self, step: int, x_next: np.ndarray) -> np.ndarray:
+        """Clean-sample estimate for step ``step + 1`` from the step estimate (Theorem 3.5 / 3.6)."""
+        if len(self._history) < 3:
+            raise ValueError(f"step {step + 1}: an AM skip needs three drift nodes")
+        last = self._history[-1]
+        a1, s1 = self.grid.alpha[step + 1], self.grid.sigma[step + 1]
+        if self.estimator == "paper-vp":
+            return to_x0(self.kind, last["raw"], self._paper_x_hat(step), a1, s1)
+        if not np.all(self._eps_nodes.full()):
+            raise ValueError(f"step {step + 1}: the corrected estimate needs three computed steps at finite noise")
+        edm_next = self._edm_sigma[step + 1]
+        if self.config.am_noise_resolved == "reuse":
+            return self._corrected_x_tilde_hat(step) - edm_next * self._eps_nodes.values[0]
+        eps_next = self._eps_nodes.combine(self._eps_weights(None, edm_next))
+        return x_next / a1 - edm_next * eps_next
+
+    def _multistep_estimate(self, step: int) -> np.ndarray:
+        ring = self._nodes
+        if not np.all(ring.full()):
+            raise ValueError(f"step {step}: the multistep estimate needs {self.config.lagrange_term} stored nodes "
+                             f"in every row")
+        at = self._abscissae[step]
+        weights = np.stack([lagrange_basis_weights(ring.keys[:, b], at) for b in range(self.batch_size)])
+        return ring.combine(weights)

@@ -1,0 +1,162 @@
+"""The decision state machines, on boolean masks only (SADA_SPEC 4.3 and 10).
+
+:class:`SkipPolicy` is SADA's: at step ``n`` (after the solver produced ``x_{n+1}``) it turns the
+stability of each sample into the decision for step ``n + 1``:
+
+1. ``cons_skip >= max_interval``  -> compute (forced refresh), ``cons_skip = 0``;
+2. no multistep, stable, ``acc_start <= n < acc_end``          -> skip with the step estimate (AM);
+3. multistep, stable, ``acc_start <= n < lagrange_step``       -> skip with the step estimate (AM);
+4. multistep, ``n % lagrange_int != 0``, ``lagrange_step <= n < acc_end`` -> skip with the multistep
+   (Lagrange) estimate;
+5. otherwise compute, ``cons_skip = 0``.
+
+Each sample has its own counter, so in per-sample mode sample ``i``'s decisions depend only on its own
+stability flags. :class:`AdaptiveDiffusionPolicy` is the baseline of Ye et al. (2024).
+"""
+from __future__ import annotations
+
+from enum import IntEnum
+
+import numpy as np
+
+from sada.config import SADAConfig
+from sada.reference._validate import as_int, as_real
+from sada.reference.criterion import adaptive_diffusion_skip
+
+__all__ = ["Decision", "SkipPolicy", "AdaptiveDiffusionPolicy", "simulate"]
+
+
+class Decision(IntEnum):
+    """What happens at a step for one sample."""
+
+    COMPUTE = 0
+    SKIP_AM = 1
+    SKIP_LAGRANGE = 2
+
+
+def _mask(name: str, value, batch: int) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.dtype != np.bool_:
+        raise TypeError(f"{name} must be a boolean mask, got dtype {arr.dtype}")
+    if arr.shape != (batch,):
+        raise ValueError(f"{name} must have shape ({batch},), got {arr.shape}")
+    return arr
+
+
+class SkipPolicy:
+    """SADA's per-sample decision machine for one run of ``num_steps`` steps."""
+
+    def __init__(self, config: SADAConfig, num_steps: int, batch_size: int = 1):
+        if not isinstance(config, SADAConfig):
+            raise TypeError(f"config must be a SADAConfig, got {type(config).__name__}")
+        self.config = config.for_steps(as_int("num_steps", num_steps, minimum=2))
+        self.num_steps = self.config.num_steps
+        self.batch_size = as_int("batch_size", batch_size, minimum=1)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the run: counters back to zero, every step computes until decided otherwise."""
+        self.cons_skip = np.zeros(self.batch_size, dtype=np.int64)
+        self.decisions = np.full((self.num_steps, self.batch_size), Decision.COMPUTE, dtype=np.int8)
+        self._next_step = 0
+
+    def is_node(self, step: int) -> bool:
+        """Whether the multistep estimate stores a node at ``step`` (``step % lagrange_int == 1``)."""
+        return self.config.uses_lagrange and step % self.config.lagrange_int == 1
+
+    def needs_stability(self, step: int) -> bool:
+        """Whether the decision at ``step`` can depend on the criterion (else it may be skipped)."""
+        cfg = self.config
+        end = cfg.lagrange_step if cfg.uses_lagrange else cfg.acc_end
+        return cfg.acc_start <= step < end
+
+    def decide(self, step: int, stable) -> np.ndarray:
+        """Decide step ``step + 1`` from each sample's stability at ``step`` (``None``: no criterion yet).
+
+        Must be called once per step, in order. Returns the int8 :class:`Decision` per sample.
+        """
+        step = as_int("step", step, minimum=0)
+        if step != self._next_step:
+            raise ValueError(f"decide() must be called for steps in order: expected step {self._next_step}, got {step}")
+        if step >= self.num_steps - 1:
+            raise ValueError(f"step must be < num_steps - 1 = {self.num_steps - 1}: there is no step after it")
+        stable = np.zeros(self.batch_size, bool) if stable is None else _mask("stable", stable, self.batch_size)
+        cfg = self.config
+        out = np.full(self.batch_size, Decision.COMPUTE, dtype=np.int8)
+        forced = self.cons_skip >= cfg.max_interval
+        if cfg.uses_lagrange:
+            am = stable & (cfg.acc_start <= step < cfg.lagrange_step)
+            lagrange = (step % cfg.lagrange_int != 0) and (cfg.lagrange_step <= step < cfg.acc_end)
+            out[~forced & am] = Decision.SKIP_AM
+            if lagrange:
+                out[~forced & ~am] = Decision.SKIP_LAGRANGE
+        else:
+            out[~forced & stable & (cfg.acc_start <= step < cfg.acc_end)] = Decision.SKIP_AM
+        skipped = out != Decision.COMPUTE
+        self.cons_skip = np.where(skipped, self.cons_skip + 1, 0)
+        self.decisions[step + 1] = out
+        self._next_step = step + 1
+        return out
+
+    def computed_steps(self, sample: int = 0) -> list[int]:
+        """Steps decided so far at which ``sample`` runs the network."""
+        col = self.decisions[: self._next_step + 1, as_int("sample", sample, minimum=0)]
+        return [int(i) for i in np.flatnonzero(col == Decision.COMPUTE)]
+
+
+def simulate(config: SADAConfig, num_steps: int, stable_pattern) -> np.ndarray:
+    """Run :class:`SkipPolicy` on a fixed stability pattern ``[step, sample]`` and return all decisions."""
+    pattern = np.asarray(stable_pattern, dtype=bool)
+    if pattern.ndim == 1:
+        pattern = pattern[:, None]
+    if pattern.shape[0] < num_steps - 1:
+        raise ValueError(f"stable_pattern needs {num_steps - 1} rows, got {pattern.shape[0]}")
+    policy = SkipPolicy(config, num_steps, pattern.shape[1])
+    for n in range(num_steps - 1):
+        policy.decide(n, pattern[n] if n >= 2 else None)
+    return policy.decisions.copy()
+
+
+class AdaptiveDiffusionPolicy:
+    """AdaptiveDiffusion (Ye et al. 2024; SADA_SPEC 10): reuse the last output while latents move evenly.
+
+    After each step the sampler reports ``d = mean |x_{n+1} - x_n|`` per sample. Steps 0-3 always
+    compute; step ``n + 1`` is skipped when :func:`sada.reference.adaptive_diffusion_skip` holds, unless
+    none of the last ``max_skip_steps`` decisions computed (then it is forced to compute).
+    """
+
+    def __init__(self, num_steps: int, batch_size: int = 1, threshold: float = 0.01, max_skip_steps: int = 4):
+        self.num_steps = as_int("num_steps", num_steps, minimum=2)
+        self.batch_size = as_int("batch_size", batch_size, minimum=1)
+        self.threshold = as_real("threshold", threshold)
+        if self.threshold < 0:
+            raise ValueError(f"threshold must be >= 0, got {threshold}")
+        self.max_skip_steps = as_int("max_skip_steps", max_skip_steps, minimum=1)
+        self.reset()
+
+    def reset(self) -> None:
+        self.distances: list[np.ndarray] = []
+        self.decisions = np.full((self.num_steps, self.batch_size), Decision.COMPUTE, dtype=np.int8)
+        self._next_step = 0
+
+    def decide(self, step: int, distance) -> np.ndarray:
+        """Decide step ``step + 1`` from this step's per-sample latent change ``distance``."""
+        step = as_int("step", step, minimum=0)
+        if step != self._next_step or step >= self.num_steps - 1:
+            raise ValueError(f"decide() expects step {self._next_step} (< {self.num_steps - 1}), got {step}")
+        d = np.asarray(distance, dtype=np.float64).reshape(-1)
+        if d.shape != (self.batch_size,) or not np.all(np.isfinite(d)):
+            raise ValueError(f"distance must be {self.batch_size} finite values, got {distance!r}")
+        self.distances.append(d)
+        out = np.full(self.batch_size, Decision.COMPUTE, dtype=np.int8)
+        if step >= 3 and len(self.distances) >= 3:
+            window = self.decisions[step + 1 - self.max_skip_steps: step + 1]
+            forced = np.all(window != Decision.COMPUTE, axis=0) if step + 1 >= self.max_skip_steps \
+                else np.zeros(self.batch_size, bool)
+            for b in range(self.batch_size):
+                d_new, d_prev, d_prev2 = (float(self.distances[-k][b]) for k in (1, 2, 3))
+                if not forced[b] and adaptive_diffusion_skip(d_new, d_prev, d_prev2, self.threshold):
+                    out[b] = Decision.SKIP_AM
+        self.decisions[step + 1] = out
+        self._next_step = step + 1
+        return out

@@ -1,0 +1,1 @@
+"""SADA on torch tensors (any device and dtype). Importing this package imports torch."""

@@ -1,0 +1,112 @@
+"""The noise levels of one sampling run, as every engine sees them.
+
+A run of ``N`` steps visits nodes ``n = 0 .. N-1`` and ends at node ``N`` (usually the clean end,
+``sigma = 0``). :class:`StepGrid` holds ``alpha_n``, ``sigma_n`` and the schedule time ``t_n`` of every
+node, plus what the estimators derive from them (EDM sigma, log-SNR, the paper's training beta).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sada.reference._validate import as_float_vector, as_real
+from sada.trajectory.schedules import DiscreteVPSchedule, NoiseSchedule
+
+__all__ = ["StepGrid"]
+
+
+@dataclass(frozen=True)
+class StepGrid:
+    """``alpha``, ``sigma`` and ``times`` have ``N + 1`` entries (steps and end point)."""
+
+    alpha: np.ndarray = field(repr=False)
+    sigma: np.ndarray = field(repr=False)
+    times: np.ndarray = field(repr=False)
+    family: str
+    training_beta: np.ndarray | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        a = as_float_vector("alpha", self.alpha, min_len=2)
+        s = as_float_vector("sigma", self.sigma, min_len=2)
+        t = np.asarray(self.times, dtype=np.float64)
+        if not (a.shape == s.shape == t.shape):
+            raise ValueError(f"alpha, sigma, times need one length, got {a.size}, {s.size}, {t.size}")
+        if np.any(a < 0) or np.any(s < 0):
+            raise ValueError("alpha and sigma must be >= 0")
+        if np.any(s[:-1] <= 0):
+            raise ValueError("sigma must be > 0 at every step before the end point")
+        edm = np.divide(s, a, out=np.full_like(s, np.inf), where=a > 0)
+        if np.any(np.diff(edm) >= 0):
+            raise ValueError(f"noise levels must strictly decrease along the run, got sigma/alpha={edm.tolist()}")
+        for arr in (a, s, t):
+            arr.setflags(write=False)
+        object.__setattr__(self, "alpha", a)
+        object.__setattr__(self, "sigma", s)
+        object.__setattr__(self, "times", t)
+        if self.training_beta is not None:
+            b = as_float_vector("training_beta", self.training_beta)
+            if b.size != a.size - 1:
+                raise ValueError(f"training_beta needs {a.size - 1} entries, got {b.size}")
+            b.setflags(write=False)
+            object.__setattr__(self, "training_beta", b)
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.alpha.size - 1)
+
+    @property
+    def edm_sigma(self) -> np.ndarray:
+        """``sigma~_n = sigma_n / alpha_n`` (``inf`` where ``alpha_n = 0``, e.g. rectified flow at t = 1)."""
+        return np.divide(self.sigma, self.alpha, out=np.full_like(self.sigma, np.inf), where=self.alpha > 0)
+
+    @property
+    def log_snr(self) -> np.ndarray:
+        """``lambda_n = log(alpha_n / sigma_n)`` (``+inf`` at a clean end point, ``-inf`` at pure noise)."""
+        with np.errstate(divide="ignore"):
+            return np.log(self.alpha) - np.log(self.sigma)
+
+    def abscissae(self, variable: str) -> np.ndarray:
+        """Node coordinates for multistep estimates: ``index`` (the paper), ``t``, ``sigma`` (EDM) or ``lambda``."""
+        if variable == "index":
+            return np.arange(self.num_steps + 1, dtype=np.float64)
+        if variable == "t":
+            return np.asarray(self.times)
+        if variable == "sigma":
+            return self.edm_sigma
+        if variable == "lambda":
+            return self.log_snr
+        raise ValueError(f"abscissa variable must be 'index', 't', 'sigma' or 'lambda', got {variable!r}")
+
+    @classmethod
+    def from_times(cls, schedule: NoiseSchedule, times, final_edm_sigma: float = 0.0) -> "StepGrid":
+        """Grid at schedule times ``t_0 .. t_{N-1}`` (descending noise), ending at ``final_edm_sigma``."""
+        t = as_float_vector("times", times)
+        end = as_real("final_edm_sigma", final_edm_sigma)
+        alpha, sigma = schedule.alpha_sigma(t)
+        a_end, s_end, t_end = cls._end_point(schedule, end)
+        beta = schedule.training_beta(t) if isinstance(schedule, DiscreteVPSchedule) else None
+        return cls(np.append(alpha, a_end), np.append(sigma, s_end), np.append(t, t_end),
+                   schedule.family, beta)
+
+    @classmethod
+    def from_edm_sigmas(cls, schedule: NoiseSchedule, edm_sigmas) -> "StepGrid":
+        """Grid from a k-diffusion style sigma list ``sigma~_0 > ... > sigma~_N`` (last usually 0)."""
+        s = as_float_vector("edm_sigmas", edm_sigmas, min_len=2)
+        if s[-1] > 0:
+            times = schedule.time_from_edm_sigma(s[:-1])
+            grid = cls.from_times(schedule, times, final_edm_sigma=s[-1])
+        else:
+            grid = cls.from_times(schedule, schedule.time_from_edm_sigma(s[:-1]))
+        return grid
+
+    @staticmethod
+    def _end_point(schedule: NoiseSchedule, edm_sigma: float):
+        if edm_sigma < 0:
+            raise ValueError(f"final_edm_sigma must be >= 0, got {edm_sigma}")
+        if edm_sigma == 0.0:
+            return 1.0, 0.0, math.nan
+        t_end = float(schedule.time_from_edm_sigma(edm_sigma))
+        a_end, s_end = schedule.alpha_sigma(t_end)
+        return float(a_end), float(s_end), t_end

@@ -1,0 +1,104 @@
+"""SADAConfig validation, JSON round trip, presets; fuzzed: only clear ValueError/TypeError ever escape."""
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sada.config import PRESETS, SADAConfig, preset
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"mode": "fast"}, "mode must be one of"),
+    ({"reduce": "global"}, "reduce must be one of"),
+    ({"acc_range": (10, 5)}, "acc_range end must be >"),
+    ({"acc_range": (10,)}, "acc_range must be a pair"),
+    ({"acc_range": (-1, 40)}, r"acc_range\[0\] must be >= 0"),
+    ({"max_interval": -1}, "max_interval must be >= 0"),
+    ({"max_interval": 2.5}, "max_interval must be an integer"),
+    ({"lagrange_step": 26}, "lagrange_step must be a multiple of lagrange_int=4"),
+    ({"lagrange_int": 0}, "lagrange_int must be >= 2"),
+    ({"lagrange_step": 48}, r"lagrange_step must lie in \[10, 47\)"),
+    ({"acc_range": (0, 47), "lagrange_step": 8}, "lagrange_step=8 is too early"),
+    ({"num_steps": 30}, "acc_range end must be <= num_steps - 2 = 28"),
+    ({"lagrange_nodes": "time"}, "lagrange_nodes must be one of"),
+    ({"am_noise": "zero"}, "am_noise must be one of"),
+    ({"criterion": "strict"}, "criterion must be one of"),
+    ({"max_fix": -1}, "max_fix must be >= 0"),
+    ({"max_interval": True}, "max_interval must be an integer"),
+])
+def test_every_bad_field_raises_naming_the_field_and_range(changes, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        SADAConfig(**changes)
+
+
+def test_defaults_and_resolved_fields():
+    cfg = SADAConfig()
+    assert (cfg.mode, cfg.reduce, cfg.acc_start, cfg.acc_end, cfg.abscissae, cfg.am_noise_resolved) == \
+        ("corrected", "sample", 10, 47, "sigma", "extrapolate")
+    paper = SADAConfig(mode="paper", acc_range=(0, 40))
+    assert paper.acc_start == 3 and paper.abscissae == "index" and paper.am_noise_resolved == "reuse"
+    assert paper.resolve_criterion(False) == "paper"
+    assert cfg.resolve_criterion(True) == "paper" and cfg.resolve_criterion(False) == "corrected"
+    assert SADAConfig(criterion="corrected").resolve_criterion(True) == "corrected"
+    assert not SADAConfig(lagrange_term=0).uses_lagrange
+
+
+def test_json_round_trip_is_exact():
+    for cfg in list(PRESETS.values()) + [SADAConfig(lagrange_nodes="lambda", am_noise="reuse")]:
+        again = SADAConfig.from_json(cfg.to_json())
+        assert again == cfg and again.name == cfg.name
+        assert json.loads(cfg.to_json())["acc_range"] == list(cfg.acc_range)
+
+
+def test_unknown_keys_are_rejected():
+    with pytest.raises(ValueError, match=r"unknown SADAConfig field\(s\): \['speed'\]"):
+        SADAConfig.from_dict({"speed": 2})
+    with pytest.raises(ValueError, match="not valid JSON"):
+        SADAConfig.from_json("{mode: paper")
+
+
+def test_presets_match_the_authors_settings():
+    sd2 = preset("sd2")
+    assert (sd2.acc_range, sd2.lagrange_int, sd2.lagrange_step, sd2.lagrange_term, sd2.max_fix, sd2.max_interval,
+            sd2.mode, sd2.reduce) == ((10, 47), 4, 24, 4, 5120, 4, "paper", "batch")
+    assert preset("sdxl").max_fix == 10240 and preset("sdxl").max_downsample == 2
+    assert (preset("flux").lagrange_step, preset("flux").lagrange_term) == (20, 3)
+    assert (preset("sd2", 25).acc_range, preset("sd2", 25).lagrange_step, preset("sd2", 25).lagrange_term) == \
+        ((8, 22), 12, 2)
+    assert (preset("sdxl", 15).acc_range, preset("sdxl", 15).lagrange_int, preset("sdxl", 15).lagrange_step) == \
+        ((7, 12), 3, 9)
+    assert preset("sd2", 25, mode="corrected").mode == "corrected"
+    with pytest.raises(ValueError, match="no preset for model='sd3'"):
+        preset("sd3")
+
+
+def test_for_steps_checks_the_range_against_the_step_count():
+    assert SADAConfig().for_steps(50).num_steps == 50
+    with pytest.raises(ValueError, match="num_steps - 2 = 23"):
+        SADAConfig().for_steps(25)
+
+
+anything = st.one_of(st.none(), st.booleans(), st.integers(-100, 100), st.floats(allow_nan=True),
+                     st.text(max_size=8), st.sampled_from(["paper", "corrected", "batch", "sample", "sigma", "reuse"]),
+                     st.tuples(st.integers(-5, 60), st.integers(-5, 60)), st.lists(st.integers(-5, 60), max_size=3))
+FIELDS = ["mode", "acc_range", "max_interval", "lagrange_term", "lagrange_int", "lagrange_step", "lagrange_nodes",
+          "am_noise", "criterion", "reduce", "num_steps", "max_fix", "max_downsample", "name"]
+
+
+@given(st.dictionaries(st.sampled_from(FIELDS), anything, max_size=6))
+def test_fuzzed_configs_either_validate_or_raise_a_clear_error(fields):
+    try:
+        cfg = SADAConfig(**fields)
+    except (ValueError, TypeError) as exc:
+        assert str(exc)
+        return
+    assert SADAConfig.from_json(cfg.to_json()) == cfg
+
+
+@given(st.text(max_size=40))
+def test_fuzzed_json_raises_only_clear_errors(text):
+    try:
+        SADAConfig.from_json(text)
+    except (ValueError, TypeError) as exc:
+        assert str(exc)
