@@ -70,10 +70,19 @@ class SkipPolicy:
         end = cfg.lagrange_step if cfg.uses_lagrange else cfg.acc_end
         return cfg.acc_start <= step < end
 
-    def decide(self, step: int, stable) -> np.ndarray:
+    def skip_kind(self, step: int) -> Decision:
+        """The kind of skip a decision at ``step`` can produce: multistep in the Lagrange regime, else AM."""
+        cfg = self.config
+        if cfg.uses_lagrange and cfg.lagrange_step <= step:
+            return Decision.SKIP_LAGRANGE
+        return Decision.SKIP_AM
+
+    def decide(self, step: int, stable, can_skip=None) -> np.ndarray:
         """Decide step ``step + 1`` from each sample's stability at ``step`` (``None``: no criterion yet).
 
-        Must be called once per step, in order. Returns the int8 :class:`Decision` per sample.
+        ``can_skip`` (optional mask) vetoes skips for samples whose estimate cannot be formed (e.g. after
+        a non-finite model output); a vetoed sample computes and its skip counter restarts. Must be
+        called once per step, in order. Returns the int8 :class:`Decision` per sample.
         """
         step = as_int("step", step, minimum=0)
         if step != self._next_step:
@@ -92,6 +101,8 @@ class SkipPolicy:
                 out[~forced & ~am] = Decision.SKIP_LAGRANGE
         else:
             out[~forced & stable & (cfg.acc_start <= step < cfg.acc_end)] = Decision.SKIP_AM
+        if can_skip is not None:
+            out[~_mask("can_skip", can_skip, self.batch_size)] = Decision.COMPUTE
         skipped = out != Decision.COMPUTE
         self.cons_skip = np.where(skipped, self.cons_skip + 1, 0)
         self.decisions[step + 1] = out

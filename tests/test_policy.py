@@ -92,3 +92,12 @@ def test_adaptive_diffusion_policy_skips_when_latents_move_evenly_and_forces_ref
     for n, dist in enumerate([1.0, 1.0, 1.0, 2.0, 4.0, 8.0]):
         uneven.decide(n, [dist])
     assert np.all(uneven.decisions[:7, 0] == 0)
+
+
+def test_can_skip_vetoes_a_skip_and_restarts_the_counter():
+    policy = SkipPolicy(preset("sd2"), 50, 2)
+    for n in range(10):
+        policy.decide(n, np.ones(2, bool))
+    out = policy.decide(10, np.ones(2, bool), can_skip=np.array([True, False]))
+    assert list(out) == [Decision.SKIP_AM, Decision.COMPUTE] and list(policy.cons_skip) == [1, 0]
+    assert policy.skip_kind(23) == Decision.SKIP_AM and policy.skip_kind(24) == Decision.SKIP_LAGRANGE

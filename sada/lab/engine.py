@@ -255,7 +255,11 @@ class ReferenceEngine:
             return None
         h = list(self._history)  # n-2, n-1, n
         if self.criterion == "paper-flow":
-            return flow_stability_product(h[2]["velocity"], h[1]["raw_velocity"], h[0]["raw_velocity"])
+            # On a skipped row v_n = 2 v_{n-1} - v_{n-2} (or v_{n-1} after a duplicate): the product is zero
+            # analytically (SADA_SPEC 3.4); set it so rather than leave rounding noise to pick the sign.
+            product = flow_stability_product(h[2]["velocity"], h[1]["raw_velocity"], h[0]["raw_velocity"])
+            computed = self.trace.decisions[step] == Decision.COMPUTE
+            return np.where(computed.reshape((-1,) + (1,) * (product.ndim - 1)), product, 0.0)
         if self.criterion == "paper-vp":
             curvature = second_difference(h[2]["drift"], h[1]["drift"], h[0]["drift"])
             return stability_product(x_next, self._paper_x_hat(step), curvature)

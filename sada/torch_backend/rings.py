@@ -1,0 +1,66 @@
+"""Per-row ring buffers on tensors, with their abscissae kept on the host.
+
+``values[k, b]`` is row ``b``'s ``k``-th newest stored tensor; ``keys[k, b]`` (numpy, host) its
+abscissa (a noise level or step index). Rows are pushed independently, so every sample keeps its own
+history even when the batch makes different decisions. Weights are computed on the host by
+``sada.reference`` and applied here with one ``einsum``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["TensorRing"]
+
+
+class TensorRing:
+    """A ``depth``-deep per-row history of tensors shaped like one batch."""
+
+    def __init__(self, depth: int):
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        self.depth = depth
+        self.values: torch.Tensor | None = None
+        self.keys = np.zeros((depth, 0))
+        self.count = np.zeros(0, dtype=np.int64)
+
+    def push(self, rows: np.ndarray, key: float, value: torch.Tensor) -> None:
+        """Store ``value[b]`` with abscissa ``key`` for every row ``b`` where ``rows`` is true."""
+        if self.values is None or self.values.shape[1:] != value.shape or self.values.dtype != value.dtype \
+                or self.values.device != value.device:
+            self.values = torch.zeros((self.depth,) + tuple(value.shape), dtype=value.dtype, device=value.device)
+            self.keys = np.full((self.depth, value.shape[0]), np.nan)
+            self.count = np.zeros(value.shape[0], dtype=np.int64)
+        if not rows.any():
+            return
+        if rows.all():
+            self.values = torch.roll(self.values, 1, dims=0)
+            self.values[0] = value
+        else:
+            idx = torch.as_tensor(np.flatnonzero(rows), device=value.device)
+            moved = torch.roll(self.values[:, idx], 1, dims=0)
+            moved[0] = value[idx]
+            self.values[:, idx] = moved
+        self.keys[1:, rows] = self.keys[:-1, rows]
+        self.keys[0, rows] = key
+        self.count[rows] += 1
+
+    def invalidate(self, rows: np.ndarray) -> None:
+        """Forget the history of ``rows`` (e.g. after a non-finite value); they refill from scratch."""
+        if self.count.size:
+            self.count[rows] = 0
+            self.keys[:, rows] = np.nan
+
+    def full(self, batch: int) -> np.ndarray:
+        """Rows holding ``depth`` valid entries."""
+        if self.count.size != batch:
+            return np.zeros(batch, bool)
+        return self.count >= self.depth
+
+    def combine(self, weights: np.ndarray) -> torch.Tensor:
+        """``sum_k weights[b, k] * values[k, b]`` for every row (weights computed on the host)."""
+        w = torch.as_tensor(weights, dtype=self.values.dtype).to(self.values.device, non_blocking=True)
+        return torch.einsum("bk,kb...->b...", w, self.values)
+
+    def nbytes(self) -> int:
+        return 0 if self.values is None else self.values.numel() * self.values.element_size()

@@ -1,0 +1,205 @@
+"""The torch engine against the float64 numpy reference, plus dtypes, memory, NaN handling, replay, groups."""
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sada.config import SADAConfig, preset
+from sada.lab.experiments import make_problem, run_sampler
+from sada.policy import Decision
+from sada.torch_backend.engine import SADAEngine
+from sada.trajectory import DiscreteVPSchedule, EDMSchedule, RectifiedFlowSchedule, StepGrid
+from tests.torch_helpers import drive_random
+
+VP = DiscreteVPSchedule.from_beta_schedule("scaled_linear")
+GRIDS = {
+    "vp": StepGrid.from_times(VP, VP.timesteps(30, "trailing")),
+    "ve": StepGrid.from_edm_sigmas(EDMSchedule(), np.append(EDMSchedule().karras(30), 0.0)),
+    "flow": StepGrid.from_times(RectifiedFlowSchedule(), RectifiedFlowSchedule().timesteps(30, shift=3.0)),
+}
+BASE = dict(acc_range=(5, 27), lagrange_step=16, lagrange_int=4, lagrange_term=3, max_interval=3)
+
+
+@st.composite
+def setups(draw):
+    family = draw(st.sampled_from(sorted(GRIDS)))
+    mode = "corrected" if family == "ve" else draw(st.sampled_from(["paper", "corrected"]))
+    criterion = None if family == "ve" else draw(st.sampled_from([None, "paper", "corrected"]))
+    flow_paper = family == "flow" and "paper" in (mode, criterion if criterion else "paper")
+    kinds = ["flow_velocity"] if flow_paper else ["epsilon", "v_prediction", "sample", "flow_velocity"]
+    cfg = SADAConfig(mode=mode, criterion=criterion, reduce=draw(st.sampled_from(["batch", "sample"])),
+                     am_noise=draw(st.sampled_from([None, "reuse", "extrapolate"])),
+                     lagrange_nodes=draw(st.sampled_from([None, "index", "sigma", "t"])), **BASE)
+    return cfg, GRIDS[family], draw(st.sampled_from(kinds)), draw(st.integers(1, 4)), draw(st.integers(0, 2**16))
+
+
+@given(setups())
+def test_float64_torch_engine_makes_the_reference_decisions_and_estimates(setup):
+    cfg, grid, kind, batch, seed = setup
+    ref, eng, records = drive_random(cfg, grid, kind, batch, seed)
+    for n, (d_ref, d_t, s_ref, s_t) in enumerate(records):
+        np.testing.assert_array_equal(d_ref, d_t, err_msg=f"step {n}")
+        np.testing.assert_allclose(s_t, s_ref, rtol=1e-10, atol=1e-10, err_msg=f"step {n}")
+    np.testing.assert_allclose(eng.trace.criterion, ref.trace.criterion, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["paper", "corrected"])
+def test_float32_estimates_match_the_reference_to_1e_5_relative_on_the_same_skip_path(mode):
+    grid = GRIDS["vp"]
+    cfg = SADAConfig(mode=mode, **BASE)
+    ref, _, _ = drive_random(cfg, grid, "epsilon", 3, seed=7)
+    _, _, records = drive_random(cfg, grid, "epsilon", 3, seed=7, dtype=torch.float32, replay=ref.trace.decisions)
+    skipped = 0
+    for _, _, s_ref, s_t in records:
+        if s_ref.size:
+            skipped += 1
+            scale = np.abs(s_ref).max() + 1e-3
+            assert np.abs(s_t - s_ref).max() <= 1e-5 * scale
+    assert skipped >= 8
+
+
+def _torch_run(problem, config, dtype=torch.float64, **kw):
+    """Run a lab problem with the torch engine (the model stays numpy float64)."""
+    from sada.lab.engine import ReferenceEngine  # noqa: F401  (same protocol)
+
+    class Adapter:
+        def __init__(self, *args, **kwargs):
+            self.engine = SADAEngine(config, problem.grid, problem.kind, **kw)
+            self.trace = None
+
+        def __call__(self, step, x, network):
+            def net(rows, idx):
+                return torch.tensor(network(rows.double().numpy(), None), dtype=dtype)
+            out = self.engine.step(step, torch.tensor(x, dtype=dtype), net)
+            return out.double().numpy()
+
+        def finish(self, x):
+            self.trace = self.engine.finish(torch.tensor(x, dtype=dtype))
+            return self.trace
+
+    import sada.lab.experiments as ex
+    original = ex.ReferenceEngine
+    ex.ReferenceEngine = lambda *a, **k: Adapter()
+    try:
+        return ex.run_sampler(problem, config)
+    finally:
+        ex.ReferenceEngine = original
+
+
+@pytest.mark.parametrize("schedule, solver", [("vp", "dpmpp_2m"), ("vp", "euler"), ("flow", "flow_euler")])
+def test_torch_engine_reproduces_the_reference_sampler_run(schedule, solver):
+    problem = make_problem(schedule, solver, 50, batch=4, dim=16)
+    x_ref, nfe_ref, ref = run_sampler(problem, SADAConfig())
+    x_t, nfe_t, adapter = _torch_run(problem, SADAConfig())
+    assert nfe_t == nfe_ref and nfe_ref < 35
+    np.testing.assert_array_equal(adapter.trace.decisions, ref.trace.decisions)
+    np.testing.assert_allclose(x_t, x_ref, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_inputs_are_accepted_with_float32_history(dtype):
+    grid = GRIDS["vp"]
+    eng = SADAEngine(SADAConfig(**BASE), grid, "epsilon")
+    x = torch.randn(2, 4, 8, 8, dtype=dtype)
+    for n in range(grid.num_steps):
+        out = eng.step(n, x, lambda rows, idx: (0.5 * rows + 0.1).to(dtype))
+        assert out.dtype == dtype and torch.isfinite(out).all()
+        x = (0.95 * x + 0.05 * out).to(dtype)
+    eng.finish(x)
+    assert eng.dtype == torch.float32 and eng._eps.values.dtype == torch.float32
+    assert eng.trace.counts()["computed"] < 2 * 30
+
+
+LATENT = (4, 8, 8)
+
+
+@pytest.mark.parametrize("config, tensors", [
+    (SADAConfig(criterion="corrected", **BASE), 3 + 1 + 3),        # eps ring + x~ estimate + 3 nodes
+    (SADAConfig(criterion="corrected", am_noise="extrapolate", lagrange_term=4, lagrange_step=24,
+                acc_range=(10, 27), lagrange_int=4), 3 + 1 + 4),
+    (SADAConfig(mode="paper", **BASE), 3 + 1 + 2 + 1 + 3),         # drifts, raw, x^ + curvature, estimate, nodes
+    (SADAConfig(**BASE), 3 + 3 + 1 + 2 + 3),                        # default: corrected estimate + paper criterion
+])
+def test_engine_reports_the_bytes_it_holds(config, tensors):
+    grid = GRIDS["vp"]
+    eng = SADAEngine(config, grid, "epsilon")
+    x = torch.randn((2,) + LATENT, dtype=torch.float32)
+    peak = 0
+    for n in range(grid.num_steps):
+        out = eng.step(n, x, lambda rows, idx: 0.5 * rows)
+        peak = max(peak, eng.nbytes())
+        x = 0.9 * x + 0.1 * out
+    per_latent = x.numel() * 4
+    assert peak == tensors * per_latent
+
+
+def test_non_finite_output_is_never_extrapolated_and_the_sample_recomputes():
+    grid = GRIDS["vp"]
+    cfg = SADAConfig(**BASE)
+    eng = SADAEngine(cfg, grid, "epsilon")
+    clean = SADAEngine(cfg, grid, "epsilon")
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 4, dtype=torch.float64)
+    xs = x.clone()
+    poisoned_step = 8
+    for n in range(grid.num_steps):
+        def net(rows, idx, n=n):
+            out = 0.5 * rows + 0.01 * n
+            if n == poisoned_step:
+                out = out.clone()
+                out[idx == 1] = float("nan")
+            return out
+        out = eng.step(n, x, net)
+        clean_out = clean.step(n, xs, lambda rows, idx, n=n: 0.5 * rows + 0.01 * n)
+        x = torch.where(torch.isfinite(out), 0.9 * x + 0.1 * out, x)  # the user's loop survives the NaN row
+        xs = 0.9 * xs + 0.1 * clean_out
+    d = eng.trace.decisions
+    assert np.all(d[poisoned_step + 1: poisoned_step + 4, 1] == Decision.COMPUTE)  # history refills first
+    np.testing.assert_array_equal(d[:, [0, 2]], clean.trace.decisions[:, [0, 2]])  # other samples unaffected
+    assert any("non-finite" in msg and "[1]" in msg for _, msg in eng.trace.notes)
+
+
+def test_replay_reproduces_outputs_bit_for_bit_and_runs_reset_automatically():
+    grid = GRIDS["vp"]
+    outs = []
+    eng = SADAEngine(SADAConfig(**BASE), grid, "epsilon")
+    for batch in (3, 2):  # a second run with another batch size needs no manual reset
+        torch.manual_seed(1)
+        x = torch.randn(batch, 4, 4, dtype=torch.float64)
+        for n in range(grid.num_steps):
+            x = 0.9 * x + 0.1 * eng.step(n, x, lambda rows, idx: torch.sin(rows) + 0.02)
+        eng.finish(x)
+        outs.append(x)
+    replayed = SADAEngine(SADAConfig(**BASE), grid, "epsilon", replay=eng.trace.decisions)
+    torch.manual_seed(1)
+    x = torch.randn(2, 4, 4, dtype=torch.float64)
+    for n in range(grid.num_steps):
+        x = 0.9 * x + 0.1 * replayed.step(n, x, lambda rows, idx: torch.sin(rows) + 0.02)
+    assert torch.equal(x, outs[1])
+    with pytest.raises(ValueError, match="changed shape/dtype/device mid-run"):
+        eng.begin_step(0, torch.zeros(2, 4, 4, dtype=torch.float64))
+        eng.begin_step(1, torch.zeros(3, 4, 4, dtype=torch.float64))
+
+
+def test_grouped_rows_share_one_decision_and_summary_reads_well():
+    grid = GRIDS["vp"]
+    eng = SADAEngine(SADAConfig(**BASE), grid, "epsilon", groups=[0, 1, 0, 1])
+    x = torch.randn(4, 4, 4, dtype=torch.float64)
+    calls = []
+    for n in range(grid.num_steps):
+        out = eng.step(n, x, lambda rows, idx: (calls.append(idx.tolist()), 0.5 * rows + 0.01 * n)[1])
+        x = 0.9 * x + 0.1 * out
+    eng.finish(x)
+    for idx in calls:  # rows 0/2 and 1/3 always run together
+        assert (0 in idx) == (2 in idx) and (1 in idx) == (3 in idx)
+    assert eng.trace.batch_size == 2
+    assert eng.trace.summary().startswith("computed ") and "x), AM " in eng.trace.summary()
+
+
+def test_paper_mode_rejected_on_a_ve_grid_and_paper_flow_needs_velocity():
+    with pytest.raises(ValueError, match="mode='paper' needs a discrete VP grid"):
+        SADAEngine(SADAConfig(mode="paper", **BASE), GRIDS["ve"], "epsilon")
+    with pytest.raises(ValueError, match="needs kind='flow_velocity'"):
+        SADAEngine(preset("flux", 50).replace(num_steps=None, **{}), StepGrid.from_times(
+            RectifiedFlowSchedule(), RectifiedFlowSchedule().timesteps(50)), "epsilon")
