@@ -118,8 +118,8 @@ LATENT = (4, 8, 8)
     (SADAConfig(criterion="corrected", **BASE), 3 + 1 + 3),        # eps ring + x~ estimate + 3 nodes
     (SADAConfig(criterion="corrected", am_noise="extrapolate", lagrange_term=4, lagrange_step=24,
                 acc_range=(10, 27), lagrange_int=4), 3 + 1 + 4),
-    (SADAConfig(mode="paper", **BASE), 3 + 1 + 2 + 1 + 3),         # drifts, raw, x^ + curvature, estimate, nodes
-    (SADAConfig(**BASE), 3 + 3 + 1 + 2 + 3),                        # default: corrected estimate + paper criterion
+    (SADAConfig(mode="paper", **BASE), 2 + 1 + 2 + 1 + 3),          # 2 drifts, raw, x^ + curvature, estimate, nodes
+    (SADAConfig(**BASE), 3 + 2 + 1 + 2 + 3),                        # default: corrected estimate + paper criterion
 ])
 def test_engine_reports_the_bytes_it_holds(config, tensors):
     grid = GRIDS["vp"]

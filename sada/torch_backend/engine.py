@@ -102,7 +102,8 @@ class SADAEngine:
         self.policy = SkipPolicy(self.config, self.num_steps, self.num_samples)
         self.trace = Trace(self.num_steps, self.num_samples)
         self._eps = TensorRing(3)  # corrected: last three computed noise predictions per row
-        self._drift = TensorRing(3)  # paper-vp: official drift history
+        self._drift = TensorRing(2)  # paper-vp: the two previous official drifts
+        self._paper_ready = np.zeros(0, bool)  # rows whose paper step estimate exists for this step
         self._velocity = TensorRing(2)  # paper-flow: raw velocity history (duplicates on skips)
         self._nodes = TensorRing(max(self.config.lagrange_term, 1))  # multistep clean-sample nodes
         self._raw = None  # paper: the last computed raw output
@@ -175,17 +176,14 @@ class SADAEngine:
         if self.estimator == "paper-vp" or self.criterion == "paper-vp":
             self._raw = out.clone() if self._raw is None else torch.where(self._b(computed, h), out, self._raw)
             eps = to_eps(self.kind, self._raw, h, alpha, sigma)
-            scale = self.num_steps * float(self.grid.training_beta[step]) / 2.0
-            self._drift.push(np.ones_like(computed), step, scale * (-h + eps / sigma))
-            if self._drift.full(h.shape[0]).any():
-                f = self._drift.values
+            f_n = self.num_steps * float(self.grid.training_beta[step]) / 2.0 * (-h + eps / sigma)
+            self._paper_ready = self._drift.full(h.shape[0])
+            if self._paper_ready.any():
+                f1, f2 = self._drift.values[0], self._drift.values[1]
                 w = paper_step_weights()
-                x_hat = h - (w[0] * f[0] + w[1] * f[1] + w[2] * f[2]) / self.num_steps
-                if self.criterion == "paper-vp":
-                    self._paper_x_hat, self._curvature = x_hat, f[0] - 2.0 * f[1] + f[2]
-                if self.estimator == "paper-vp" and step + 1 < self.num_steps:
-                    a1, s1 = float(self.grid.alpha[step + 1]), float(self.grid.sigma[step + 1])
-                    self._estimate = to_x0(self.kind, self._raw, x_hat, a1, s1)
+                self._paper_x_hat = h - (w[0] * f_n + w[1] * f1 + w[2] * f2) / self.num_steps
+                self._curvature = f_n - 2.0 * f1 + f2 if self.criterion == "paper-vp" else None
+            self._drift.push(np.ones_like(computed), step, f_n)
         if "paper-flow" in (self.estimator, self.criterion):
             v = self._velocity
             if v.count.size == h.shape[0] and v.full(h.shape[0]).all():
@@ -205,6 +203,29 @@ class SADAEngine:
             rows = computed if self.estimator == "corrected" else np.ones_like(computed)
             self._nodes.push(rows, float(self._abscissae[step]), to_x0(self.kind, out, h, alpha, sigma))
         self._step = step + 1
+
+    def intermediate_output(self, step: int, edm_sigma: float, x: torch.Tensor) -> torch.Tensor:
+        """Estimated output at a solver's intermediate stage of ``step`` (Heun's corrector, DPM2's midpoint)
+        for the rows that skip ``step``: the step's estimator evaluated at that noise level and sample."""
+        alpha, sigma = self.grid.alpha_sigma_at(edm_sigma)
+        h = x.to(self.dtype)
+        if self.estimator == "paper-flow":
+            return self.synthesise(step, x)
+        skip = self._row_decisions
+        x0 = torch.zeros_like(h)
+        am, lag = skip == Decision.SKIP_AM, skip == Decision.SKIP_LAGRANGE
+        if am.any():
+            if self._eps.full(h.shape[0]).any():
+                weights = self._row_weights(self._eps, lambda keys: lagrange_basis_weights(keys, edm_sigma))
+                am_x0 = h / alpha - edm_sigma * self._eps.combine(weights)
+            else:  # the paper's estimator has no noise history: keep the step's own clean-sample estimate
+                am_x0 = self._estimate
+            x0 = torch.where(self._b(am, h), am_x0, x0)
+        if lag.any():
+            at = self.grid.abscissa_at(self.config.abscissae, edm_sigma)
+            weights = self._row_weights(self._nodes, lambda keys: lagrange_basis_weights(keys, at))
+            x0 = torch.where(self._b(lag, h), self._nodes.combine(weights), x0)
+        return synthesise_output(self.kind, x0, h, alpha, sigma).to(x.dtype)
 
     def finish(self, x_final: torch.Tensor) -> Trace:
         """Close the last step (criterion for the trace only) and return the trace."""
@@ -274,7 +295,7 @@ class SADAEngine:
     def _criterion_rows(self, rows: int) -> np.ndarray:
         """Rows whose criterion inputs are complete (others report NaN, never 'stable')."""
         if self.criterion == "paper-vp":
-            return self._drift.full(rows)
+            return self._paper_ready if self._paper_ready.size == rows else np.zeros(rows, bool)
         if self.criterion == "paper-flow":
             return self._velocity.full(rows)
         return self._eps.full(rows)
@@ -286,7 +307,7 @@ class SADAEngine:
         if self.policy.skip_kind(step) == Decision.SKIP_LAGRANGE:
             return self._nodes.full(rows)
         if self.estimator == "paper-vp":
-            return self._drift.full(rows)
+            return self._paper_ready if self._paper_ready.size == rows else np.zeros(rows, bool)
         return self._eps.full(rows)
 
     def _close(self, step: int, x_next: torch.Tensor) -> None:
@@ -315,6 +336,11 @@ class SADAEngine:
                 stable = np.full(g, bool(valid.size and valid.mean() <= 0.0))
             else:
                 stable = np.where(np.isfinite(means), means <= 0.0, False)
+        self._estimate = None
+        if self.estimator == "paper-vp" and self._paper_x_hat is not None and step + 1 < self.num_steps:
+            a1, s1 = float(self.grid.alpha[step + 1]), float(self.grid.sigma[step + 1])
+            self._estimate = to_x0(self.kind, self._raw, self._paper_x_hat, a1, s1)
+        self._paper_x_hat = self._curvature = None  # only the criterion and the estimate needed them
         if step >= self.num_steps - 1:
             return
         can = self._can_skip(step, rows)

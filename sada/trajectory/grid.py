@@ -79,6 +79,26 @@ class StepGrid:
             return self.log_snr
         raise ValueError(f"abscissa variable must be 'index', 't', 'sigma' or 'lambda', got {variable!r}")
 
+    def alpha_sigma_at(self, edm_sigma: float) -> tuple[float, float]:
+        """``(alpha, sigma)`` of this grid's schedule family at any EDM noise level (e.g. a solver's
+        intermediate stage): VP ``alpha = 1/sqrt(1 + s^2)``, VE ``alpha = 1``, flow ``alpha = 1/(1 + s)``."""
+        s = as_real("edm_sigma", edm_sigma)
+        if s < 0:
+            raise ValueError(f"edm_sigma must be >= 0, got {s}")
+        alpha = {"vp": 1.0 / math.sqrt(1.0 + s * s), "ve": 1.0, "flow": 1.0 / (1.0 + s)}[self.family]
+        return alpha, alpha * s
+
+    def abscissa_at(self, variable: str, edm_sigma: float) -> float:
+        """The multistep abscissa of an arbitrary noise level (interpolated in log-sigma between nodes)."""
+        s = as_real("edm_sigma", edm_sigma)
+        if variable == "sigma":
+            return s
+        if variable == "lambda":
+            return -math.log(s)
+        finite = np.isfinite(self.edm_sigma[:-1]) & (self.edm_sigma[:-1] > 0)
+        log_s = -np.log(self.edm_sigma[:-1][finite])  # increasing along the run
+        return float(np.interp(-math.log(s), log_s, self.abscissae(variable)[:-1][finite]))
+
     @classmethod
     def from_times(cls, schedule: NoiseSchedule, times, final_edm_sigma: float = 0.0) -> "StepGrid":
         """Grid at schedule times ``t_0 .. t_{N-1}`` (descending noise), ending at ``final_edm_sigma``."""

@@ -1,0 +1,140 @@
+"""The k-diffusion adapter with the real k-diffusion samplers and the lab's closed-form mixture denoiser."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from sada import SADAConfig, preset
+from sada.adapters import k_diffusion as kd
+from sada.lab.distributions import random_mixture
+from sada.trajectory import DiscreteVPSchedule
+from tests.kdiffusion_shim import load_k_sampling
+
+K = load_k_sampling()
+pytestmark = pytest.mark.skipif(K is None, reason="k-diffusion is not installed (pip install --no-deps k-diffusion)")
+
+VP = DiscreteVPSchedule.from_beta_schedule("scaled_linear")
+MIX = random_mixture(32, 6, seed=1)
+
+
+class MixtureDenoiser:
+    """A k-diffusion denoiser (x~, sigma) -> E[x0 | x~] with training sigmas like a DiscreteSchedule model."""
+
+    def __init__(self):
+        self.sigmas = torch.tensor(np.sqrt((1 - VP.alphas_cumprod) / VP.alphas_cumprod))
+        self.calls = 0
+
+    def __call__(self, x, sigma, **extra):
+        self.calls += x.shape[0]
+        out = np.stack([MIX.denoise(x[i:i + 1].double().numpy(), float(sigma[i]))[0] for i in range(x.shape[0])])
+        return torch.tensor(out, dtype=x.dtype)
+
+
+def _sigmas(n=50):
+    return torch.tensor(np.append(VP.edm_sigma(VP.timesteps(n, "trailing")), 0.0))
+
+
+def _noise(batch=4, seed=0):
+    return torch.randn(batch, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)) * float(_sigmas()[0])
+
+
+DETERMINISTIC = ["sample_euler", "sample_heun", "sample_dpmpp_2m", "sample_dpm_2", "sample_lms"]
+
+
+@pytest.mark.parametrize("name", DETERMINISTIC)
+def test_never_skip_config_is_bit_identical_with_the_same_number_of_calls(name):
+    sampler = getattr(K, name)
+    plain_model, model = MixtureDenoiser(), MixtureDenoiser()
+    plain = sampler(plain_model, _noise(), _sigmas(), disable=True)
+    wrapped = kd.wrap(model, _sigmas(), SADAConfig(max_interval=0))
+    out = sampler(wrapped, _noise(), _sigmas(), disable=True)
+    assert torch.equal(out, plain) and model.calls == plain_model.calls
+
+
+def _rms(a, b):
+    return float(torch.sqrt(torch.mean((a - b) ** 2)))
+
+
+@pytest.mark.parametrize("name, tolerance", [("sample_euler", 2e-3), ("sample_heun", 3e-3), ("sample_dpmpp_2m", 2e-3),
+                                              ("sample_dpm_2", 3e-3), ("sample_lms", 2e-2)])
+def test_defaults_at_50_steps_cut_model_calls_1_6x_and_stay_close(name, tolerance):
+    sampler = getattr(K, name)
+    plain_model = MixtureDenoiser()
+    plain = sampler(plain_model, _noise(), _sigmas(), disable=True)
+    results = {}
+    for mode in ("paper", "corrected"):
+        model = MixtureDenoiser()
+        cfg = SADAConfig() if mode == "corrected" else preset("sd2", 50, reduce="sample")
+        wrapped = kd.wrap(model, _sigmas(), cfg)
+        out = sampler(wrapped, _noise(), _sigmas(), disable=True)
+        results[mode] = (plain_model.calls / model.calls, _rms(out, plain))
+        assert wrapped.calls == model.calls
+    speed, err = results["corrected"]
+    assert speed >= 1.6 and err <= tolerance, results
+    assert results["paper"][0] >= 1.6 and results["paper"][1] <= 5 * tolerance, results
+
+
+def test_per_sample_skip_paths_in_a_batch_equal_the_paths_alone():
+    cfg = SADAConfig(criterion="corrected")  # its decisions differ between these four samples
+    batch = kd.wrap(MixtureDenoiser(), _sigmas(), cfg)
+    K.sample_dpmpp_2m(batch, _noise(4), _sigmas(), disable=True)
+    paths = [batch.trace.skip_path(i) for i in range(4)]
+    for i in range(4):
+        alone = kd.wrap(MixtureDenoiser(), _sigmas(), cfg)
+        K.sample_dpmpp_2m(alone, _noise(4)[i:i + 1], _sigmas(), disable=True)
+        assert alone.trace.skip_path(0) == paths[i]
+    assert len(set(map(tuple, paths))) > 1
+
+
+def test_a_new_run_resets_itself_and_reuses_nothing():
+    wrapped = kd.wrap(MixtureDenoiser(), _sigmas())
+    first = K.sample_euler(wrapped, _noise(seed=1), _sigmas(), disable=True)
+    K.sample_euler(wrapped, _noise(seed=2), _sigmas(), disable=True)
+    again = K.sample_euler(wrapped, _noise(seed=1), _sigmas(), disable=True)
+    assert torch.equal(first, again)
+
+
+@pytest.mark.parametrize("name", ["sample_euler_ancestral", "sample_dpm_2_ancestral", "sample_dpmpp_2s_ancestral",
+                                  "sample_dpmpp_sde", "sample_dpmpp_2m_sde", "sample_dpmpp_3m_sde"])
+def test_noise_injecting_samplers_run_exactly_with_a_single_warning(name):
+    sampler = getattr(K, name)
+    torch.manual_seed(3)
+    plain = sampler(MixtureDenoiser(), _noise(), _sigmas(), disable=True)
+    model = MixtureDenoiser()
+    wrapped = kd.wrap(model, _sigmas())
+    torch.manual_seed(3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = sampler(wrapped, _noise(), _sigmas(), disable=True)
+    sada_warnings = [w for w in caught if "sada:" in str(w.message)]
+    assert torch.equal(out, plain) and len(sada_warnings) == 1 and "injects noise" in str(sada_warnings[0].message)
+    assert wrapped.summary().startswith("exact compute")
+
+
+def test_unknown_caller_that_breaks_the_schedule_falls_back_to_exact_compute():
+    model = MixtureDenoiser()
+    wrapped = kd.wrap(model, _sigmas(), sampler="my_sampler")
+    x = _noise()
+    with pytest.warns(RuntimeWarning, match="sada:"):
+        wrapped(x, _sigmas()[0].expand(4))
+        wrapped(x, torch.full((4,), 3.3333, dtype=torch.float64))  # not the next sigma of the schedule
+    assert wrapped._mode == "exact"
+
+
+def test_schedule_detection_and_argument_errors():
+    wrapped = kd.wrap(MixtureDenoiser(), _sigmas())
+    assert isinstance(wrapped.schedule, DiscreteVPSchedule)
+    assert wrapped.grid.training_beta is not None
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        kd.wrap(MixtureDenoiser(), torch.tensor([1.0, 2.0, 0.0]))
+    with pytest.raises(TypeError, match="must be callable"):
+        kd.wrap(object(), _sigmas())
+
+
+def test_adaptive_dpm_fast_runs_exactly_with_a_single_warning():
+    plain = K.sample_dpm_fast(MixtureDenoiser(), _noise(), 0.05, 14.0, 10, disable=True)
+    wrapped = kd.wrap(MixtureDenoiser(), _sigmas())
+    with pytest.warns(RuntimeWarning, match="sample_dpm_fast chooses its own noise levels"):
+        out = K.sample_dpm_fast(wrapped, _noise(), 0.05, 14.0, 10, disable=True)
+    assert torch.equal(out, plain)
