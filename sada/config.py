@@ -173,6 +173,39 @@ class SADAConfig:
         """This config checked against a run of ``num_steps`` steps."""
         return self.replace(num_steps=num_steps)
 
+    def fit_steps(self, num_steps: int) -> "SADAConfig":
+        """This config for a run of ``num_steps`` steps, rescaled when its ranges do not fit.
+
+        Valid as is -> unchanged (``for_steps``). Otherwise the step ranges are scaled from the config's
+        own ``num_steps`` (or 50, the paper's) to ``num_steps``: ``acc_range`` proportionally (end capped at
+        ``num_steps - 2``), ``lagrange_step`` to a multiple of ``lagrange_int``, fewer multistep nodes if
+        they cannot be stored in time, no multistep regime if none fit. Hosts use it for partial
+        schedules (img2img). Raises ``ValueError`` when the run is too short for any skip.
+        """
+        n = _int_field("num_steps", num_steps, minimum=2)
+        try:
+            return self.for_steps(n)
+        except ValueError:
+            pass
+        ref = self.num_steps or 50
+        start = int(round(self.acc_range[0] * n / ref))
+        end = min(int(round(self.acc_range[1] * n / ref)), n - 2)
+        if end <= max(start, MIN_ACC_START):
+            if n - 2 <= MIN_ACC_START:
+                raise ValueError(f"a run of num_steps={n} is too short for SADA: skipping starts after step "
+                                 f"{MIN_ACC_START} and the last step always runs; need num_steps >= {MIN_ACC_START + 3}")
+            start, end = 0, n - 2
+        changes = {"num_steps": n, "acc_range": (start, end)}
+        term, interval = self.lagrange_term, self.lagrange_int
+        if term:
+            step = int(round(self.lagrange_step * n / ref)) // interval * interval
+            step = min(max(step, (max(start, MIN_ACC_START) + interval - 1) // interval * interval), end - 1)
+            step = step // interval * interval
+            term = min(term, step // interval + 1) if step >= max(start, MIN_ACC_START) else 0
+            term = term if term >= 2 else 0
+            changes.update(lagrange_step=step if term else self.lagrange_step, lagrange_term=term)
+        return self.replace(**changes)
+
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
         out["acc_range"] = list(self.acc_range)

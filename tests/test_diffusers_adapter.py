@@ -1,0 +1,219 @@
+"""The diffusers adapter on tiny random-weight pipelines built offline (see tests/diffusers_fixtures.py)."""
+import numpy as np
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+
+import sada.adapters.diffusers as sada_d  # noqa: E402
+from sada import SADAConfig  # noqa: E402
+from sada.policy import Decision  # noqa: E402
+from sada.torch_backend.engine import SADAEngine  # noqa: E402
+from tests import diffusers_fixtures as fx  # noqa: E402
+
+NEVER = SADAConfig(max_interval=0)
+
+
+def _sd_call(pipe, batch=2, steps=50, size=16, seed=0, **kw):
+    pos, neg = fx.sd_embeds(batch, seed)
+    return pipe(prompt_embeds=pos, negative_prompt_embeds=neg, num_inference_steps=steps, height=size, width=size,
+                generator=torch.Generator().manual_seed(seed), output_type="latent", guidance_scale=5.0, **kw).images
+
+
+def _sdxl_call(pipe, steps=50, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    emb, pooled = torch.randn(2, 6, 32, generator=g), torch.randn(2, 32, generator=g)
+    return pipe(prompt_embeds=emb, pooled_prompt_embeds=pooled, negative_prompt_embeds=torch.zeros_like(emb),
+                negative_pooled_prompt_embeds=torch.zeros_like(pooled), num_inference_steps=steps, height=16,
+                width=16, generator=torch.Generator().manual_seed(seed), output_type="latent").images
+
+
+def _sd3_call(pipe, steps=50, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    emb, pooled = torch.randn(2, 6, 32, generator=g), torch.randn(2, 64, generator=g)
+    return pipe(prompt_embeds=emb, pooled_prompt_embeds=pooled, negative_prompt_embeds=torch.zeros_like(emb),
+                negative_pooled_prompt_embeds=torch.zeros_like(pooled), num_inference_steps=steps, height=16,
+                width=16, generator=torch.Generator().manual_seed(seed), output_type="latent").images
+
+
+def _flux_call(pipe, steps=50, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    emb, pooled = torch.randn(2, 6, 32, generator=g), torch.randn(2, 32, generator=g)
+    return pipe(prompt_embeds=emb, pooled_prompt_embeds=pooled, num_inference_steps=steps, height=16, width=16,
+                generator=torch.Generator().manual_seed(seed), output_type="latent").images
+
+
+def _dit_call(pipe, steps=50, seed=0):
+    images = pipe(class_labels=[0, 2], num_inference_steps=steps, generator=torch.Generator().manual_seed(seed),
+                  output_type="np").images  # DiTPipeline always decodes
+    return torch.from_numpy(np.asarray(images))
+
+
+def _controlnet_call(pipe, steps=50, seed=0):
+    image = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    return _sd_call(pipe, steps=steps, seed=seed, image=image)
+
+
+def _img2img_call(pipe, steps=50, seed=0):
+    image = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    return _sd_call(pipe, steps=steps, seed=seed, image=image, strength=0.7)
+
+
+PIPELINES = {
+    "sd": (fx.sd_pipeline, _sd_call, "unet"),
+    "sdxl": (fx.sdxl_pipeline, _sdxl_call, "unet"),
+    "sd3": (fx.sd3_pipeline, _sd3_call, "transformer"),
+    "flux": (fx.flux_pipeline, _flux_call, "transformer"),
+    "dit": (fx.dit_pipeline, _dit_call, "transformer"),
+    "controlnet": (lambda: fx.sd_pipeline(controlnet=True), _controlnet_call, "unet"),
+    "img2img": (lambda: fx.sd_pipeline(img2img=True), _img2img_call, "unet"),
+}
+
+
+def _first_layer(module):
+    return next(m for m in module.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+
+
+@pytest.mark.parametrize("name", sorted(PIPELINES))
+def test_pipeline_never_skip_is_bit_identical_and_defaults_save_forward_rows(name):
+    make, call, role = PIPELINES[name]
+    pipe = make()
+    own_forward = getattr(pipe, role).__dict__.get("forward")
+    base = call(pipe)
+    handle = sada_d.enable(pipe, NEVER)
+    assert torch.equal(call(pipe), base)
+    handle.configure(SADAConfig())
+    counter = fx.RowCounter(_first_layer(getattr(pipe, role)))
+    fast = call(pipe)
+    counter.remove()
+    plain = fx.RowCounter(_first_layer(getattr(pipe, role)))
+    sada_d.disable(pipe)
+    again = call(pipe)
+    plain.remove()
+    assert torch.equal(again, base)  # disable restores the exact original behaviour
+    assert fast.shape == base.shape and torch.isfinite(fast).all()
+    assert counter.rows < 0.75 * plain.rows, handle.summary()
+    assert getattr(pipe, role).__dict__.get("forward") is own_forward and "step" not in pipe.scheduler.__dict__
+
+
+@pytest.mark.parametrize("scheduler_name", ["DPMSolverMultistepScheduler", "EulerDiscreteScheduler", "DDIMScheduler",
+                                            "UniPCMultistepScheduler", "HeunDiscreteScheduler"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_unet_schedulers_and_prediction_types(scheduler_name, prediction_type):
+    pipe = fx.sd_pipeline(scheduler_name, prediction_type)
+    steps = 30 if scheduler_name == "HeunDiscreteScheduler" else 50
+    base = _sd_call(pipe, steps=steps)
+    counter = fx.RowCounter(pipe.unet.conv_in)
+    with sada_d.enabled(pipe, SADAConfig()) as handle:
+        fast = _sd_call(pipe, steps=steps)
+        trace = handle.trace
+    assert trace.num_steps == steps and trace.speedup() > 1.3
+    computed = trace.network_evaluations()  # summed over the 2 samples
+    per_step_calls = 2 if scheduler_name == "HeunDiscreteScheduler" else 1
+    assert counter.rows <= 2 * computed * per_step_calls  # CFG: two rows per computed sample and evaluation
+    rel = float((fast - base).norm() / base.norm())
+    assert torch.isfinite(fast).all() and rel < 0.05, rel
+
+
+def test_unsupported_scheduler_is_a_clear_error():
+    pipe = fx.sd_pipeline()
+    pipe.scheduler = diffusers.PNDMScheduler.from_config(pipe.scheduler.config)
+    with pytest.raises(ValueError, match="PNDMScheduler is not supported; supported: .*DPMSolverMultistepScheduler"):
+        sada_d.enable(pipe)
+
+
+def test_enabling_twice_is_an_error_and_configure_changes_the_config():
+    pipe = fx.sd_pipeline()
+    handle = sada_d.enable(pipe)
+    with pytest.raises(RuntimeError, match="already enabled"):
+        sada_d.enable(pipe)
+    handle.configure(NEVER)
+    assert handle.config.max_interval == 0
+    handle.disable()
+    with pytest.raises(RuntimeError, match="not enabled"):
+        sada_d.disable(pipe)
+
+
+def test_decisions_equal_the_torch_engine_fed_with_the_same_trajectory():
+    pipe = fx.sd_pipeline()
+    seen = []
+    original_step = type(pipe.scheduler).step
+
+    def spy(self, model_output, timestep, sample, *args, **kwargs):
+        seen.append((model_output.clone(), sample.clone()))
+        return original_step(self, model_output, timestep, sample, *args, **kwargs)
+
+    type(pipe.scheduler).step = spy
+    try:
+        with sada_d.enabled(pipe, SADAConfig()) as handle:
+            _sd_call(pipe, batch=3)
+            grid = handle._controller.run.grid
+            decisions = handle.trace.decisions.copy()
+    finally:
+        type(pipe.scheduler).step = original_step
+    engine = SADAEngine(SADAConfig(), grid, "epsilon")
+    for n, (output, sample) in enumerate(seen):
+        d = engine.begin_step(n, sample)
+        np.testing.assert_array_equal(d, decisions[n], err_msg=f"step {n}")
+        skipped = d != Decision.COMPUTE
+        if skipped.any():
+            torch.testing.assert_close(engine.synthesise(n, sample)[skipped], output[skipped])
+        engine.record(n, sample, output)
+
+
+def test_exception_inside_the_denoiser_leaves_the_pipeline_usable():
+    pipe = fx.sd_pipeline()
+    handle = sada_d.enable(pipe)
+    reference = _sd_call(pipe)
+    calls = {"n": 0}
+
+    def boom(module, args):
+        calls["n"] += 1
+        if calls["n"] == 20:
+            raise RuntimeError("boom")
+
+    hook = pipe.unet.conv_in.register_forward_pre_hook(boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        _sd_call(pipe)
+    hook.remove()
+    assert torch.equal(_sd_call(pipe), reference)
+    assert handle.trace.num_steps == 50
+
+
+def test_second_call_with_other_resolution_and_step_count_needs_no_reset():
+    pipe = fx.sd_pipeline()
+    with sada_d.enabled(pipe) as handle:
+        a = _sd_call(pipe, steps=50, size=16)
+        b = _sd_call(pipe, steps=30, size=24, batch=3)
+        trace = handle.trace
+    assert a.shape == (2, 4, 16, 16) and b.shape == (3, 4, 24, 24)
+    assert trace.num_steps == 30 and trace.batch_size == 3 and trace.speedup() > 1.2
+
+
+def test_per_sample_decisions_run_only_the_rows_that_need_the_network():
+    pipe = fx.sd_pipeline()
+    counter = fx.RowCounter(pipe.unet.conv_in)
+    with sada_d.enabled(pipe, SADAConfig()) as handle:
+        _sd_call(pipe, batch=3, seed=0)  # with these random weights the samples disagree at step 11
+        d = handle.trace.decisions
+    counter.remove()
+    mixed = [n for n in range(50) if len(set(d[n])) > 1]
+    assert mixed, "the three samples never disagreed"
+    assert counter.rows == 2 * int(np.sum(d == Decision.COMPUTE))  # two CFG rows per computing sample, no more
+
+
+def test_controlnet_is_not_run_on_skipped_steps():
+    pipe = fx.sd_pipeline(controlnet=True)
+    counter = fx.RowCounter(pipe.controlnet.conv_in)
+    with sada_d.enabled(pipe) as handle:
+        _controlnet_call(pipe)
+        computed = handle.trace.network_evaluations()
+    counter.remove()
+    assert counter.rows == 2 * computed < 2 * 2 * 50
+
+
+def test_img2img_runs_a_partial_schedule():
+    pipe = fx.sd_pipeline(img2img=True)
+    with sada_d.enabled(pipe) as handle:
+        _img2img_call(pipe)
+    assert handle.trace.num_steps == 35 and handle.trace.speedup() > 1.3
