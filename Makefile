@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[dev,k-diffusion]"
+	$(BIN)/python -m pip install -q -e ".[dev,k-diffusion,diffusers]"
 	# k-diffusion's own requirements pull torchvision and a CUDA torch: install the package alone
 	$(BIN)/python -m pip install -q --no-deps k-diffusion==0.1.1.post1
 	touch $(STAMP)

@@ -19,6 +19,7 @@ not the one SADA expects simply runs the network (so an exception mid-call leave
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +28,7 @@ import torch
 from sada.config import SADAConfig
 from sada.policy import Decision
 from sada.torch_backend.engine import SADAEngine
+from sada.torch_backend.pruning import TokenPruner, find_blocks
 from sada.torch_backend.rows import scatter_rows, slice_rows, zeros_like_rows
 from sada.trace import Trace
 from sada.trajectory import DiscreteVPSchedule, RectifiedFlowSchedule, StepGrid
@@ -84,6 +86,8 @@ class _Controller:
         self.last_trace: Trace | None = None
         self.templates: dict[str, object] = {}
         self.scheduler = None
+        self.pruner = TokenPruner(config) if config.prunes_tokens else None
+        self.latent_tokens: int | None = None
 
     # ------------------------------------------------------------------ scheduler wrapping
     def ensure_scheduler(self) -> None:
@@ -133,6 +137,9 @@ class _Controller:
             engine = SADAEngine(config, grid, kind)
         except ValueError:
             engine = None  # too short for SADA: the run computes every step
+        if self.pruner is not None:
+            self.pruner.reset()
+            self.pruner.config = engine.config if engine is not None else self.config
         return _Run(engine, grid, scaling, calls)
 
     def canonical(self, run: _Run, x: torch.Tensor, edm_sigma: float) -> torch.Tensor:
@@ -161,6 +168,7 @@ class _Controller:
                 model_output = torch.where(_rows(skipped, sample), est.to(model_output.dtype), model_output)
             return self._advance(run, original(model_output, timestep, sample, *args, **kwargs))
         xc = self.canonical(run, sample, float(run.grid.edm_sigma[n]))
+        self.latent_tokens = int(np.prod(sample.shape[2:])) if sample.ndim == 4 else int(sample.shape[1])
         if n == 0:
             run.decisions = engine.begin_step(0, xc)
             skipped = run.decisions != Decision.COMPUTE
@@ -189,7 +197,27 @@ class _Controller:
         n = run.step
         run.decisions = run.engine.begin_step(n, self.canonical(run, prev, float(run.grid.edm_sigma[n])))
         self.last_trace = run.engine.trace
+        if self.pruner is not None:
+            self._record_pruning(run, n)
+            self.pruner.plan_step(n, run.decisions == Decision.COMPUTE, run.engine.token_map())
         return result
+
+    def _record_pruning(self, run: _Run, step: int) -> None:
+        stats, trace = self.pruner.stats, run.engine.trace
+        info = trace.extras.setdefault("pruning", {"token_fraction": {}, "cache_bytes": 0})
+        if stats["tokens_total"]:
+            info["token_fraction"][step - 1] = stats["tokens_in"] / stats["tokens_total"]
+        info["cache_bytes"] = max(info["cache_bytes"], self.pruner.cache_bytes())
+        self.pruner.stats = {"tokens_in": 0, "tokens_total": 0}
+
+    def prunes(self, role: str, index: int, tokens: int) -> bool:
+        """Whether block ``index`` of the denoiser (with ``tokens`` image tokens) is pruned."""
+        cfg = self.pruner.config
+        if role == "unet":
+            if not self.latent_tokens or tokens > self.latent_tokens:
+                return False
+            return math.ceil(math.sqrt(self.latent_tokens / tokens)) <= cfg.max_downsample
+        return index in cfg.prune_blocks
 
     # ------------------------------------------------------------------ denoiser side
     def plan(self, timestep_value: float | None, rows: int):
@@ -256,17 +284,39 @@ def _make_hook_class():
             original = self.fn_ref.original_forward
             rows = _batch_of(args, kwargs)
             mask = ctl.plan(_timestep_of(module, args, kwargs), rows) if rows else None
+            pruner = ctl.pruner
             if mask is None or mask.all():
+                if pruner is not None:
+                    pruner.active_rows, pruner.total_rows = None, rows
                 out = original(*args, **kwargs)
                 ctl.templates[self.role] = _template(out)
                 return out
             if not mask.any() and self.role in ctl.templates:
                 return zeros_like_rows(ctl.templates[self.role], rows)
             idx = torch.as_tensor(np.flatnonzero(mask), dtype=torch.long)
+            if pruner is not None:
+                pruner.active_rows, pruner.total_rows = idx, rows
             out = original(*slice_rows(args, idx, rows), **slice_rows(kwargs, idx, rows))
             return scatter_rows(out, idx.to(_device_of(out)), rows)
 
-    return SkipHook
+    class BlockHook(ModelHook):
+        """Token-wise pruning of one transformer block (decided per call by resolution or index)."""
+
+        def __init__(self, controller: _Controller, role: str, index: int, key: str):
+            super().__init__()
+            self.controller, self.role, self.index, self.key = controller, role, index, key
+
+        def new_forward(self, module, *args, **kwargs):
+            original = self.fn_ref.original_forward
+            ctl = self.controller
+            hidden = args[0] if args else kwargs.get("hidden_states")
+            run = ctl.run
+            if ctl.pruner is None or run is None or run.engine is None or hidden is None or hidden.ndim != 3 \
+                    or kwargs.get("attention_mask") is not None or not ctl.prunes(self.role, self.index, hidden.shape[1]):
+                return original(*args, **kwargs)
+            return ctl.pruner.run_block(self.key, type(module).__name__, original, args, kwargs)
+
+    return SkipHook, BlockHook
 
 
 def _template(out):
@@ -305,6 +355,10 @@ class SADAHandle:
             raise TypeError(f"config must be a SADAConfig, got {type(config).__name__}")
         self._controller.config = config
         self._controller.run = None
+        if (self._controller.pruner is not None) != config.prunes_tokens:
+            raise ValueError("configure() cannot switch token pruning on or off: disable(pipe) and enable it again")
+        if self._controller.pruner is not None:
+            self._controller.pruner.config = config
 
     def disable(self) -> None:
         disable(self.pipe)
@@ -340,12 +394,20 @@ def enable(pipe, config: SADAConfig | None = None) -> SADAHandle:
     modules = _denoiser_modules(pipe)
     controller = _Controller(pipe, config)
     controller.ensure_scheduler()
-    hook_class = _make_hook_class()
+    hook_class, block_hook_class = _make_hook_class()
     hooked = []
     for role, module in modules:
         had_registry = hasattr(module, "_diffusers_hook")
         HookRegistry.check_if_exists_or_initialize(module).register_hook(hook_class(controller, role), HOOK_NAME)
         hooked.append((module, had_registry))
+    if config.prunes_tokens:
+        role, denoiser = modules[0]
+        for index, (name, block) in enumerate(find_blocks(denoiser)):
+            if role == "unet" or index in config.prune_blocks:
+                had_registry = hasattr(block, "_diffusers_hook")
+                HookRegistry.check_if_exists_or_initialize(block).register_hook(
+                    block_hook_class(controller, role, index, name), HOOK_NAME)
+                hooked.append((block, had_registry))
     handle = SADAHandle(pipe, controller, hooked)
     pipe._sada_handle = handle
     return handle

@@ -65,8 +65,10 @@ class SADAConfig:
         reduce: ``"batch"`` makes one decision for the whole batch (paper); ``"sample"`` decides per sample.
         num_steps: when set, ranges are checked against this step count.
         max_fix: most tokens recomputed per sample on a token-pruned step.
-        max_downsample: prune transformer blocks whose resolution is at most this many halvings below
-            the latent; 0 disables token pruning.
+        max_downsample: U-Nets: prune the transformer blocks whose token grid is at most this many
+            halvings below the latent (1 = full resolution only); 0 disables U-Net token pruning.
+        prune_blocks: DiTs: indices (in module order) of the transformer blocks to prune; empty = none.
+        anchor_stride: window of the always-computed anchor grid (one random token per window).
     """
 
     mode: str = "corrected"
@@ -82,6 +84,8 @@ class SADAConfig:
     num_steps: int | None = None
     max_fix: int = 5 * 1024
     max_downsample: int = 0
+    prune_blocks: tuple[int, ...] = ()
+    anchor_stride: tuple[int, int] = (3, 3)
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self):
@@ -108,6 +112,15 @@ class SADAConfig:
         term = _int_field("lagrange_term", self.lagrange_term, minimum=0, maximum=8)
         _int_field("max_fix", self.max_fix, minimum=0)
         _int_field("max_downsample", self.max_downsample, minimum=0, maximum=8)
+        if not isinstance(self.prune_blocks, (tuple, list)):
+            raise TypeError(f"prune_blocks must be a tuple of block indices, got {self.prune_blocks!r}")
+        object.__setattr__(self, "prune_blocks", tuple(_int_field(f"prune_blocks[{i}]", b, minimum=0)
+                                                       for i, b in enumerate(self.prune_blocks)))
+        stride = self.anchor_stride
+        if not isinstance(stride, (tuple, list)) or len(stride) != 2:
+            raise TypeError(f"anchor_stride must be a pair (sy, sx), got {stride!r}")
+        object.__setattr__(self, "anchor_stride", (_int_field("anchor_stride[0]", stride[0], minimum=1, maximum=16),
+                                                   _int_field("anchor_stride[1]", stride[1], minimum=1, maximum=16)))
         interval = _int_field("lagrange_int", self.lagrange_int, minimum=2)
         step = _int_field("lagrange_step", self.lagrange_step, minimum=0)
         if term:
@@ -137,6 +150,11 @@ class SADAConfig:
     @property
     def uses_lagrange(self) -> bool:
         return self.lagrange_term > 0
+
+    @property
+    def prunes_tokens(self) -> bool:
+        """Whether token-wise pruning is configured (U-Net resolutions or DiT block indices)."""
+        return self.max_downsample > 0 or bool(self.prune_blocks)
 
     @property
     def abscissae(self) -> str:
@@ -209,6 +227,8 @@ class SADAConfig:
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
         out["acc_range"] = list(self.acc_range)
+        out["prune_blocks"] = list(self.prune_blocks)
+        out["anchor_stride"] = list(self.anchor_stride)
         return out
 
     def to_json(self) -> str:
@@ -222,8 +242,9 @@ class SADAConfig:
         if unknown:
             raise ValueError(f"unknown SADAConfig field(s): {sorted(unknown)}")
         data = dict(data)
-        if isinstance(data.get("acc_range"), list):
-            data["acc_range"] = tuple(data["acc_range"])
+        for key in ("acc_range", "prune_blocks", "anchor_stride"):
+            if isinstance(data.get(key), list):
+                data[key] = tuple(data[key])
         return cls(**data)
 
     @classmethod

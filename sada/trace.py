@@ -24,6 +24,7 @@ class Trace:
         self.decisions = np.full((self.num_steps, self.batch_size), Decision.COMPUTE, dtype=np.int8)
         self.criterion = np.full((self.num_steps, self.batch_size), np.nan)
         self.notes: list[tuple[int, str]] = []
+        self.extras: dict = {}  # host-specific records, e.g. token pruning statistics
         self.steps_done = 0
 
     def record_decisions(self, step: int, decisions) -> None:
@@ -72,13 +73,18 @@ class Trace:
                 f"AM {fmt(c['am'] / per)}, Lagrange {fmt(c['lagrange'] / per)}")
         if per > 1:
             text += f" (mean over {per} samples)"
+        pruning = self.extras.get("pruning")
+        if pruning and pruning["token_fraction"]:
+            fractions = list(pruning["token_fraction"].values())
+            text += (f"; pruned blocks computed {100 * float(np.mean(fractions)):.0f}% of their tokens on "
+                     f"{len(fractions)} steps, caches {pruning['cache_bytes'] / 2**20:.2f} MiB")
         return text
 
     def to_dict(self) -> dict:
         return {"num_steps": self.num_steps, "batch_size": self.batch_size, "steps_done": self.steps_done,
                 "decisions": self.decisions.tolist(),
                 "criterion": [[None if np.isnan(v) else float(v) for v in row] for row in self.criterion],
-                "notes": self.notes}
+                "notes": self.notes, "extras": self.extras}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())

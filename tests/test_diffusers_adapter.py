@@ -217,3 +217,24 @@ def test_img2img_runs_a_partial_schedule():
     with sada_d.enabled(pipe) as handle:
         _img2img_call(pipe)
     assert handle.trace.num_steps == 35 and handle.trace.speedup() > 1.3
+
+
+@pytest.mark.parametrize("name, config", [
+    ("sd", SADAConfig(max_downsample=2)),            # the tiny U-Net's attention runs at half resolution
+    ("dit", SADAConfig(prune_blocks=(0, 1))),
+    ("sd3", SADAConfig(prune_blocks=(0, 1))),
+    ("flux", SADAConfig(prune_blocks=(0, 1))),       # rotary embeddings gathered with the tokens
+])
+def test_token_pruning_in_pipelines_prunes_tokens_and_reports_cache_memory(name, config):
+    make, call, role = PIPELINES[name]
+    pipe = make()
+    base = call(pipe)
+    with sada_d.enabled(pipe, config) as handle:
+        out = call(pipe)
+        assert "pruned blocks computed" in handle.summary()
+    pruning = handle.trace.extras["pruning"]
+    fractions = list(pruning["token_fraction"].values())
+    assert fractions and min(fractions) < 1.0 and pruning["cache_bytes"] > 0
+    rel = float((out - base).norm() / base.norm())
+    assert torch.isfinite(out).all() and rel < 0.05, rel
+    assert sada_d.enable(pipe, SADAConfig()) is not None  # hooks fully removed: enabling again works

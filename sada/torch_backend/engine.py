@@ -113,6 +113,7 @@ class SADAEngine:
         self._estimate = None  # paper-vp: clean-sample estimate for the next step
         self._flow_product = None  # paper-flow: per-row criterion product (needs no x_{n+1})
         self._finite = None
+        self.token_scores = None
         self._row_decisions = np.zeros(rows, np.int8)
         self._step = 0
 
@@ -300,6 +301,26 @@ class SADAEngine:
             return self._velocity.full(rows)
         return self._eps.full(rows)
 
+    def _token_scores(self, product: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Section 3.5 / SADA_SPEC 5.1: channel mean of ``M_n`` per token (``[B, C, H, W] -> [B, H, W]``;
+        token layout ``[B, L, D] -> [B, L]``). A token is unstable where the score is ``>= 0``."""
+        scores = product.mean(dim=1) if like.ndim == 4 else product.mean(dim=-1)
+        return torch.nan_to_num(scores, nan=float("inf"))  # rows without a criterion: every token unstable
+
+    def token_map(self) -> torch.Tensor | None:
+        """Per-sample boolean map of the tokens to recompute at the current step (``None`` if unknown):
+        unstable tokens, at most ``max_fix`` per sample (the largest scores)."""
+        if self.token_scores is None:
+            return None
+        scores = self.token_scores.flatten(1)
+        unstable = scores >= 0
+        cap = self.config.max_fix
+        if cap and cap < scores.shape[1]:
+            top = torch.topk(scores, cap, dim=1).indices
+            capped = torch.zeros_like(unstable).scatter_(1, top, True)
+            unstable = unstable & capped
+        return unstable.reshape(self.token_scores.shape)
+
     def _can_skip(self, step: int, rows: int) -> np.ndarray:
         """Rows whose estimate for step ``step + 1`` can be formed from valid history."""
         if self.estimator == "paper-flow":
@@ -328,6 +349,9 @@ class SADAEngine:
                 ring.invalidate(bad_rows)
             self.trace.note(step, f"non-finite model output in samples {np.flatnonzero(bad).tolist()}: "
                                   "not used for extrapolation; they compute until their history refills")
+        self.token_scores = None
+        if product is not None and self.config.prunes_tokens:
+            self.token_scores = self._token_scores(product, x_next)
         stable = None
         if product is not None:
             self.trace.record_criterion(step, means)
