@@ -16,6 +16,7 @@ MODES = ("paper", "corrected")
 REDUCTIONS = ("batch", "sample")
 ABSCISSAE = ("index", "t", "sigma", "lambda")
 AM_NOISE = ("reuse", "extrapolate")
+LAGRANGE_TARGETS = ("x0", "x0_over_alpha")
 # The official code never skips before step 3: the step estimate needs three drift nodes (SADA_SPEC 2.3).
 MIN_ACC_START = 3
 
@@ -56,6 +57,8 @@ class SADAConfig:
         am_noise: noise used with the step estimate of a skipped step: ``reuse`` the last one at the
             estimated state (paper, Theorem 3.6) or ``extrapolate`` it along the real noise levels;
             ``None`` picks the mode's default.
+        lagrange_target: what the multistep polynomial extrapolates: the clean sample ``x0`` or, as the
+            official Euler path does, ``x0 / alpha`` (rescaled by ``alpha`` of the skipped step).
         criterion: which Criterion 3.4 decides: ``paper`` (the official drift, residual against the
             paper's step estimate) or ``corrected`` (residual against the corrected estimate);
             ``None``: ``paper`` where the grid defines it, else ``corrected``. The two allow very
@@ -79,6 +82,7 @@ class SADAConfig:
     lagrange_step: int = 24
     lagrange_nodes: str | None = None
     am_noise: str | None = None
+    lagrange_target: str = "x0"
     criterion: str | None = None
     reduce: str = "sample"
     num_steps: int | None = None
@@ -95,6 +99,7 @@ class SADAConfig:
             _choice("criterion", self.criterion, MODES)
         if self.am_noise is not None:
             _choice("am_noise", self.am_noise, AM_NOISE)
+        _choice("lagrange_target", self.lagrange_target, LAGRANGE_TARGETS)
         if self.lagrange_nodes is not None:
             _choice("lagrange_nodes", self.lagrange_nodes, ABSCISSAE)
         if not isinstance(self.name, str):

@@ -24,6 +24,9 @@ from sada.config import PRESETS, SADAConfig, preset
     ({"lagrange_nodes": "time"}, "lagrange_nodes must be one of"),
     ({"am_noise": "zero"}, "am_noise must be one of"),
     ({"criterion": "strict"}, "criterion must be one of"),
+    ({"lagrange_target": "x0/alpha"}, "lagrange_target must be one of"),
+    ({"prune_blocks": (0, -1)}, r"prune_blocks\[1\] must be >= 0"),
+    ({"anchor_stride": (3,)}, "anchor_stride must be a pair"),
     ({"max_fix": -1}, "max_fix must be >= 0"),
     ({"max_interval": True}, "max_interval must be an integer"),
 ])
@@ -83,7 +86,8 @@ anything = st.one_of(st.none(), st.booleans(), st.integers(-100, 100), st.floats
                      st.text(max_size=8), st.sampled_from(["paper", "corrected", "batch", "sample", "sigma", "reuse"]),
                      st.tuples(st.integers(-5, 60), st.integers(-5, 60)), st.lists(st.integers(-5, 60), max_size=3))
 FIELDS = ["mode", "acc_range", "max_interval", "lagrange_term", "lagrange_int", "lagrange_step", "lagrange_nodes",
-          "am_noise", "criterion", "reduce", "num_steps", "max_fix", "max_downsample", "name"]
+          "am_noise", "criterion", "reduce", "num_steps", "max_fix", "max_downsample", "name", "lagrange_target",
+          "prune_blocks", "anchor_stride"]
 
 
 @given(st.dictionaries(st.sampled_from(FIELDS), anything, max_size=6))

@@ -30,7 +30,8 @@ def setups(draw):
     kinds = ["flow_velocity"] if flow_paper else ["epsilon", "v_prediction", "sample", "flow_velocity"]
     cfg = SADAConfig(mode=mode, criterion=criterion, reduce=draw(st.sampled_from(["batch", "sample"])),
                      am_noise=draw(st.sampled_from([None, "reuse", "extrapolate"])),
-                     lagrange_nodes=draw(st.sampled_from([None, "index", "sigma", "t"])), **BASE)
+                     lagrange_nodes=draw(st.sampled_from([None, "index", "sigma", "t"])),
+                     lagrange_target=draw(st.sampled_from(["x0", "x0_over_alpha"])), **BASE)
     return cfg, GRIDS[family], draw(st.sampled_from(kinds)), draw(st.integers(1, 4)), draw(st.integers(0, 2**16))
 
 

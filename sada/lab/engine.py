@@ -173,7 +173,8 @@ class ReferenceEngine:
         if self.policy.is_node(step) and self.estimator != "paper-flow":
             # paper: every row stores the x0 it used; corrected: only rows that ran the network
             rows = computed if self.estimator == "corrected" else np.ones_like(computed)
-            self._nodes.push(rows, self._abscissae[step], to_x0(self.kind, output, x, alpha, sigma))
+            scale = 1.0 / alpha if self.config.lagrange_target == "x0_over_alpha" else 1.0
+            self._nodes.push(rows, self._abscissae[step], scale * to_x0(self.kind, output, x, alpha, sigma))
         self._step = step + 1
 
     def finish(self, x_final) -> Trace:
@@ -294,4 +295,5 @@ class ReferenceEngine:
                              f"in every row")
         at = self._abscissae[step]
         weights = np.stack([lagrange_basis_weights(ring.keys[:, b], at) for b in range(self.batch_size)])
-        return ring.combine(weights)
+        scale = self.grid.alpha[step] if self.config.lagrange_target == "x0_over_alpha" else 1.0
+        return scale * ring.combine(weights)

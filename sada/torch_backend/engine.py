@@ -202,7 +202,8 @@ class SADAEngine:
                 self._corrected_x_hat = self._corrected_x_tilde_hat(step, h)
         if self.policy.is_node(step) and self.estimator != "paper-flow":
             rows = computed if self.estimator == "corrected" else np.ones_like(computed)
-            self._nodes.push(rows, float(self._abscissae[step]), to_x0(self.kind, out, h, alpha, sigma))
+            scale = 1.0 / alpha if self.config.lagrange_target == "x0_over_alpha" else 1.0
+            self._nodes.push(rows, float(self._abscissae[step]), scale * to_x0(self.kind, out, h, alpha, sigma))
         self._step = step + 1
 
     def intermediate_output(self, step: int, edm_sigma: float, x: torch.Tensor) -> torch.Tensor:
@@ -225,7 +226,8 @@ class SADAEngine:
         if lag.any():
             at = self.grid.abscissa_at(self.config.abscissae, edm_sigma)
             weights = self._row_weights(self._nodes, lambda keys: lagrange_basis_weights(keys, at))
-            x0 = torch.where(self._b(lag, h), self._nodes.combine(weights), x0)
+            scale = alpha if self.config.lagrange_target == "x0_over_alpha" else 1.0
+            x0 = torch.where(self._b(lag, h), scale * self._nodes.combine(weights), x0)
         return synthesise_output(self.kind, x0, h, alpha, sigma).to(x.dtype)
 
     def finish(self, x_final: torch.Tensor) -> Trace:
@@ -278,7 +280,8 @@ class SADAEngine:
 
     def _multistep_estimate(self, step: int, rows: np.ndarray) -> torch.Tensor:
         at = float(self._abscissae[step])
-        return self._nodes.combine(self._row_weights(self._nodes, lambda keys: lagrange_basis_weights(keys, at)))
+        scale = float(self.grid.alpha[step]) if self.config.lagrange_target == "x0_over_alpha" else 1.0
+        return scale * self._nodes.combine(self._row_weights(self._nodes, lambda keys: lagrange_basis_weights(keys, at)))
 
     def _product(self, step: int, x_next: torch.Tensor):
         if self.criterion == "paper-flow":

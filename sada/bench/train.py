@@ -1,0 +1,347 @@
+"""Train, save, load and sample the tiny real benchmark models (16x16 sklearn digits, class-conditional).
+
+Shipped bundles (under ``sada/assets/``), all loadable offline:
+
+* ``digits-unet``  - SD-like ``UNet2DConditionModel`` (cross-attention), epsilon prediction, DDPM scaled-linear betas.
+* ``digits-mmdit`` - SD3-like ``SD3Transformer2DModel`` (MMDiT), rectified-flow velocity prediction.
+* ``digits-classifier`` - small CNN (see :mod:`sada.bench.classifier`) for sample accuracy / Frechet features.
+
+Both diffusion models are conditioned by a learned label table of 11 rows (digits 0..9 plus the null label 10 used for
+classifier-free guidance). Reproduce the shipped weights with ``python -m sada.bench.train --model all``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from sada.bench.classifier import ASSETS_DIR, IMAGE_SIZE, accuracy, load_classifier, train_classifier
+
+NUM_DIGITS = 10
+NULL_LABEL = 10          # label-table row used as the unconditional ("empty prompt") input for CFG
+NUM_LABELS = 11
+UNET_DIR, MMDIT_DIR, CLASSIFIER_DIR = "digits-unet", "digits-mmdit", "digits-classifier"
+
+# Architecture / conditioning settings of the shipped models (kept here so that the CLI reproduces them).
+UNET_TOKENS, UNET_DIM = 4, 32
+UNET_CONFIG = dict(sample_size=IMAGE_SIZE, in_channels=1, out_channels=1, block_out_channels=(32, 64),
+                   layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                   up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), norm_num_groups=8,
+                   cross_attention_dim=UNET_DIM, attention_head_dim=4)  # diffusers legacy name: 4 heads
+MMDIT_TOKENS, MMDIT_DIM, MMDIT_POOLED = 4, 64, 64
+MMDIT_CONFIG = dict(sample_size=IMAGE_SIZE, patch_size=2, in_channels=1, out_channels=1, num_layers=4,
+                    attention_head_dim=32, num_attention_heads=4, joint_attention_dim=MMDIT_DIM,
+                    caption_projection_dim=128, pooled_projection_dim=MMDIT_POOLED, pos_embed_max_size=8)
+DDPM_CONFIG = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                   prediction_type="epsilon", clip_sample=False, timestep_spacing="trailing", steps_offset=1)
+FLOW_CONFIG = dict(num_train_timesteps=1000, shift=1.0)
+# Per-model training defaults: steps, batch size, peak learning rate, recommended CFG scale for sampling.
+DEFAULTS = {"unet": dict(steps=550, batch_size=128, lr=2e-3, guidance=3.0),
+            "mmdit": dict(steps=1500, batch_size=128, lr=1e-3, guidance=3.0),
+            "classifier": dict(steps=1500, batch_size=128, lr=2e-3)}
+LABEL_DROPOUT = 0.12
+
+
+def load_digit_data(seed: int = 0, test_fraction: float = 0.2):
+    """sklearn digits (8x8, 0..16) -> bilinear 16x16 in [-1, 1]; stratified split. Returns x_tr, y_tr, x_te, y_te."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0
+    x = F.interpolate(x, size=IMAGE_SIZE, mode="bilinear", align_corners=False) * 2 - 1
+    y = torch.tensor(d.target, dtype=torch.long)
+    tr, te = train_test_split(list(range(len(y))), test_size=test_fraction, stratify=d.target, random_state=seed)
+    return x[tr], y[tr], x[te], y[te]
+
+
+class LabelConditioner(nn.Module):
+    """Learned label table: ``embeddings`` [11, S, D] (token sequence) and optional ``pooled`` [11, P]."""
+
+    def __init__(self, num_tokens: int, dim: int, pooled_dim: int = 0):
+        super().__init__()
+        self.embeddings = nn.Parameter(torch.randn(NUM_LABELS, num_tokens, dim))
+        self.pooled = nn.Parameter(torch.randn(NUM_LABELS, pooled_dim)) if pooled_dim else None
+
+
+def _lr_at(step: int, steps: int, peak: float) -> float:
+    """Linear warmup (min(100, steps/10) steps), constant, then a cosine tail over the last 30% of steps."""
+    warmup, tail = max(1, min(100, steps // 10)), int(0.7 * steps)
+    lr = peak * min(1.0, (step + 1) / warmup)
+    if step >= tail:
+        lr *= 0.5 * (1 + math.cos(math.pi * (step - tail) / max(1, steps - tail)))
+    return lr
+
+
+def train_diffusion(kind: str, steps: int | None = None, batch_size: int | None = None, lr: float | None = None,
+                    seed: int = 0, out: str | Path | None = None, log_every: int = 50) -> dict:
+    """Train the ``unet`` (epsilon) or ``mmdit`` (flow matching) model with EMA; save the EMA bundle under ``out``."""
+    from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, UNet2DConditionModel
+
+    if kind not in ("unet", "mmdit"):
+        raise ValueError(f"kind must be 'unet' or 'mmdit', got {kind!r}")
+    d = DEFAULTS[kind]
+    steps, batch_size, lr = steps or d["steps"], batch_size or d["batch_size"], lr or d["lr"]
+    if steps < 1 or batch_size < 1 or lr <= 0:
+        raise ValueError("steps and batch_size must be >= 1 and lr > 0")
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    x_all, y_all, _, _ = load_digit_data(seed)
+    if kind == "unet":
+        net, cond = UNet2DConditionModel(**UNET_CONFIG), LabelConditioner(UNET_TOKENS, UNET_DIM)
+        acp = DDPMScheduler(**DDPM_CONFIG).alphas_cumprod
+    else:
+        net, cond = SD3Transformer2DModel(**MMDIT_CONFIG), LabelConditioner(MMDIT_TOKENS, MMDIT_DIM, MMDIT_POOLED)
+    model = nn.ModuleDict({"net": net, "cond": cond}).train()
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    n_params = sum(p.numel() for p in net.parameters())
+    print(f"[{kind}] {n_params / 1e6:.3f}M params, {steps} steps x bs {batch_size}, lr {lr}", flush=True)
+    t0, smooth = time.time(), None
+    for step in range(steps):
+        idx = torch.randint(0, len(x_all), (batch_size,), generator=gen)
+        x0, labels = x_all[idx], y_all[idx].clone()
+        labels[torch.rand(batch_size, generator=gen) < LABEL_DROPOUT] = NULL_LABEL
+        noise = torch.randn(x0.shape, generator=gen)
+        if kind == "unet":  # epsilon prediction: x_t = sqrt(a) x0 + sqrt(1-a) eps
+            t = torch.randint(0, DDPM_CONFIG["num_train_timesteps"], (batch_size,), generator=gen)
+            a = acp[t].view(-1, 1, 1, 1)
+            xt, target = a.sqrt() * x0 + (1 - a).sqrt() * noise, noise
+            pred = net(xt, t, encoder_hidden_states=cond.embeddings[labels]).sample
+        else:  # diffusers flow matching: sigma=t, x_t=(1-t) x0 + t eps, v = eps - x0, logit-normal t
+            t = torch.sigmoid(torch.randn(batch_size, generator=gen))
+            tt = t.view(-1, 1, 1, 1)
+            xt, target = (1 - tt) * x0 + tt * noise, noise - x0
+            pred = net(hidden_states=xt, encoder_hidden_states=cond.embeddings[labels],
+                       pooled_projections=cond.pooled[labels], timestep=t * 1000).sample
+        loss = F.mse_loss(pred, target)
+        cur = _lr_at(step, steps, lr)
+        for g in opt.param_groups:
+            g["lr"] = cur
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            decay = min(0.999, (1 + step) / (10 + step))
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.mul_(decay).add_(pm, alpha=1 - decay)
+        smooth = loss.item() if smooth is None else 0.98 * smooth + 0.02 * loss.item()
+        if log_every and (step % log_every == 0 or step == steps - 1):
+            print(f"[{kind}] step {step:5d}/{steps} loss {loss.item():.4f} (ema {smooth:.4f}) lr {cur:.2e} "
+                  f"elapsed {time.time() - t0:.1f}s", flush=True)
+    stats = {"steps": steps, "batch_size": batch_size, "peak_lr": lr, "seed": seed, "label_dropout": LABEL_DROPOUT,
+             "final_loss": round(loss.item(), 5), "final_loss_smoothed": round(smooth, 5),
+             "train_seconds": round(time.time() - t0, 1), "torch_threads": torch.get_num_threads(),
+             "n_params": n_params, "n_train_images": len(x_all)}
+    out = Path(out) if out is not None else ASSETS_DIR / (UNET_DIR if kind == "unet" else MMDIT_DIR)
+    _save_bundle(kind, ema, out, stats)
+    return stats
+
+
+def _save_bundle(kind: str, ema: nn.ModuleDict, out: Path, stats: dict) -> None:
+    """Write the EMA network (fp16 safetensors), scheduler config, label table and ``sada_model.json``."""
+    from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    cond = ema["cond"]
+    net = copy.deepcopy(ema["net"]).half()  # fp16 on disk keeps sada/assets small
+    tensors = {"embeddings": cond.embeddings.detach().float().contiguous()}
+    if kind == "unet":
+        net.save_pretrained(out / "unet")
+        DDPMScheduler(**DDPM_CONFIG).save_pretrained(out / "scheduler")
+        meta = {"kind": "unet2d-condition", "model_class": "UNet2DConditionModel", "model_subfolder": "unet",
+                "scheduler_class": "DDPMScheduler", "prediction_type": "epsilon",
+                "recommended_sampler": "DPMSolverMultistepScheduler.from_config(scheduler.config), 50 steps",
+                "num_tokens": UNET_TOKENS, "dim": UNET_DIM, "guidance": DEFAULTS["unet"]["guidance"]}
+    else:
+        net.save_pretrained(out / "transformer")
+        FlowMatchEulerDiscreteScheduler(**FLOW_CONFIG).save_pretrained(out / "scheduler")
+        tensors["pooled"] = cond.pooled.detach().float().contiguous()
+        meta = {"kind": "sd3-mmdit", "model_class": "SD3Transformer2DModel", "model_subfolder": "transformer",
+                "scheduler_class": "FlowMatchEulerDiscreteScheduler", "prediction_type": "flow_velocity",
+                "flow_convention": "x_t=(1-t)*x0+t*noise, v=noise-x0, model timestep=t*1000",
+                "recommended_sampler": "FlowMatchEulerDiscreteScheduler, 50 steps",
+                "num_tokens": MMDIT_TOKENS, "dim": MMDIT_DIM, "pooled_dim": MMDIT_POOLED,
+                "guidance": DEFAULTS["mmdit"]["guidance"]}
+    save_file(tensors, str(out / "label_embeddings.safetensors"))
+    guidance = meta.pop("guidance")
+    meta = {**meta, "recommended_guidance_scale": guidance, "null_label": NULL_LABEL,
+            "num_labels": NUM_LABELS, "image_size": IMAGE_SIZE, "channels": 1, "value_range": [-1.0, 1.0],
+            "weights_dtype": "float16", "data": "sklearn load_digits, bilinear 8->16 px, 80% stratified split (seed 0)",
+            "training": stats}
+    (out / "sada_model.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def _load_bundle(path, default_dir: str, cls_name: str, subfolder: str, sched_name: str, dtype: torch.dtype):
+    import diffusers
+    from safetensors.torch import load_file
+
+    path = Path(path) if path is not None else ASSETS_DIR / default_dir
+    meta_file = path / "sada_model.json"
+    if not meta_file.is_file():
+        raise FileNotFoundError(f"{path} is not a sada model bundle (no sada_model.json)")
+    meta = json.loads(meta_file.read_text())
+    model = getattr(diffusers, cls_name).from_pretrained(path, subfolder=subfolder, torch_dtype=dtype,
+                                                         local_files_only=True)
+    scheduler = getattr(diffusers, sched_name).from_pretrained(path, subfolder="scheduler", local_files_only=True)
+    labels = {k: v.to(dtype) for k, v in load_file(str(path / "label_embeddings.safetensors")).items()}
+    return model.eval().requires_grad_(False), scheduler, labels, meta
+
+
+def load_unet_bundle(path: str | Path | None = None, dtype: torch.dtype = torch.float32):
+    """(UNet2DConditionModel, DDPMScheduler, {"embeddings": [11,S,D]}, metadata dict), loaded offline."""
+    return _load_bundle(path, UNET_DIR, "UNet2DConditionModel", "unet", "DDPMScheduler", dtype)
+
+
+def load_mmdit_bundle(path: str | Path | None = None, dtype: torch.dtype = torch.float32):
+    """(SD3Transformer2DModel, FlowMatchEulerDiscreteScheduler, {"embeddings","pooled"}, metadata), loaded offline."""
+    return _load_bundle(path, MMDIT_DIR, "SD3Transformer2DModel", "transformer", "FlowMatchEulerDiscreteScheduler",
+                        dtype)
+
+
+def _check_labels(labels) -> torch.Tensor:
+    labels = torch.as_tensor(labels, dtype=torch.long).flatten()
+    if labels.numel() == 0 or labels.min() < 0 or labels.max() > NULL_LABEL:
+        raise ValueError(f"labels must be a non-empty list of ints in 0..{NULL_LABEL}")
+    return labels
+
+
+@torch.no_grad()
+def sample_unet(bundle, labels, steps: int = 50, guidance_scale: float | None = None, seed: int = 0) -> torch.Tensor:
+    """DPM-Solver++(2M) sampling with CFG on a doubled batch; returns images [B,1,16,16] (unclamped, ~[-1,1])."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    unet, scheduler, table, meta = bundle
+    labels, g = _check_labels(labels), meta["recommended_guidance_scale"] if guidance_scale is None else guidance_scale
+    sched = DPMSolverMultistepScheduler.from_config(scheduler.config)
+    sched.set_timesteps(steps)
+    emb = table["embeddings"]
+    ctx = torch.cat([emb[torch.full_like(labels, NULL_LABEL)], emb[labels]])
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn((len(labels), 1, IMAGE_SIZE, IMAGE_SIZE), generator=gen).to(emb.dtype) * sched.init_noise_sigma
+    for t in sched.timesteps:
+        e_u, e_c = unet(sched.scale_model_input(torch.cat([x, x]), t), t, encoder_hidden_states=ctx).sample.chunk(2)
+        x = sched.step(e_u + g * (e_c - e_u), t, x).prev_sample
+    return x
+
+
+@torch.no_grad()
+def sample_mmdit(bundle, labels, steps: int = 50, guidance_scale: float | None = None, seed: int = 0) -> torch.Tensor:
+    """Flow-matching Euler sampling with CFG on a doubled batch; returns images [B,1,16,16] (unclamped)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    model, scheduler, table, meta = bundle
+    labels, g = _check_labels(labels), meta["recommended_guidance_scale"] if guidance_scale is None else guidance_scale
+    sched = FlowMatchEulerDiscreteScheduler.from_config(scheduler.config)
+    sched.set_timesteps(steps)
+    emb, pooled = table["embeddings"], table["pooled"]
+    null = torch.full_like(labels, NULL_LABEL)
+    ctx, pool = torch.cat([emb[null], emb[labels]]), torch.cat([pooled[null], pooled[labels]])
+    x = torch.randn((len(labels), 1, IMAGE_SIZE, IMAGE_SIZE), generator=torch.Generator().manual_seed(seed))
+    x = x.to(emb.dtype)
+    for t in sched.timesteps:
+        v_u, v_c = model(hidden_states=torch.cat([x, x]), encoder_hidden_states=ctx, pooled_projections=pool,
+                         timestep=t.expand(2 * len(labels))).sample.chunk(2)
+        x = sched.step(v_u + g * (v_c - v_u), t, x).prev_sample
+    return x
+
+
+def save_grid(images: torch.Tensor, path: str | Path, ncol: int = 10, scale: int = 4) -> None:
+    """Save [B,1,H,W] images in [-1,1] as a grayscale PNG grid (row-major, ``ncol`` per row, nearest upscaling)."""
+    from PIL import Image
+
+    b, _, h, w = images.shape
+    nrow = -(-b // ncol)
+    grid = torch.full((nrow * (h + 1) + 1, ncol * (w + 1) + 1), 0.5)
+    img = ((images.float().clamp(-1, 1) + 1) / 2)[:, 0]
+    for i in range(b):
+        r, c = divmod(i, ncol)
+        grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = img[i]
+    arr = (grid.repeat_interleave(scale, 0).repeat_interleave(scale, 1) * 255).round().byte().numpy()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr, mode="L").save(path)
+
+
+def evaluate_bundle(kind: str, path: str | Path | None = None, per_class: int = 20, steps: int = 50,
+                    guidance_scale: float | None = None, grid_path: str | Path | None = None, seed: int = 0,
+                    classifier_path: str | Path | None = None, record: bool = True) -> dict:
+    """Sample ``per_class`` images per digit with CFG, score them with the classifier against the requested label.
+
+    Writes a 10x10 grid (row = class) to ``grid_path`` if given, and (``record``) the result into sada_model.json.
+    """
+    if kind not in ("unet", "mmdit") or per_class < 1 or steps < 1:
+        raise ValueError("kind must be 'unet' or 'mmdit'; per_class and steps must be >= 1")
+    bundle = (load_unet_bundle if kind == "unet" else load_mmdit_bundle)(path)
+    sampler = sample_unet if kind == "unet" else sample_mmdit
+    clf = load_classifier(classifier_path)
+    labels = torch.arange(NUM_DIGITS).repeat_interleave(per_class)
+    t0 = time.time()
+    images = torch.cat([sampler(bundle, labels[i:i + 100], steps, guidance_scale, seed + i)
+                        for i in range(0, len(labels), 100)])
+    acc = accuracy(clf, images.clamp(-1, 1), labels)
+    g = bundle[3]["recommended_guidance_scale"] if guidance_scale is None else guidance_scale
+    res = {"samples": len(labels), "steps": steps, "guidance_scale": g, "seed": seed, "class_accuracy": round(acc, 4),
+           "sample_seconds": round(time.time() - t0, 1)}
+    print(f"[{kind}] eval {res}", flush=True)
+    if grid_path is not None:
+        pick = torch.cat([torch.arange(c * per_class, c * per_class + min(10, per_class)) for c in range(NUM_DIGITS)])
+        save_grid(images[pick], grid_path, ncol=min(10, per_class))
+    if record:
+        bundle_dir = Path(path) if path is not None else ASSETS_DIR / (UNET_DIR if kind == "unet" else MMDIT_DIR)
+        meta = json.loads((bundle_dir / "sada_model.json").read_text())
+        meta["eval"] = res
+        (bundle_dir / "sada_model.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return res
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m sada.bench.train", description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True, choices=["unet", "mmdit", "classifier", "all"])
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: per-model, see DEFAULTS)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="assets root; bundles go to OUT/digits-{unet,mmdit,classifier}")
+    p.add_argument("--eval-only", action="store_true", help="skip training; evaluate the existing bundle(s)")
+    p.add_argument("--no-eval", action="store_true", help="skip the post-training sample evaluation")
+    p.add_argument("--img-dir", default=None, help="write sample grids OUT_IMG/digits-{unet,mmdit}-samples.png")
+    p.add_argument("--guidance", type=float, default=None, help="CFG scale for evaluation (default: recommended)")
+    a = p.parse_args(argv)
+    for name in ("steps", "batch_size"):
+        if getattr(a, name) is not None and getattr(a, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if a.eval_only and a.no_eval:
+        p.error("--eval-only and --no-eval are mutually exclusive")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    root = Path(a.out) if a.out else ASSETS_DIR
+    kinds = ["classifier", "unet", "mmdit"] if a.model == "all" else [a.model]
+    clf_dir = root / CLASSIFIER_DIR
+    for kind in kinds:
+        if kind == "classifier":
+            if not a.eval_only:
+                x_tr, y_tr, x_te, y_te = load_digit_data(a.seed)
+                d = DEFAULTS["classifier"]
+                train_classifier(x_tr, y_tr, x_te, y_te, steps=a.steps or d["steps"],
+                                 batch_size=a.batch_size or d["batch_size"], lr=d["lr"], seed=a.seed, out=clf_dir)
+            continue
+        out = root / (UNET_DIR if kind == "unet" else MMDIT_DIR)
+        if not a.eval_only:
+            train_diffusion(kind, a.steps, a.batch_size, seed=a.seed, out=out)
+        if not a.no_eval:
+            grid = Path(a.img_dir) / f"digits-{kind}-samples.png" if a.img_dir else None
+            evaluate_bundle(kind, out, guidance_scale=a.guidance, grid_path=grid, classifier_path=clf_dir)
+
+
+if __name__ == "__main__":
+    main()
