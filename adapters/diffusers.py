@@ -79,9 +79,10 @@ class _Run:
 class _Controller:
     """Shared state of one enabled pipeline: config, current run, hooks' output templates."""
 
-    def __init__(self, pipe, config: SADAConfig):
+    def __init__(self, pipe, config: SADAConfig, engine_factory=None):
         self.pipe = pipe
         self.config = config
+        self.engine_factory = engine_factory
         self.run: _Run | None = None
         self.last_trace: Trace | None = None
         self.templates: dict[str, object] = {}
@@ -133,13 +134,15 @@ class _Controller:
             grid = StepGrid.from_edm_sigmas(vp, edm) if edm is not None else StepGrid.from_times(vp, calls)
         kind = _prediction_kind(scheduler)
         try:
-            config = self.config.fit_steps(grid.num_steps)
-            engine = SADAEngine(config, grid, kind)
+            if self.engine_factory is not None:
+                engine = self.engine_factory(grid, kind)
+            else:
+                engine = SADAEngine(self.config.fit_steps(grid.num_steps), grid, kind)
         except ValueError:
             engine = None  # too short for SADA: the run computes every step
         if self.pruner is not None:
             self.pruner.reset()
-            self.pruner.config = engine.config if engine is not None else self.config
+            self.pruner.config = getattr(engine, "config", None) or self.config
         return _Run(engine, grid, scaling, calls)
 
     def canonical(self, run: _Run, x: torch.Tensor, edm_sigma: float) -> torch.Tensor:
@@ -374,11 +377,13 @@ def _denoiser_modules(pipe) -> list[tuple[str, torch.nn.Module]]:
     return found
 
 
-def enable(pipe, config: SADAConfig | None = None) -> SADAHandle:
+def enable(pipe, config: SADAConfig | None = None, *, engine_factory=None) -> SADAHandle:
     """Enable SADA on a diffusers pipeline instance; returns a :class:`SADAHandle`.
 
     Enabling twice is an error (use ``handle.configure(config)`` to change the config). Raises
     ``ValueError`` naming the supported schedulers when the pipeline's scheduler is not one of them.
+    ``engine_factory(grid, kind)`` replaces the SADA engine by another one with its protocol (the
+    benchmark runs peer methods such as :class:`sada.torch_backend.peers.AdaptiveDiffusionEngine` this way).
     """
     from diffusers.hooks import HookRegistry
 
@@ -392,7 +397,7 @@ def enable(pipe, config: SADAConfig | None = None) -> SADAHandle:
         raise TypeError(f"sada: {type(pipe).__name__} has no scheduler")
     _scheduler_kind(pipe.scheduler)
     modules = _denoiser_modules(pipe)
-    controller = _Controller(pipe, config)
+    controller = _Controller(pipe, config, engine_factory)
     controller.ensure_scheduler()
     hook_class, block_hook_class = _make_hook_class()
     hooked = []
@@ -433,9 +438,9 @@ def disable(pipe) -> None:
 
 
 @contextlib.contextmanager
-def enabled(pipe, config: SADAConfig | None = None):
+def enabled(pipe, config: SADAConfig | None = None, *, engine_factory=None):
     """``with enabled(pipe) as handle: ...`` -- SADA inside the block, the original pipeline after it."""
-    handle = enable(pipe, config)
+    handle = enable(pipe, config, engine_factory=engine_factory)
     try:
         yield handle
     finally:

@@ -238,3 +238,19 @@ def test_token_pruning_in_pipelines_prunes_tokens_and_reports_cache_memory(name,
     rel = float((out - base).norm() / base.norm())
     assert torch.isfinite(out).all() and rel < 0.05, rel
     assert sada_d.enable(pipe, SADAConfig()) is not None  # hooks fully removed: enabling again works
+
+
+def test_adaptive_diffusion_peer_runs_through_the_same_adapter():
+    from sada.torch_backend.peers import AdaptiveDiffusionEngine
+
+    pipe = fx.sd_pipeline()
+    base = _sd_call(pipe)
+    counter = fx.RowCounter(pipe.unet.conv_in)
+    with sada_d.enabled(pipe, engine_factory=lambda grid, kind: AdaptiveDiffusionEngine(grid, kind, 0.05)) as h:
+        out = _sd_call(pipe)
+        trace = h.trace
+    counter.remove()
+    d = trace.decisions
+    assert np.all(d[:4] == Decision.COMPUTE) and trace.speedup() > 1.2  # warm-up (steps 0-3), then reuse
+    assert counter.rows == 2 * trace.network_evaluations()
+    assert torch.isfinite(out).all() and float((out - base).norm() / base.norm()) < 0.2
