@@ -6,12 +6,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.sada-installed
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install test demo lab-docs
+.PHONY: install test demo bench lab-docs
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[dev,k-diffusion,diffusers]"
+	$(BIN)/python -m pip install -q -e ".[dev,k-diffusion,diffusers,metrics,docs]"
 	# k-diffusion's own requirements pull torchvision and a CUDA torch: install the package alone
 	$(BIN)/python -m pip install -q --no-deps k-diffusion==0.1.1.post1
 	touch $(STAMP)
@@ -20,9 +20,13 @@ install: $(STAMP)
 
 test: $(STAMP)
 	HYPOTHESIS_PROFILE=ci $(BIN)/python -m pytest -q
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet -d $$(mktemp -d)
 
 demo: $(STAMP)
 	$(BIN)/sada demo
+
+bench: $(STAMP)
+	$(BIN)/sada bench
 
 lab-docs: $(STAMP)
 	$(BIN)/python -m sada.lab.experiments > docs/lab-results.md

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from typing import Callable
 
 import numpy as np
 import torch
@@ -182,8 +183,8 @@ class SADADenoiser:
         return out
 
 
-def wrap(model, sigmas, config: SADAConfig | None = None, *, schedule: NoiseSchedule | None = None,
-         sampler: str | None = None) -> SADADenoiser:
+def wrap(model: "Callable[..., torch.Tensor]", sigmas: "torch.Tensor | np.ndarray", config: SADAConfig | None = None,
+         *, schedule: NoiseSchedule | None = None, sampler: str | None = None) -> SADADenoiser:
     """Wrap a k-diffusion denoiser ``model(x, sigma, **extra_args) -> denoised`` with SADA.
 
     Args:

@@ -43,8 +43,9 @@ class SADASession:
         replay: a recorded decision array (``trace.decisions``) to reproduce a run exactly.
     """
 
-    def __init__(self, grid, kind: str, config: SADAConfig | None = None, *, times=None, groups=None,
-                 sample_scaling: str = "schedule", replay=None):
+    def __init__(self, grid: "StepGrid | NoiseSchedule", kind: str, config: SADAConfig | None = None, *,
+                 times: "np.ndarray | list[float] | None" = None, groups: "list[int] | None" = None,
+                 sample_scaling: str = "schedule", replay: "np.ndarray | None" = None):
         if isinstance(grid, NoiseSchedule):
             if times is None:
                 raise ValueError("pass times= (the steps' schedule times) when grid is a schedule")

@@ -33,6 +33,21 @@ def _demo(args) -> int:
     return 0
 
 
+def _bench(args) -> int:
+    from sada.bench.run import run_benchmark
+
+    schedulers = {}
+    for item in args.scheduler or []:
+        model, _, name = item.partition("=")
+        schedulers[model] = name
+    start = time.perf_counter()
+    run_benchmark(models=args.model, schedulers=schedulers, steps=args.steps, batch=args.batch,
+                  num_seeds=args.seeds, groups=args.groups, repeats=args.repeats, out=args.out,
+                  methods_filter=args.methods)
+    print(f"results in {args.out}/results.md ({time.perf_counter() - start:.0f} s)")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="sada", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -44,6 +59,19 @@ def main(argv=None) -> int:
     demo.add_argument("--dim", type=int, default=64)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
+    bench = sub.add_parser("bench", help="SADA vs baselines and peers on the shipped digit models (the main job)")
+    bench.add_argument("--model", nargs="+", choices=["unet", "mmdit"], default=["unet", "mmdit"])
+    bench.add_argument("--scheduler", nargs="*", metavar="MODEL=NAME",
+                       help="e.g. unet=euler (unet: dpmpp_2m, euler, ddim, unipc, heun; mmdit: flow_euler)")
+    bench.add_argument("--steps", type=int, default=50)
+    bench.add_argument("--batch", type=int, default=16)
+    bench.add_argument("--seeds", type=int, default=32, help="number of seeds (labels cycle 0..9)")
+    bench.add_argument("--groups", nargs="+", default=["main", "peer", "ablation", "pareto"],
+                       choices=["main", "peer", "ablation", "pareto"])
+    bench.add_argument("--methods", nargs="*", help="run only these method names (plus the baseline)")
+    bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("--out", default="sada-bench-out")
+    bench.set_defaults(func=_bench)
     args = parser.parse_args(argv)
     return args.func(args)
 

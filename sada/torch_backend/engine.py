@@ -51,7 +51,8 @@ class SADAEngine:
         replay: a recorded ``[steps, samples]`` decision array to reproduce a run exactly.
     """
 
-    def __init__(self, config: SADAConfig, grid: StepGrid, kind: str, groups=None, history_dtype=None, replay=None):
+    def __init__(self, config: SADAConfig, grid: StepGrid, kind: str, groups: "np.ndarray | list[int] | None" = None,
+                 history_dtype: torch.dtype | None = None, replay: "np.ndarray | None" = None):
         if not isinstance(config, SADAConfig):
             raise TypeError(f"config must be a SADAConfig, got {type(config).__name__}")
         if not isinstance(grid, StepGrid):
