@@ -65,6 +65,9 @@ class SADAConfig:
             different numbers of skips.
         lagrange_nodes: abscissae of the multistep polynomial: ``index`` (paper), ``t``, ``sigma``,
             ``lambda``; ``None`` picks the mode's default.
+        error_tolerance: error-controlled skipping: a step is skipped only if, in addition, the embedded
+            error estimate of its clean-sample estimate (difference between the degree-k and degree-(k-1)
+            extrapolations, relative to the estimate's RMS) is at most this; ``None`` disables the check.
         reduce: ``"batch"`` makes one decision for the whole batch (paper); ``"sample"`` decides per sample.
         num_steps: when set, ranges are checked against this step count.
         max_fix: most tokens recomputed per sample on a token-pruned step.
@@ -84,6 +87,7 @@ class SADAConfig:
     am_noise: str | None = None
     lagrange_target: str = "x0"
     criterion: str | None = None
+    error_tolerance: float | None = None
     reduce: str = "sample"
     num_steps: int | None = None
     max_fix: int = 5 * 1024
@@ -100,6 +104,14 @@ class SADAConfig:
         if self.am_noise is not None:
             _choice("am_noise", self.am_noise, AM_NOISE)
         _choice("lagrange_target", self.lagrange_target, LAGRANGE_TARGETS)
+        if self.error_tolerance is not None:
+            if isinstance(self.error_tolerance, bool) or not isinstance(self.error_tolerance, numbers.Real):
+                raise TypeError(f"error_tolerance must be a number or None, got {self.error_tolerance!r}")
+            if not 0 < float(self.error_tolerance) < float("inf"):
+                raise ValueError(f"error_tolerance must be > 0 and finite, got {self.error_tolerance!r}")
+            if self.mode != "corrected":
+                raise ValueError("error_tolerance needs mode='corrected' (its error estimate uses the corrected "
+                                 "estimator's noise history)")
         if self.lagrange_nodes is not None:
             _choice("lagrange_nodes", self.lagrange_nodes, ABSCISSAE)
         if not isinstance(self.name, str):

@@ -174,3 +174,20 @@ def test_distribution_validation():
         GaussianMixture(np.zeros((1, 2)), np.zeros((1, 2)), [1.0])
     with pytest.raises(ValueError, match=r"shape \[batch, 2\]"):
         isotropic_gaussian(2).denoise(np.zeros((1, 3)), 1.0)
+
+
+def test_error_controlled_skipping_trades_evaluations_for_fidelity_monotonically():
+    problem = make_problem("vp", "dpmpp_2m", 50, batch=4, dim=32)
+    base, nfe0, _ = run_sampler(problem)
+    results = []
+    for tol in (None, 0.03, 0.01, 0.003):
+        x, nfe, engine = run_sampler(problem, SADAConfig(error_tolerance=tol))
+        results.append((nfe, _rms(x, base)))
+        if tol is not None:  # the embedded estimates are recorded per decision step and sample
+            assert engine.trace.extras["error_estimate"] and max(len(v) for v in
+                                                                engine.trace.extras["error_estimate"].values()) == 4
+    nfes, errors = zip(*results)
+    assert list(nfes) == sorted(nfes) and nfes[-1] > nfes[0]  # tighter tolerance: more evaluations
+    assert errors[-1] < errors[0] / 2  # ... and a closer sample
+    with pytest.raises(ValueError, match="error_tolerance needs mode='corrected'"):
+        SADAConfig(mode="paper", error_tolerance=0.1)

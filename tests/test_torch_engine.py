@@ -31,7 +31,8 @@ def setups(draw):
     cfg = SADAConfig(mode=mode, criterion=criterion, reduce=draw(st.sampled_from(["batch", "sample"])),
                      am_noise=draw(st.sampled_from([None, "reuse", "extrapolate"])),
                      lagrange_nodes=draw(st.sampled_from([None, "index", "sigma", "t"])),
-                     lagrange_target=draw(st.sampled_from(["x0", "x0_over_alpha"])), **BASE)
+                     lagrange_target=draw(st.sampled_from(["x0", "x0_over_alpha"])),
+                     error_tolerance=draw(st.sampled_from([None, 0.05, 1.0])) if mode == "corrected" else None, **BASE)
     return cfg, GRIDS[family], draw(st.sampled_from(kinds)), draw(st.integers(1, 4)), draw(st.integers(0, 2**16))
 
 

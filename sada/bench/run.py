@@ -69,7 +69,7 @@ def _rank_world():
     try:
         from accelerate import PartialState
 
-        state = PartialState()
+        state = PartialState(cpu=not torch.cuda.is_available())  # gloo on CPU-only machines
         return state.process_index, state.num_processes, state
     except Exception:  # accelerate absent or no launcher: single process
         return 0, 1, None

@@ -38,6 +38,7 @@ from sada.config import SADAConfig
 from sada.policy import Decision, SkipPolicy
 from sada.reference import (
     adams_coefficients as corrected_step_weights_on,
+    embedded_pair_weights,
     flow_stability_product,
     lagrange_basis_weights,
     paper_step_estimate,
@@ -213,7 +214,12 @@ class ReferenceEngine:
                 stable = per_sample <= 0.0
         if step >= self.num_steps - 1:
             return
-        decisions = self.policy.decide(step, stable)
+        can_skip = None
+        if self.config.error_tolerance is not None:
+            errors = self._embedded_errors(step, x_next)
+            self.trace.extras.setdefault("error_estimate", {})[step + 1] = errors.tolist()
+            can_skip = np.where(np.isfinite(errors), errors <= self.config.error_tolerance, False)
+        decisions = self.policy.decide(step, stable, can_skip=can_skip)
         if self.replay is not None:
             decisions = self.replay[step + 1]
         self._estimate = None
@@ -227,6 +233,27 @@ class ReferenceEngine:
         if lag.any():
             estimate[lag] = self._multistep_estimate(step + 1)[lag]
         self._estimate = estimate
+
+    def _embedded_errors(self, step: int, x_next: np.ndarray) -> np.ndarray:
+        """Relative local-error estimate of the skip estimate for step ``step + 1`` per sample (embedded pair:
+        degree-k minus degree-(k-1) extrapolation, RMS over the RMS of the estimate); NaN if unavailable."""
+        errors = np.full(self.batch_size, np.nan)
+        if self.policy.skip_kind(step) == Decision.SKIP_LAGRANGE:
+            ring, at, scale = self._nodes, self._abscissae[step + 1], 1.0
+        else:
+            ring, at, scale = self._eps_nodes, self._edm_sigma[step + 1], self._edm_sigma[step + 1]
+        if ring.values is None or ring.depth < 2:
+            return errors
+        alpha = self.grid.alpha[step + 1]
+        for b in np.flatnonzero(ring.full()):
+            high, low = embedded_pair_weights(ring.keys[:, b], at)
+            diff = scale * np.tensordot(high - low, ring.values[:, b], axes=1)
+            if ring is self._nodes:
+                estimate = np.tensordot(high, ring.values[:, b], axes=1)
+            else:
+                estimate = x_next[b] / alpha - scale * np.tensordot(high, ring.values[:, b], axes=1)
+            errors[b] = np.sqrt(np.mean(diff**2)) / max(np.sqrt(np.mean(estimate**2)), 1e-12)
+        return errors
 
     def _paper_x_hat(self, step: int) -> np.ndarray:
         """Theorem 3.5 as the official code computes it (VP sample space)."""

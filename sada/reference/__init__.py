@@ -20,6 +20,7 @@ from sada.reference.criterion import (
 from sada.reference.estimators import (
     corrected_step_estimate,
     corrected_step_weights,
+    embedded_pair_weights,
     flow_velocity_extrapolation,
     multistep_estimate,
     paper_step_estimate,
@@ -39,7 +40,7 @@ from sada.reference.lagrange import (
 
 __all__ = [
     "ADAMS_MOULTON_TABLE", "adams_bashforth_coefficients", "adams_coefficients", "adams_moulton_coefficients",
-    "adaptive_diffusion_skip", "backward_difference", "corrected_step_estimate", "corrected_step_weights",
+    "adaptive_diffusion_skip", "backward_difference", "corrected_step_estimate", "corrected_step_weights", "embedded_pair_weights",
     "equal_grid_extrapolation_weights", "extrapolation_remainder_bound", "flow_stability_product",
     "flow_velocity_extrapolation", "interpolation_error_bound", "is_stable", "lagrange_basis_polynomials",
     "lagrange_basis_weights", "lagrange_estimate", "multistep_estimate", "node_polynomial",

@@ -32,6 +32,7 @@ __all__ = [
     "corrected_step_estimate",
     "multistep_estimate",
     "flow_velocity_extrapolation",
+    "embedded_pair_weights",
 ]
 
 
@@ -128,3 +129,17 @@ def flow_velocity_extrapolation(velocity_history) -> np.ndarray:
     if hist.shape[0] != 3:
         raise ValueError(f"velocity_history must hold 3 entries, got {hist.shape[0]}")
     return 2.0 * hist[1] - hist[0]
+
+
+def embedded_pair_weights(nodes, at: float) -> tuple[np.ndarray, np.ndarray]:
+    """Weights of an embedded pair of extrapolations at ``at`` (newest node first).
+
+    ``high`` uses every node (degree ``k``), ``low`` the newest ``k`` nodes only (degree ``k - 1``, padded with
+    a zero weight for the oldest). As in embedded Runge-Kutta pairs, ``(high - low) . values`` estimates the
+    local error of the lower-order estimate, an upper estimate for the one actually used; SADA's
+    error-controlled mode (``SADAConfig.error_tolerance``) skips a step only when it is small.
+    """
+    t = distinct_nodes("nodes", nodes, min_len=2)
+    high = lagrange_basis_weights(t, at)
+    low = np.append(lagrange_basis_weights(t[:-1], at), 0.0)
+    return high, low

@@ -24,7 +24,7 @@ import torch
 
 from sada.config import SADAConfig
 from sada.policy import Decision, SkipPolicy
-from sada.reference import adams_coefficients, lagrange_basis_weights, paper_step_weights
+from sada.reference import adams_coefficients, embedded_pair_weights, lagrange_basis_weights, paper_step_weights
 from sada.trace import Trace
 from sada.trajectory import StepGrid, check_kind, synthesise_output, to_eps, to_x0
 from sada.torch_backend.rings import TensorRing
@@ -325,6 +325,27 @@ class SADAEngine:
             unstable = unstable & capped
         return unstable.reshape(self.token_scores.shape)
 
+    def _embedded_errors(self, step: int, x_next: torch.Tensor) -> torch.Tensor:
+        """Per-row relative local-error estimate of the skip estimate for step ``step + 1`` (embedded pair,
+        see :func:`sada.reference.embedded_pair_weights`); NaN where the history is incomplete."""
+        rows = x_next.shape[0]
+        if self.policy.skip_kind(step) == Decision.SKIP_LAGRANGE:
+            ring, at, scale = self._nodes, float(self._abscissae[step + 1]), 1.0
+        else:
+            ring, at, scale = self._eps, float(self._edm[step + 1]), float(self._edm[step + 1])
+        nan = torch.full((rows,), float("nan"), dtype=self.dtype, device=x_next.device)
+        if ring.values is None or ring.depth < 2 or not ring.full(rows).any():
+            return nan
+        high = self._row_weights(ring, lambda keys: embedded_pair_weights(keys, at)[0])
+        low = self._row_weights(ring, lambda keys: embedded_pair_weights(keys, at)[1])
+        diff = scale * ring.combine(high - low)
+        estimate = scale * ring.combine(high)
+        if ring is self._eps:
+            estimate = x_next.to(self.dtype) / float(self.grid.alpha[step + 1]) - estimate
+        rms = lambda t: t.flatten(1).pow(2).mean(dim=1).sqrt()  # noqa: E731
+        errors = rms(diff) / rms(estimate).clamp_min(1e-12)
+        return torch.where(self._b(ring.full(rows), errors), errors, nan)
+
     def _can_skip(self, step: int, rows: int) -> np.ndarray:
         """Rows whose estimate for step ``step + 1`` can be formed from valid history."""
         if self.estimator == "paper-flow":
@@ -345,7 +366,11 @@ class SADAEngine:
         stats = torch.stack([per_row, (~self._finite).to(self.dtype)], dim=1)
         summed.index_add_(0, self._group_index, stats)
         counts = np.bincount(self.groups, minlength=g)
-        host = summed.cpu().numpy()  # the one device -> host transfer of the step
+        check_error = self.config.error_tolerance is not None and step + 1 < self.num_steps
+        payload = torch.cat([summed.flatten(), self._embedded_errors(step, x_next)]) if check_error else summed
+        host = payload.cpu().numpy()  # the one device -> host transfer of the step
+        errors = host[2 * g:] if check_error else None
+        host = host[: 2 * g].reshape(g, 2)
         means, bad = host[:, 0] / counts, host[:, 1] > 0
         bad_rows = bad[self.groups]
         if bad_rows.any():
@@ -372,6 +397,9 @@ class SADAEngine:
         if step >= self.num_steps - 1:
             return
         can = self._can_skip(step, rows)
+        if errors is not None:
+            self.trace.extras.setdefault("error_estimate", {})[step + 1] = errors.tolist()
+            can = can & np.where(np.isfinite(errors), errors <= self.config.error_tolerance, False)
         can_group = np.ones(g, bool)
         np.logical_and.at(can_group, self.groups, can & ~bad_rows)
         self.policy.decide(step, stable, can_skip=can_group)

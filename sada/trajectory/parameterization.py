@@ -60,26 +60,7 @@ def _check_coefficient(name: str, value, *, positive: bool) -> None:
 
 def split(kind: str, output, x, alpha, sigma):
     """``(x0, eps)`` implied by a model ``output`` of ``kind`` at sample ``x`` and noise level (alpha, sigma)."""
-    check_kind(kind)
-    _check_coefficient("alpha", alpha, positive=False)
-    _check_coefficient("sigma", sigma, positive=False)
-    if kind == "epsilon":
-        _check_coefficient("alpha", alpha, positive=True)
-        eps = output
-        x0 = (x - sigma * eps) / alpha
-    elif kind == "sample":
-        _check_coefficient("sigma", sigma, positive=True)
-        x0 = output
-        eps = (x - alpha * x0) / sigma
-    elif kind == "v_prediction":
-        norm = alpha * alpha + sigma * sigma
-        x0 = (alpha * x - sigma * output) / norm
-        eps = (sigma * x + alpha * output) / norm
-    else:  # flow_velocity
-        total = alpha + sigma
-        x0 = (x - sigma * output) / total
-        eps = (x + alpha * output) / total
-    return x0, eps
+    return to_x0(kind, output, x, alpha, sigma), to_eps(kind, output, x, alpha, sigma)
 
 
 def combine(kind: str, x0, eps, alpha, sigma):
@@ -96,12 +77,30 @@ def combine(kind: str, x0, eps, alpha, sigma):
 
 def to_x0(kind: str, output, x, alpha, sigma):
     """The clean-sample estimate (data prediction) of a model output."""
-    return split(kind, output, x, alpha, sigma)[0]
+    check_kind(kind)
+    _check_coefficient("alpha", alpha, positive=kind == "epsilon")
+    _check_coefficient("sigma", sigma, positive=False)
+    if kind == "epsilon":
+        return (x - sigma * output) / alpha
+    if kind == "sample":
+        return output
+    if kind == "v_prediction":
+        return (alpha * x - sigma * output) / (alpha * alpha + sigma * sigma)
+    return (x - sigma * output) / (alpha + sigma)
 
 
 def to_eps(kind: str, output, x, alpha, sigma):
-    """The noise estimate of a model output."""
-    return split(kind, output, x, alpha, sigma)[1]
+    """The noise estimate of a model output (needs no ``alpha > 0`` except for ``sample``)."""
+    check_kind(kind)
+    _check_coefficient("alpha", alpha, positive=False)
+    _check_coefficient("sigma", sigma, positive=kind == "sample")
+    if kind == "epsilon":
+        return output
+    if kind == "sample":
+        return (x - alpha * output) / sigma
+    if kind == "v_prediction":
+        return (sigma * x + alpha * output) / (alpha * alpha + sigma * sigma)
+    return (x + alpha * output) / (alpha + sigma)
 
 
 def convert(output, from_kind: str, to_kind: str, x, alpha, sigma):
