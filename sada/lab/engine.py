@@ -95,9 +95,8 @@ class ReferenceEngine:
         self.num_steps = grid.num_steps
         self.config = config.for_steps(self.num_steps)
         self.batch_size = as_int("batch_size", batch_size, minimum=1)
-        self.estimator = self._variant(self.config.mode, "mode")
-        paper_available = grid.family == "flow" or grid.training_beta is not None
-        self.criterion = self._variant(self.config.resolve_criterion(paper_available), "criterion")
+        self.estimator = grid.numerics_variant(self.config.mode, "mode")
+        self.criterion = grid.numerics_variant(self.config.resolve_criterion(grid.has_paper_numerics), "criterion")
         self.replay = None if replay is None else np.asarray(replay, dtype=np.int8)
         if self.replay is not None and self.replay.shape != (self.num_steps, self.batch_size):
             raise ValueError(f"replay must have shape ({self.num_steps}, {self.batch_size}), got {self.replay.shape}")
@@ -111,16 +110,6 @@ class ReferenceEngine:
         self._last_raw = None
         self._estimate = None  # clean-sample estimate for the next step, per row
         self._step = 0
-
-    def _variant(self, name: str, field: str) -> str:
-        if name == "corrected":
-            return "corrected"
-        if self.grid.family == "flow":
-            return "paper-flow"
-        if self.grid.training_beta is not None:
-            return "paper-vp"
-        raise ValueError(f"{field}='paper' needs a discrete VP grid (training betas) or a rectified-flow grid; "
-                         f"got a {self.grid.family!r} grid: use {field}='corrected'")
 
     # ---------------------------------------------------------------- protocol
     def begin_step(self, step: int, x) -> np.ndarray:

@@ -61,9 +61,8 @@ class SADAEngine:
         self.grid = grid
         self.num_steps = grid.num_steps
         self.config = config.for_steps(self.num_steps)
-        paper_available = grid.family == "flow" or grid.training_beta is not None
-        self.estimator = self._variant(self.config.mode, "mode")
-        self.criterion = self._variant(self.config.resolve_criterion(paper_available), "criterion")
+        self.estimator = grid.numerics_variant(self.config.mode, "mode")
+        self.criterion = grid.numerics_variant(self.config.resolve_criterion(grid.has_paper_numerics), "criterion")
         if "paper-flow" in (self.estimator, self.criterion) and kind != "flow_velocity":
             raise ValueError(f"the paper's flow-matching variant needs kind='flow_velocity', got {kind!r}")
         self._groups_arg = None if groups is None else np.asarray(groups, dtype=np.int64)
@@ -73,16 +72,6 @@ class SADAEngine:
         self._edm = grid.edm_sigma
         self._signature = None
         self.trace: Trace | None = None
-
-    def _variant(self, name: str, field: str) -> str:
-        if name == "corrected":
-            return "corrected"
-        if self.grid.family == "flow":
-            return "paper-flow"
-        if self.grid.training_beta is not None:
-            return "paper-vp"
-        raise ValueError(f"{field}='paper' needs a discrete VP grid (training betas) or a rectified-flow grid; "
-                         f"got a {self.grid.family!r} grid: use {field}='corrected'")
 
     # ------------------------------------------------------------------ state
     def reset(self, x: torch.Tensor) -> None:

@@ -79,6 +79,24 @@ class StepGrid:
             return self.log_snr
         raise ValueError(f"abscissa variable must be 'index', 't', 'sigma' or 'lambda', got {variable!r}")
 
+    @property
+    def has_paper_numerics(self) -> bool:
+        """Whether the official code's numerics are defined on this grid (discrete VP with training betas,
+        or rectified flow)."""
+        return self.family == "flow" or self.training_beta is not None
+
+    def numerics_variant(self, name: str, field: str = "mode") -> str:
+        """Resolve ``"paper"``/``"corrected"`` to the engines' variant on this grid: ``corrected``,
+        ``paper-vp`` (SADA_SPEC 2.1/3.1) or ``paper-flow`` (SADA_SPEC 2.2/3.4)."""
+        if name == "corrected":
+            return "corrected"
+        if self.family == "flow":
+            return "paper-flow"
+        if self.training_beta is not None:
+            return "paper-vp"
+        raise ValueError(f"{field}='paper' needs a discrete VP grid (training betas) or a rectified-flow grid; "
+                         f"got a {self.family!r} grid: use {field}='corrected'")
+
     def alpha_sigma_at(self, edm_sigma: float) -> tuple[float, float]:
         """``(alpha, sigma)`` of this grid's schedule family at any EDM noise level (e.g. a solver's
         intermediate stage): VP ``alpha = 1/sqrt(1 + s^2)``, VE ``alpha = 1``, flow ``alpha = 1/(1 + s)``."""

@@ -1,0 +1,57 @@
+"""The benchmark harness on the shipped models (small settings; the real numbers come from `sada bench`)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("diffusers")
+pytest.importorskip("torchmetrics")
+
+ASSETS = Path(__file__).resolve().parents[1] / "sada" / "assets"
+pytestmark = pytest.mark.skipif(not (ASSETS / "digits-unet" / "sada_model.json").is_file(),
+                                reason="shipped models not present")
+ARGS = ["--model", "unet", "--steps", "15", "--batch", "2", "--seeds", "4", "--groups", "main", "--repeats", "1",
+        "--methods", "SADA", "SADA, skipping disabled"]
+
+
+def _rows(folder: Path) -> dict:
+    data = json.loads((folder / "results.json").read_text())
+    return {r["method"]: r for r in data["models"]["unet"]["rows"]}
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench-single")
+    subprocess.run([sys.executable, "-m", "sada.cli", "bench", *ARGS, "--out", str(out)], check=True,
+                   env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True)
+    return out
+
+
+def test_bench_writes_every_output_and_disabled_skipping_is_bit_identical(single):
+    for name in ("results.json", "results.md", "grid-unet.png", "pareto-unet.png"):
+        assert (single / name).is_file(), name
+    rows = _rows(single)
+    assert rows["SADA, skipping disabled"]["bit-identical"] and rows["SADA, skipping disabled"]["NFE"] == 15
+    assert rows["baseline"]["NFE"] == 15 and rows["baseline"]["PSNR"] == 100.0
+    sada = rows["SADA"]
+    assert sada["NFE"] < 15 and 15 < sada["PSNR"] < 100 and 0 <= sada["accuracy"] <= 1
+    assert rows["fewer steps ({}) = SADA's NFE".format(round(sada["NFE"]))]["NFE"] == round(sada["NFE"])
+    assert "| SADA |" in (single / "results.md").read_text()
+
+
+def test_sharded_run_over_two_processes_merges_to_the_single_process_results(single, tmp_path):
+    if shutil.which("accelerate") is None:
+        pytest.skip("accelerate CLI not installed")
+    out = tmp_path / "sharded"
+    subprocess.run(["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                    "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "sada.cli", "bench", *ARGS,
+                    "--out", str(out)], check=True, env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True)
+    one, two = _rows(single), _rows(out)
+    assert set(one) == set(two)
+    for name in one:
+        for key in ("NFE", "PSNR", "SSIM", "FD-digits", "accuracy", "bit-identical"):
+            assert one[name][key] == two[name][key], (name, key)
