@@ -291,9 +291,11 @@ def evaluate_bundle(kind: str, path: str | Path | None = None, per_class: int = 
     images = torch.cat([sampler(bundle, labels[i:i + 100], steps, guidance_scale, seed + i)
                         for i in range(0, len(labels), 100)])
     acc = accuracy(clf, images.clamp(-1, 1), labels)
+    with torch.no_grad():
+        conf = clf(images.clamp(-1, 1)).softmax(1).gather(1, labels[:, None]).mean().item()
     g = bundle[3]["recommended_guidance_scale"] if guidance_scale is None else guidance_scale
     res = {"samples": len(labels), "steps": steps, "guidance_scale": g, "seed": seed, "class_accuracy": round(acc, 4),
-           "sample_seconds": round(time.time() - t0, 1)}
+           "mean_p_requested": round(conf, 4), "sample_seconds": round(time.time() - t0, 1)}
     print(f"[{kind}] eval {res}", flush=True)
     if grid_path is not None:
         pick = torch.cat([torch.arange(c * per_class, c * per_class + min(10, per_class)) for c in range(NUM_DIGITS)])
