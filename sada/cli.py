@@ -40,6 +40,12 @@ def _bench(args) -> int:
     for item in args.scheduler or []:
         model, _, name = item.partition("=")
         schedulers[model] = name
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     start = time.perf_counter()
     run_benchmark(models=args.model, schedulers=schedulers, steps=args.steps, batch=args.batch,
                   num_seeds=args.seeds, groups=args.groups, repeats=args.repeats, out=args.out,
@@ -70,6 +76,8 @@ def main(argv=None) -> int:
                        choices=["main", "peer", "ablation", "pareto"])
     bench.add_argument("--methods", nargs="*", help="run only these method names (plus the baseline)")
     bench.add_argument("--repeats", type=int, default=3)
+    bench.add_argument("--threads", type=int, default=None,
+                       help="torch threads per process (results are bit-reproducible for a fixed count)")
     bench.add_argument("--out", default="sada-bench-out")
     bench.set_defaults(func=_bench)
     args = parser.parse_args(argv)

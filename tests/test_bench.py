@@ -1,7 +1,6 @@
 """The benchmark harness on the shipped models (small settings; the real numbers come from `sada bench`)."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,8 @@ ASSETS = Path(__file__).resolve().parents[1] / "sada" / "assets"
 pytestmark = pytest.mark.skipif(not (ASSETS / "digits-unet" / "sada_model.json").is_file(),
                                 reason="shipped models not present")
 ARGS = ["--model", "unet", "--steps", "15", "--batch", "2", "--seeds", "4", "--groups", "main", "--repeats", "1",
-        "--methods", "SADA", "SADA, skipping disabled"]
+        "--methods", "SADA", "SADA, skipping disabled",
+        "--threads", "1"]  # matmul round-off depends on the thread count; accelerate's workers run one each
 
 
 def _rows(folder: Path) -> dict:
@@ -44,14 +44,15 @@ def test_bench_writes_every_output_and_disabled_skipping_is_bit_identical(single
 
 
 def test_sharded_run_over_two_processes_merges_to_the_single_process_results(single, tmp_path):
-    if shutil.which("accelerate") is None:
-        pytest.skip("accelerate CLI not installed")
+    pytest.importorskip("accelerate")
     out = tmp_path / "sharded"
-    subprocess.run(["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                     "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "sada.cli", "bench", *ARGS,
                     "--out", str(out)], check=True, env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True)
     one, two = _rows(single), _rows(out)
     assert set(one) == set(two)
     for name in one:
-        for key in ("NFE", "PSNR", "SSIM", "FD-digits", "accuracy", "bit-identical"):
+        for key in ("NFE", "PSNR", "SSIM", "accuracy", "bit-identical"):
             assert one[name][key] == two[name][key], (name, key)
+        # FD-digits: same images, but the merged report's classifier runs on rank 0's threads
+        assert one[name]["FD-digits"] == pytest.approx(two[name]["FD-digits"], rel=1e-9), name

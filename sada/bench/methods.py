@@ -1,7 +1,7 @@
 """The methods the benchmark compares, each a context manager applied to one pipeline.
 
-Groups: ``main`` (baseline, SADA paper / corrected / + token pruning, skipping disabled), ``peer``
-(the fewer-steps baseline at SADA's evaluation count, AdaptiveDiffusion, diffusers' own cache hooks),
+Groups: ``main`` (baseline, SADA paper / corrected / + token pruning / error-controlled, skipping disabled),
+``peer`` (the fewer-steps baseline at each SADA variant's evaluation count, AdaptiveDiffusion, diffusers' own cache hooks),
 ``ablation`` (where SADA's fidelity comes from) and ``pareto`` (each method's knob swept).
 """
 from __future__ import annotations
@@ -94,17 +94,34 @@ def _schedule(model_name: str, steps: int) -> SADAConfig:
     return preset(family, 50).replace(num_steps=None).fit_steps(steps)
 
 
+def _early_multistep(config: SADAConfig, steps: int) -> SADAConfig:
+    """The schedule with the multistep regime started at about a quarter of the run (a multiple of
+    ``lagrange_int``, no earlier than its nodes allow) instead of the authors' half."""
+    interval = config.lagrange_int
+    start = max(interval, interval * -(-round(0.24 * steps) // interval))
+    while start < config.lagrange_step:
+        try:
+            return config.replace(lagrange_step=start)
+        except ValueError:  # too early for lagrange_term nodes: try the next multiple
+            start += interval
+    return config
+
+
 def methods_for(model, scheduler: str, steps: int, groups=GROUPS) -> list[Method]:
     """All methods for a model/scheduler/step count, in run order (baseline first)."""
-    paper = _schedule(model.name, steps)
+    paper = _schedule(model.name, steps).replace(max_downsample=0, prune_blocks=())
     sada = paper.replace(mode="corrected", reduce="sample", name="sada")
     prune = dict(prune_blocks=(0, 1, 2, 3)) if model.name == "mmdit" else dict(max_downsample=1)
+    early = _early_multistep(sada, steps)
+    tolerance = 0.03 * 50 / steps  # the embedded estimate grows with the step size
     out = [
         Method("baseline", "main", "baseline", timed=True),
         Method("SADA, skipping disabled", "main", "sada", SADAConfig(max_interval=0), timed=True),
         Method("SADA paper", "main", "sada", paper, timed=True, curve="SADA paper"),
         Method("SADA", "main", "sada", sada, timed=True, curve="SADA"),
         Method("SADA + token pruning", "main", "sada", sada.replace(**prune), timed=True),
+        Method("SADA error-controlled", "main", "sada", early.replace(error_tolerance=tolerance), timed=True,
+               curve="SADA error-controlled"),
         Method("AdaptiveDiffusion", "peer", "adaptive", params=dict(threshold=0.01, max_skip_steps=4), timed=True,
                curve="AdaptiveDiffusion"),
     ]
@@ -121,6 +138,8 @@ def methods_for(model, scheduler: str, steps: int, groups=GROUPS) -> list[Method
         Method("ablation: no multistep tail", "ablation", "sada", sada.replace(lagrange_term=0)),
         Method("ablation: multistep on step index", "ablation", "sada", sada.replace(lagrange_nodes="index")),
         Method("ablation: multistep on log-SNR", "ablation", "sada", sada.replace(lagrange_nodes="lambda")),
+        Method(f"ablation: error-controlled schedule (multistep from {early.lagrange_step}), no error control",
+               "ablation", "sada", early, curve="SADA"),
     ]
     if scheduler == "euler":
         out.append(Method("ablation: Euler multistep on x0/alpha (official)", "ablation", "sada",
@@ -131,6 +150,12 @@ def methods_for(model, scheduler: str, steps: int, groups=GROUPS) -> list[Method
         if lag % interval == 0:
             out.append(Method(f"SADA, multistep every {interval}", "pareto", "sada",
                               sada.replace(lagrange_int=interval), curve="SADA"))
+    for start in range(early.lagrange_step + sada.lagrange_int, lag, sada.lagrange_int):
+        out.append(Method(f"SADA, multistep from step {start}", "pareto", "sada", sada.replace(lagrange_step=start),
+                          curve="SADA"))
+    for factor in (0.3, 3.0):
+        out.append(Method(f"SADA error-controlled, tolerance {tolerance * factor:.3g}", "pareto", "sada",
+                          early.replace(error_tolerance=tolerance * factor), curve="SADA error-controlled"))
     for threshold in (0.005, 0.02, 0.05):
         out.append(Method(f"AdaptiveDiffusion thr {threshold}", "pareto", "adaptive", curve="AdaptiveDiffusion",
                           params=dict(threshold=threshold, max_skip_steps=4)))

@@ -49,9 +49,13 @@ def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
         raise ValueError(f"need two feature sets [N >= 2, F] of one width, got {a.shape} and {b.shape}")
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    root, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
-    root = np.real(root)
-    return float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a + cov_b - 2.0 * root))
+    # Tr (S_a S_b)^(1/2) = Tr (S_a^(1/2) S_b S_a^(1/2))^(1/2): symmetric PSD, so eigenvalues suffice and a
+    # rank-deficient covariance (fewer samples than features) is no numerical problem.
+    w, v = linalg.eigh(cov_a)
+    half_a = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    inner = linalg.eigvalsh(half_a @ cov_b @ half_a)
+    trace_root = float(np.sum(np.sqrt(np.clip(inner, 0.0, None))))
+    return float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2.0 * trace_root)
 
 
 class FeatureMetrics:

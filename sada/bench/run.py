@@ -2,8 +2,8 @@
 
 Seeds are processed in fixed micro-batches of ``batch`` seeds (chunk ``i`` = seeds ``i*batch ..``); under
 ``accelerate launch`` the chunks are split across ranks and rank 0 merges them, so a sharded run produces
-exactly the images of a single-process run. Wall-clock is timed on chunk 0 (warm-up, then the median of
-``repeats`` runs) for the timed methods, all in this process.
+exactly the images of a single-process run. Wall-clock is timed on chunk 0 for the timed methods, all in
+this process: one warm-up each, then ``repeats`` round-robin rounds over the methods, the median per method.
 """
 from __future__ import annotations
 
@@ -20,7 +20,9 @@ import torch
 from sada.bench.methods import GROUPS, Method, methods_for
 from sada.bench.models import DEFAULT_SCHEDULER, load_model
 
-__all__ = ["run_benchmark"]
+__all__ = ["run_benchmark", "EQUAL_NFE_REFERENCES"]
+
+EQUAL_NFE_REFERENCES = ("SADA", "SADA error-controlled")
 
 
 class _RowCounter:
@@ -75,10 +77,10 @@ def _rank_world():
         return 0, 1, None
 
 
-def _run_method(model, pipe, method: Method, labels, seeds, steps, batch, chunks, repeats, progress):
-    """Images of every chunk, network evaluations per sample, and timing on chunk 0."""
+def _run_method(model, pipe, method: Method, labels, seeds, steps, batch, chunks, progress):
+    """Images of every chunk, network evaluations per sample and the run's trace summary."""
     counter = _RowCounter(getattr(pipe, model.denoiser_role))
-    images, trace_summary, timing = {}, None, None
+    images, trace_summary = {}, None
     run_steps = method.steps or steps
     try:
         with method.apply(pipe, model) as handle:
@@ -89,21 +91,31 @@ def _run_method(model, pipe, method: Method, labels, seeds, steps, batch, chunks
             rows = counter.rows
             if handle is not None and handle.trace is not None:
                 trace_summary = handle.trace.summary()
-            if method.timed and 0 in chunks:
-                sl = slice(0, batch)
-                model.sample(pipe, labels[sl], seeds[sl], run_steps)  # warm-up
-                times = []
-                with _PeakRSS() as mem:
-                    for _ in range(repeats):
-                        start = time.perf_counter()
-                        model.sample(pipe, labels[sl], seeds[sl], run_steps)
-                        times.append(time.perf_counter() - start)
-                timing = {"median_s": statistics.median(times), "times_s": times,
-                          "peak_rss_mib": (mem.peak - mem.base) / 2**20}
     finally:
         counter.remove()
     n_samples = sum(len(v) for v in images.values())
-    return {"images": images, "rows": rows, "n_samples": n_samples, "trace": trace_summary, "timing": timing}
+    return {"images": images, "rows": rows, "n_samples": n_samples, "trace": trace_summary, "timing": None}
+
+
+def _time_methods(model, pipe, methods: list[Method], labels, seeds, steps, batch, repeats, progress) -> dict:
+    """Wall-clock of chunk 0 per method: one warm-up each, then ``repeats`` rounds that run every method once
+    in turn (round-robin, so slow drifts of the machine hit all methods alike); the median per method."""
+    sl = slice(0, batch)
+    times = {m.name: [] for m in methods}
+    peaks = {m.name: 0 for m in methods}
+    for round_ in range(repeats + 1):
+        for method in methods:
+            with method.apply(pipe, model):
+                with _PeakRSS() as mem:
+                    start = time.perf_counter()
+                    model.sample(pipe, labels[sl], seeds[sl], method.steps or steps)
+                    elapsed = time.perf_counter() - start
+            if round_:  # round 0 is the warm-up
+                times[method.name].append(elapsed)
+                peaks[method.name] = max(peaks[method.name], mem.peak - mem.base)
+            progress()
+    return {name: {"median_s": statistics.median(t), "times_s": t, "peak_rss_mib": peaks[name] / 2**20}
+            for name, t in times.items()}
 
 
 def run_benchmark(models=("unet", "mmdit"), schedulers=None, steps: int = 50, batch: int = 16, num_seeds: int = 32,
@@ -135,18 +147,25 @@ def run_benchmark(models=("unet", "mmdit"), schedulers=None, steps: int = 50, ba
         raw = {}
         for method in methods:
             try:
-                raw[method.name] = _run_method(model, pipe, method, labels, seeds, steps, batch, my_chunks, repeats,
+                raw[method.name] = _run_method(model, pipe, method, labels, seeds, steps, batch, my_chunks,
                                                lambda: bar.update(1))
             except Exception as exc:  # a peer that does not support this model class is reported, not fatal
                 raw[method.name] = {"error": f"{type(exc).__name__}: {exc}"}
                 bar.update(len(my_chunks))
-        sada_nfe = _nfe(raw.get("SADA"))
-        if sada_nfe:
-            k = int(round(sada_nfe))
-            equal = Method(f"fewer steps ({k}) = SADA's NFE", "peer", "fewer", steps=k, timed=True)
-            raw[equal.name] = _run_method(model, pipe, equal, labels, seeds, steps, batch, my_chunks, repeats,
-                                          lambda: None)
-            methods.append(equal)
+        for reference in EQUAL_NFE_REFERENCES:  # the honest peer: as many steps as the method's evaluations
+            nfe = _global_nfe(raw.get(reference), world)
+            if nfe:
+                k = int(round(nfe))
+                equal = Method(f"fewer steps ({k}) = {reference}'s NFE", "peer", "fewer", steps=k, timed=True)
+                raw[equal.name] = _run_method(model, pipe, equal, labels, seeds, steps, batch, my_chunks,
+                                              lambda: None)
+                methods.append(equal)
+        timed = [m for m in methods if m.timed and "error" not in raw[m.name]]
+        if 0 in my_chunks and timed:
+            bar.total += len(timed) * (repeats + 1)
+            timings = _time_methods(model, pipe, timed, labels, seeds, steps, batch, repeats, lambda: bar.update(1))
+            for method_name, timing in timings.items():
+                raw[method_name]["timing"] = timing
         bar.close()
         raw = _gather(raw, out / f".shard-{name}", rank, world, state)
         if rank == 0:
@@ -154,6 +173,17 @@ def run_benchmark(models=("unet", "mmdit"), schedulers=None, steps: int = 50, ba
     if rank == 0:
         write_report(results, model_labels=labels, out=out)
     return results
+
+
+def _global_nfe(entry, world: int) -> float | None:
+    """Evaluations per sample of a method over all ranks' chunks (every rank gets the same number)."""
+    counts = [entry["rows"], entry["n_samples"]] if entry and "rows" in entry else [0, 0]
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        parts = gather_object([counts])
+        counts = [sum(p[0] for p in parts), sum(p[1] for p in parts)]
+    return _nfe({"rows": counts[0], "n_samples": counts[1]})
 
 
 def _nfe(entry) -> float | None:
