@@ -246,10 +246,14 @@ class SADAEngine:
         return torch.as_tensor(mask, device=like.device).reshape((-1,) + (1,) * (like.ndim - 1))
 
     def _row_weights(self, ring: TensorRing, make) -> np.ndarray:
+        """``make(keys)`` for every full row; rows sharing their abscissae (the usual case) share one call."""
         rows = ring.keys.shape[1]
         weights = np.zeros((rows, ring.depth))
-        for b in np.flatnonzero(ring.full(rows)):
-            weights[b] = make(ring.keys[:, b])
+        full = np.flatnonzero(ring.full(rows))
+        if full.size:
+            distinct, inverse = np.unique(ring.keys[:, full].T, axis=0, return_inverse=True)
+            made = np.stack([make(keys) for keys in distinct])
+            weights[full] = made[inverse.reshape(-1)]
         return weights
 
     def _corrected_x_tilde_hat(self, step: int, h: torch.Tensor):
