@@ -73,6 +73,8 @@ class Trace:
                 f"AM {fmt(c['am'] / per)}, Lagrange {fmt(c['lagrange'] / per)}")
         if per > 1:
             text += f" (mean over {per} samples)"
+        if self.extras.get("history_bytes"):
+            text += f"; history {self.extras['history_bytes'] / 2**20:.2f} MiB"
         pruning = self.extras.get("pruning")
         if pruning and pruning["token_fraction"]:
             fractions = list(pruning["token_fraction"].values())

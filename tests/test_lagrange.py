@@ -113,3 +113,36 @@ def test_backward_difference_of_known_sequence():
 def test_invalid_input_names_the_bad_value(call, message):
     with pytest.raises((ValueError, TypeError), match=message):
         call()
+
+
+@given(st.integers(1, 5), st.floats(-3, 3), st.floats(0.05, 1.0), st.data())
+def test_embedded_pair_difference_vanishes_on_polynomials_of_degree_below_k(k, t0, h, data):
+    """Both members reproduce a degree-(k-1) polynomial, so their difference (the error estimate) is ~0."""
+    from sada.reference import embedded_pair_weights
+
+    nodes = t0 - h * np.arange(k + 1)  # newest first, extrapolating one step ahead
+    high, low = embedded_pair_weights(nodes, t0 + h)
+    assert high.shape == low.shape == (k + 1,) and low[-1] == 0.0
+    coeffs = data.draw(st.lists(st.floats(-3, 3), min_size=k, max_size=k))
+    values = np.polynomial.Polynomial(coeffs)(nodes)
+    assert abs((high - low) @ values) <= 1e-8 * (1 + sum(abs(c) * 8**i for i, c in enumerate(coeffs)))
+
+
+@given(st.integers(1, 4), st.floats(0.01, 0.05))
+def test_embedded_pair_estimates_the_lower_order_error_to_leading_order(k, h):
+    """On a smooth function the pair's difference approaches the true error of the low-order member
+    (ratio -> 1 as h -> 0), as in embedded Runge-Kutta pairs."""
+    from sada.reference import embedded_pair_weights
+
+    nodes = -h * np.arange(k + 1)
+    high, low = embedded_pair_weights(nodes, h)
+    values = np.exp(nodes)
+    estimate, true_low_error = (high - low) @ values, np.exp(h) - low @ values
+    assert estimate == pytest.approx(true_low_error, rel=(k + 2) * 2 * h)
+
+
+def test_embedded_pair_rejects_repeated_nodes():
+    from sada.reference import embedded_pair_weights
+
+    with pytest.raises(ValueError, match="nodes"):
+        embedded_pair_weights([1.0, 1.0, 0.0], 2.0)

@@ -153,6 +153,14 @@ def methods_for(model, scheduler: str, steps: int, groups=GROUPS) -> list[Method
     for start in range(early.lagrange_step + sada.lagrange_int, lag, sada.lagrange_int):
         out.append(Method(f"SADA, multistep from step {start}", "pareto", "sada", sada.replace(lagrange_step=start),
                           curve="SADA"))
+    wide = dict(acc_range=(4, steps - 2))  # adaptive skips from step 4 up to the last-but-one step
+    aggressive = [(f"SADA, multistep from step {early.lagrange_step}, skips in 4..{steps - 2}", early.replace(**wide))]
+    every3 = _early_multistep(sada.replace(lagrange_int=3, lagrange_step=3 * -(-lag // 3), **wide), steps)
+    if steps <= 30 and every3 != aggressive[0][1]:  # short runs: nodes every 3 steps, as early as they allow
+        aggressive.append((f"SADA, multistep every 3 from step {every3.lagrange_step}, skips in 4..{steps - 2}",
+                           every3.replace(**wide)))
+    for label, config in aggressive:
+        out.append(Method(label, "pareto", "sada", config, curve="SADA"))
     for factor in (0.3, 3.0):
         out.append(Method(f"SADA error-controlled, tolerance {tolerance * factor:.3g}", "pareto", "sada",
                           early.replace(error_tolerance=tolerance * factor), curve="SADA error-controlled"))

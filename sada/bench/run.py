@@ -80,7 +80,7 @@ def _rank_world():
 def _run_method(model, pipe, method: Method, labels, seeds, steps, batch, chunks, progress):
     """Images of every chunk, network evaluations per sample and the run's trace summary."""
     counter = _RowCounter(getattr(pipe, model.denoiser_role))
-    images, trace_summary = {}, None
+    images, trace_summary, state_bytes = {}, None, None
     run_steps = method.steps or steps
     try:
         with method.apply(pipe, model) as handle:
@@ -91,10 +91,13 @@ def _run_method(model, pipe, method: Method, labels, seeds, steps, batch, chunks
             rows = counter.rows
             if handle is not None and handle.trace is not None:
                 trace_summary = handle.trace.summary()
+                extras = handle.trace.extras
+                state_bytes = extras.get("history_bytes", 0) + extras.get("pruning", {}).get("cache_bytes", 0)
     finally:
         counter.remove()
     n_samples = sum(len(v) for v in images.values())
-    return {"images": images, "rows": rows, "n_samples": n_samples, "trace": trace_summary, "timing": None}
+    return {"images": images, "rows": rows, "n_samples": n_samples, "trace": trace_summary, "timing": None,
+            "state_bytes": state_bytes}
 
 
 def _time_methods(model, pipe, methods: list[Method], labels, seeds, steps, batch, repeats, progress) -> dict:

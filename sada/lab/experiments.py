@@ -109,6 +109,7 @@ def _base(num_steps: int, **changes) -> SADAConfig:
 METHODS = {
     "SADA paper": lambda n: _base(n, mode="paper"),
     "SADA corrected": lambda n: _base(n, mode="corrected"),
+    "corrected + error control": lambda n: _base(n, mode="corrected", error_tolerance=0.03 * 50 / n),
     "corrected, reuse noise": lambda n: _base(n, mode="corrected", am_noise="reuse"),
     "corrected, step-index nodes": lambda n: _base(n, mode="corrected", lagrange_nodes="index"),
     "corrected estimate + corrected criterion": lambda n: _base(n, mode="corrected", criterion="corrected"),
@@ -117,7 +118,7 @@ METHODS = {
     "corrected estimate + corrected criterion, no multistep":
         lambda n: _base(n, mode="corrected", criterion="corrected", lagrange_term=0),
 }
-PEERS = ("SADA paper", "SADA corrected")
+PEERS = ("SADA paper", "SADA corrected", "corrected + error control")
 
 
 def compare_methods(problem: Problem, methods=None, progress=None) -> list[dict]:

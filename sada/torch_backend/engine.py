@@ -129,6 +129,7 @@ class SADAEngine:
             self._close(step - 1, x)
         decisions = self.policy.decisions[step] if self._replay_arg is None else self._replay_arg[step]
         self.trace.record_decisions(step, decisions)
+        self.trace.extras["history_bytes"] = max(self.trace.extras.get("history_bytes", 0), self.nbytes())
         self._row_decisions = decisions[self.groups]
         return self._row_decisions.copy()
 
