@@ -62,6 +62,9 @@ class SADAEngine:
         self.num_steps = grid.num_steps
         self.config = config.for_steps(self.num_steps)
         self.estimator = grid.numerics_variant(self.config.mode, "mode")
+        # max_interval=0 never skips: without token pruning the engine is a pass-through (no history, no
+        # criterion, no host transfer), so a disabled configuration costs nothing but the hook calls.
+        self.observes = self.config.max_interval > 0 or self.config.prunes_tokens
         self.criterion = grid.numerics_variant(self.config.resolve_criterion(grid.has_paper_numerics), "criterion")
         if "paper-flow" in (self.estimator, self.criterion) and kind != "flow_velocity":
             raise ValueError(f"the paper's flow-matching variant needs kind='flow_velocity', got {kind!r}")
@@ -125,7 +128,7 @@ class SADAEngine:
             self.reset(x)
         if step != self._step or not 0 <= step < self.num_steps:
             raise ValueError(f"begin_step expects step {self._step} (< {self.num_steps}), got {step}")
-        if step > 0:
+        if step > 0 and self.observes:
             self._close(step - 1, x)
         decisions = self.policy.decisions[step] if self._replay_arg is None else self._replay_arg[step]
         self.trace.record_decisions(step, decisions)
@@ -161,6 +164,9 @@ class SADAEngine:
         """Store what the solver consumes at ``step`` (real outputs and synthesised ones)."""
         if output.shape != x.shape:
             raise ValueError(f"output shape {tuple(output.shape)} must equal the sample shape {tuple(x.shape)}")
+        if not self.observes:
+            self._step = step + 1
+            return
         h, out = x.to(self.dtype), output.to(self.dtype)
         computed = self._row_decisions == Decision.COMPUTE
         alpha, sigma = float(self.grid.alpha[step]), float(self.grid.sigma[step])
