@@ -102,12 +102,13 @@ def _run_method(model, pipe, method: Method, labels, seeds, steps, batch, chunks
 
 def _time_methods(model, pipe, methods: list[Method], labels, seeds, steps, batch, repeats, progress) -> dict:
     """Wall-clock of chunk 0 per method: one warm-up each, then ``repeats`` rounds that run every method once
-    in turn (round-robin, so slow drifts of the machine hit all methods alike); the median per method."""
+    in turn, in alternating order (so slow drifts of the machine and position effects hit all methods
+    alike); the median per method."""
     sl = slice(0, batch)
     times = {m.name: [] for m in methods}
     peaks = {m.name: 0 for m in methods}
     for round_ in range(repeats + 1):
-        for method in methods:
+        for method in (methods if round_ % 2 else methods[::-1]):  # alternate the order: no position bias
             with method.apply(pipe, model):
                 with _PeakRSS() as mem:
                     start = time.perf_counter()
