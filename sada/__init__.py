@@ -3,10 +3,10 @@
 ``import sada`` is light: numpy and scipy only (no torch). Backends and host adapters live in
 ``sada.torch_backend`` and ``sada.adapters.<host>``.
 """
-from sada.config import PRESETS, SADAConfig, preset
+from sada.config import PRESETS, SADAConfig, error_controlled_preset, preset
 from sada.policy import Decision, SkipPolicy
 from sada.trace import Trace
 
 __version__ = "0.1.0"
 
-__all__ = ["Decision", "PRESETS", "SADAConfig", "SkipPolicy", "Trace", "preset", "__version__"]
+__all__ = ["Decision", "PRESETS", "SADAConfig", "SkipPolicy", "Trace", "error_controlled_preset", "preset", "__version__"]

@@ -106,3 +106,24 @@ def test_fuzzed_json_raises_only_clear_errors(text):
         SADAConfig.from_json(text)
     except (ValueError, TypeError) as exc:
         assert str(exc)
+
+
+def test_error_controlled_preset_starts_the_multistep_regime_at_a_quarter_and_sets_the_tolerance():
+    from sada import error_controlled_preset
+
+    cfg = error_controlled_preset("sd2", 50)
+    assert (cfg.mode, cfg.reduce, cfg.lagrange_step, cfg.lagrange_int, cfg.acc_range) == \
+        ("corrected", "sample", 12, 4, (10, 47))
+    assert cfg.error_tolerance == pytest.approx(0.03) and cfg.max_downsample == 0
+    short = error_controlled_preset("flux", 25)
+    assert short.lagrange_step == 8 and short.error_tolerance == pytest.approx(0.06)
+    assert error_controlled_preset("sdxl", 15).lagrange_step == 9  # 15 steps: no earlier start fits
+
+
+def test_early_multistep_never_moves_the_start_later_and_validates_num_steps():
+    from sada.config import early_multistep
+
+    late = preset("sd2", 50).replace(lagrange_step=12)  # already a quarter of 50 steps
+    assert early_multistep(late, 50) == late
+    with pytest.raises(ValueError, match="num_steps"):
+        early_multistep(preset("sd2", 50), 0)

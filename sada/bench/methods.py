@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 
-from sada.config import SADAConfig, preset
+from sada.config import SADAConfig, early_multistep, preset
 
 __all__ = ["Method", "methods_for", "GROUPS"]
 
@@ -94,25 +94,12 @@ def _schedule(model_name: str, steps: int) -> SADAConfig:
     return preset(family, 50).replace(num_steps=None).fit_steps(steps)
 
 
-def _early_multistep(config: SADAConfig, steps: int) -> SADAConfig:
-    """The schedule with the multistep regime started at about a quarter of the run (a multiple of
-    ``lagrange_int``, no earlier than its nodes allow) instead of the authors' half."""
-    interval = config.lagrange_int
-    start = max(interval, interval * -(-round(0.24 * steps) // interval))
-    while start < config.lagrange_step:
-        try:
-            return config.replace(lagrange_step=start)
-        except ValueError:  # too early for lagrange_term nodes: try the next multiple
-            start += interval
-    return config
-
-
 def methods_for(model, scheduler: str, steps: int, groups=GROUPS) -> list[Method]:
     """All methods for a model/scheduler/step count, in run order (baseline first)."""
     paper = _schedule(model.name, steps).replace(max_downsample=0, prune_blocks=())
     sada = paper.replace(mode="corrected", reduce="sample", name="sada")
     prune = dict(prune_blocks=(0, 1, 2, 3)) if model.name == "mmdit" else dict(max_downsample=1)
-    early = _early_multistep(sada, steps)
+    early = early_multistep(sada, steps)
     tolerance = 0.03 * 50 / steps  # the embedded estimate grows with the step size
     out = [
         Method("baseline", "main", "baseline", timed=True),
@@ -155,7 +142,7 @@ def methods_for(model, scheduler: str, steps: int, groups=GROUPS) -> list[Method
                           curve="SADA"))
     wide = dict(acc_range=(4, steps - 2))  # adaptive skips from step 4 up to the last-but-one step
     aggressive = [(f"SADA, multistep from step {early.lagrange_step}, skips in 4..{steps - 2}", early.replace(**wide))]
-    every3 = _early_multistep(sada.replace(lagrange_int=3, lagrange_step=3 * -(-lag // 3), **wide), steps)
+    every3 = early_multistep(sada.replace(lagrange_int=3, lagrange_step=3 * -(-lag // 3), **wide), steps)
     if steps <= 30 and every3 != aggressive[0][1]:  # short runs: nodes every 3 steps, as early as they allow
         aggressive.append((f"SADA, multistep every 3 from step {every3.lagrange_step}, skips in 4..{steps - 2}",
                            every3.replace(**wide)))
