@@ -56,3 +56,22 @@ def test_sharded_run_over_two_processes_merges_to_the_single_process_results(sin
             assert one[name][key] == two[name][key], (name, key)
         # FD-digits: same images, but the merged report's classifier runs on rank 0's threads
         assert one[name]["FD-digits"] == pytest.approx(two[name]["FD-digits"], rel=1e-9), name
+
+
+def test_timing_run_reports_every_method_with_consistent_evaluation_counts():
+    from sada.bench.timing import run_timing
+
+    rows = {r["method"]: r for r in run_timing("tiny", steps=15, batch=1, repeats=1)}
+    assert rows["baseline"]["NFE"] == rows["SADA, skipping disabled"]["NFE"] == 15
+    sada = rows["SADA"]["NFE"]
+    assert sada < 15
+    fewer = rows[f"fewer steps ({round(sada)})"]
+    assert fewer["NFE"] == round(sada) and fewer["NFE speedup"] == pytest.approx(15 / round(sada))
+    assert all(r["median_s"] > 0 and len(r["times_s"]) == 1 for r in rows.values())
+
+
+def test_timing_run_rejects_steps_without_a_preset():
+    from sada.bench.timing import run_timing
+
+    with pytest.raises(ValueError, match="steps must be 50, 25 or 15"):
+        run_timing("tiny", steps=20)
