@@ -58,10 +58,11 @@ def test_sharded_run_over_two_processes_merges_to_the_single_process_results(sin
         assert one[name]["FD-digits"] == pytest.approx(two[name]["FD-digits"], rel=1e-9), name
 
 
-def test_timing_run_reports_every_method_with_consistent_evaluation_counts():
+@pytest.mark.parametrize("size", ["tiny", "tiny-xl"])  # StableDiffusionPipeline and StableDiffusionXLPipeline
+def test_timing_run_reports_every_method_with_consistent_evaluation_counts(size):
     from sada.bench.timing import run_timing
 
-    rows = {r["method"]: r for r in run_timing("tiny", steps=15, batch=1, repeats=1)}
+    rows = {r["method"]: r for r in run_timing(size, steps=15, batch=1, repeats=1)}
     assert rows["baseline"]["NFE"] == rows["SADA, skipping disabled"]["NFE"] == 15
     sada = rows["SADA"]["NFE"]
     assert sada < 15

@@ -25,6 +25,12 @@ SIZES = {
                            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
                            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D")),
                  latent=8, text=(4, 32)),  # for the tests
+    "tiny-xl": dict(unet=dict(block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32,
+                              norm_num_groups=8, sample_size=8, in_channels=4, out_channels=4,
+                              down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                              up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), addition_embed_type="text_time",
+                              addition_time_embed_dim=8, projection_class_embeddings_input_dim=8 * 6 + 32),
+                    latent=8, text=(4, 32), pooled=32),  # the SDXL code path, for the tests
     "sd-medium": dict(unet=dict(block_out_channels=(160, 320, 640, 640), layers_per_block=2, cross_attention_dim=768,
                                 attention_head_dim=8, sample_size=32, in_channels=4, out_channels=4),
                       latent=32, text=(77, 768)),
