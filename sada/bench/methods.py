@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 
-from sada.config import SADAConfig, early_multistep, preset
+from sada.config import SADAConfig, early_multistep, preset, step_error_tolerance
 
 __all__ = ["Method", "methods_for", "GROUPS"]
 
@@ -100,7 +100,7 @@ def methods_for(model, scheduler: str, steps: int, groups=GROUPS) -> list[Method
     sada = paper.replace(mode="corrected", reduce="sample", name="sada")
     prune = dict(prune_blocks=(0, 1, 2, 3)) if model.name == "mmdit" else dict(max_downsample=1)
     early = early_multistep(sada, steps)
-    tolerance = 0.03 * 50 / steps  # the embedded estimate grows with the step size
+    tolerance = step_error_tolerance(steps)
     out = [
         Method("baseline", "main", "baseline", timed=True),
         Method("SADA, skipping disabled", "main", "sada", SADAConfig(max_interval=0), timed=True),

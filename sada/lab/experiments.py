@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sada.config import SADAConfig, preset
+from sada.config import SADAConfig, preset, step_error_tolerance
 from sada.lab.distributions import GaussianMixture, random_mixture
 from sada.lab.engine import ReferenceEngine
 from sada.lab.ode import ExactModel, reference_trajectory
@@ -109,7 +109,7 @@ def _base(num_steps: int, **changes) -> SADAConfig:
 METHODS = {
     "SADA paper": lambda n: _base(n, mode="paper"),
     "SADA corrected": lambda n: _base(n, mode="corrected"),
-    "corrected + error control": lambda n: _base(n, mode="corrected", error_tolerance=0.03 * 50 / n),
+    "corrected + error control": lambda n: _base(n, mode="corrected", error_tolerance=step_error_tolerance(n)),
     "corrected, reuse noise": lambda n: _base(n, mode="corrected", am_noise="reuse"),
     "corrected, step-index nodes": lambda n: _base(n, mode="corrected", lagrange_nodes="index"),
     "corrected estimate + corrected criterion": lambda n: _base(n, mode="corrected", criterion="corrected"),
