@@ -24,12 +24,13 @@ from typing import Callable
 import numpy as np
 import torch
 
+from sada.adapters._k_import import load_sampling
 from sada.config import SADAConfig
 from sada.torch_backend.engine import SADAEngine
 from sada.trace import Trace
 from sada.trajectory import DiscreteVPSchedule, EDMSchedule, NoiseSchedule, StepGrid
 
-__all__ = ["wrap", "SADADenoiser", "SINGLE_STAGE", "TWO_STAGE"]
+__all__ = ["wrap", "SADADenoiser", "SINGLE_STAGE", "TWO_STAGE", "load_sampling"]
 
 SINGLE_STAGE = frozenset({"sample_euler", "sample_dpmpp_2m", "sample_lms"})
 TWO_STAGE = frozenset({"sample_heun", "sample_dpm_2"})
