@@ -132,12 +132,18 @@ class _Controller:
         else:
             vp = DiscreteVPSchedule(scheduler.alphas_cumprod.double().cpu().numpy())
             grid = StepGrid.from_edm_sigmas(vp, edm) if edm is not None else StepGrid.from_times(vp, calls)
+            # the training beta at the scheduler's own timestep of every step (first stages of two-stage solvers),
+            # read from its own table as the official criterion does: never recovered from float32 sigmas
+            first_stage = calls[::2] if type(scheduler).__name__ in TWO_STAGE else calls
+            betas = scheduler.betas.double().cpu().numpy()
+            grid = grid.with_training_beta(betas[np.asarray(first_stage[:grid.num_steps]).astype(np.int64)])
         kind = _prediction_kind(scheduler)
         try:
             if self.engine_factory is not None:
                 engine = self.engine_factory(grid, kind)
             else:
-                engine = SADAEngine(self.config.fit_steps(grid.num_steps), grid, kind)
+                engine = SADAEngine(self.config.fit_steps(grid.num_steps), grid, kind,
+                                    sample_scaling="edm" if scaling == "edm" else "schedule")
         except ValueError:
             engine = None  # too short for SADA: the run computes every step
         if self.pruner is not None:

@@ -18,6 +18,8 @@ REDUCTIONS = ("batch", "sample")
 ABSCISSAE = ("index", "t", "sigma", "lambda")
 AM_NOISE = ("reuse", "extrapolate")
 LAGRANGE_TARGETS = ("x0", "x0_over_alpha")
+# How a host's solver keeps its sample: "schedule" (x = alpha x0 + sigma eps) or "edm" (x / alpha, Euler-type).
+SAMPLE_SCALINGS = ("schedule", "edm")
 # The official code never skips before step 3: the step estimate needs three drift nodes (SADA_SPEC 2.3).
 MIN_ACC_START = 3
 
@@ -59,7 +61,9 @@ class SADAConfig:
             estimated state (paper, Theorem 3.6) or ``extrapolate`` it along the real noise levels;
             ``None`` picks the mode's default.
         lagrange_target: what the multistep polynomial extrapolates: the clean sample ``x0`` or, as the
-            official Euler path does, ``x0 / alpha`` (rescaled by ``alpha`` of the skipped step).
+            official Euler path does, ``x0 / alpha`` (rescaled by ``alpha`` of the skipped step); ``None``: ``x0``,
+            except in paper mode on a host whose solver keeps ``x / alpha`` (Euler-type schedulers, k-diffusion),
+            where the official code extrapolates ``x0 / alpha``.
         criterion: which Criterion 3.4 decides: ``paper`` (the official drift, residual against the
             paper's step estimate) or ``corrected`` (residual against the corrected estimate);
             ``None``: ``paper`` where the grid defines it, else ``corrected``. The two allow very
@@ -86,7 +90,7 @@ class SADAConfig:
     lagrange_step: int = 24
     lagrange_nodes: str | None = None
     am_noise: str | None = None
-    lagrange_target: str = "x0"
+    lagrange_target: str | None = None
     criterion: str | None = None
     error_tolerance: float | None = None
     reduce: str = "sample"
@@ -104,7 +108,8 @@ class SADAConfig:
             _choice("criterion", self.criterion, MODES)
         if self.am_noise is not None:
             _choice("am_noise", self.am_noise, AM_NOISE)
-        _choice("lagrange_target", self.lagrange_target, LAGRANGE_TARGETS)
+        if self.lagrange_target is not None:
+            _choice("lagrange_target", self.lagrange_target, LAGRANGE_TARGETS)
         if self.error_tolerance is not None:
             if isinstance(self.error_tolerance, bool) or not isinstance(self.error_tolerance, numbers.Real):
                 raise TypeError(f"error_tolerance must be a number or None, got {self.error_tolerance!r}")
@@ -188,6 +193,15 @@ class SADAConfig:
         if self.criterion is not None:
             return self.criterion
         return "paper" if paper_available or self.mode == "paper" else "corrected"
+
+    def resolve_lagrange_target(self, sample_scaling: str) -> str:
+        """The multistep target for a host whose solver keeps its sample in ``sample_scaling`` (``"schedule"``:
+        ``alpha x0 + sigma eps``; ``"edm"``: ``x / alpha``): the explicit one, else the official code's choice in
+        paper mode (``x0 / alpha`` on the Euler path, ``x0`` on the DPM path) and ``x0`` otherwise."""
+        _choice("sample_scaling", sample_scaling, SAMPLE_SCALINGS)
+        if self.lagrange_target is not None:
+            return self.lagrange_target
+        return "x0_over_alpha" if self.mode == "paper" and sample_scaling == "edm" else "x0"
 
     @property
     def am_noise_resolved(self) -> str:

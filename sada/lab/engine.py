@@ -85,7 +85,8 @@ class RowRing:
 class ReferenceEngine:
     """Per-sample SADA on numpy arrays ``[batch, ...]``; see the module docstring for the protocol."""
 
-    def __init__(self, config: SADAConfig, grid: StepGrid, kind: str, batch_size: int, replay=None):
+    def __init__(self, config: SADAConfig, grid: StepGrid, kind: str, batch_size: int, replay=None,
+                 sample_scaling: str = "schedule"):
         if not isinstance(config, SADAConfig):
             raise TypeError(f"config must be a SADAConfig, got {type(config).__name__}")
         if not isinstance(grid, StepGrid):
@@ -96,6 +97,8 @@ class ReferenceEngine:
         self.config = config.for_steps(self.num_steps)
         self.batch_size = as_int("batch_size", batch_size, minimum=1)
         self.estimator = grid.numerics_variant(self.config.mode, "mode")
+        self.sample_scaling = sample_scaling
+        self.lagrange_target = self.config.resolve_lagrange_target(sample_scaling)
         self.criterion = grid.numerics_variant(self.config.resolve_criterion(grid.has_paper_numerics), "criterion")
         self.replay = None if replay is None else np.asarray(replay, dtype=np.int8)
         if self.replay is not None and self.replay.shape != (self.num_steps, self.batch_size):
@@ -163,8 +166,11 @@ class ReferenceEngine:
         if self.policy.is_node(step) and self.estimator != "paper-flow":
             # paper: every row stores the x0 it used; corrected: only rows that ran the network
             rows = computed if self.estimator == "corrected" else np.ones_like(computed)
-            scale = 1.0 / alpha if self.config.lagrange_target == "x0_over_alpha" else 1.0
-            self._nodes.push(rows, self._abscissae[step], scale * to_x0(self.kind, output, x, alpha, sigma))
+            scale = 1.0 / alpha if self.lagrange_target == "x0_over_alpha" else 1.0
+            x0 = to_x0(self.kind, output, x, alpha, sigma)
+            if self._estimate is not None:  # paper: a skipped row's node is the estimate it consumed
+                x0 = np.where(computed.reshape((-1,) + (1,) * (x.ndim - 1)), x0, self._estimate)
+            self._nodes.push(rows, self._abscissae[step], scale * x0)
         self._step = step + 1
 
     def finish(self, x_final) -> Trace:
@@ -295,7 +301,9 @@ class ReferenceEngine:
         last = self._history[-1]
         a1, s1 = self.grid.alpha[step + 1], self.grid.sigma[step + 1]
         if self.estimator == "paper-vp":
-            return to_x0(self.kind, last["raw"], self._paper_x_hat(step), a1, s1)
+            # the official Euler path builds the v-prediction estimate from the solver's actual x_{n+1}
+            from_next = self.sample_scaling == "edm" and self.kind == "v_prediction"
+            return to_x0(self.kind, last["raw"], x_next if from_next else self._paper_x_hat(step), a1, s1)
         if not np.all(self._eps_nodes.full()):
             raise ValueError(f"step {step + 1}: the corrected estimate needs three computed steps at finite noise")
         edm_next = self._edm_sigma[step + 1]
@@ -311,5 +319,5 @@ class ReferenceEngine:
                              f"in every row")
         at = self._abscissae[step]
         weights = np.stack([lagrange_basis_weights(ring.keys[:, b], at) for b in range(self.batch_size)])
-        scale = self.grid.alpha[step] if self.config.lagrange_target == "x0_over_alpha" else 1.0
+        scale = self.grid.alpha[step] if self.lagrange_target == "x0_over_alpha" else 1.0
         return scale * ring.combine(weights)

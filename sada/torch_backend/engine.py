@@ -49,10 +49,15 @@ class SADAEngine:
             (e.g. two rows of one sample). Default: every row is its own sample.
         history_dtype: dtype of the stored history (default: float32 for half inputs, else the input's).
         replay: a recorded ``[steps, samples]`` decision array to reproduce a run exactly.
+        sample_scaling: how the host's solver keeps its sample: ``"schedule"`` (``alpha x0 + sigma eps``, DPM-type)
+            or ``"edm"`` (``x / alpha``, Euler-type); the engine always receives the ``schedule`` scaling, this only
+            selects the official code's Euler path in paper mode (``x0 / alpha`` multistep target, v-prediction
+            estimate from the solver's actual next sample).
     """
 
     def __init__(self, config: SADAConfig, grid: StepGrid, kind: str, groups: "np.ndarray | list[int] | None" = None,
-                 history_dtype: torch.dtype | None = None, replay: "np.ndarray | None" = None):
+                 history_dtype: torch.dtype | None = None, replay: "np.ndarray | None" = None,
+                 sample_scaling: str = "schedule"):
         if not isinstance(config, SADAConfig):
             raise TypeError(f"config must be a SADAConfig, got {type(config).__name__}")
         if not isinstance(grid, StepGrid):
@@ -62,6 +67,11 @@ class SADAEngine:
         self.num_steps = grid.num_steps
         self.config = config.for_steps(self.num_steps)
         self.estimator = grid.numerics_variant(self.config.mode, "mode")
+        self.sample_scaling = sample_scaling
+        self.lagrange_target = self.config.resolve_lagrange_target(sample_scaling)
+        # official Euler path, v-prediction: the step estimate's clean sample uses the solver's actual x_{n+1}
+        self._estimate_from_next_sample = self.estimator == "paper-vp" and sample_scaling == "edm" \
+            and kind == "v_prediction"
         # max_interval=0 never skips: without token pruning the engine is a pass-through (no history, no
         # criterion, no host transfer), so a disabled configuration costs nothing but the hook calls.
         self.observes = self.config.max_interval > 0 or self.config.prunes_tokens
@@ -106,6 +116,7 @@ class SADAEngine:
         self._estimate = None  # paper-vp: clean-sample estimate for the next step
         self._flow_product = None  # paper-flow: per-row criterion product (needs no x_{n+1})
         self._finite = None
+        self._synthesised_x0 = None  # clean-sample estimates handed to the solver at the current step
         self.token_scores = None
         self._row_decisions = np.zeros(rows, np.int8)
         self._step = 0
@@ -134,6 +145,7 @@ class SADAEngine:
         self.trace.record_decisions(step, decisions)
         self.trace.extras["history_bytes"] = max(self.trace.extras.get("history_bytes", 0), self.nbytes())
         self._row_decisions = decisions[self.groups]
+        self._synthesised_x0 = None
         return self._row_decisions.copy()
 
     def compute_rows(self) -> np.ndarray:
@@ -158,6 +170,7 @@ class SADAEngine:
             x0 = torch.where(self._b(am, h), self._am_estimate(step, h), x0)
         if lag.any():
             x0 = torch.where(self._b(lag, h), self._multistep_estimate(step, lag), x0)
+        self._synthesised_x0 = x0  # paper mode stores it as the node of a skipped row (no output round trip)
         return synthesise_output(self.kind, x0, h, alpha, sigma).to(x.dtype)
 
     def record(self, step: int, x: torch.Tensor, output: torch.Tensor) -> None:
@@ -199,8 +212,11 @@ class SADAEngine:
                 self._corrected_x_hat = self._corrected_x_tilde_hat(step, h)
         if self.policy.is_node(step) and self.estimator != "paper-flow":
             rows = computed if self.estimator == "corrected" else np.ones_like(computed)
-            scale = 1.0 / alpha if self.config.lagrange_target == "x0_over_alpha" else 1.0
-            self._nodes.push(rows, float(self._abscissae[step]), scale * to_x0(self.kind, out, h, alpha, sigma))
+            scale = 1.0 / alpha if self.lagrange_target == "x0_over_alpha" else 1.0
+            x0 = to_x0(self.kind, out, h, alpha, sigma)
+            if self._synthesised_x0 is not None and not computed.all():  # paper: a skipped row's node is its estimate
+                x0 = torch.where(self._b(computed, h), x0, self._synthesised_x0)
+            self._nodes.push(rows, float(self._abscissae[step]), scale * x0)
         self._step = step + 1
 
     def intermediate_output(self, step: int, edm_sigma: float, x: torch.Tensor) -> torch.Tensor:
@@ -223,7 +239,7 @@ class SADAEngine:
         if lag.any():
             at = self.grid.abscissa_at(self.config.abscissae, edm_sigma)
             weights = self._row_weights(self._nodes, lambda keys: lagrange_basis_weights(keys, at))
-            scale = alpha if self.config.lagrange_target == "x0_over_alpha" else 1.0
+            scale = alpha if self.lagrange_target == "x0_over_alpha" else 1.0
             x0 = torch.where(self._b(lag, h), scale * self._nodes.combine(weights), x0)
         return synthesise_output(self.kind, x0, h, alpha, sigma).to(x.dtype)
 
@@ -281,7 +297,7 @@ class SADAEngine:
 
     def _multistep_estimate(self, step: int, rows: np.ndarray) -> torch.Tensor:
         at = float(self._abscissae[step])
-        scale = float(self.grid.alpha[step]) if self.config.lagrange_target == "x0_over_alpha" else 1.0
+        scale = float(self.grid.alpha[step]) if self.lagrange_target == "x0_over_alpha" else 1.0
         return scale * self._nodes.combine(self._row_weights(self._nodes, lambda keys: lagrange_basis_weights(keys, at)))
 
     def _product(self, step: int, x_next: torch.Tensor):
@@ -392,7 +408,8 @@ class SADAEngine:
         self._estimate = None
         if self.estimator == "paper-vp" and self._paper_x_hat is not None and step + 1 < self.num_steps:
             a1, s1 = float(self.grid.alpha[step + 1]), float(self.grid.sigma[step + 1])
-            self._estimate = to_x0(self.kind, self._raw, self._paper_x_hat, a1, s1)
+            state = x_next.to(self.dtype) if self._estimate_from_next_sample else self._paper_x_hat
+            self._estimate = to_x0(self.kind, self._raw, state, a1, s1)
         self._paper_x_hat = self._curvature = None  # only the criterion and the estimate needed them
         if step >= self.num_steps - 1:
             return

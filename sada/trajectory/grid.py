@@ -6,6 +6,7 @@ node, plus what the estimators derive from them (EDM sigma, log-SNR, the paper's
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -130,14 +131,23 @@ class StepGrid:
 
     @classmethod
     def from_edm_sigmas(cls, schedule: NoiseSchedule, edm_sigmas) -> "StepGrid":
-        """Grid from a k-diffusion style sigma list ``sigma~_0 > ... > sigma~_N`` (last usually 0)."""
+        """Grid from a k-diffusion style sigma list ``sigma~_0 > ... > sigma~_N`` (last usually 0).
+
+        Only the sigmas are known here, so on a discrete VP schedule each step's training timestep is recovered
+        by the schedule's exact inverse and *rounded* (not floored: hosts compute sigmas in float32, so a time
+        that was the integer 979 comes back as 978.9999957 or 979.0000012) to read the training beta.
+        """
         s = as_float_vector("edm_sigmas", edm_sigmas, min_len=2)
-        if s[-1] > 0:
-            times = schedule.time_from_edm_sigma(s[:-1])
-            grid = cls.from_times(schedule, times, final_edm_sigma=s[-1])
-        else:
-            grid = cls.from_times(schedule, schedule.time_from_edm_sigma(s[:-1]))
+        times = schedule.time_from_edm_sigma(s[:-1])
+        grid = cls.from_times(schedule, times, final_edm_sigma=float(s[-1]))
+        if isinstance(schedule, DiscreteVPSchedule):
+            grid = grid.with_training_beta(schedule.training_beta(np.rint(times)))
         return grid
+
+    def with_training_beta(self, training_beta) -> "StepGrid":
+        """This grid with the training beta of every step given by the host (e.g. the scheduler's own
+        ``betas[timesteps[n]]``), as the official criterion reads it."""
+        return dataclasses.replace(self, training_beta=as_float_vector("training_beta", training_beta))
 
     @staticmethod
     def _end_point(schedule: NoiseSchedule, edm_sigma: float):
