@@ -5,248 +5,84 @@
     print(handle.summary())                             # computed 27/50 steps (1.85x), AM 6, Lagrange 17
     sada.adapters.diffusers.disable(pipe)               # the exact original objects are back
 
-Two pieces per pipeline instance:
+Two pieces per pipeline:
 
-* the scheduler instance's ``step`` is wrapped (an instance attribute; ``disable`` deletes it): it
-  records the guided model output, substitutes SADA's synthesised output for skipped samples, runs the
-  unchanged solver step and decides the next step;
-* a ``diffusers.hooks`` ``ModelHook`` named ``"sada"`` on the denoiser (``unet``/``transformer``) and on a
-  ControlNet short-circuits the forward for samples that skip (only the rows that compute run).
+* the scheduler instance's ``step`` is wrapped (an instance attribute that keeps the original's signature, so the
+  pipeline still passes ``eta`` / ``generator``; ``disable`` deletes it): it completes the model output of every
+  step through the engine (synthesised outputs for the samples that skip), runs the unchanged solver step and
+  plans the next step;
+* a ``diffusers.hooks`` ``ModelHook`` named ``"sada"`` on the denoiser (``unet`` / ``transformer`` /
+  ``transformer_2``) and on a ControlNet runs the module on the rows that compute only.
 
-State is per pipeline call: a run starts at the scheduler's first step, and any call whose timestep is
-not the one SADA expects simply runs the network (so an exception mid-call leaves nothing behind).
+State is per pipeline call: a run starts at the scheduler's first step, and any call whose timestep is not the one
+SADA expects simply runs the network (so an exception mid-call leaves nothing behind). Pipelines built from another
+pipeline's components (``Pipeline(**other.components)``) may share the denoiser and the scheduler: each enabled
+pipeline keeps its own state, and the shared hook serves the pipeline whose call is running.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
+import sys
 import math
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from sada.adapters._diffusers_controller import Controller
+from sada.adapters._diffusers_scheduler import describe_scheduler
 from sada.config import SADAConfig
-from sada.policy import Decision
-from sada.torch_backend.engine import SADAEngine
 from sada.torch_backend.pruning import TokenPruner, find_blocks
-from sada.torch_backend.rows import scatter_rows, slice_rows, zeros_like_rows
+from sada.torch_backend.rows import map_tensors, scatter_rows, slice_rows, zeros_like_rows
 from sada.trace import Trace
-from sada.trajectory import DiscreteVPSchedule, RectifiedFlowSchedule, StepGrid
 
-__all__ = ["enable", "disable", "enabled", "SADAHandle", "SUPPORTED_SCHEDULERS"]
+__all__ = ["enable", "disable", "enabled", "SADAHandle", "DENOISERS"]
 
 HOOK_NAME = "sada"
-# scheduler class -> how its ``sample`` is scaled: "vp" (x = alpha x0 + sigma eps), "edm" (x / alpha), "flow"
-SUPPORTED_SCHEDULERS = {
-    "DPMSolverMultistepScheduler": "vp", "DDIMScheduler": "vp", "UniPCMultistepScheduler": "vp",
-    "EulerDiscreteScheduler": "edm", "HeunDiscreteScheduler": "edm", "FlowMatchEulerDiscreteScheduler": "flow",
-}
-TWO_STAGE = {"HeunDiscreteScheduler"}
-DENOISERS = ("unet", "transformer")
+DENOISERS = ("unet", "transformer", "transformer_2")
+# keyword arguments that never carry the batch (tables shared by all rows), whatever their first dimension
+UNBATCHED_ARGUMENTS = frozenset({"image_rotary_emb", "rotary_emb", "freqs_cis", "img_ids", "txt_ids",
+                                 "rotary_embedding", "position_ids"})
 
 
-def _scheduler_kind(scheduler) -> str:
-    name = type(scheduler).__name__
-    if name not in SUPPORTED_SCHEDULERS:
-        raise ValueError(f"sada: scheduler {name} is not supported; supported: {sorted(SUPPORTED_SCHEDULERS)}")
-    return SUPPORTED_SCHEDULERS[name]
-
-
-def _prediction_kind(scheduler) -> str:
-    if SUPPORTED_SCHEDULERS[type(scheduler).__name__] == "flow":
-        return "flow_velocity"
-    kind = scheduler.config.get("prediction_type", "epsilon")
-    if kind not in ("epsilon", "v_prediction", "sample"):
-        raise ValueError(f"sada: prediction_type {kind!r} is not supported (epsilon, v_prediction, sample)")
-    return kind
-
-
-@dataclass
-class _Run:
-    """One pipeline call: the engine, the run's grid and where the scheduler is in it."""
-
-    engine: SADAEngine | None
-    grid: StepGrid
-    scaling: str
-    timesteps: list  # the scheduler's timestep at every call of this run (two per step for Heun)
-    pos: int = 0  # index into ``timesteps`` of the next scheduler call
-    step: int = 0  # SADA step (first stage) of the next call
-    second_stage: bool = False
-    decisions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
-    done: bool = False
-
-
-class _Controller:
-    """Shared state of one enabled pipeline: config, current run, hooks' output templates."""
-
-    def __init__(self, pipe, config: SADAConfig, engine_factory=None):
-        self.pipe = pipe
-        self.config = config
-        self.engine_factory = engine_factory
-        self.run: _Run | None = None
-        self.last_trace: Trace | None = None
-        self.templates: dict[str, object] = {}
-        self.scheduler = None
-        self.pruner = TokenPruner(config) if config.prunes_tokens else None
-        self.latent_tokens: int | None = None
-
-    # ------------------------------------------------------------------ scheduler wrapping
-    def ensure_scheduler(self) -> None:
-        """Wrap the pipeline's current scheduler instance (again, if the user swapped it)."""
-        scheduler = self.pipe.scheduler
-        if scheduler is self.scheduler:
-            return
-        _scheduler_kind(scheduler)
-        self.release_scheduler()
-        original = type(scheduler).step.__get__(scheduler)
-        controller = self
-
-        def step(model_output, timestep, sample, *args, **kwargs):
-            return controller.scheduler_step(original, model_output, timestep, sample, *args, **kwargs)
-
-        scheduler.step = step
-        self.scheduler, self.run = scheduler, None
-
-    def release_scheduler(self) -> None:
-        if self.scheduler is not None and "step" in self.scheduler.__dict__:
-            del self.scheduler.step
-        self.scheduler, self.run = None, None
-
-    # ------------------------------------------------------------------ grid of a run
-    def _start_run(self, scheduler, timestep) -> _Run:
-        scaling = _scheduler_kind(scheduler)
-        all_t = [float(t) for t in scheduler.timesteps]
-        pos = min(range(len(all_t)), key=lambda i: abs(all_t[i] - float(timestep)))
-        calls = all_t[pos:]
-        if type(scheduler).__name__ in TWO_STAGE:
-            # [s_k, s_{k+1} (corrector), s_{k+1}, s_{k+2} (corrector), ..., 0]: first stages and the end point
-            sig = scheduler.sigmas.double().cpu().numpy()[pos:]
-            edm = np.append(sig[:1], sig[1::2])
-        elif hasattr(scheduler, "sigmas") and scheduler.sigmas is not None and scaling != "flow":
-            edm = np.append(scheduler.sigmas.double().cpu().numpy()[pos:-1], 0.0)
-        else:
-            edm = None
-        if scaling == "flow":
-            times = scheduler.sigmas.double().cpu().numpy()[pos:-1]
-            grid = StepGrid.from_times(RectifiedFlowSchedule(), times)
-        else:
-            vp = DiscreteVPSchedule(scheduler.alphas_cumprod.double().cpu().numpy())
-            grid = StepGrid.from_edm_sigmas(vp, edm) if edm is not None else StepGrid.from_times(vp, calls)
-            # the training beta at the scheduler's own timestep of every step (first stages of two-stage solvers),
-            # read from its own table as the official criterion does: never recovered from float32 sigmas
-            first_stage = calls[::2] if type(scheduler).__name__ in TWO_STAGE else calls
-            betas = scheduler.betas.double().cpu().numpy()
-            grid = grid.with_training_beta(betas[np.asarray(first_stage[:grid.num_steps]).astype(np.int64)])
-        kind = _prediction_kind(scheduler)
-        try:
-            if self.engine_factory is not None:
-                engine = self.engine_factory(grid, kind)
-            else:
-                engine = SADAEngine(self.config.fit_steps(grid.num_steps), grid, kind,
-                                    sample_scaling="edm" if scaling == "edm" else "schedule")
-        except ValueError:
-            engine = None  # too short for SADA: the run computes every step
-        if self.pruner is not None:
-            self.pruner.reset()
-            self.pruner.config = getattr(engine, "config", None) or self.config
-        return _Run(engine, grid, scaling, calls)
-
-    def canonical(self, run: _Run, x: torch.Tensor, edm_sigma: float) -> torch.Tensor:
-        if run.scaling == "edm":
-            return x * run.grid.alpha_sigma_at(edm_sigma)[0]
-        return x
-
-    # ------------------------------------------------------------------ scheduler side
-    def scheduler_step(self, original, model_output, timestep, sample, *args, **kwargs):
-        scheduler = self.scheduler
-        if not isinstance(model_output, torch.Tensor) or not isinstance(sample, torch.Tensor):
-            return original(model_output, timestep, sample, *args, **kwargs)
-        run = self.run
-        first_call = getattr(scheduler, "step_index", 0) is None
-        if run is None or run.done or first_call or run.pos >= len(run.timesteps) \
-                or abs(float(timestep) - run.timesteps[run.pos]) > 1e-4 * max(1.0, abs(float(timestep))):
-            run = self.run = self._start_run(scheduler, timestep)
-        if run.engine is None:
-            return self._advance(run, original(model_output, timestep, sample, *args, **kwargs))
-        engine, n = run.engine, run.step
-        skipped = run.decisions != Decision.COMPUTE if run.decisions.size else np.zeros(sample.shape[0], bool)
-        if run.second_stage:
-            if skipped.any():
-                s = float(run.grid.edm_sigma[n + 1])
-                est = engine.intermediate_output(n, s, self.canonical(run, sample, s))
-                model_output = torch.where(_rows(skipped, sample), est.to(model_output.dtype), model_output)
-            return self._advance(run, original(model_output, timestep, sample, *args, **kwargs))
-        xc = self.canonical(run, sample, float(run.grid.edm_sigma[n]))
-        self.latent_tokens = int(np.prod(sample.shape[2:])) if sample.ndim == 4 else int(sample.shape[1])
-        if n == 0:
-            run.decisions = engine.begin_step(0, xc)
-            skipped = run.decisions != Decision.COMPUTE
-        if skipped.any():
-            model_output = torch.where(_rows(skipped, sample), engine.synthesise(n, xc).to(model_output.dtype),
-                                       model_output)
-        engine.record(n, xc, model_output)
-        return self._advance(run, original(model_output, timestep, sample, *args, **kwargs))
-
-    def _advance(self, run: _Run, result):
-        scheduler = self.scheduler
-        run.pos += 1
-        if run.engine is not None and type(scheduler).__name__ in TWO_STAGE and not run.second_stage \
-                and not scheduler.state_in_first_order:
-            run.second_stage = True
-            return result
-        run.second_stage = False
-        run.step += 1
-        if run.engine is None or run.step >= run.grid.num_steps:
-            run.done = True
-            if run.engine is not None:
-                self.last_trace = run.engine.trace
-            run.decisions = np.zeros(0, np.int8)
-            return result
-        prev = result.prev_sample if hasattr(result, "prev_sample") else result[0]
-        n = run.step
-        run.decisions = run.engine.begin_step(n, self.canonical(run, prev, float(run.grid.edm_sigma[n])))
-        self.last_trace = run.engine.trace
-        if self.pruner is not None:
-            self._record_pruning(run, n)
-            self.pruner.plan_step(n, run.decisions == Decision.COMPUTE, run.engine.token_map())
-        return result
-
-    def _record_pruning(self, run: _Run, step: int) -> None:
-        stats, trace = self.pruner.stats, run.engine.trace
-        info = trace.extras.setdefault("pruning", {"token_fraction": {}, "cache_bytes": 0})
-        if stats["tokens_total"]:
-            info["token_fraction"][step - 1] = stats["tokens_in"] / stats["tokens_total"]
-        info["cache_bytes"] = max(info["cache_bytes"], self.pruner.cache_bytes())
-        self.pruner.stats = {"tokens_in": 0, "tokens_total": 0}
-
-    def prunes(self, role: str, index: int, tokens: int) -> bool:
-        """Whether block ``index`` of the denoiser (with ``tokens`` image tokens) is pruned."""
-        cfg = self.pruner.config
-        if role == "unet":
-            if not self.latent_tokens or tokens > self.latent_tokens:
-                return False
-            return math.ceil(math.sqrt(self.latent_tokens / tokens)) <= cfg.max_downsample
-        return index in cfg.prune_blocks
-
-    # ------------------------------------------------------------------ denoiser side
-    def plan(self, timestep_value: float | None, rows: int):
-        """Row mask of the module's batch that must run, or ``None`` (= run everything normally)."""
-        run = self.run
-        if run is None or run.done or run.engine is None or not run.decisions.size or timestep_value is None:
+def _pipeline_in_frames(controllers, depth: int = 16):
+    """The controller of the enabled pipeline whose ``__call__`` is running (for shared modules/schedulers)."""
+    frame = sys._getframe(2)
+    for _ in range(depth):
+        if frame is None:
             return None
-        expected = run.timesteps[run.pos] if run.pos < len(run.timesteps) else None
-        if expected is None or not any(abs(timestep_value - e) <= 1e-4 * max(1.0, abs(e))
-                                       for e in (expected, expected / 1000.0)):
-            return None
-        samples = run.decisions.size
-        if rows % samples:
-            return None
-        compute = run.decisions == Decision.COMPUTE
-        return np.tile(compute, rows // samples)
+        handle = getattr(frame.f_locals.get("self"), "_sada_handle", None)
+        if handle is not None and handle._controller in controllers:
+            return handle._controller
+        frame = frame.f_back
+    return None
 
 
-def _rows(mask: np.ndarray, like: torch.Tensor) -> torch.Tensor:
-    return torch.as_tensor(mask, device=like.device).reshape((-1,) + (1,) * (like.ndim - 1))
+def _active(controllers: list):
+    if len(controllers) == 1:
+        return controllers[0]
+    return _pipeline_in_frames(controllers)
+
+
+class _StepWrapper:
+    """The scheduler instance's ``step``: dispatches to the enabled pipeline that owns the call."""
+
+    def __init__(self, scheduler):
+        self.original = type(scheduler).step.__get__(scheduler)
+        self.controllers: list[Controller] = []
+
+        @functools.wraps(self.original)
+        def step(*args, **kwargs):
+            controller = _active(self.controllers)
+            if controller is None:
+                return self.original(*args, **kwargs)
+            if len(args) < 3:  # model_output / timestep / sample passed by keyword
+                names = ("model_output", "timestep", "sample")
+                args = args + tuple(kwargs.pop(n) for n in names[len(args):] if n in kwargs)
+            return controller.scheduler_step(self.original, *args, **kwargs)
+
+        step._sada_wrapper = self
+        self.function = step
 
 
 def _timestep_of(module, args, kwargs):
@@ -266,84 +102,99 @@ def _batch_of(args, kwargs) -> int | None:
     return int(first.shape[0]) if isinstance(first, torch.Tensor) and first.ndim else None
 
 
-def _make_hook_class():
+def _slice_call(args, kwargs, idx, rows):
+    kept = {k: v for k, v in kwargs.items() if k in UNBATCHED_ARGUMENTS}
+    sliced = slice_rows({k: v for k, v in kwargs.items() if k not in UNBATCHED_ARGUMENTS}, idx, rows)
+    return slice_rows(args, idx, rows), {**sliced, **kept}
+
+
+def _make_hook_classes():
     from diffusers.hooks import ModelHook
 
     class SkipHook(ModelHook):
-        """Runs the module only on the rows whose sample computes at this step."""
+        """Runs the module only on the rows whose sample computes at this step (shared by pipelines)."""
 
-        def __init__(self, controller: _Controller, role: str):
+        def __init__(self, role: str):
             super().__init__()
-            self.controller, self.role = controller, role
+            self.role = role
+            self.controllers: list[Controller] = []
+            self.template = None
 
         def initialize_hook(self, module):
             import inspect
-            params = [p for p in inspect.signature(module.forward).parameters if p != "self"]
-            module._sada_forward_params = tuple(params)
+            module._sada_forward_params = tuple(p for p in inspect.signature(module.forward).parameters if p != "self")
             return module
 
         def deinitalize_hook(self, module):
-            if "_sada_forward_params" in module.__dict__:
-                del module._sada_forward_params
+            module.__dict__.pop("_sada_forward_params", None)
             return module
 
         def new_forward(self, module, *args, **kwargs):
-            ctl = self.controller
-            ctl.ensure_scheduler()
             original = self.fn_ref.original_forward
+            ctl = _active(self.controllers)
+            if ctl is not None:
+                _follow_scheduler(ctl)
             rows = _batch_of(args, kwargs)
-            mask = ctl.plan(_timestep_of(module, args, kwargs), rows) if rows else None
-            pruner = ctl.pruner
+            mask = ctl.rows_mask(_timestep_of(module, args, kwargs), rows) if ctl is not None and rows else None
+            pruner = None if ctl is None else ctl.pruner
             if mask is None or mask.all():
                 if pruner is not None:
                     pruner.active_rows, pruner.total_rows = None, rows
                 out = original(*args, **kwargs)
-                ctl.templates[self.role] = _template(out)
+                self.template = map_tensors(out, lambda t: t[:1].detach().clone() if t.ndim else t.detach().clone())
                 return out
-            if not mask.any() and self.role in ctl.templates:
-                return zeros_like_rows(ctl.templates[self.role], rows)
+            if not mask.any() and self.template is not None:
+                return zeros_like_rows(self.template, rows)
             idx = torch.as_tensor(np.flatnonzero(mask), dtype=torch.long)
             if pruner is not None:
                 pruner.active_rows, pruner.total_rows = idx, rows
-            out = original(*slice_rows(args, idx, rows), **slice_rows(kwargs, idx, rows))
-            return scatter_rows(out, idx.to(_device_of(out)), rows)
+            sub_args, sub_kwargs = _slice_call(args, kwargs, idx, rows)
+            out = original(*sub_args, **sub_kwargs)
+            device = next(iter(_tensors(out)), torch.empty(0)).device
+            return scatter_rows(out, idx.to(device), rows)
 
     class BlockHook(ModelHook):
         """Token-wise pruning of one transformer block (decided per call by resolution or index)."""
 
-        def __init__(self, controller: _Controller, role: str, index: int, key: str):
+        def __init__(self, role: str, index: int, key: str):
             super().__init__()
-            self.controller, self.role, self.index, self.key = controller, role, index, key
+            self.role, self.index, self.key = role, index, key
+            self.controllers: list[Controller] = []
 
         def new_forward(self, module, *args, **kwargs):
             original = self.fn_ref.original_forward
-            ctl = self.controller
+            ctl = _active(self.controllers)
             hidden = args[0] if args else kwargs.get("hidden_states")
-            run = ctl.run
-            if ctl.pruner is None or run is None or run.engine is None or hidden is None or hidden.ndim != 3 \
-                    or kwargs.get("attention_mask") is not None or not ctl.prunes(self.role, self.index, hidden.shape[1]):
+            run = None if ctl is None else ctl.run
+            if ctl is None or ctl.pruner is None or run is None or run.engine is None or hidden is None \
+                    or hidden.ndim != 3 or kwargs.get("attention_mask") is not None \
+                    or not _prunes(ctl, self.role, self.index, hidden.shape[1]):
                 return original(*args, **kwargs)
-            return ctl.pruner.run_block(self.key, type(module).__name__, original, args, kwargs)
+            return ctl.pruner.run_block(self.key, module, original, args, kwargs)
 
     return SkipHook, BlockHook
 
 
-def _template(out):
-    from sada.torch_backend.rows import map_tensors
-    return map_tensors(out, lambda t: t[:1].detach().clone() if t.ndim else t.detach().clone())
-
-
-def _device_of(out):
-    from sada.torch_backend.rows import map_tensors
+def _tensors(out):
     found = []
-    map_tensors(out, lambda t: found.append(t.device) or t)
-    return found[0] if found else "cpu"
+    map_tensors(out, lambda t: found.append(t) or t)
+    return found
+
+
+def _prunes(ctl: Controller, role: str, index: int, tokens: int) -> bool:
+    """Whether block ``index`` of the denoiser (with ``tokens`` image tokens) is pruned at this call."""
+    cfg = ctl.pruner.config.pruning
+    if role == "unet":
+        if not ctl.latent_tokens or tokens > ctl.latent_tokens:
+            return False
+        return math.ceil(math.sqrt(ctl.latent_tokens / tokens)) <= cfg.max_downsample
+    return index in cfg.prune_blocks
 
 
 class SADAHandle:
     """What ``enable`` returns: the trace of the latest run, ``summary()``, ``configure()``, ``disable()``."""
 
-    def __init__(self, pipe, controller: _Controller, hooked: list):
+    def __init__(self, pipe, controller: Controller, hooked: list):
         self.pipe, self._controller, self._hooked = pipe, controller, hooked
 
     @property
@@ -352,22 +203,24 @@ class SADAHandle:
 
     @property
     def trace(self) -> Trace | None:
-        """Trace of the latest (or running) pipeline call."""
+        """Trace of the latest (or running) pipeline call; ``None`` when it computed every step exactly."""
         return self._controller.last_trace
 
     def summary(self) -> str:
-        return "no run yet" if self.trace is None else self.trace.summary()
+        """What SADA did in the latest pipeline call (or why it computed every step)."""
+        return self._controller.summary()
 
     def configure(self, config: SADAConfig) -> None:
-        """Replace the config (takes effect at the next pipeline call)."""
+        """Replace the config (takes effect at the next pipeline call); validated before anything changes."""
         if not isinstance(config, SADAConfig):
             raise TypeError(f"config must be a SADAConfig, got {type(config).__name__}")
-        self._controller.config = config
-        self._controller.run = None
-        if (self._controller.pruner is not None) != config.prunes_tokens:
+        ctl = self._controller
+        if (ctl.pruner is not None) != config.prunes_tokens:
             raise ValueError("configure() cannot switch token pruning on or off: disable(pipe) and enable it again")
-        if self._controller.pruner is not None:
-            self._controller.pruner.config = config
+        _check_pruning(config, _denoiser_modules(self.pipe))
+        ctl.config, ctl.run = config, None
+        if ctl.pruner is not None:
+            ctl.pruner.config = config
 
     def disable(self) -> None:
         disable(self.pipe)
@@ -376,24 +229,116 @@ class SADAHandle:
 def _denoiser_modules(pipe) -> list[tuple[str, torch.nn.Module]]:
     found = [(name, getattr(pipe, name)) for name in DENOISERS if isinstance(getattr(pipe, name, None), torch.nn.Module)]
     if not found:
-        raise TypeError(f"sada: {type(pipe).__name__} has no unet or transformer to accelerate")
+        raise TypeError(f"sada: {type(pipe).__name__} has no denoiser to accelerate (looked for {list(DENOISERS)})")
     controlnet = getattr(pipe, "controlnet", None)
     if isinstance(controlnet, torch.nn.Module):
         found.append(("controlnet", controlnet))
     return found
 
 
+def _check_pruning(config: SADAConfig, modules) -> list:
+    """The prunable blocks ``(role, index, name, block)`` the config selects; ``ValueError`` for impossible ones."""
+    if not config.prunes_tokens:
+        return []
+    pruning = config.pruning
+    role, denoiser = modules[0]
+    blocks = find_blocks(denoiser)
+    if role == "unet":
+        if pruning.prune_blocks:
+            raise ValueError(f"prune_blocks={pruning.prune_blocks} selects transformer blocks of a DiT; this pipeline's "
+                             f"denoiser is a U-Net: use max_downsample to choose its blocks by resolution")
+        return [(role, i, name, block) for i, (name, block) in enumerate(blocks)]
+    if pruning.max_downsample:
+        raise ValueError(f"max_downsample={pruning.max_downsample} selects U-Net blocks by resolution; this pipeline's "
+                         f"denoiser is a transformer with {len(blocks)} prunable blocks: use prune_blocks")
+    unknown = [i for i in pruning.prune_blocks if i >= len(blocks)]
+    if unknown:
+        raise ValueError(f"prune_blocks has indices {unknown} but {type(denoiser).__name__} has {len(blocks)} "
+                         f"prunable blocks (0..{len(blocks) - 1})")
+    return [(role, i, name, block) for i, (name, block) in enumerate(blocks) if i in pruning.prune_blocks]
+
+
+def _attach(module, name: str, make, controller: Controller, hooked: list) -> None:
+    """Register our hook on ``module`` (or join the one another enabled pipeline registered there)."""
+    from diffusers.hooks import HookRegistry
+
+    had_registry = hasattr(module, "_diffusers_hook")
+    registry = HookRegistry.check_if_exists_or_initialize(module)
+    hook = registry.get_hook(name)
+    if hook is None:
+        hook = make()
+        hook.created_registry = not had_registry  # remove the registry with the hook's last user
+        registry.register_hook(hook, name)
+    for other in hook.controllers:
+        _link(controller, other)
+    hook.controllers.append(controller)
+    hooked.append((module, hook))
+
+
+def _link(a: Controller, b: Controller) -> None:
+    if b not in a.peers:
+        a.peers.append(b)
+    if a not in b.peers:
+        b.peers.append(a)
+
+
+def _detach(module, name: str, hook, controller: Controller) -> None:
+    hook.controllers.remove(controller)
+    if hook.controllers:
+        return
+    registry = module._diffusers_hook
+    registry.remove_hook(name, recurse=False)
+    if not registry.hooks:  # the registry re-assigned the original bound forward: drop that instance attribute
+        forward = module.__dict__.get("forward")
+        if forward is not None and getattr(forward, "__func__", None) is type(module).forward:
+            del module.forward
+        if hook.created_registry:
+            del module._diffusers_hook
+
+
+def _wrap_scheduler(scheduler, controller: Controller) -> _StepWrapper:
+    current = scheduler.__dict__.get("step")
+    wrapper = getattr(current, "_sada_wrapper", None)
+    if wrapper is None:
+        if current is not None:
+            raise RuntimeError(f"sada: {type(scheduler).__name__}.step is already replaced on this instance by "
+                               "something else; remove that first")
+        wrapper = _StepWrapper(scheduler)
+        scheduler.step = wrapper.function
+    for other in wrapper.controllers:
+        _link(controller, other)
+    wrapper.controllers.append(controller)
+    return wrapper
+
+
+def _follow_scheduler(controller: Controller) -> None:
+    """Move the wrapper to the pipeline's scheduler if the user replaced it after ``enable``."""
+    handle = controller.pipe._sada_handle
+    scheduler, wrapper = handle._scheduler
+    if controller.pipe.scheduler is scheduler:
+        return
+    info = describe_scheduler(controller.pipe.scheduler)
+    _unwrap_scheduler(scheduler, wrapper, controller)
+    handle._scheduler = (controller.pipe.scheduler, _wrap_scheduler(controller.pipe.scheduler, controller))
+    controller.info, controller._info_of, controller.run = info, id(controller.pipe.scheduler), None
+
+
+def _unwrap_scheduler(scheduler, wrapper: _StepWrapper, controller: Controller) -> None:
+    wrapper.controllers.remove(controller)
+    if not wrapper.controllers and scheduler.__dict__.get("step") is wrapper.function:
+        del scheduler.step
+
+
 def enable(pipe, config: SADAConfig | None = None, *, engine_factory=None) -> SADAHandle:
     """Enable SADA on a diffusers pipeline instance; returns a :class:`SADAHandle`.
 
-    Enabling twice is an error (use ``handle.configure(config)`` to change the config). Raises
-    ``ValueError`` naming the supported schedulers when the pipeline's scheduler is not one of them.
-    ``engine_factory(grid, kind)`` replaces the SADA engine by another one with its protocol (the
-    benchmark runs peer methods such as :class:`sada.torch_backend.peers.AdaptiveDiffusionEngine` this way).
+    Everything is validated before anything is changed: the config, the scheduler (a ``ValueError`` names the
+    setting SADA cannot follow), the denoiser and the pruned blocks. Enabling twice is an error (use
+    ``handle.configure(config)``). ``engine_factory(grid, kind)`` replaces the SADA engine by another engine with the
+    same contract (the benchmark runs peer methods such as
+    :class:`sada.torch_backend.peers.AdaptiveDiffusionEngine` this way).
     """
-    from diffusers.hooks import HookRegistry
-
-    config = config or SADAConfig()
+    config = SADAConfig() if config is None else config
     if not isinstance(config, SADAConfig):
         raise TypeError(f"config must be a SADAConfig, got {type(config).__name__}")
     if getattr(pipe, "_sada_handle", None) is not None:
@@ -401,45 +346,52 @@ def enable(pipe, config: SADAConfig | None = None, *, engine_factory=None) -> SA
                            "config, or disable(pipe) first")
     if getattr(pipe, "scheduler", None) is None:
         raise TypeError(f"sada: {type(pipe).__name__} has no scheduler")
-    _scheduler_kind(pipe.scheduler)
+    info = describe_scheduler(pipe.scheduler)
     modules = _denoiser_modules(pipe)
-    controller = _Controller(pipe, config, engine_factory)
-    controller.ensure_scheduler()
-    hook_class, block_hook_class = _make_hook_class()
-    hooked = []
-    for role, module in modules:
-        had_registry = hasattr(module, "_diffusers_hook")
-        HookRegistry.check_if_exists_or_initialize(module).register_hook(hook_class(controller, role), HOOK_NAME)
-        hooked.append((module, had_registry))
-    if config.prunes_tokens:
-        role, denoiser = modules[0]
-        for index, (name, block) in enumerate(find_blocks(denoiser)):
-            if role == "unet" or index in config.prune_blocks:
-                had_registry = hasattr(block, "_diffusers_hook")
-                HookRegistry.check_if_exists_or_initialize(block).register_hook(
-                    block_hook_class(controller, role, index, name), HOOK_NAME)
-                hooked.append((block, had_registry))
+    blocks = _check_pruning(config, modules)
+    current = pipe.scheduler.__dict__.get("step")
+    if current is not None and getattr(current, "_sada_wrapper", None) is None:
+        raise RuntimeError(f"sada: {type(pipe.scheduler).__name__}.step is already replaced on this instance by "
+                           "something else; remove that first")
+    # validated: now change things, undoing them all if anything fails
+    pruner = TokenPruner(config) if config.prunes_tokens else None
+    controller = Controller(pipe, config, info, engine_factory, pruner)
+    skip_hook, block_hook = _make_hook_classes()
+    hooked: list = []
+    wrapper = None
+    try:
+        wrapper = _wrap_scheduler(pipe.scheduler, controller)
+        for role, module in modules:
+            _attach(module, HOOK_NAME, lambda role=role: skip_hook(role), controller, hooked)
+        for role, index, name, block in blocks:
+            _attach(block, HOOK_NAME, lambda role=role, index=index, name=name: block_hook(role, index, name),
+                    controller, hooked)
+    except Exception:
+        for module, hook in reversed(hooked):
+            _detach(module, HOOK_NAME, hook, controller)
+        if wrapper is not None:
+            _unwrap_scheduler(pipe.scheduler, wrapper, controller)
+        raise
     handle = SADAHandle(pipe, controller, hooked)
+    handle._scheduler = (pipe.scheduler, wrapper)
     pipe._sada_handle = handle
     return handle
 
 
 def disable(pipe) -> None:
-    """Remove SADA from ``pipe``: hooks removed, the scheduler's own ``step`` and the modules' own ``forward`` back."""
+    """Remove SADA from ``pipe``: its hooks and its scheduler wrapper (other pipelines sharing components keep theirs);
+    with nothing else enabled on them, the modules' own ``forward`` and the scheduler's own ``step`` are back."""
     handle = getattr(pipe, "_sada_handle", None)
     if handle is None:
         raise RuntimeError("sada is not enabled on this pipeline")
     controller = handle._controller
-    controller.release_scheduler()
-    for module, had_registry in handle._hooked:
-        registry = module._diffusers_hook
-        registry.remove_hook(HOOK_NAME, recurse=False)
-        if not registry.hooks:  # the registry re-assigned the original bound forward: drop that instance attribute
-            forward = module.__dict__.get("forward")
-            if forward is not None and getattr(forward, "__func__", None) is type(module).forward:
-                del module.forward
-            if not had_registry:
-                del module._diffusers_hook
+    scheduler, wrapper = handle._scheduler
+    _unwrap_scheduler(scheduler, wrapper, controller)
+    for module, hook in reversed(handle._hooked):
+        _detach(module, HOOK_NAME, hook, controller)
+    for peer in controller.peers:
+        if controller in peer.peers:
+            peer.peers.remove(controller)
     del pipe._sada_handle
 
 

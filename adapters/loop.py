@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sada.config import SADAConfig
+from sada.config import SADAConfig, fit_for_run
 from sada.torch_backend.engine import SADAEngine
 from sada.trace import Trace
 from sada.trajectory import NoiseSchedule, StepGrid
@@ -41,11 +41,13 @@ class SADASession:
         groups: optional row -> sample map; rows of one sample are decided together.
         sample_scaling: ``"schedule"`` (default) or ``"edm"`` (the loop's ``x`` is ``x / alpha``).
         replay: a recorded decision array (``trace.decisions``) to reproduce a run exactly.
+        solver_order: the order of the loop's solver (1 for Euler/DDIM, 2 for DPM-Solver++ 2M or Heun, ...), used by
+            the schedule-free error control.
     """
 
     def __init__(self, grid: "StepGrid | NoiseSchedule", kind: str, config: SADAConfig | None = None, *,
                  times: "np.ndarray | list[float] | None" = None, groups: "list[int] | None" = None,
-                 sample_scaling: str = "schedule", replay: "np.ndarray | None" = None):
+                 sample_scaling: str = "schedule", replay: "np.ndarray | None" = None, solver_order: int = 2):
         if isinstance(grid, NoiseSchedule):
             if times is None:
                 raise ValueError("pass times= (the steps' schedule times) when grid is a schedule")
@@ -56,7 +58,8 @@ class SADASession:
             raise ValueError(f"sample_scaling must be 'schedule' or 'edm', got {sample_scaling!r}")
         self.grid = grid
         self.sample_scaling = sample_scaling
-        self.engine = SADAEngine(config or SADAConfig(), grid, kind, groups=groups, replay=replay)
+        self.engine = SADAEngine(fit_for_run(config or SADAConfig(), grid.num_steps), grid, kind, groups=groups,
+                                 replay=replay, sample_scaling=sample_scaling, solver_order=solver_order)
         self._step = None
 
     def __enter__(self) -> "SADASession":
@@ -84,28 +87,16 @@ class SADASession:
         """Start ``step`` and return the indices of the rows that must run the network (maybe none)."""
         if not isinstance(step, (int, np.integer)) or isinstance(step, bool):
             raise TypeError(f"step must be an int, got {step!r}")
-        self.engine.begin_step(int(step), self._canonical(step, x))
+        compute = self.engine.plan(int(step), self._canonical(step, x))
         self._step = int(step)
-        return torch.as_tensor(self.engine.compute_rows(), dtype=torch.long, device=x.device)
+        return torch.as_tensor(np.flatnonzero(compute), dtype=torch.long, device=x.device)
 
     def complete(self, step: int, x: torch.Tensor, computed: torch.Tensor | None) -> torch.Tensor:
         """The full model output for ``step``: ``computed`` (outputs of the rows from :meth:`rows_to_compute`,
         in that order; ``None`` or empty when no row computes) plus synthesised outputs for the rest."""
         if self._step != step:
             raise ValueError(f"complete({step}) without rows_to_compute({step}) first")
-        xc = self._canonical(step, x)
-        rows = self.engine.compute_rows()
-        n_rows = 0 if computed is None else computed.shape[0]
-        if n_rows != rows.size:
-            raise ValueError(f"step {step}: got outputs for {n_rows} rows, expected {rows.size} (rows {rows.tolist()})")
-        if rows.size == x.shape[0]:
-            out = computed
-        else:
-            out = self.engine.synthesise(step, xc)
-            if rows.size:
-                idx = torch.as_tensor(rows, device=x.device)
-                out = out.index_copy(0, idx, computed.to(out.dtype))
-        self.engine.record(step, xc, out)
+        out = self.engine.complete(step, self._canonical(step, x), computed)
         self._step = None
         return out
 

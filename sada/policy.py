@@ -1,7 +1,7 @@
-"""The decision state machines, on boolean masks only (SADA_SPEC 4.3 and 10).
+"""The decision state machines, on boolean masks only (docs/paper-mode.md, docs/theory.md; AdaptiveDiffusion).
 
-:class:`SkipPolicy` is SADA's: at step ``n`` (after the solver produced ``x_{n+1}``) it turns the
-stability of each sample into the decision for step ``n + 1``:
+:class:`SkipPolicy` runs the authors' :class:`~sada.config.StepSchedule`: at step ``n`` (after the solver produced
+``x_{n+1}``) it turns the stability of each sample into the decision for step ``n + 1``:
 
 1. ``cons_skip >= max_interval``  -> compute (forced refresh), ``cons_skip = 0``;
 2. no multistep, stable, ``acc_start <= n < acc_end``          -> skip with the step estimate (AM);
@@ -10,8 +10,10 @@ stability of each sample into the decision for step ``n + 1``:
    (Lagrange) estimate;
 5. otherwise compute, ``cons_skip = 0``.
 
-Each sample has its own counter, so in per-sample mode sample ``i``'s decisions depend only on its own
-stability flags. :class:`AdaptiveDiffusionPolicy` is the baseline of Ye et al. (2024).
+:class:`ErrorControlPolicy` runs the schedule-free :class:`~sada.config.ErrorControl`: step ``n + 1`` is skipped
+with the multistep estimate wherever the engine found its error acceptable, at most ``max_interval`` times in a
+row, never the last step. Each sample has its own counter, so in per-sample mode sample ``i``'s decisions depend
+only on its own flags. :class:`AdaptiveDiffusionPolicy` is the baseline of Ye et al. (2024).
 """
 from __future__ import annotations
 
@@ -19,11 +21,11 @@ from enum import IntEnum
 
 import numpy as np
 
-from sada.config import SADAConfig
-from sada.reference._validate import as_int, as_real
-from sada.reference.criterion import adaptive_diffusion_skip
+from sada import kernels
+from sada.config import ErrorControl, SADAConfig, StepSchedule
+from sada.validation import as_int, as_real
 
-__all__ = ["Decision", "SkipPolicy", "AdaptiveDiffusionPolicy", "simulate"]
+__all__ = ["Decision", "SkipPolicy", "ErrorControlPolicy", "make_policy", "AdaptiveDiffusionPolicy", "simulate"]
 
 
 class Decision(IntEnum):
@@ -43,14 +45,12 @@ def _mask(name: str, value, batch: int) -> np.ndarray:
     return arr
 
 
-class SkipPolicy:
-    """SADA's per-sample decision machine for one run of ``num_steps`` steps."""
+class _Policy:
+    """Counters and the decision table shared by the two SADA policies."""
 
-    def __init__(self, config: SADAConfig, num_steps: int, batch_size: int = 1):
-        if not isinstance(config, SADAConfig):
-            raise TypeError(f"config must be a SADAConfig, got {type(config).__name__}")
-        self.config = config.for_steps(as_int("num_steps", num_steps, minimum=2))
-        self.num_steps = self.config.num_steps
+    def __init__(self, schedule, num_steps: int, batch_size: int = 1):
+        self.schedule = schedule
+        self.num_steps = as_int("num_steps", num_steps, minimum=2)
         self.batch_size = as_int("batch_size", batch_size, minimum=1)
         self.reset()
 
@@ -60,47 +60,15 @@ class SkipPolicy:
         self.decisions = np.full((self.num_steps, self.batch_size), Decision.COMPUTE, dtype=np.int8)
         self._next_step = 0
 
-    def is_node(self, step: int) -> bool:
-        """Whether the multistep estimate stores a node at ``step`` (``step % lagrange_int == 1``)."""
-        return self.config.uses_lagrange and step % self.config.lagrange_int == 1
-
-    def needs_stability(self, step: int) -> bool:
-        """Whether the decision at ``step`` can depend on the criterion (else it may be skipped)."""
-        cfg = self.config
-        end = cfg.lagrange_step if cfg.uses_lagrange else cfg.acc_end
-        return cfg.acc_start <= step < end
-
-    def skip_kind(self, step: int) -> Decision:
-        """The kind of skip a decision at ``step`` can produce: multistep in the Lagrange regime, else AM."""
-        cfg = self.config
-        if cfg.uses_lagrange and cfg.lagrange_step <= step:
-            return Decision.SKIP_LAGRANGE
-        return Decision.SKIP_AM
-
-    def decide(self, step: int, stable, can_skip=None) -> np.ndarray:
-        """Decide step ``step + 1`` from each sample's stability at ``step`` (``None``: no criterion yet).
-
-        ``can_skip`` (optional mask) vetoes skips for samples whose estimate cannot be formed (e.g. after
-        a non-finite model output); a vetoed sample computes and its skip counter restarts. Must be
-        called once per step, in order. Returns the int8 :class:`Decision` per sample.
-        """
+    def _check_step(self, step: int) -> int:
         step = as_int("step", step, minimum=0)
         if step != self._next_step:
             raise ValueError(f"decide() must be called for steps in order: expected step {self._next_step}, got {step}")
         if step >= self.num_steps - 1:
             raise ValueError(f"step must be < num_steps - 1 = {self.num_steps - 1}: there is no step after it")
-        stable = np.zeros(self.batch_size, bool) if stable is None else _mask("stable", stable, self.batch_size)
-        cfg = self.config
-        out = np.full(self.batch_size, Decision.COMPUTE, dtype=np.int8)
-        forced = self.cons_skip >= cfg.max_interval
-        if cfg.uses_lagrange:
-            am = stable & (cfg.acc_start <= step < cfg.lagrange_step)
-            lagrange = (step % cfg.lagrange_int != 0) and (cfg.lagrange_step <= step < cfg.acc_end)
-            out[~forced & am] = Decision.SKIP_AM
-            if lagrange:
-                out[~forced & ~am] = Decision.SKIP_LAGRANGE
-        else:
-            out[~forced & stable & (cfg.acc_start <= step < cfg.acc_end)] = Decision.SKIP_AM
+        return step
+
+    def _commit(self, step: int, out: np.ndarray, can_skip) -> np.ndarray:
         if can_skip is not None:
             out[~_mask("can_skip", can_skip, self.batch_size)] = Decision.COMPUTE
         skipped = out != Decision.COMPUTE
@@ -115,6 +83,94 @@ class SkipPolicy:
         return [int(i) for i in np.flatnonzero(col == Decision.COMPUTE)]
 
 
+class SkipPolicy(_Policy):
+    """SADA's per-sample decision machine for the authors' step schedule, one run of ``num_steps`` steps."""
+
+    def __init__(self, config: "SADAConfig | StepSchedule", num_steps: int, batch_size: int = 1):
+        schedule = config.schedule if isinstance(config, SADAConfig) else config
+        if not isinstance(schedule, StepSchedule):
+            raise TypeError(f"SkipPolicy runs a StepSchedule, got {type(schedule).__name__}")
+        n = as_int("num_steps", num_steps, minimum=2)
+        super().__init__(schedule.replace(num_steps=n), n, batch_size)
+
+    def is_node(self, step: int) -> bool:
+        """Whether the multistep estimate stores a node at ``step`` (``step % lagrange_int == 1``)."""
+        return self.schedule.uses_lagrange and step % self.schedule.lagrange_int == 1
+
+    def needs_stability(self, step: int) -> bool:
+        """Whether the decision at ``step`` can depend on the criterion (else it may be skipped)."""
+        s = self.schedule
+        end = s.lagrange_step if s.uses_lagrange else s.acc_end
+        return s.acc_start <= step < end
+
+    def skip_kind(self, step: int) -> Decision:
+        """The kind of skip a decision at ``step`` can produce: multistep in the Lagrange regime, else AM."""
+        s = self.schedule
+        if s.uses_lagrange and s.lagrange_step <= step:
+            return Decision.SKIP_LAGRANGE
+        return Decision.SKIP_AM
+
+    def decide(self, step: int, stable, can_skip=None) -> np.ndarray:
+        """Decide step ``step + 1`` from each sample's stability at ``step`` (``None``: no criterion yet).
+
+        ``can_skip`` (optional mask) vetoes skips for samples whose estimate cannot be formed (e.g. after
+        a non-finite model output); a vetoed sample computes and its skip counter restarts. Must be
+        called once per step, in order. Returns the int8 :class:`Decision` per sample.
+        """
+        step = self._check_step(step)
+        stable = np.zeros(self.batch_size, bool) if stable is None else _mask("stable", stable, self.batch_size)
+        s = self.schedule
+        out = np.full(self.batch_size, Decision.COMPUTE, dtype=np.int8)
+        forced = self.cons_skip >= s.max_interval
+        if s.uses_lagrange:
+            am = stable & (s.acc_start <= step < s.lagrange_step)
+            lagrange = (step % s.lagrange_int != 0) and (s.lagrange_step <= step < s.acc_end)
+            out[~forced & am] = Decision.SKIP_AM
+            if lagrange:
+                out[~forced & ~am] = Decision.SKIP_LAGRANGE
+        else:
+            out[~forced & stable & (s.acc_start <= step < s.acc_end)] = Decision.SKIP_AM
+        return self._commit(step, out, can_skip)
+
+
+class ErrorControlPolicy(_Policy):
+    """The schedule-free decision machine (:class:`~sada.config.ErrorControl`): skip wherever the engine's error
+    test passes, at most ``max_interval`` steps in a row, never the last step."""
+
+    def __init__(self, config: "SADAConfig | ErrorControl", num_steps: int, batch_size: int = 1):
+        schedule = config.schedule if isinstance(config, SADAConfig) else config
+        if not isinstance(schedule, ErrorControl):
+            raise TypeError(f"ErrorControlPolicy runs an ErrorControl schedule, got {type(schedule).__name__}")
+        super().__init__(schedule, num_steps, batch_size)
+
+    def is_node(self, step: int) -> bool:
+        return False  # every computed step is a node of the engine's own history
+
+    def needs_stability(self, step: int) -> bool:
+        return False
+
+    def skip_kind(self, step: int) -> Decision:
+        return Decision.SKIP_LAGRANGE
+
+    def decide(self, step: int, stable=None, can_skip=None) -> np.ndarray:
+        """Decide step ``step + 1``: skip where ``can_skip`` (the engine's error test) holds. ``stable`` is ignored
+        (accepted so both policies share one call)."""
+        step = self._check_step(step)
+        out = np.full(self.batch_size, Decision.COMPUTE, dtype=np.int8)
+        if can_skip is not None and step + 1 < self.num_steps - 1:
+            allowed = _mask("can_skip", can_skip, self.batch_size) & (self.cons_skip < self.schedule.max_interval)
+            out[allowed] = Decision.SKIP_LAGRANGE
+        return self._commit(step, out, None)
+
+
+def make_policy(config: SADAConfig, num_steps: int, batch_size: int = 1) -> SkipPolicy | ErrorControlPolicy:
+    """The decision machine of ``config``'s schedule."""
+    if not isinstance(config, SADAConfig):
+        raise TypeError(f"config must be a SADAConfig, got {type(config).__name__}")
+    cls = SkipPolicy if isinstance(config.schedule, StepSchedule) else ErrorControlPolicy
+    return cls(config, num_steps, batch_size)
+
+
 def simulate(config: SADAConfig, num_steps: int, stable_pattern) -> np.ndarray:
     """Run :class:`SkipPolicy` on a fixed stability pattern ``[step, sample]`` and return all decisions."""
     pattern = np.asarray(stable_pattern, dtype=bool)
@@ -122,17 +178,17 @@ def simulate(config: SADAConfig, num_steps: int, stable_pattern) -> np.ndarray:
         pattern = pattern[:, None]
     if pattern.shape[0] < num_steps - 1:
         raise ValueError(f"stable_pattern needs {num_steps - 1} rows, got {pattern.shape[0]}")
-    policy = SkipPolicy(config, num_steps, pattern.shape[1])
+    policy = make_policy(config, num_steps, pattern.shape[1])
     for n in range(num_steps - 1):
         policy.decide(n, pattern[n] if n >= 2 else None)
     return policy.decisions.copy()
 
 
 class AdaptiveDiffusionPolicy:
-    """AdaptiveDiffusion (Ye et al. 2024; SADA_SPEC 10): reuse the last output while latents move evenly.
+    """AdaptiveDiffusion (Ye et al. 2024): reuse the last output while latents move evenly.
 
     After each step the sampler reports ``d = mean |x_{n+1} - x_n|`` per sample. Steps 0-3 always
-    compute; step ``n + 1`` is skipped when :func:`sada.reference.adaptive_diffusion_skip` holds, unless
+    compute; step ``n + 1`` is skipped when :func:`sada.kernels.adaptive_diffusion_skip` holds, unless
     none of the last ``max_skip_steps`` decisions computed (then it is forced to compute).
     """
 
@@ -164,10 +220,9 @@ class AdaptiveDiffusionPolicy:
             window = self.decisions[step + 1 - self.max_skip_steps: step + 1]
             forced = np.all(window != Decision.COMPUTE, axis=0) if step + 1 >= self.max_skip_steps \
                 else np.zeros(self.batch_size, bool)
-            for b in range(self.batch_size):
-                d_new, d_prev, d_prev2 = (float(self.distances[-k][b]) for k in (1, 2, 3))
-                if not forced[b] and adaptive_diffusion_skip(d_new, d_prev, d_prev2, self.threshold):
-                    out[b] = Decision.SKIP_AM
+            d_new, d_prev, d_prev2 = (self.distances[-k] for k in (1, 2, 3))
+            skip = kernels.adaptive_diffusion_skip(d_new, d_prev, d_prev2, self.threshold)
+            out[skip & ~forced] = Decision.SKIP_AM
         self.decisions[step + 1] = out
         self._next_step = step + 1
         return out

@@ -10,7 +10,7 @@ import json
 import numpy as np
 
 from sada.policy import Decision
-from sada.reference._validate import as_int
+from sada.validation import as_int
 
 __all__ = ["Trace"]
 

@@ -8,7 +8,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sada.reference import (
-    ADAMS_MOULTON_TABLE,
     adams_bashforth_coefficients,
     adams_coefficients,
     adams_moulton_coefficients,
@@ -18,6 +17,16 @@ from sada.reference import (
     paper_step_weights,
     paper_vp_drift,
 )
+
+# Textbook Adams-Moulton weights (Hairer, Norsett & Wanner I, Table III.1.2), ordered (f_{n+1}, f_n, f_{n-1}, ...)
+# and normalised by the step h.
+ADAMS_MOULTON_TABLE = {
+    1: (Fraction(1),),
+    2: (Fraction(1, 2), Fraction(1, 2)),
+    3: (Fraction(5, 12), Fraction(8, 12), Fraction(-1, 12)),
+    4: (Fraction(9, 24), Fraction(19, 24), Fraction(-5, 24), Fraction(1, 24)),
+    5: (Fraction(251, 720), Fraction(646, 720), Fraction(-264, 720), Fraction(106, 720), Fraction(-19, 720)),
+}
 
 
 @pytest.mark.parametrize("order", [1, 2, 3, 4, 5])

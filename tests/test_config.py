@@ -5,7 +5,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sada.config import PRESETS, SADAConfig, preset
+from sada.config import PRESETS, ErrorControl, Numerics, SADAConfig, StepSchedule, TokenPruning, preset
+from sada.trajectory import DiscreteVPSchedule, EDMSchedule, RectifiedFlowSchedule, StepGrid
+
+VP = DiscreteVPSchedule.from_beta_schedule("scaled_linear")
+VP_GRID = StepGrid.from_times(VP, VP.timesteps(50, "trailing"))
+VE_GRID = StepGrid.from_edm_sigmas(EDMSchedule(), [80.0, 10.0, 1.0, 0.1, 0.0])
+FLOW_GRID = StepGrid.from_times(RectifiedFlowSchedule(), RectifiedFlowSchedule().timesteps(50))
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -35,23 +41,49 @@ def test_every_bad_field_raises_naming_the_field_and_range(changes, message):
         SADAConfig(**changes)
 
 
-def test_defaults_and_resolved_fields():
-    cfg = SADAConfig()
-    assert (cfg.mode, cfg.reduce, cfg.acc_start, cfg.acc_end, cfg.abscissae, cfg.am_noise_resolved) == \
-        ("corrected", "sample", 10, 47, "sigma", "extrapolate")
+def test_defaults_are_resolved_in_one_place_for_a_grid_and_host():
+    cfg = SADAConfig(acc_range=(10, 47))
+    run = cfg.resolve(VP_GRID)
+    assert (cfg.numerics.mode, cfg.reduce, cfg.schedule.acc_start, cfg.schedule.acc_end) == \
+        ("corrected", "sample", 10, 47)
+    assert (run.estimator, run.criterion, run.abscissa, run.am_noise, run.lagrange_target) == \
+        ("corrected", "paper-vp", "sigma", "extrapolate", "x0")
     paper = SADAConfig(mode="paper", acc_range=(0, 40))
-    assert paper.acc_start == 3 and paper.abscissae == "index" and paper.am_noise_resolved == "reuse"
-    assert paper.resolve_criterion(False) == "paper"
-    assert cfg.resolve_criterion(True) == "paper" and cfg.resolve_criterion(False) == "corrected"
-    assert SADAConfig(criterion="corrected").resolve_criterion(True) == "corrected"
-    assert not SADAConfig(lagrange_term=0).uses_lagrange
+    on_vp = paper.resolve(VP_GRID, "edm")
+    assert paper.schedule.acc_start == 3 and on_vp.abscissa == "index" and on_vp.am_noise == "reuse"
+    assert (on_vp.estimator, on_vp.criterion, on_vp.lagrange_target) == ("paper-vp", "paper-vp", "x0_over_alpha")
+    assert paper.resolve(FLOW_GRID).estimator == "paper-flow"
+    assert cfg.resolve(VE_GRID).criterion == "corrected"  # the paper's criterion is undefined on a VE grid
+    assert SADAConfig(criterion="corrected").resolve(VP_GRID).criterion == "corrected"
+    with pytest.raises(ValueError, match="mode='paper' needs a discrete VP grid"):
+        paper.resolve(VE_GRID)
+    assert not SADAConfig(lagrange_term=0).schedule.uses_lagrange
+
+
+def test_flat_fields_are_routed_to_their_part_and_name_the_schedule_kind():
+    cfg = SADAConfig(max_fix=7, criterion="corrected", lagrange_step=20)
+    assert isinstance(cfg.schedule, StepSchedule) and cfg.schedule.lagrange_step == 20
+    assert cfg.pruning == TokenPruning(max_fix=7) and cfg.numerics == Numerics(criterion="corrected")
+    ec = SADAConfig(tolerance=2.0)
+    assert ec.schedule == ErrorControl(tolerance=2.0) and ec.replace(nodes=5).schedule.nodes == 5
+    assert SADAConfig(schedule=ErrorControl(), max_interval=0).never_skips
+    with pytest.raises(ValueError, match=r"\['lagrange_step'\] belong to a StepSchedule and \['tolerance'\]"):
+        SADAConfig(lagrange_step=20, tolerance=2.0)
+    with pytest.raises(ValueError, match="mode='paper' runs the official algorithm.*needs a StepSchedule"):
+        SADAConfig(schedule=ErrorControl(), mode="paper")
+    with pytest.raises(ValueError, match=r"fields \['lagrange_step'\] do not belong to this config's ErrorControl"):
+        SADAConfig(schedule=ErrorControl(), lagrange_step=20)
 
 
 def test_json_round_trip_is_exact():
     for cfg in list(PRESETS.values()) + [SADAConfig(lagrange_nodes="lambda", am_noise="reuse")]:
         again = SADAConfig.from_json(cfg.to_json())
         assert again == cfg and again.name == cfg.name
-        assert json.loads(cfg.to_json())["acc_range"] == list(cfg.acc_range)
+        assert json.loads(cfg.to_json())["schedule"]["acc_range"] == list(cfg.schedule.acc_range)
+    flat = {"mode": "corrected", "acc_range": [8, 22], "lagrange_step": 12, "lagrange_term": 2, "max_fix": 3}
+    assert SADAConfig.from_dict(flat) == SADAConfig(acc_range=(8, 22), lagrange_step=12, lagrange_term=2, max_fix=3)
+    ec = SADAConfig(tolerance=3.0, nodes=5)
+    assert SADAConfig.from_json(ec.to_json()) == ec
 
 
 def test_unknown_keys_are_rejected():
@@ -63,23 +95,25 @@ def test_unknown_keys_are_rejected():
 
 def test_presets_match_the_authors_settings():
     sd2 = preset("sd2")
-    assert (sd2.acc_range, sd2.lagrange_int, sd2.lagrange_step, sd2.lagrange_term, sd2.max_fix, sd2.max_interval,
-            sd2.mode, sd2.reduce) == ((10, 47), 4, 24, 4, 5120, 4, "paper", "batch")
-    assert preset("sdxl").max_fix == 10240 and preset("sdxl").max_downsample == 2
-    assert (preset("flux").lagrange_step, preset("flux").lagrange_term) == (20, 3)
-    assert (preset("sd2", 25).acc_range, preset("sd2", 25).lagrange_step, preset("sd2", 25).lagrange_term) == \
-        ((8, 22), 12, 2)
-    assert (preset("sdxl", 15).acc_range, preset("sdxl", 15).lagrange_int, preset("sdxl", 15).lagrange_step) == \
-        ((7, 12), 3, 9)
-    assert preset("sd2", 25, mode="corrected").mode == "corrected"
+    s = sd2.schedule
+    assert (s.acc_range, s.lagrange_int, s.lagrange_step, s.lagrange_term, sd2.pruning.max_fix, s.max_interval,
+            sd2.numerics.mode, sd2.reduce) == ((10, 47), 4, 24, 4, 5120, 4, "paper", "batch")
+    assert preset("sdxl").pruning.max_fix == 10240 and preset("sdxl").pruning.max_downsample == 2
+    assert (preset("flux").schedule.lagrange_step, preset("flux").schedule.lagrange_term) == (20, 3)
+    s25 = preset("sd2", 25).schedule
+    assert (s25.acc_range, s25.lagrange_step, s25.lagrange_term) == ((8, 22), 12, 2)
+    s15 = preset("sdxl", 15).schedule
+    assert (s15.acc_range, s15.lagrange_int, s15.lagrange_step) == ((7, 12), 3, 9)
+    assert preset("sd2", 25, mode="corrected").numerics.mode == "corrected"
     with pytest.raises(ValueError, match="no preset for model='sd3'"):
         preset("sd3")
 
 
 def test_for_steps_checks_the_range_against_the_step_count():
-    assert SADAConfig().for_steps(50).num_steps == 50
+    assert SADAConfig(acc_range=(10, 47)).for_steps(50).schedule.num_steps == 50
     with pytest.raises(ValueError, match="num_steps - 2 = 23"):
-        SADAConfig().for_steps(25)
+        SADAConfig(acc_range=(10, 47)).for_steps(25)
+    assert SADAConfig(tolerance=2.0).for_steps(25) == SADAConfig(tolerance=2.0)  # error control has no ranges
 
 
 anything = st.one_of(st.none(), st.booleans(), st.integers(-100, 100), st.floats(allow_nan=True),
@@ -87,7 +121,7 @@ anything = st.one_of(st.none(), st.booleans(), st.integers(-100, 100), st.floats
                      st.tuples(st.integers(-5, 60), st.integers(-5, 60)), st.lists(st.integers(-5, 60), max_size=3))
 FIELDS = ["mode", "acc_range", "max_interval", "lagrange_term", "lagrange_int", "lagrange_step", "lagrange_nodes",
           "am_noise", "criterion", "reduce", "num_steps", "max_fix", "max_downsample", "name", "lagrange_target",
-          "prune_blocks", "anchor_stride"]
+          "prune_blocks", "anchor_stride", "tolerance", "nodes", "error_tolerance"]
 
 
 @given(st.dictionaries(st.sampled_from(FIELDS), anything, max_size=6))
@@ -112,12 +146,12 @@ def test_error_controlled_preset_starts_the_multistep_regime_at_a_quarter_and_se
     from sada import error_controlled_preset
 
     cfg = error_controlled_preset("sd2", 50)
-    assert (cfg.mode, cfg.reduce, cfg.lagrange_step, cfg.lagrange_int, cfg.acc_range) == \
-        ("corrected", "sample", 12, 4, (10, 47))
-    assert cfg.error_tolerance == pytest.approx(0.03) and cfg.max_downsample == 0
+    assert (cfg.numerics.mode, cfg.reduce, cfg.schedule.lagrange_step, cfg.schedule.lagrange_int,
+            cfg.schedule.acc_range) == ("corrected", "sample", 12, 4, (10, 47))
+    assert cfg.numerics.error_tolerance == pytest.approx(0.03) and cfg.pruning.max_downsample == 0
     short = error_controlled_preset("flux", 25)
-    assert short.lagrange_step == 8 and short.error_tolerance == pytest.approx(0.06)
-    assert error_controlled_preset("sdxl", 15).lagrange_step == 9  # 15 steps: no earlier start fits
+    assert short.schedule.lagrange_step == 8 and short.numerics.error_tolerance == pytest.approx(0.06)
+    assert error_controlled_preset("sdxl", 15).schedule.lagrange_step == 9  # 15 steps: no earlier start fits
 
 
 def test_early_multistep_never_moves_the_start_later_and_validates_num_steps():

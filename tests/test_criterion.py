@@ -1,4 +1,4 @@
-"""Criterion 3.4 and its variants (SADA_SPEC 2, 5.1, 10)."""
+"""Criterion 3.4 and its variants (step-level, token-level, AdaptiveDiffusion)."""
 import numpy as np
 import pytest
 from hypothesis import given

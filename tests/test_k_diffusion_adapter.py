@@ -138,3 +138,47 @@ def test_adaptive_dpm_fast_runs_exactly_with_a_single_warning():
     with pytest.warns(RuntimeWarning, match="sample_dpm_fast chooses its own noise levels"):
         out = K.sample_dpm_fast(wrapped, _noise(), 0.05, 14.0, 10, disable=True)
     assert torch.equal(out, plain)
+
+
+class NestedConditioningDenoiser(MixtureDenoiser):
+    """Takes CompVis/ComfyUI-style nested conditioning and checks every tensor in it has the rows of ``x``."""
+
+    def __call__(self, x, sigma, cond=None):
+        leaves = [cond["c_crossattn"][0], cond["c_concat"][0], cond["extra"]["scale"]]
+        assert all(t.shape[0] == x.shape[0] for t in leaves), [t.shape for t in leaves]
+        assert torch.equal(cond["c_concat"][0][:, 0], x[:, 0] * 0 + cond["c_concat"][0][:, 0])
+        return super().__call__(x, sigma)
+
+
+def test_nested_conditioning_is_sliced_with_the_rows_that_run():
+    cond = {"c_crossattn": [torch.arange(4.0)[:, None].expand(4, 3)], "c_concat": [torch.zeros(4, 2)],
+            "extra": {"scale": torch.ones(4)}, "shared": torch.ones(7)}
+    model = NestedConditioningDenoiser()
+    wrapped = kd.wrap(model, _sigmas(), SADAConfig(criterion="corrected"))
+    out = K.sample_dpmpp_2m(wrapped, _noise(4), _sigmas(), extra_args={"cond": cond}, disable=True)
+    d = wrapped.trace.decisions
+    assert torch.isfinite(out).all() and any(len(set(row)) > 1 for row in d)  # some steps ran a subset of rows
+    assert model.calls == wrapped.trace.network_evaluations() < 4 * 50
+
+
+def test_a_wrapped_denoiser_reused_with_new_sigmas_plans_the_new_schedule():
+    wrapped = kd.wrap(MixtureDenoiser(), _sigmas(50))
+    K.sample_euler(wrapped, _noise(), _sigmas(50), disable=True)
+    assert wrapped.trace.num_steps == 50 and wrapped.trace.speedup() > 1.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # re-planning is silent: the sampler passed its sigmas
+        K.sample_euler(wrapped, _noise(), _sigmas(25), disable=True)
+    assert wrapped.trace.num_steps == 25 and wrapped.trace.speedup() > 1.2, wrapped.summary()
+    assert not wrapped.summary().startswith("exact")
+
+
+def test_any_step_count_is_fitted_and_too_short_runs_say_so():
+    counts = {}
+    for n in (15, 25, 100):
+        wrapped = kd.wrap(MixtureDenoiser(), _sigmas(n))
+        K.sample_dpmpp_2m(wrapped, _noise(), _sigmas(n), disable=True)
+        counts[n] = wrapped.trace.speedup()
+    assert counts[15] > 1.15 and counts[25] > 1.3 and counts[100] > 1.8, counts
+    short = kd.wrap(MixtureDenoiser(), _sigmas(5))
+    K.sample_euler(short, _noise(), _sigmas(5), disable=True)
+    assert short.summary().startswith("5 steps: below the skipping range") and short.calls == 5 * 4

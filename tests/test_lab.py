@@ -4,7 +4,7 @@ import pytest
 
 from sada.config import SADAConfig, preset
 from sada.lab.distributions import GaussianMixture, anisotropic_gaussian, isotropic_gaussian, random_mixture
-from sada.lab.engine import ReferenceEngine
+from sada.engine.numpy_engine import NumpyEngine
 from sada.lab.experiments import compare_methods, estimator_errors, make_problem, make_problem_like, run_sampler
 from sada.lab.ode import ExactModel, reference_trajectory
 from sada.lab.samplers import sample_dpmpp_2m, sample_euler, sample_flow_euler, sample_heun
@@ -140,7 +140,7 @@ def test_paper_flow_variant_skips_in_runs_and_stays_close():
     x, nfe, engine = run_sampler(problem, preset("flux", 50))
     assert nfe0 / nfe >= 1.6 and _rms(x, base) < 2e-2
     crit = engine.trace.criterion
-    skipped = engine.trace.decisions[1:] != Decision.COMPUTE  # skipped steps' criterion is exactly zero (SADA_SPEC 3.4)
+    skipped = engine.trace.decisions[1:] != Decision.COMPUTE  # skipped steps' criterion is exactly zero (docs/paper-mode.md)
     later = np.flatnonzero(skipped[:, 0]) + 1
     later = later[(later < 47) & (engine.trace.decisions[later - 1, 0] != Decision.COMPUTE)]
     assert np.allclose(crit[later, 0], 0.0, atol=1e-12)
@@ -150,7 +150,7 @@ def test_ve_grid_runs_in_corrected_mode_and_rejects_paper_mode():
     sched = EDMSchedule()
     grid = StepGrid.from_edm_sigmas(sched, np.append(karras_sigmas(50, 0.002, 80), 0))
     with pytest.raises(ValueError, match="mode='paper' needs a discrete VP grid"):
-        ReferenceEngine(SADAConfig(mode="paper"), grid, "epsilon", 1)
+        NumpyEngine(SADAConfig(mode="paper"), grid, "epsilon", 1)
     rows = compare_methods(make_problem("ve", "euler", 50), methods={"corrected": lambda n: SADAConfig()})
     assert rows[1]["speedup"] > 1.4 and rows[1]["rms"] < 2e-2
 
@@ -158,15 +158,21 @@ def test_ve_grid_runs_in_corrected_mode_and_rejects_paper_mode():
 def test_engine_protocol_errors_are_clear():
     fs = RectifiedFlowSchedule()
     grid = StepGrid.from_times(fs, fs.timesteps(50))
-    engine = ReferenceEngine(SADAConfig(), grid, "flow_velocity", 2)
-    with pytest.raises(ValueError, match="begin_step expects step 0"):
-        engine.begin_step(1, np.zeros((2, 3)))
+    engine = NumpyEngine(SADAConfig(), grid, "flow_velocity", 2)
+    with pytest.raises(ValueError, match="plan expects step 0"):
+        engine.plan(1, np.zeros((2, 3)))
     with pytest.raises(ValueError, match=r"shape \[batch=2, ...\]"):
-        engine.begin_step(0, np.zeros((3, 3)))
+        engine.plan(0, np.zeros((3, 3)))
     with pytest.raises(ValueError, match="replay must have shape"):
-        ReferenceEngine(SADAConfig(), grid, "flow_velocity", 2, replay=np.zeros((3, 2)))
+        NumpyEngine(SADAConfig(), grid, "flow_velocity", 2, replay=np.zeros((3, 2)))
+    engine = NumpyEngine(SADAConfig(), grid, "flow_velocity", 2)
+    with pytest.raises(ValueError, match=r"complete\(0\) needs plan\(0, x\) first"):
+        engine.complete(0, np.zeros((2, 3)), np.zeros((2, 3)))
+    engine.plan(0, np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"got outputs for 1 rows, expected the 2 planned rows \[0, 1\]"):
+        engine.complete(0, np.zeros((2, 3)), np.zeros((1, 3)))
     with pytest.raises(ValueError, match="num_steps - 2 = 23"):
-        ReferenceEngine(SADAConfig(), StepGrid.from_times(fs, fs.timesteps(25)), "flow_velocity", 2)
+        NumpyEngine(SADAConfig(), StepGrid.from_times(fs, fs.timesteps(25)), "flow_velocity", 2)
 
 
 def test_distribution_validation():

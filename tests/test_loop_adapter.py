@@ -51,7 +51,7 @@ def test_session_errors_are_clear():
     with pytest.raises(ValueError, match=r"complete\(0\) without rows_to_compute\(0\)"):
         sada.complete(0, torch.zeros(2, 3), torch.zeros(2, 3))
     sada.rows_to_compute(0, torch.zeros(2, 3))
-    with pytest.raises(ValueError, match="got outputs for 1 rows, expected 2"):
+    with pytest.raises(ValueError, match="got outputs for 1 rows, expected the 2 planned rows"):
         sada.complete(0, torch.zeros(2, 3), torch.zeros(1, 3))
     with pytest.raises(ValueError, match="pass times="):
         SADASession(VP, "epsilon")

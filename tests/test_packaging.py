@@ -16,7 +16,7 @@ def _run(code: str, cwd, env=None) -> str:
     return out.stdout.strip()
 
 
-@pytest.mark.parametrize("module", ["sada", "sada.reference", "sada.trajectory", "sada.lab.engine", "sada.policy"])
+@pytest.mark.parametrize("module", ["sada", "sada.reference", "sada.trajectory", "sada.engine.numpy_engine", "sada.engine.contract", "sada.policy"])
 def test_core_imports_do_not_import_torch(module, tmp_path):
     loaded = _run(f"import sys, {module}; print('torch' in sys.modules, 'diffusers' in sys.modules)", tmp_path)
     assert loaded == "False False"

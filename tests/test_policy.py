@@ -1,4 +1,4 @@
-"""The decision state machine (SADA_SPEC 4.3) and the AdaptiveDiffusion baseline policy."""
+"""The decision state machine (docs/paper-mode.md) and the AdaptiveDiffusion baseline policy."""
 import numpy as np
 import pytest
 from hypothesis import given
@@ -45,7 +45,7 @@ def _valid(make):
 @given(st.data(), st.integers(1, 4))
 def test_properties_of_the_state_machine(data, batch):
     cfg = _valid(lambda: data.draw(configs))
-    if cfg is None or cfg.acc_end > 46:
+    if cfg is None or cfg.schedule.acc_end > 46:
         return
     pattern = np.array(data.draw(st.lists(st.lists(st.booleans(), min_size=batch, max_size=batch), min_size=49,
                                           max_size=49)))
@@ -56,9 +56,9 @@ def test_properties_of_the_state_machine(data, batch):
         for s in skipped:
             run = run + 1 if s else 0
             longest = max(longest, run)
-        assert longest <= cfg.max_interval  # never more than max_interval consecutive skips
+        assert longest <= cfg.schedule.max_interval  # never more than max_interval consecutive skips
         idx = np.flatnonzero(skipped)
-        assert np.all(idx >= cfg.acc_start + 1) and np.all(idx <= cfg.acc_end)  # no skip outside the range
+        assert np.all(idx >= cfg.schedule.acc_start + 1) and np.all(idx <= cfg.schedule.acc_end)  # no skip outside the range
         am = np.flatnonzero(d[:, b] == Decision.SKIP_AM)
         assert np.all(pattern[am - 1, b])  # an AM skip needs a stable decision step
 

@@ -2,30 +2,25 @@
 import numpy as np
 import torch
 
-from sada.lab.engine import ReferenceEngine
-from sada.policy import Decision
+from sada.engine.numpy_engine import NumpyEngine
 from sada.torch_backend.engine import SADAEngine
 
 
-def drive_random(config, grid, kind, batch, seed, dtype=torch.float64, replay=None, shape=(3, 4)):
+def drive_random(config, grid, kind, batch, seed, dtype=torch.float64, replay=None, shape=(3, 4), solver_order=2):
     """Feed the same random samples/outputs to both engines; return per-step records of each."""
     rng = np.random.default_rng(seed)
-    ref = ReferenceEngine(config, grid, kind, batch, replay=replay)
-    eng = SADAEngine(config, grid, kind, replay=replay)
+    ref = NumpyEngine(config, grid, kind, batch, replay=replay, solver_order=solver_order)
+    eng = SADAEngine(config, grid, kind, replay=replay, solver_order=solver_order)
     x = rng.standard_normal((batch,) + shape)
     records = []
     for n in range(grid.num_steps):
-        d_ref = ref.begin_step(n, x)
-        d_t = eng.begin_step(n, torch.tensor(x, dtype=dtype))
-        synth_ref = ref.synthesise(n, x)
-        synth_t = eng.synthesise(n, torch.tensor(x, dtype=dtype)).double().numpy()
+        compute = ref.plan(n, x)
+        compute_t = eng.plan(n, torch.tensor(x, dtype=dtype))
         real = rng.standard_normal(x.shape) * 0.3 + 0.5 * x
-        compute = d_ref == Decision.COMPUTE
-        out_ref = np.where(compute.reshape((-1,) + (1,) * len(shape)), real, synth_ref)
-        out_t = np.where((d_t == Decision.COMPUTE).reshape((-1,) + (1,) * len(shape)), real, synth_t)
-        ref.record(n, x, out_ref)
-        eng.record(n, torch.tensor(x, dtype=dtype), torch.tensor(out_t, dtype=dtype))
-        records.append((d_ref.copy(), d_t.copy(), synth_ref[~compute], synth_t[~compute]))
+        out_ref = ref.complete(n, x, real)  # rows that skip are replaced by the engine's synthesised outputs
+        out_t = eng.complete(n, torch.tensor(x, dtype=dtype), torch.tensor(real, dtype=dtype)).double().numpy()
+        records.append((ref.trace.decisions[n].copy(), eng.trace.decisions[n].copy(), out_ref[~compute],
+                        out_t[~compute_t]))
         x = 0.97 * x + 0.1 * out_ref + 0.01 * rng.standard_normal(x.shape)  # a smooth-ish trajectory
     ref.finish(x)
     eng.finish(torch.tensor(x, dtype=dtype))

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sada.reference._validate import as_int, as_real
+from sada.validation import as_int, as_real
 
 __all__ = ["GaussianMixture", "isotropic_gaussian", "anisotropic_gaussian", "random_mixture"]
 

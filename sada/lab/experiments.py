@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sada.config import SADAConfig, preset, step_error_tolerance
+from sada.config import SADAConfig, StepSchedule, preset, step_error_tolerance
 from sada.lab.distributions import GaussianMixture, random_mixture
-from sada.lab.engine import ReferenceEngine
+from sada.engine.numpy_engine import NumpyEngine
 from sada.lab.ode import ExactModel, reference_trajectory
 from sada.lab.samplers import sample_dpmpp_2m, sample_euler, sample_flow_euler
 from sada.reference import paper_step_estimate, paper_vp_drift
@@ -70,17 +70,22 @@ def make_problem(schedule: str = "vp", solver: str = "dpmpp_2m", num_steps: int 
     return Problem(dist, grid, solver, kind, x_start, f"{schedule}/{solver}/{num_steps} steps")
 
 
-def run_sampler(problem: Problem, config: SADAConfig | None = None, replay=None):
-    """Sample the batch; returns ``(x0 [batch, d], network evaluations per sample, engine or None)``."""
+def run_sampler(problem: Problem, config: SADAConfig | None = None, replay=None, engine_factory=None):
+    """Sample the batch; returns ``(x0 [batch, d], network evaluations per sample, engine or None)``.
+
+    ``engine_factory(config, grid, kind, batch, replay)`` builds the engine (default: the float64
+    :class:`~sada.engine.numpy_engine.NumpyEngine`); it must follow the engine contract on numpy arrays.
+    """
     grid, kind = problem.grid, problem.kind
     model = ExactModel(problem.distribution, kind)
     batch = problem.x_start.shape[0]
-    engine = None if config is None else ReferenceEngine(config, grid, kind, batch, replay=replay)
+    factory = engine_factory or NumpyEngine
+    engine = None if config is None else factory(config, grid, kind, batch, replay=replay)
 
     def output(i, x):
-        def network(rows, _mask=None):
-            return model(rows, grid.alpha[i], grid.sigma[i])
-        return network(x) if engine is None else engine(i, x, network)
+        def network(x_rows, _rows=None):
+            return model(x_rows, grid.alpha[i], grid.sigma[i])
+        return network(x) if engine is None else engine.step(i, x, network)
 
     if problem.solver == "flow_euler":
         times = np.append(grid.times[:-1], 0.0)
@@ -137,13 +142,13 @@ def compare_methods(problem: Problem, methods=None, progress=None) -> list[dict]
     methods = METHODS if methods is None else methods
     for name, make in methods.items():
         config = make(problem.grid.num_steps)
-        uses_paper = config.mode == "paper" or config.criterion == "paper"
+        uses_paper = "paper" in (config.numerics.mode, config.numerics.criterion)
         if uses_paper and problem.grid.training_beta is None and problem.grid.family != "flow":
             continue  # the paper's numerics are defined for discrete VP and rectified-flow grids only
-        if uses_paper and problem.grid.family == "flow":
-            flux = preset("flux", problem.grid.num_steps)
+        if uses_paper and problem.grid.family == "flow" and isinstance(config.schedule, StepSchedule):
+            flux = preset("flux", problem.grid.num_steps).schedule
             config = config.replace(lagrange_step=flux.lagrange_step, lagrange_term=flux.lagrange_term
-                                    if config.lagrange_term else 0)
+                                    if config.schedule.lagrange_term else 0)
         x_end, nfe, engine = run_sampler(problem, config)
         counts = engine.trace.counts()
         batch = problem.x_start.shape[0]

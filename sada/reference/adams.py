@@ -1,35 +1,19 @@
-"""Adams quadrature weights on arbitrary nodes (paper Theorem B.2, eq. A.30-A.33).
+"""Adams quadrature weights on arbitrary nodes (paper Theorem B.2, eq. A.30-A.33), validated float64.
 
 For the ODE ``x' = f(t, x)`` the Adams family integrates a Lagrange interpolant of ``f``:
 ``x(b) ~ x(a) + sum_i c_i f(t_i)`` with ``c_i = integral_a^b l_i(tau) d tau``. When the nodes include
 the end point ``b`` the method is Adams-Moulton (implicit); when they do not it is Adams-Bashforth
 (explicit). ``p`` nodes give local truncation error ``O(h^(p+1))``, i.e. a method of order ``p``.
+The formula is the kernel :func:`sada.kernels.adams_weights`.
 """
 from __future__ import annotations
 
-from fractions import Fraction
-
 import numpy as np
 
-from sada.reference._validate import as_int, as_real, distinct_nodes
-from sada.reference.lagrange import lagrange_basis_polynomials
+from sada import kernels
+from sada.validation import as_int, as_real, distinct_nodes
 
-__all__ = [
-    "adams_coefficients",
-    "adams_moulton_coefficients",
-    "adams_bashforth_coefficients",
-    "ADAMS_MOULTON_TABLE",
-]
-
-# Textbook Adams-Moulton weights (Hairer, Norsett & Wanner I, Table III.1.2), ordered
-# (f_{n+1}, f_n, f_{n-1}, ...) and normalised by the step h. Used as a cross-check in the tests.
-ADAMS_MOULTON_TABLE: dict[int, tuple[Fraction, ...]] = {
-    1: (Fraction(1),),
-    2: (Fraction(1, 2), Fraction(1, 2)),
-    3: (Fraction(5, 12), Fraction(8, 12), Fraction(-1, 12)),
-    4: (Fraction(9, 24), Fraction(19, 24), Fraction(-5, 24), Fraction(1, 24)),
-    5: (Fraction(251, 720), Fraction(646, 720), Fraction(-264, 720), Fraction(106, 720), Fraction(-19, 720)),
-}
+__all__ = ["adams_coefficients", "adams_moulton_coefficients", "adams_bashforth_coefficients"]
 
 
 def adams_coefficients(nodes, start: float, end: float) -> np.ndarray:
@@ -39,14 +23,7 @@ def adams_coefficients(nodes, start: float, end: float) -> np.ndarray:
     (``end < start`` integrates backwards, as a sampler that walks down the noise levels does).
     ``sum_i c_i = end - start`` (exact for constant ``f``).
     """
-    t = distinct_nodes("nodes", nodes)
-    a = as_real("start", start)
-    b = as_real("end", end)
-    coeffs = np.empty(t.size)
-    for i, basis in enumerate(lagrange_basis_polynomials(t)):
-        antiderivative = basis.integ()
-        coeffs[i] = antiderivative(b) - antiderivative(a)
-    return coeffs
+    return kernels.adams_weights(distinct_nodes("nodes", nodes), as_real("start", start), as_real("end", end))
 
 
 def adams_moulton_coefficients(order: int) -> np.ndarray:

@@ -1,28 +1,25 @@
-"""SADA's estimates of a skipped step (paper Theorem 3.5 and Theorem 3.7; SADA_SPEC sections 3-4).
+"""SADA's estimates of a skipped step (paper Theorem 3.5 and Theorem 3.7), validated float64.
 
 Two variants of the step-wise estimator (Theorem 3.5):
 
-* ``paper`` -- exactly what the official code computes (SADA_SPEC 3.1): the drift of the VP
-  probability-flow ODE scaled by ``N * beta_n`` and integrated with ``delta = 1/N`` and the fixed
-  weights ``(5/8, 3/4, -3/8) = 1.5 * AM3 - 0.5 * AM2``. ``delta * f`` is the drift of *one training
-  timestep*, so the estimate barely moves away from ``x_n``. The weights also evaluate the mean drift
-  at ``t_n`` rather than over ``[t_n, t_{n+1}]``: they are exact only for constant drift.
-* ``corrected`` -- the same idea derived on the run's actual time nodes: integrate the Lagrange
-  interpolant of the drift through the latest computed nodes over the real interval
-  ``[t_n, t_{n+1}]`` (Theorem B.2 with non-uniform nodes). It is written in the EDM variables
-  ``x~ = x / alpha`` and ``sigma~ = sigma / alpha``, where the probability-flow ODE of every schedule
-  (VP, VE, rectified flow) reads ``dx~/dsigma~ = eps``.
+* ``paper`` -- what the official code computes (docs/paper-mode.md): the drift of the VP probability-flow ODE
+  scaled by ``N * beta_n`` and integrated with ``delta = 1/N`` and the fixed weights
+  ``(5/8, 3/4, -3/8) = 1.5 * AM3 - 0.5 * AM2``. ``delta * f`` is the drift of *one training timestep*, so the
+  estimate barely moves away from ``x_n``; the weights evaluate the mean drift at ``t_n`` (exact for constant drift
+  only).
+* ``corrected`` -- the same idea on the run's actual noise levels: integrate the Lagrange interpolant of the drift
+  through the latest computed nodes over the real interval ``[t_n, t_{n+1}]`` (Theorem B.2 on non-uniform nodes),
+  in the EDM variables ``x~ = x / alpha``, ``sigma~ = sigma / alpha`` where the probability-flow ODE of every
+  schedule (VP, VE, rectified flow) reads ``dx~/dsigma~ = eps``.
 
-Both produce the paper's clean-sample estimate ``x0_hat_{n+1} = to_x0(eps_n, x_hat_{n+1})`` at the
-next noise level (Theorem 3.6: reused noise at the extrapolated state).
+The formulas are the kernels of :mod:`sada.kernels.estimators`.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from sada.reference._validate import as_int, as_real, distinct_nodes, finite_array, stack_finite
-from sada.reference.adams import adams_coefficients, adams_moulton_coefficients
-from sada.reference.lagrange import lagrange_basis_weights
+from sada import kernels
+from sada.validation import as_int, as_real, distinct_nodes, finite_array, stack_finite
 
 __all__ = [
     "paper_step_weights",
@@ -37,31 +34,22 @@ __all__ = [
 
 
 def paper_step_weights() -> np.ndarray:
-    """Theorem 3.5, eq. (14)/(A.41): ``(5/8, 3/4, -3/8)`` on ``(f_n, f_{n-1}, f_{n-2})``.
-
-    Built as ``1.5 * AM3 - 0.5 * AM2``: AM3 ``(5, 8, -1)/12`` is the increment over
-    ``[t_{n-1}, t_n]`` with ``f_n`` as the implicit end point, AM2 ``(1/2, 1/2)`` the increment over
-    ``[t_{n-2}, t_{n-1}]``; the two are extrapolated with AB2 weights ``(3/2, -1/2)``.
-    """
-    am3 = adams_moulton_coefficients(3)  # (f_n, f_{n-1}, f_{n-2}) with f_n the implicit end point
-    am2 = np.concatenate([[0.0], adams_moulton_coefficients(2)])  # (0, f_{n-1}, f_{n-2})
-    return 1.5 * am3 - 0.5 * am2
+    """Theorem 3.5, eq. (14)/(A.41): ``(5/8, 3/4, -3/8)`` on ``(f_n, f_{n-1}, f_{n-2})`` = ``1.5 AM3 - 0.5 AM2``."""
+    return kernels.paper_step_weights()
 
 
 def paper_vp_drift(x, eps, beta: float, sigma: float, num_steps: int) -> np.ndarray:
-    """The official code's velocity ``f_n = (N beta_n / 2) * (-x_n + eps_n / s_n)`` (SADA_SPEC 2.1).
+    """The official code's velocity ``f_n = (N beta_n / 2) * (-x_n + eps_n / s_n)``.
 
-    ``x`` is the VP-scaled sample, ``eps`` the (guided) noise prediction, ``beta`` the *training*
-    beta at the step's discrete timestep, ``sigma`` the VP noise std ``s_n`` and ``num_steps`` N.
+    ``x`` is the VP-scaled sample, ``eps`` the (guided) noise prediction, ``beta`` the *training* beta at the
+    step's discrete timestep, ``sigma`` the VP noise std ``s_n`` and ``num_steps`` N.
     """
     beta = as_real("beta", beta)
     sigma = as_real("sigma", sigma)
     n = as_int("num_steps", num_steps, minimum=1)
     if beta <= 0 or sigma <= 0:
         raise ValueError(f"beta and sigma must be > 0, got beta={beta}, sigma={sigma}")
-    x = finite_array("x", x)
-    eps = finite_array("eps", eps)
-    return (n * beta / 2.0) * (-x + eps / sigma)
+    return kernels.paper_vp_drift(finite_array("x", x), finite_array("eps", eps), beta, sigma, n)
 
 
 def paper_step_estimate(x, drifts, num_steps: int) -> np.ndarray:
@@ -73,7 +61,7 @@ def paper_step_estimate(x, drifts, num_steps: int) -> np.ndarray:
     f = stack_finite("drifts", list(drifts))
     if f.shape[0] != 3:
         raise ValueError(f"drifts must hold (f_n, f_(n-1), f_(n-2)), got {f.shape[0]} entries")
-    return finite_array("x", x) - np.tensordot(paper_step_weights(), f, axes=1) / n
+    return kernels.paper_step_estimate(finite_array("x", x), f[0], f[1], f[2], n)
 
 
 def corrected_step_weights(sigma_nodes, sigma_next: float) -> np.ndarray:
@@ -87,7 +75,7 @@ def corrected_step_weights(sigma_nodes, sigma_next: float) -> np.ndarray:
     nodes = distinct_nodes("sigma_nodes", sigma_nodes)
     if nodes.size > 4:
         raise ValueError(f"sigma_nodes takes 1 to 4 nodes, got {nodes.size}")
-    return adams_coefficients(nodes, nodes[0], as_real("sigma_next", sigma_next))
+    return kernels.adams_weights(nodes, nodes[0], as_real("sigma_next", sigma_next))
 
 
 def corrected_step_estimate(x_tilde, eps_history, sigma_nodes, sigma_next: float) -> np.ndarray:
@@ -97,29 +85,30 @@ def corrected_step_estimate(x_tilde, eps_history, sigma_nodes, sigma_next: float
     ``sigma_nodes``. Integrates the interpolated drift ``dx~/dsigma~ = eps`` over the true interval.
     """
     eps = stack_finite("eps_history", list(eps_history))
-    weights = corrected_step_weights(sigma_nodes, sigma_next)
-    if weights.size != eps.shape[0]:
-        raise ValueError(f"got {eps.shape[0]} noise predictions for {weights.size} sigma nodes")
-    return finite_array("x_tilde", x_tilde) + np.tensordot(weights, eps, axes=1)
+    nodes = distinct_nodes("sigma_nodes", sigma_nodes)
+    if nodes.size != eps.shape[0] or nodes.size > 4:
+        raise ValueError(f"got {eps.shape[0]} noise predictions for {nodes.size} sigma nodes (1 to 4)")
+    return kernels.corrected_step_estimate(finite_array("x_tilde", x_tilde), eps, nodes,
+                                           as_real("sigma_next", sigma_next))
 
 
 def multistep_estimate(values, abscissae, at: float) -> np.ndarray:
     """Theorem 3.7, eq. (16): the Lagrange polynomial through stored ``(abscissa, value)`` pairs at ``at``.
 
-    SADA stores the clean-sample estimate every ``lagrange_int`` steps (SADA_SPEC 4.1) and evaluates
-    the polynomial at the skipped step. The paper's abscissae are integer step indices; a corrected
-    variant passes the steps' times or log-SNRs instead. All nodes lie before ``at``, so this is an
-    extrapolation (bounded by :func:`sada.reference.lagrange.interpolation_error_bound`).
+    SADA stores the clean-sample estimate every ``lagrange_int`` steps and evaluates the polynomial at the skipped
+    step. The paper's abscissae are integer step indices; the corrected variant passes the steps' noise levels.
+    All nodes lie before ``at``, so this is an extrapolation (bounded by
+    :func:`sada.reference.lagrange.interpolation_error_bound`).
     """
     vals = stack_finite("values", list(values))
-    weights = lagrange_basis_weights(abscissae, at)
+    weights = kernels.lagrange_weights(distinct_nodes("abscissae", abscissae), as_real("at", at))
     if weights.size != vals.shape[0]:
         raise ValueError(f"got {vals.shape[0]} values for {weights.size} abscissae")
-    return np.tensordot(weights, vals, axes=1)
+    return kernels.combine(weights, vals)
 
 
 def flow_velocity_extrapolation(velocity_history) -> np.ndarray:
-    """The official flow-matching skip (SADA_SPEC 3.4): ``v_hat = h[-2] + (h[-2] - h[-3])``.
+    """The official flow-matching skip: ``v_hat = h[-2] + (h[-2] - h[-3])``.
 
     ``velocity_history`` is the 3-deep history *after* the skipped step appended a duplicate of the
     last computed velocity, oldest first. On the first skip after computed steps ``n-1, n`` this is the
@@ -128,7 +117,7 @@ def flow_velocity_extrapolation(velocity_history) -> np.ndarray:
     hist = stack_finite("velocity_history", list(velocity_history))
     if hist.shape[0] != 3:
         raise ValueError(f"velocity_history must hold 3 entries, got {hist.shape[0]}")
-    return 2.0 * hist[1] - hist[0]
+    return kernels.flow_velocity_extrapolation(hist[1], hist[0])
 
 
 def embedded_pair_weights(nodes, at: float) -> tuple[np.ndarray, np.ndarray]:
@@ -137,9 +126,6 @@ def embedded_pair_weights(nodes, at: float) -> tuple[np.ndarray, np.ndarray]:
     ``high`` uses every node (degree ``k``), ``low`` the newest ``k`` nodes only (degree ``k - 1``, padded with
     a zero weight for the oldest). As in embedded Runge-Kutta pairs, ``(high - low) . values`` estimates the
     local error of the lower-order estimate, an upper estimate for the one actually used; SADA's
-    error-controlled mode (``SADAConfig.error_tolerance``) skips a step only when it is small.
+    error-controlled mode skips a step only when it is small.
     """
-    t = distinct_nodes("nodes", nodes, min_len=2)
-    high = lagrange_basis_weights(t, at)
-    low = np.append(lagrange_basis_weights(t[:-1], at), 0.0)
-    return high, low
+    return kernels.embedded_pair_weights(distinct_nodes("nodes", nodes, min_len=2), as_real("at", at))

@@ -1,10 +1,9 @@
-"""Lagrange interpolation and extrapolation (paper Theorem 3.1, Theorem 3.7, Proposition B.1).
+"""Lagrange interpolation and extrapolation (paper Theorem 3.1, Theorem 3.7, Proposition B.1), validated float64.
 
 Notation follows the paper: nodes ``t_0 < ... < t_k`` carry values ``x_i = x(t_i)``; the degree-``k``
 interpolant is ``P(t) = sum_i x_i * l_i(t)`` with the Lagrange basis
-``l_i(t) = prod_{j != i} (t - t_j) / (t_i - t_j)`` (eq. 16 / A.12, A.21-A.22).
-
-Everything is float64 numpy, pure, and validated at the boundary.
+``l_i(t) = prod_{j != i} (t - t_j) / (t_i - t_j)`` (eq. 16 / A.12, A.21-A.22). The formulas are the kernels of
+:mod:`sada.kernels.lagrange`; these functions validate their arguments and compute in float64 numpy.
 """
 from __future__ import annotations
 
@@ -12,11 +11,11 @@ import math
 
 import numpy as np
 
-from sada.reference._validate import as_int, as_real, distinct_nodes, stack_finite
+from sada import kernels
+from sada.validation import as_int, as_real, distinct_nodes, stack_finite
 
 __all__ = [
     "lagrange_basis_weights",
-    "lagrange_basis_polynomials",
     "lagrange_estimate",
     "equal_grid_extrapolation_weights",
     "extrapolation_remainder_bound",
@@ -33,38 +32,19 @@ def lagrange_basis_weights(nodes, at) -> np.ndarray:
     ``sum_i l_i(at) * p(t_i) = p(at)`` for every polynomial ``p`` of degree <= ``len(nodes) - 1``.
     ``at`` may lie outside the node hull: that is extrapolation, as in SADA's multistep estimate.
     """
-    t = distinct_nodes("nodes", nodes)
-    tau = as_real("at", at)
-    weights = np.ones(t.size)
-    for i in range(t.size):
-        for j in range(t.size):
-            if j != i:
-                weights[i] *= (tau - t[j]) / (t[i] - t[j])
-    return weights
-
-
-def lagrange_basis_polynomials(nodes) -> list[np.polynomial.Polynomial]:
-    """The basis polynomials ``l_i`` themselves (power basis), used to integrate them exactly (Theorem B.2)."""
-    t = distinct_nodes("nodes", nodes)
-    basis = []
-    for i in range(t.size):
-        others = np.delete(t, i)
-        poly = np.polynomial.Polynomial.fromroots(others) if others.size else np.polynomial.Polynomial([1.0])
-        basis.append(poly / float(np.prod(t[i] - others)))
-    return basis
+    return kernels.lagrange_weights(distinct_nodes("nodes", nodes), as_real("at", at))
 
 
 def lagrange_estimate(values, nodes, at) -> np.ndarray:
-    """``P(at) = sum_i l_i(at) x_i`` for array-valued ``values`` (eq. 16; SADA_SPEC section 4.2).
+    """``P(at) = sum_i l_i(at) x_i`` for array-valued ``values`` (eq. 16): the multistep estimate of Theorem 3.7.
 
-    ``values[i]`` belongs to ``nodes[i]``. NaN/Inf in any value raises instead of propagating into
-    the estimate.
+    ``values[i]`` belongs to ``nodes[i]``. NaN/Inf in any value raises instead of propagating into the estimate.
     """
     stacked = stack_finite("values", list(values))
     weights = lagrange_basis_weights(nodes, at)
     if weights.size != stacked.shape[0]:
         raise ValueError(f"got {stacked.shape[0]} values for {weights.size} nodes")
-    return np.tensordot(weights, stacked, axes=1)
+    return kernels.combine(weights, stacked)
 
 
 def equal_grid_extrapolation_weights(k: int) -> np.ndarray:
@@ -73,8 +53,7 @@ def equal_grid_extrapolation_weights(k: int) -> np.ndarray:
     On equally spaced nodes ``t_i = t_0 + i h`` the degree-``k`` extrapolation one step past the last
     node has the closed form ``w_i = (-1)^(k - i) * binom(k + 1, i)``. For ``k = 2``: ``(1, -3, 3)``.
     """
-    k = as_int("k", k, minimum=0)
-    return np.array([(-1.0) ** (k - i) * math.comb(k + 1, i) for i in range(k + 1)])
+    return kernels.equal_grid_extrapolation_weights(as_int("k", k, minimum=0))
 
 
 def extrapolation_remainder_bound(k: int, h: float, derivative_bound: float) -> float:
@@ -126,4 +105,4 @@ def backward_difference(values, order: int) -> np.ndarray:
     if stacked.shape[0] < m + 1:
         raise ValueError(f"order {m} needs at least {m + 1} values, got {stacked.shape[0]}")
     coeffs = np.array([(-1.0) ** j * math.comb(m, j) for j in range(m + 1)])
-    return np.tensordot(coeffs, stacked[::-1][: m + 1], axes=1)
+    return kernels.combine(coeffs, stacked[::-1][: m + 1])

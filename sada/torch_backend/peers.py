@@ -1,6 +1,6 @@
-"""Engines for peer methods, with the SADA engine's protocol, so every host adapter can run them side by side.
+"""Engines for peer methods, with the engine contract, so every host adapter can run them side by side.
 
-:class:`AdaptiveDiffusionEngine` is AdaptiveDiffusion (Ye et al. 2024; SADA_SPEC 10): skip a step when the
+:class:`AdaptiveDiffusionEngine` is AdaptiveDiffusion (Ye et al. 2024): skip a step when the
 latents have moved evenly (the third-order rule of :func:`sada.reference.adaptive_diffusion_skip`), and on
 a skipped step reuse the last computed model output unchanged -- no correction.
 """
@@ -9,25 +9,26 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from sada.engine.contract import StepSequence
 from sada.policy import AdaptiveDiffusionPolicy, Decision
 from sada.trace import Trace
-from sada.trajectory import StepGrid
+from sada.trajectory import StepGrid, check_kind
 
 __all__ = ["AdaptiveDiffusionEngine"]
 
 
-class AdaptiveDiffusionEngine:
-    """Per-sample AdaptiveDiffusion on tensors (same protocol as :class:`sada.torch_backend.SADAEngine`)."""
+class AdaptiveDiffusionEngine(StepSequence):
+    """Per-sample AdaptiveDiffusion on tensors, behind the engine contract of :mod:`sada.engine.contract`."""
 
     def __init__(self, grid: StepGrid, kind: str, threshold: float = 0.01, max_skip_steps: int = 4):
-        self.grid, self.kind = grid, kind
+        if not isinstance(grid, StepGrid):
+            raise TypeError(f"grid must be a StepGrid, got {type(grid).__name__}")
+        self.grid, self.kind = grid, check_kind(kind)
         self.num_steps = grid.num_steps
         self.threshold, self.max_skip_steps = threshold, max_skip_steps
         self.trace: Trace | None = None
-        self.config = None
-        self.token_scores = None
 
-    def begin_step(self, step: int, x: torch.Tensor) -> np.ndarray:
+    def _begin(self, step: int, x: torch.Tensor) -> np.ndarray:
         if step == 0:
             self.policy = AdaptiveDiffusionPolicy(self.num_steps, x.shape[0], self.threshold, self.max_skip_steps)
             self.trace = Trace(self.num_steps, x.shape[0])
@@ -41,22 +42,16 @@ class AdaptiveDiffusionEngine:
         self.trace.record_decisions(step, self._decisions)
         return self._decisions.copy()
 
-    def compute_rows(self) -> np.ndarray:
-        return np.flatnonzero(self._decisions == Decision.COMPUTE)
-
-    def synthesise(self, step: int, x: torch.Tensor) -> torch.Tensor:
+    def _synthesise(self, step: int, x: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(x) if self._raw is None else self._raw.to(x.dtype)
 
-    def intermediate_output(self, step: int, edm_sigma: float, x: torch.Tensor) -> torch.Tensor:
-        return self.synthesise(step, x)
+    def _stage_output(self, step: int, edm_sigma: float, x: torch.Tensor) -> torch.Tensor:
+        return self._synthesise(step, x)
 
-    def record(self, step: int, x: torch.Tensor, output: torch.Tensor) -> None:
+    def _record(self, step: int, x: torch.Tensor, output: torch.Tensor) -> None:
         computed = torch.as_tensor(self._decisions == Decision.COMPUTE, device=output.device)
         computed = computed.reshape((-1,) + (1,) * (output.ndim - 1))
         self._raw = output.clone() if self._raw is None else torch.where(computed, output, self._raw)
-
-    def token_map(self):
-        return None
 
     def finish(self, x_final: torch.Tensor) -> Trace:
         return self.trace

@@ -2,13 +2,15 @@
 
 ``values[k, b]`` is row ``b``'s ``k``-th newest stored tensor; ``keys[k, b]`` (numpy, host) its
 abscissa (a noise level or step index). Rows are pushed independently, so every sample keeps its own
-history even when the batch makes different decisions. Weights are computed on the host by
-``sada.reference`` and applied here with one ``einsum``.
+history even when the batch makes different decisions. Weights are computed on the host by the kernels of
+:mod:`sada.kernels` and applied here by :func:`sada.kernels.combine`.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+from sada import kernels
 
 __all__ = ["TensorRing"]
 
@@ -59,8 +61,7 @@ class TensorRing:
 
     def combine(self, weights: np.ndarray) -> torch.Tensor:
         """``sum_k weights[b, k] * values[k, b]`` for every row (weights computed on the host)."""
-        w = torch.as_tensor(weights, dtype=self.values.dtype).to(self.values.device, non_blocking=True)
-        return torch.einsum("bk,kb...->b...", w, self.values)
+        return kernels.combine(weights, self.values)
 
     def nbytes(self) -> int:
         return 0 if self.values is None else self.values.numel() * self.values.element_size()

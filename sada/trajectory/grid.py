@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sada.reference._validate import as_float_vector, as_real
+from sada.validation import as_float_vector, as_real
 from sada.trajectory.schedules import DiscreteVPSchedule, NoiseSchedule
 
 __all__ = ["StepGrid"]
@@ -79,24 +79,6 @@ class StepGrid:
         if variable == "lambda":
             return self.log_snr
         raise ValueError(f"abscissa variable must be 'index', 't', 'sigma' or 'lambda', got {variable!r}")
-
-    @property
-    def has_paper_numerics(self) -> bool:
-        """Whether the official code's numerics are defined on this grid (discrete VP with training betas,
-        or rectified flow)."""
-        return self.family == "flow" or self.training_beta is not None
-
-    def numerics_variant(self, name: str, field: str = "mode") -> str:
-        """Resolve ``"paper"``/``"corrected"`` to the engines' variant on this grid: ``corrected``,
-        ``paper-vp`` (SADA_SPEC 2.1/3.1) or ``paper-flow`` (SADA_SPEC 2.2/3.4)."""
-        if name == "corrected":
-            return "corrected"
-        if self.family == "flow":
-            return "paper-flow"
-        if self.training_beta is not None:
-            return "paper-vp"
-        raise ValueError(f"{field}='paper' needs a discrete VP grid (training betas) or a rectified-flow grid; "
-                         f"got a {self.family!r} grid: use {field}='corrected'")
 
     def alpha_sigma_at(self, edm_sigma: float) -> tuple[float, float]:
         """``(alpha, sigma)`` of this grid's schedule family at any EDM noise level (e.g. a solver's

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sada.reference._validate import as_float_vector, as_int, as_real
+from sada.validation import as_float_vector, as_int, as_real
 
 __all__ = [
     "BETA_SCHEDULES",
@@ -71,15 +71,21 @@ def _check_times(t, lo: float, hi: float, name: str = "t") -> np.ndarray:
 
 @dataclass(frozen=True)
 class DiscreteVPSchedule(NoiseSchedule):
-    """Discrete variance-preserving schedule given by ``alphas_cumprod`` (length T, decreasing in (0, 1])."""
+    """Discrete variance-preserving schedule given by ``alphas_cumprod`` (length T, decreasing in (0, 1]).
+
+    The last entry may be exactly 0: a zero-terminal-SNR schedule (Lin et al. 2024, diffusers'
+    ``rescale_betas_zero_snr``), where the final training timestep is pure noise (``alpha = 0``,
+    ``sigma~ = inf``), like rectified flow at ``t = 1``.
+    """
 
     alphas_cumprod: np.ndarray = field(repr=False)
     family: str = "vp"
 
     def __post_init__(self):
         acp = as_float_vector("alphas_cumprod", self.alphas_cumprod, min_len=2)
-        if np.any(acp <= 0) or np.any(acp > 1):
-            raise ValueError("alphas_cumprod must lie in (0, 1]")
+        if np.any(acp[:-1] <= 0) or acp[-1] < 0 or np.any(acp > 1):
+            raise ValueError(f"alphas_cumprod must lie in (0, 1] (the last entry may be 0: zero terminal SNR), "
+                             f"got range [{acp.min():.3g}, {acp.max():.3g}]")
         if np.any(np.diff(acp) >= 0):
             raise ValueError("alphas_cumprod must be strictly decreasing")
         acp.setflags(write=False)
@@ -121,12 +127,24 @@ class DiscreteVPSchedule(NoiseSchedule):
         acp = self.alphas_cumprod
         return 1.0 - acp / np.concatenate([[1.0], acp[:-1]])
 
-    def _log_acp(self, t):
+    @property
+    def zero_terminal_snr(self) -> bool:
+        return bool(self.alphas_cumprod[-1] == 0.0)
+
+    def _acp(self, t):
+        """``alphas_cumprod`` at (fractional) ``t``: log-linear between integers; linear on a last segment that ends
+        at zero terminal SNR (where the logarithm is ``-inf``)."""
         t = _check_times(t, 0.0, self.num_train_timesteps - 1.0)
-        return np.interp(t, np.arange(self.num_train_timesteps), np.log(self.alphas_cumprod))
+        acp = self.alphas_cumprod
+        grid = np.arange(self.num_train_timesteps)
+        if not self.zero_terminal_snr:
+            return np.exp(np.interp(t, grid, np.log(acp)))
+        last = t > self.num_train_timesteps - 2
+        inner = np.exp(np.interp(np.minimum(t, self.num_train_timesteps - 2), grid[:-1], np.log(acp[:-1])))
+        return np.where(last, np.interp(t, grid[-2:], acp[-2:]), inner)
 
     def alpha_sigma(self, t):
-        acp = np.exp(self._log_acp(t))
+        acp = self._acp(t)
         return np.sqrt(acp), np.sqrt(1.0 - acp)
 
     def continuous_beta(self, t):
@@ -136,7 +154,7 @@ class DiscreteVPSchedule(NoiseSchedule):
         return -np.log(1.0 - self.betas[k])
 
     def training_beta(self, t):
-        """The discrete training beta at ``int(t)``, as the official code looks it up (SADA_SPEC 2.1)."""
+        """The discrete training beta at ``int(t)``, as the official code looks it up (docs/paper-mode.md)."""
         t = _check_times(t, 0.0, self.num_train_timesteps - 1.0)
         return self.betas[np.asarray(t).astype(int)]
 
@@ -148,7 +166,19 @@ class DiscreteVPSchedule(NoiseSchedule):
     def time_from_edm_sigma(self, edm_sigma):
         """Exact inverse of :meth:`edm_sigma`: ``log alphas_cumprod = -log(1 + sigma~^2)`` is linear in ``t``."""
         s = np.asarray(edm_sigma, dtype=np.float64)
-        log_acp = np.log(self.alphas_cumprod)
+        acp = self.alphas_cumprod
+        if self.zero_terminal_snr:  # pure noise at the last timestep; finite sigmas lie on the other segments
+            if np.any(np.isnan(s)) or np.any(s < 0):
+                raise ValueError(f"edm_sigma must be >= 0, got {edm_sigma!r}")
+            infinite = np.isinf(s)
+            first, last_finite = math.sqrt(1.0 / acp[0] - 1.0), math.sqrt(1.0 / acp[-2] - 1.0)
+            inside = np.clip(np.where(infinite, first, s), first, last_finite)
+            inner = DiscreteVPSchedule(acp[:-1]).time_from_edm_sigma(inside) if acp.size > 2 else np.zeros_like(s)
+            # beyond the last finite node, alphas_cumprod falls linearly to 0: acp(t) = acp[-2] (T - 1 - t)
+            tail = (self.num_train_timesteps - 1) - 1.0 / (acp[-2] * (1.0 + np.where(infinite, 1.0, s) ** 2))
+            out = np.where(s > last_finite, tail, inner)
+            return np.where(infinite, self.num_train_timesteps - 1.0, out)
+        log_acp = np.log(acp)
         lo, hi = math.sqrt(math.expm1(-log_acp[0])), math.sqrt(math.expm1(-log_acp[-1]))
         # hosts compute sigmas in float32: accept 1e-5 relative slack at the ends, then clip
         if not np.all(np.isfinite(s)) or np.any(s < lo * (1 - 1e-5)) or np.any(s > hi * (1 + 1e-5)):

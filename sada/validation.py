@@ -1,7 +1,7 @@
-"""Argument checks shared by the reference functions.
+"""Argument checks shared by every layer (an internal module with a public name: import it, do not copy it).
 
-Every public function of :mod:`sada.reference` validates its inputs at the boundary and raises a
-``ValueError``/``TypeError`` that names the offending argument and value.
+Every public function of sada validates its inputs at the boundary and raises a ``ValueError``/``TypeError`` that
+names the offending argument and value; these are the checks they share.
 """
 from __future__ import annotations
 

@@ -1,0 +1,226 @@
+"""The three concerns of a configuration, each a small frozen dataclass that validates itself.
+
+* the skip schedule -- *when* a step may be skipped: :class:`StepSchedule` (the authors' step-index schedule) or
+  :class:`ErrorControl` (schedule-free: wherever the estimate's own error is small against the solver's);
+* :class:`Numerics` -- *how* a skipped step is estimated and the criterion computed;
+* :class:`TokenPruning` -- which tokens of a computed step are recomputed.
+
+Every invalid field raises ``ValueError`` (``TypeError`` for a wrong type) naming the field, the value and the
+allowed range.
+"""
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from dataclasses import dataclass
+
+from sada.config.enums import AmNoise, Abscissa, LagrangeTarget, Mode, choice
+
+__all__ = ["MIN_ACC_START", "StepSchedule", "ErrorControl", "Numerics", "TokenPruning", "int_field", "real_field"]
+
+# The official code never skips before step 3: its step estimate needs three drift nodes (docs/paper-mode.md).
+MIN_ACC_START = 3
+
+
+def int_field(name: str, value, minimum: int | None = None, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
+    return value
+
+
+def real_field(name: str, value, *, positive: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    if not value < float("inf") or (positive and not value > 0):
+        raise ValueError(f"{name} must be {'> 0 and ' if positive else ''}finite, got {value!r}")
+    return value
+
+
+def _pair(name: str, value, minimum: int, maximum: int | None = None) -> tuple[int, int]:
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(f"{name} must be a pair, got {value!r}")
+    return (int_field(f"{name}[0]", value[0], minimum, maximum), int_field(f"{name}[1]", value[1], minimum, maximum))
+
+
+class _Part:
+    def replace(self, **changes):
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ValueError(f"unknown {type(self).__name__} field(s): {sorted(unknown)}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else (str(value) if hasattr(value, "value") else value)
+        return out
+
+
+@dataclass(frozen=True)
+class StepSchedule(_Part):
+    """The authors' schedule in step indices (docs/paper-mode.md).
+
+    Attributes:
+        acc_range: ``(start, end)``: step ``n + 1`` may be skipped only for decisions taken at
+            ``max(start, 3) <= n < end``; earlier and later steps always run the network.
+        max_interval: most consecutive skipped steps (also the token-cache refresh interval); 0 never skips.
+        lagrange_term: nodes of the multistep (Lagrange) estimate; 0 disables the multistep regime.
+        lagrange_int: a node is stored at every step ``k`` with ``k % lagrange_int == 1``.
+        lagrange_step: from this step on the fixed multistep pattern replaces adaptive skipping.
+        num_steps: the step count the ranges are written for (``None``: the paper's 50, rescaled to any run by
+            :meth:`sada.config.SADAConfig.fit_steps`).
+    """
+
+    acc_range: tuple[int, int] = (10, 47)
+    max_interval: int = 4
+    lagrange_term: int = 4
+    lagrange_int: int = 4
+    lagrange_step: int = 24
+    num_steps: int | None = None
+
+    kind = "steps"
+
+    def __post_init__(self):
+        start, end = _pair("acc_range", self.acc_range, 0)
+        if end <= max(start, MIN_ACC_START):
+            raise ValueError(f"acc_range end must be > max(start, {MIN_ACC_START}) = {max(start, MIN_ACC_START)}, "
+                             f"got acc_range={tuple(self.acc_range)!r}")
+        object.__setattr__(self, "acc_range", (start, end))
+        int_field("max_interval", self.max_interval, minimum=0)
+        term = int_field("lagrange_term", self.lagrange_term, minimum=0, maximum=8)
+        interval = int_field("lagrange_int", self.lagrange_int, minimum=2)
+        step = int_field("lagrange_step", self.lagrange_step, minimum=0)
+        if term:
+            if step % interval:
+                raise ValueError(f"lagrange_step must be a multiple of lagrange_int={interval}, got {step}")
+            if not self.acc_start <= step < end:
+                raise ValueError(f"lagrange_step must lie in [{self.acc_start}, {end}) (inside acc_range), got {step}")
+            newest_needed = 1 + interval * (term - 1)
+            if newest_needed > step + 1:
+                raise ValueError(f"lagrange_step={step} is too early: {term} nodes every {interval} steps are only "
+                                 f"stored by step {newest_needed}; need lagrange_step >= {newest_needed - 1}")
+        if self.num_steps is not None:
+            n = int_field("num_steps", self.num_steps, minimum=2)
+            if end > n - 2:
+                raise ValueError(f"acc_range end must be <= num_steps - 2 = {n - 2} so the last step runs the "
+                                 f"network, got acc_range={self.acc_range!r} for num_steps={n}")
+
+    @property
+    def acc_start(self) -> int:
+        """First decision step that may skip: ``max(acc_range[0], 3)``."""
+        return max(self.acc_range[0], MIN_ACC_START)
+
+    @property
+    def acc_end(self) -> int:
+        return self.acc_range[1]
+
+    @property
+    def uses_lagrange(self) -> bool:
+        return self.lagrange_term > 0
+
+
+@dataclass(frozen=True)
+class ErrorControl(_Part):
+    """Schedule-free skipping: a step is skipped wherever the multistep estimate of its clean sample is accurate
+    enough -- no step indices, so one setting serves every step count and spacing (docs/theory.md).
+
+    At every step the engine extrapolates the clean-sample predictions of each sample's last ``nodes`` network
+    evaluations to the next noise level (a Lagrange polynomial in log-SNR) and estimates the extrapolation's error
+    with an embedded pair; it compares that with the local error the host's solver itself makes there (its order
+    ``p``, the step ``h`` in log-SNR and the ``p``-th divided difference of the predictions: ``h^p |D[...]|``).
+
+    Attributes:
+        tolerance: skip where the estimated extrapolation error is at most ``tolerance`` times the solver's own
+            local error: the one accuracy knob (smaller: more accurate, fewer skips).
+        nodes: network evaluations per extrapolation (polynomial degree ``nodes - 1``).
+        max_interval: most consecutive skipped steps; 0 never skips.
+    """
+
+    tolerance: float = 4.0
+    nodes: int = 4
+    max_interval: int = 4
+
+    kind = "error_control"
+
+    def __post_init__(self):
+        object.__setattr__(self, "tolerance", real_field("tolerance", self.tolerance))
+        int_field("nodes", self.nodes, minimum=3, maximum=6)
+        int_field("max_interval", self.max_interval, minimum=0)
+
+
+@dataclass(frozen=True)
+class Numerics(_Part):
+    """How a skipped step is estimated and the criterion computed.
+
+    Attributes:
+        mode: ``paper`` reproduces the official numerics (docs/paper-mode.md); ``corrected`` derives the step
+            estimate and the criterion on the run's real noise levels.
+        criterion: which Criterion 3.4 decides (``paper`` or ``corrected``); ``None``: ``paper`` where the grid
+            defines it (discrete VP with training betas, rectified flow), else ``corrected``.
+        am_noise: noise of the step estimate's clean sample: ``reuse`` (paper) or ``extrapolate``; ``None``: the
+            mode's.
+        lagrange_nodes: abscissae of the multistep polynomial: ``index`` (paper), ``t``, ``sigma``, ``lambda``;
+            ``None``: the mode's.
+        lagrange_target: ``x0`` or ``x0_over_alpha``; ``None``: the official choice in paper mode on an Euler-type
+            host (``x0 / alpha``), else ``x0``.
+        error_tolerance: with a :class:`StepSchedule`, also veto a skip whose embedded local-error estimate
+            (relative RMS) exceeds this; ``None`` off. Corrected mode only.
+    """
+
+    mode: Mode = Mode.CORRECTED
+    criterion: Mode | None = None
+    am_noise: AmNoise | None = None
+    lagrange_nodes: Abscissa | None = None
+    lagrange_target: LagrangeTarget | None = None
+    error_tolerance: float | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "mode", choice(Mode, "mode", self.mode, optional=False))
+        object.__setattr__(self, "criterion", choice(Mode, "criterion", self.criterion))
+        object.__setattr__(self, "am_noise", choice(AmNoise, "am_noise", self.am_noise))
+        object.__setattr__(self, "lagrange_nodes", choice(Abscissa, "lagrange_nodes", self.lagrange_nodes))
+        object.__setattr__(self, "lagrange_target", choice(LagrangeTarget, "lagrange_target", self.lagrange_target))
+        if self.error_tolerance is not None:
+            object.__setattr__(self, "error_tolerance", real_field("error_tolerance", self.error_tolerance))
+            if self.mode != Mode.CORRECTED:
+                raise ValueError("error_tolerance needs mode='corrected' (its error estimate uses the corrected "
+                                 "estimator's noise history)")
+
+
+@dataclass(frozen=True)
+class TokenPruning(_Part):
+    """Token-wise cache-assisted pruning of the transformer blocks on computed steps (paper section 3.5).
+
+    Attributes:
+        max_fix: most tokens recomputed per sample on a pruned step (beyond the anchors).
+        max_downsample: U-Nets: prune the transformer blocks whose token grid is at most this many halvings below
+            the latent (1 = full resolution only); 0 disables U-Net pruning.
+        prune_blocks: DiTs: indices (in module order) of the transformer blocks to prune; empty = none.
+        anchor_stride: window of the always-computed anchor grid (one random token per window).
+    """
+
+    max_fix: int = 5 * 1024
+    max_downsample: int = 0
+    prune_blocks: tuple[int, ...] = ()
+    anchor_stride: tuple[int, int] = (3, 3)
+
+    def __post_init__(self):
+        int_field("max_fix", self.max_fix, minimum=0)
+        int_field("max_downsample", self.max_downsample, minimum=0, maximum=8)
+        if not isinstance(self.prune_blocks, (tuple, list)):
+            raise TypeError(f"prune_blocks must be a tuple of block indices, got {self.prune_blocks!r}")
+        object.__setattr__(self, "prune_blocks", tuple(int_field(f"prune_blocks[{i}]", b, minimum=0)
+                                                       for i, b in enumerate(self.prune_blocks)))
+        object.__setattr__(self, "anchor_stride", _pair("anchor_stride", self.anchor_stride, 1, 16))
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any block is pruned (U-Net resolutions or DiT block indices)."""
+        return self.max_downsample > 0 or bool(self.prune_blocks)

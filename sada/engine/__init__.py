@@ -1,0 +1,10 @@
+"""Engines: the per-step contract every host drives (plan -> run the planned rows -> complete) and its implementations.
+
+* :mod:`sada.engine.contract` -- the :class:`~sada.engine.contract.SamplingEngine` protocol and the one shared step
+  sequence (:class:`~sada.engine.contract.StepSequence`);
+* ``sada.engine.numpy_engine`` -- the float64 numpy engine, the oracle every other engine is tested against;
+* :mod:`sada.torch_backend.engine` -- the same engine on tensors (any device and dtype).
+"""
+from sada.engine.contract import SamplingEngine, StepSequence
+
+__all__ = ["SamplingEngine", "StepSequence"]

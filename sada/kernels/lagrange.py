@@ -1,0 +1,105 @@
+"""Lagrange interpolation and the quadrature built on it (paper Theorem 3.1, Theorem 3.7, Theorem B.2).
+
+Nodes ``t_0 .. t_{k-1}`` carry values ``x_i``; the interpolant is ``P(t) = sum_i x_i l_i(t)`` with the Lagrange
+basis ``l_i(t) = prod_{j != i} (t - t_j) / (t_i - t_j)`` (eq. 16 / A.12). Every kernel is vectorised over leading
+"row" axes: ``nodes`` is ``[..., k]``, so one call computes the weights of every sample of a batch.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from sada.kernels._namespace import as_array, namespace
+
+__all__ = ["lagrange_weights", "adams_weights", "divided_difference_weights", "embedded_pair_weights",
+           "equal_grid_extrapolation_weights", "combine"]
+
+
+def _off_diagonal(xp, k: int, like):
+    from array_api_compat import device
+
+    return xp.logical_not(xp.eye(k, dtype=xp.bool, device=device(like)))
+
+
+def lagrange_weights(nodes, at):
+    """Eq. (16) / (A.12): ``l_i(at)`` for nodes ``[..., k]`` and abscissae ``at`` broadcastable to ``[...]``.
+
+    ``sum_i l_i(at) = 1`` and ``sum_i l_i(at) p(t_i) = p(at)`` for every polynomial of degree ``< k``; ``at`` outside
+    the node hull is extrapolation (SADA's multistep estimate).
+    """
+    xp = namespace(nodes)
+    at = as_array(xp, at, nodes)
+    k = nodes.shape[-1]
+    off = _off_diagonal(xp, k, nodes)
+    t_i = xp.expand_dims(nodes, axis=-1)
+    t_j = xp.expand_dims(nodes, axis=-2)
+    tau = xp.expand_dims(xp.expand_dims(at, axis=-1), axis=-1)
+    numerator = xp.where(off, tau - t_j, xp.ones_like(t_i - t_j))
+    denominator = xp.where(off, t_i - t_j, xp.ones_like(t_i - t_j))
+    return xp.prod(numerator / denominator, axis=-1)
+
+
+def adams_weights(nodes, start, end):
+    """Theorem B.2, eq. (A.32): ``c_i = integral_start^end l_i(tau) d tau`` on arbitrary nodes ``[..., k]``.
+
+    ``x(end) ~ x(start) + sum_i c_i f(t_i)``: Adams-Moulton when the nodes contain ``end``, Adams-Bashforth when not.
+    The integral of the degree ``k - 1`` basis polynomials is computed exactly by ``k``-point Gauss-Legendre
+    quadrature (exact up to degree ``2k - 1``); ``sum_i c_i = end - start``.
+    """
+    xp = namespace(nodes)
+    start, end = as_array(xp, start, nodes), as_array(xp, end, nodes)
+    k = nodes.shape[-1]
+    roots, weights = np.polynomial.legendre.leggauss(k)
+    half = (end - start) / 2
+    middle = (end + start) / 2
+    taus = xp.expand_dims(middle, axis=-1) + xp.expand_dims(half, axis=-1) * as_array(xp, roots, nodes)  # [..., q]
+    basis = lagrange_weights(xp.expand_dims(nodes, axis=-2), taus)  # [..., q, k]
+    quadrature = xp.reshape(as_array(xp, weights, nodes), (k, 1))
+    return xp.expand_dims(half, axis=-1) * xp.sum(basis * quadrature, axis=-2)
+
+
+def divided_difference_weights(nodes):
+    """Weights ``w_i = 1 / prod_{j != i} (t_i - t_j)`` with ``f[t_0, ..., t_{k-1}] = sum_i w_i f(t_i)``.
+
+    For three nodes this is the second divided difference, ``f''/2`` for quadratics; on a uniform grid of step
+    ``h`` it is ``(f_0 - 2 f_1 + f_2) / (2 h^2)``, a positive multiple of the paper's second difference.
+    """
+    xp = namespace(nodes)
+    k = nodes.shape[-1]
+    off = _off_diagonal(xp, k, nodes)
+    gaps = xp.expand_dims(nodes, axis=-1) - xp.expand_dims(nodes, axis=-2)
+    return 1.0 / xp.prod(xp.where(off, gaps, xp.ones_like(gaps)), axis=-1)
+
+
+def embedded_pair_weights(nodes, at):
+    """Weights of an embedded pair of extrapolations at ``at`` (newest node first): ``(high, low)``.
+
+    ``high`` uses all ``k`` nodes (degree ``k - 1``), ``low`` the newest ``k - 1`` (degree ``k - 2``, zero weight on
+    the oldest). As in embedded Runge-Kutta pairs, ``(high - low) . values`` estimates the local error of the
+    lower-order estimate.
+    """
+    xp = namespace(nodes)
+    high = lagrange_weights(nodes, at)
+    low = lagrange_weights(nodes[..., :-1], at)
+    zero = xp.zeros_like(high[..., :1])
+    return high, xp.concat([low, zero], axis=-1)
+
+
+def equal_grid_extrapolation_weights(k: int):
+    """Theorem 3.1, eq. (9) / (A.18): on equally spaced nodes ``x(t_{k+1}) ~ sum_{i=0..k} w_i x(t_i)`` with
+    ``w_i = (-1)^(k - i) binom(k + 1, i)`` (numpy float64; e.g. ``(1, -3, 3)`` for ``k = 2``)."""
+    return np.array([(-1.0) ** (k - i) * math.comb(k + 1, i) for i in range(k + 1)])
+
+
+def combine(weights, values):
+    """``sum_i weights[..., i] * values[i, ...]``: a weighted sum over a history's first axis.
+
+    ``weights`` is ``[k]`` (one combination for all rows) or ``[rows, k]`` (one per row of ``values [k, rows, ...]``).
+    """
+    xp = namespace(values)
+    w = as_array(xp, weights, values)
+    if w.ndim == 2:
+        w = xp.permute_dims(w, (1, 0))  # [k, rows]
+    w = xp.reshape(w, tuple(w.shape) + (1,) * (values.ndim - w.ndim))
+    return xp.sum(w * values, axis=0)
