@@ -16,11 +16,18 @@ import torch
 
 from sada.adapters._diffusers_scheduler import SchedulerInfo, describe_scheduler, step_noise_reason
 from sada.config import SADAConfig, fit_for_run
+from sada.torch_backend.compiled import LOCKSTEP_NOTE, resolve_lockstep
 from sada.torch_backend.engine import SADAEngine
+from sada.torch_backend.rows import slice_rows
 from sada.trace import Trace
 from sada.trajectory import StepGrid
 
 __all__ = ["Controller", "Run"]
+
+NETWORKS = ("unet", "transformer", "transformer_2", "controlnet")  # modules whose compilation sets lockstep
+# keyword arguments that never carry the batch (tables shared by all rows), whatever their first dimension
+UNBATCHED_ARGUMENTS = frozenset({"image_rotary_emb", "rotary_emb", "freqs_cis", "img_ids", "txt_ids",
+                                 "rotary_embedding", "position_ids"})
 
 
 @dataclass
@@ -46,8 +53,10 @@ def _rows(mask: np.ndarray, like: torch.Tensor) -> torch.Tensor:
 class Controller:
     """State of one enabled pipeline: config, scheduler capabilities, the current run and token pruning."""
 
-    def __init__(self, pipe, config: SADAConfig, info: SchedulerInfo, engine_factory=None, pruner=None):
+    def __init__(self, pipe, config: SADAConfig, info: SchedulerInfo, engine_factory=None, pruner=None,
+                 lockstep: bool | None = None):
         self.pipe = pipe
+        self.lockstep = lockstep  # None: automatic (on when a denoiser is torch.compile'd)
         self.config = config
         self.engine_factory = engine_factory
         self.pruner = pruner
@@ -90,8 +99,11 @@ class Controller:
                 engine = self.engine_factory(grid, info.kind)
             else:
                 groups = _duplicated_halves(sample)
+                lockstep = self.run_lockstep()
                 engine = SADAEngine(fit_for_run(self.config, grid.num_steps), grid, info.kind, groups=groups,
-                                    sample_scaling=info.scaling, solver_order=info.order)
+                                    sample_scaling=info.scaling, solver_order=info.order, lockstep=lockstep)
+                if lockstep and self.lockstep is None:
+                    engine.lockstep_note = LOCKSTEP_NOTE
         except ValueError as exc:
             if "too short" not in str(exc):
                 raise
@@ -102,6 +114,12 @@ class Controller:
             self.pruner.reset()
             self.pruner.config = engine.config if isinstance(engine, SADAEngine) else self.config
         return self.run
+
+    def run_lockstep(self) -> bool:
+        """Batch-level decisions for this run: the explicit setting, else on when a denoiser is compiled."""
+        if self.lockstep is not None:
+            return resolve_lockstep(self.lockstep, None)
+        return any(resolve_lockstep(None, getattr(self.pipe, name, None)) for name in NETWORKS)
 
     def canonical(self, run: Run, x: torch.Tensor, edm_sigma: float) -> torch.Tensor:
         if run.info.scaling == "edm":
@@ -205,3 +223,27 @@ def _bound_arguments(original, model_output, timestep, sample, args, kwargs) -> 
         return inspect.signature(original).bind(model_output, timestep, sample, *args, **kwargs).arguments
     except (TypeError, ValueError):
         return dict(kwargs)
+
+
+# ---------------------------------------------------------------------- denoiser-call helpers (the hook's)
+def _timestep_of(module, args, kwargs):
+    t = kwargs.get("timestep")
+    if t is None:
+        names = list(getattr(module, "_sada_forward_params", ()))
+        if "timestep" in names and names.index("timestep") < len(args):
+            t = args[names.index("timestep")]
+    if t is None:
+        return None
+    t = torch.as_tensor(t)
+    return float(t.flatten()[0]) if t.numel() else None
+
+
+def _batch_of(args, kwargs) -> int | None:
+    first = args[0] if args else next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
+    return int(first.shape[0]) if isinstance(first, torch.Tensor) and first.ndim else None
+
+
+def _slice_call(args, kwargs, idx, rows):
+    kept = {k: v for k, v in kwargs.items() if k in UNBATCHED_ARGUMENTS}
+    sliced = slice_rows({k: v for k, v in kwargs.items() if k not in UNBATCHED_ARGUMENTS}, idx, rows)
+    return slice_rows(args, idx, rows), {**sliced, **kept}

@@ -29,20 +29,18 @@ import math
 import numpy as np
 import torch
 
-from sada.adapters._diffusers_controller import Controller
+from sada.adapters._diffusers_controller import Controller, _batch_of, _slice_call, _timestep_of
 from sada.adapters._diffusers_scheduler import describe_scheduler
 from sada.config import SADAConfig
+from sada.torch_backend.compiled import is_compiled, resolve_lockstep
 from sada.torch_backend.pruning import TokenPruner, find_blocks
-from sada.torch_backend.rows import map_tensors, scatter_rows, slice_rows, zeros_like_rows
+from sada.torch_backend.rows import map_tensors, scatter_rows, zeros_like_rows
 from sada.trace import Trace
 
 __all__ = ["enable", "disable", "enabled", "SADAHandle", "DENOISERS"]
 
 HOOK_NAME = "sada"
 DENOISERS = ("unet", "transformer", "transformer_2")
-# keyword arguments that never carry the batch (tables shared by all rows), whatever their first dimension
-UNBATCHED_ARGUMENTS = frozenset({"image_rotary_emb", "rotary_emb", "freqs_cis", "img_ids", "txt_ids",
-                                 "rotary_embedding", "position_ids"})
 
 
 def _pipeline_in_frames(controllers, depth: int = 16):
@@ -85,29 +83,6 @@ class _StepWrapper:
         self.function = step
 
 
-def _timestep_of(module, args, kwargs):
-    t = kwargs.get("timestep")
-    if t is None:
-        names = list(getattr(module, "_sada_forward_params", ()))
-        if "timestep" in names and names.index("timestep") < len(args):
-            t = args[names.index("timestep")]
-    if t is None:
-        return None
-    t = torch.as_tensor(t)
-    return float(t.flatten()[0]) if t.numel() else None
-
-
-def _batch_of(args, kwargs) -> int | None:
-    first = args[0] if args else next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
-    return int(first.shape[0]) if isinstance(first, torch.Tensor) and first.ndim else None
-
-
-def _slice_call(args, kwargs, idx, rows):
-    kept = {k: v for k, v in kwargs.items() if k in UNBATCHED_ARGUMENTS}
-    sliced = slice_rows({k: v for k, v in kwargs.items() if k not in UNBATCHED_ARGUMENTS}, idx, rows)
-    return slice_rows(args, idx, rows), {**sliced, **kept}
-
-
 def _make_hook_classes():
     from diffusers.hooks import ModelHook
 
@@ -122,11 +97,12 @@ def _make_hook_classes():
 
         def initialize_hook(self, module):
             import inspect
-            module._sada_forward_params = tuple(p for p in inspect.signature(module.forward).parameters if p != "self")
+            inner = getattr(module, "_orig_mod", module)  # torch.compile(module): the compiled forward is (*args)
+            module._sada_forward_params = tuple(p for p in inspect.signature(inner.forward).parameters if p != "self")
             return module
 
         def deinitalize_hook(self, module):
-            module.__dict__.pop("_sada_forward_params", None)
+            getattr(module, "_orig_mod", module).__dict__.pop("_sada_forward_params", None)
             return module
 
         def new_forward(self, module, *args, **kwargs):
@@ -329,14 +305,16 @@ def _unwrap_scheduler(scheduler, wrapper: _StepWrapper, controller: Controller) 
         del scheduler.step
 
 
-def enable(pipe, config: SADAConfig | None = None, *, engine_factory=None) -> SADAHandle:
+def enable(pipe, config: SADAConfig | None = None, *, engine_factory=None, lockstep: bool | None = None) -> SADAHandle:
     """Enable SADA on a diffusers pipeline instance; returns a :class:`SADAHandle`.
 
     Everything is validated before anything is changed: the config, the scheduler (a ``ValueError`` names the
     setting SADA cannot follow), the denoiser and the pruned blocks. Enabling twice is an error (use
     ``handle.configure(config)``). ``engine_factory(grid, kind)`` replaces the SADA engine by another engine with the
     same contract (the benchmark runs peer methods such as
-    :class:`sada.torch_backend.peers.AdaptiveDiffusionEngine` this way).
+    :class:`sada.torch_backend.peers.AdaptiveDiffusionEngine` this way). ``lockstep``: batch-level decisions (every
+    row computes or every row skips); ``None`` (default) turns it on when the denoiser is ``torch.compile``d, so a
+    compiled network never sees partial batches (``False`` forces per-sample decisions).
     """
     config = SADAConfig() if config is None else config
     if not isinstance(config, SADAConfig):
@@ -348,6 +326,10 @@ def enable(pipe, config: SADAConfig | None = None, *, engine_factory=None) -> SA
         raise TypeError(f"sada: {type(pipe).__name__} has no scheduler")
     info = describe_scheduler(pipe.scheduler)
     modules = _denoiser_modules(pipe)
+    resolve_lockstep(lockstep, None)  # validates it
+    if config.prunes_tokens and any(is_compiled(m) for _, m in modules):
+        raise ValueError("sada: token pruning hooks blocks inside the denoiser, which torch.compile traces; "
+                         "enable pruning on the uncompiled denoiser (or disable pruning for a compiled one)")
     blocks = _check_pruning(config, modules)
     current = pipe.scheduler.__dict__.get("step")
     if current is not None and getattr(current, "_sada_wrapper", None) is None:
@@ -355,7 +337,7 @@ def enable(pipe, config: SADAConfig | None = None, *, engine_factory=None) -> SA
                            "something else; remove that first")
     # validated: now change things, undoing them all if anything fails
     pruner = TokenPruner(config) if config.prunes_tokens else None
-    controller = Controller(pipe, config, info, engine_factory, pruner)
+    controller = Controller(pipe, config, info, engine_factory, pruner, lockstep)
     skip_hook, block_hook = _make_hook_classes()
     hooked: list = []
     wrapper = None
@@ -396,9 +378,9 @@ def disable(pipe) -> None:
 
 
 @contextlib.contextmanager
-def enabled(pipe, config: SADAConfig | None = None, *, engine_factory=None):
+def enabled(pipe, config: SADAConfig | None = None, *, engine_factory=None, lockstep: bool | None = None):
     """``with enabled(pipe) as handle: ...`` -- SADA inside the block, the original pipeline after it."""
-    handle = enable(pipe, config, engine_factory=engine_factory)
+    handle = enable(pipe, config, engine_factory=engine_factory, lockstep=lockstep)
     try:
         yield handle
     finally:

@@ -30,6 +30,7 @@ import torch
 
 from sada.adapters._k_import import load_sampling
 from sada.config import SADAConfig, fit_for_run
+from sada.torch_backend.compiled import LOCKSTEP_NOTE, resolve_lockstep
 from sada.torch_backend.engine import SADAEngine
 from sada.torch_backend.rows import slice_rows
 from sada.trace import Trace
@@ -81,7 +82,7 @@ class SADADenoiser:
     """A k-diffusion denoiser with SADA; see :func:`wrap`."""
 
     def __init__(self, model, sigmas, config: SADAConfig | None = None, schedule: NoiseSchedule | None = None,
-                 sampler: str | None = None):
+                 sampler: str | None = None, lockstep: bool | None = None):
         if not callable(model):
             raise TypeError(f"model must be callable as model(x, sigma, **extra_args), got {type(model).__name__}")
         if config is not None and not isinstance(config, SADAConfig):
@@ -92,6 +93,8 @@ class SADADenoiser:
         self.config = config or SADAConfig()
         self._schedule_arg = schedule
         self.sampler = sampler
+        self.lockstep = resolve_lockstep(lockstep, model)  # None: on when the model is torch.compile'd
+        self._lockstep_note = LOCKSTEP_NOTE if lockstep is None else ""
         self.calls = 0  # network evaluations (rows), all runs
         self._warned: set[str] = set()
         self._expected = None
@@ -109,7 +112,8 @@ class SADADenoiser:
         try:
             config = fit_for_run(self.config, self.grid.num_steps)
             self.engine = SADAEngine(config, self.grid, "sample", sample_scaling="edm",
-                                     solver_order=ORDERS.get(self.sampler, 2))
+                                     solver_order=ORDERS.get(self.sampler, 2), lockstep=self.lockstep)
+            self.engine.lockstep_note = self._lockstep_note or self.engine.lockstep_note
             self._too_short = ""
         except ValueError as exc:
             self.engine, self._too_short = None, f"{self.grid.num_steps} steps: below the skipping range ({exc})"
@@ -223,7 +227,8 @@ class SADADenoiser:
 
 
 def wrap(model: "Callable[..., torch.Tensor]", sigmas: "torch.Tensor | np.ndarray", config: SADAConfig | None = None,
-         *, schedule: NoiseSchedule | None = None, sampler: str | None = None) -> SADADenoiser:
+         *, schedule: NoiseSchedule | None = None, sampler: str | None = None,
+         lockstep: bool | None = None) -> SADADenoiser:
     """Wrap a k-diffusion denoiser ``model(x, sigma, **extra_args) -> denoised`` with SADA.
 
     Args:
@@ -234,5 +239,7 @@ def wrap(model: "Callable[..., torch.Tensor]", sigmas: "torch.Tensor | np.ndarra
         schedule: the training schedule; by default taken from ``model.sigmas`` when present (discrete VP),
             else an EDM schedule (``mode="paper"`` then unavailable).
         sampler: the k-diffusion sampler's function name, if the caller cannot be detected.
+        lockstep: batch-level decisions (every row runs the model or none does); ``None`` (default) turns them on
+            when ``model`` (or its ``inner_model``) is ``torch.compile``d, so it never sees partial batches.
     """
-    return SADADenoiser(model, sigmas, config, schedule, sampler)
+    return SADADenoiser(model, sigmas, config, schedule, sampler, lockstep)

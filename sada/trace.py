@@ -75,6 +75,9 @@ class Trace:
             text += f" (mean over {per} samples)"
         if self.extras.get("history_bytes"):
             text += f"; history {self.extras['history_bytes'] / 2**20:.2f} MiB"
+            copies = self.extras.get("latent_copies_per_sample")
+            if copies is not None:
+                text += f" ({copies:g} latents per sample)"
         pruning = self.extras.get("pruning")
         if pruning and pruning["token_fraction"]:
             fractions = list(pruning["token_fraction"].values())

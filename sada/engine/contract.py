@@ -51,9 +51,9 @@ class SamplingEngine(Protocol):
 
 
 def _namespace(x):
-    from array_api_compat import array_namespace
+    from sada.kernels._namespace import namespace
 
-    return array_namespace(x)
+    return namespace(x)
 
 
 def _row_mask(xp, mask: np.ndarray, like):

@@ -6,9 +6,17 @@ from array_api_compat import array_namespace, device
 __all__ = ["namespace", "as_array"]
 
 
+_BY_TYPES: dict = {}  # the namespace depends on the array types only: resolved once per combination of types
+
+
 def namespace(*arrays):
     """The array-API namespace of the array arguments (Python scalars are ignored)."""
-    return array_namespace(*(a for a in arrays if not isinstance(a, (int, float))))
+    arrays = tuple(a for a in arrays if not isinstance(a, (int, float)))
+    key = tuple(type(a) for a in arrays)
+    found = _BY_TYPES.get(key)
+    if found is None:
+        found = _BY_TYPES[key] = array_namespace(*arrays)
+    return found
 
 
 def as_array(xp, value, like):

@@ -12,6 +12,8 @@ The multistep estimate of Theorem 3.7 is :func:`sada.kernels.lagrange.combine` o
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from sada.kernels.lagrange import adams_weights, combine
@@ -27,6 +29,11 @@ def paper_step_weights() -> np.ndarray:
     implicit end point, AM2 ``(1/2, 1/2)`` the increment over ``[t_{n-2}, t_{n-1}]``; the two are extrapolated one
     interval ahead with the Adams-Bashforth weights ``(3/2, -1/2)`` (numpy float64).
     """
+    return _paper_step_weights().copy()
+
+
+@functools.lru_cache(maxsize=1)
+def _paper_step_weights() -> np.ndarray:
     am3 = adams_weights(np.array([1.0, 0.0, -1.0]), 0.0, 1.0)  # nodes t_n = 1, t_{n-1} = 0, t_{n-2} = -1
     am2 = np.concatenate([[0.0], adams_weights(np.array([0.0, -1.0]), -1.0, 0.0)])
     return 1.5 * am3 - 0.5 * am2
@@ -40,7 +47,7 @@ def paper_vp_drift(x, eps, beta: float, sigma: float, num_steps: int):
 
 def paper_step_estimate(x, f_n, f_prev, f_prev2, num_steps: int):
     """Theorem 3.5 as implemented: ``x^_{n+1} = x_n - (5/8 f_n + 3/4 f_{n-1} - 3/8 f_{n-2}) / N``."""
-    w = paper_step_weights()
+    w = _paper_step_weights()  # constants, computed once
     return x - (float(w[0]) * f_n + float(w[1]) * f_prev + float(w[2]) * f_prev2) / num_steps
 
 

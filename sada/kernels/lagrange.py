@@ -6,6 +6,7 @@ basis ``l_i(t) = prod_{j != i} (t - t_j) / (t_i - t_j)`` (eq. 16 / A.12). Every 
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -50,13 +51,21 @@ def adams_weights(nodes, start, end):
     xp = namespace(nodes)
     start, end = as_array(xp, start, nodes), as_array(xp, end, nodes)
     k = nodes.shape[-1]
-    roots, weights = np.polynomial.legendre.leggauss(k)
+    roots, weights = _gauss_legendre(k)
     half = (end - start) / 2
     middle = (end + start) / 2
     taus = xp.expand_dims(middle, axis=-1) + xp.expand_dims(half, axis=-1) * as_array(xp, roots, nodes)  # [..., q]
     basis = lagrange_weights(xp.expand_dims(nodes, axis=-2), taus)  # [..., q, k]
     quadrature = xp.reshape(as_array(xp, weights, nodes), (k, 1))
     return xp.expand_dims(half, axis=-1) * xp.sum(basis * quadrature, axis=-2)
+
+
+@functools.lru_cache(maxsize=16)
+def _gauss_legendre(k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``k``-point Gauss-Legendre roots and weights (computed once per ``k``; read-only)."""
+    roots, weights = np.polynomial.legendre.leggauss(k)
+    roots.flags.writeable = weights.flags.writeable = False
+    return roots, weights
 
 
 def divided_difference_weights(nodes):

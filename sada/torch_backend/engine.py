@@ -54,11 +54,14 @@ class SADAEngine(StepScheduleEstimates, StepSequence):
         solver_order: the host solver's order (1 for Euler / DDIM / flow Euler, 2 for DPM-Solver++ 2M / Heun, ...):
             the schedule-free :class:`~sada.config.ErrorControl` compares its estimates with this solver's own
             local error.
+        lockstep: batch-level decisions whatever ``config.reduce``: the criterion is reduced over the batch (as with
+            ``reduce="batch"``) and a skip needs every sample able to skip, so every row computes or every row skips
+            (for compiled networks, which recompile for each new row count: :mod:`sada.torch_backend.compiled`).
     """
 
     def __init__(self, config: SADAConfig, grid: StepGrid, kind: str, groups: "np.ndarray | list[int] | None" = None,
                  history_dtype: torch.dtype | None = None, replay: "np.ndarray | None" = None,
-                 sample_scaling: str = "schedule", solver_order: int = 2):
+                 sample_scaling: str = "schedule", solver_order: int = 2, lockstep: bool = False):
         if not isinstance(config, SADAConfig):
             raise TypeError(f"config must be a SADAConfig, got {type(config).__name__}")
         if not isinstance(grid, StepGrid):
@@ -72,6 +75,10 @@ class SADAEngine(StepScheduleEstimates, StepSequence):
         self.lagrange_target = self.settings.lagrange_target
         self.error_control = isinstance(self.config.schedule, ErrorControl)
         self.solver_order = solver_order
+        if not isinstance(lockstep, bool):
+            raise TypeError(f"lockstep must be a bool, got {lockstep!r}")
+        self.lockstep = lockstep
+        self.lockstep_note = "lockstep: batch-level decisions (every row computes or every row skips)"
         # the official Euler path, v-prediction: the step estimate's clean sample uses the solver's actual x_{n+1}
         self._estimate_from_next_sample = self.estimator == Variant.PAPER_VP and kind == "v_prediction" \
             and SampleScaling(sample_scaling) == SampleScaling.EDM
@@ -110,6 +117,8 @@ class SADAEngine(StepScheduleEstimates, StepSequence):
         self._signature = (tuple(x.shape), x.dtype, x.device)
         self.policy = make_policy(self.config, self.num_steps, self.num_samples)
         self.trace = Trace(self.num_steps, self.num_samples)
+        if self.lockstep:
+            self.trace.note(0, self.lockstep_note)
         self._eps = TensorRing(3)  # corrected: last three computed noise predictions per row
         self._drift = TensorRing(2)  # paper-vp: the two previous official drifts
         self._paper_ready = np.zeros(0, bool)  # rows whose paper step estimate exists for this step
@@ -150,7 +159,12 @@ class SADAEngine(StepScheduleEstimates, StepSequence):
             self._close(step - 1, x)
         decisions = self.policy.decisions[step] if self._replay_arg is None else self._replay_arg[step]
         self.trace.record_decisions(step, decisions)
-        self.trace.extras["history_bytes"] = max(self.trace.extras.get("history_bytes", 0), self.nbytes())
+        held = self.nbytes()
+        if held > self.trace.extras.get("history_bytes", 0):
+            self.trace.extras["history_bytes"] = held
+            # latent-sized tensors held per row (= per sample unless rows are grouped), in the history dtype
+            latent = x[0].numel() * (torch.finfo(self.dtype).bits // 8) * x.shape[0]
+            self.trace.extras["latent_copies_per_sample"] = held / latent
         self._row_decisions = decisions[self.groups]
         self._synthesised_x0 = None
         return self._row_decisions.copy()
@@ -325,7 +339,7 @@ class SADAEngine(StepScheduleEstimates, StepSequence):
         stable = None
         if product is not None:
             self.trace.record_criterion(step, means)
-            stable = kernels.stable_samples(means, self.config.reduce)
+            stable = kernels.stable_samples(means, "batch" if self.lockstep else self.config.reduce)
         self._estimate = None
         if self.estimator == Variant.PAPER_VP and self._paper_x_hat is not None and deciding:
             a1, s1 = float(self.grid.alpha[step + 1]), float(self.grid.sigma[step + 1])
@@ -337,6 +351,8 @@ class SADAEngine(StepScheduleEstimates, StepSequence):
         can = self._can_skip(step, rows, test)
         can_group = np.ones(g, bool)
         np.logical_and.at(can_group, self.groups, can & ~bad_rows)
+        if self.lockstep:  # a skip needs every sample able to skip: the network always sees the full batch
+            can_group[:] = can_group.all()
         self.policy.decide(step, stable, can_skip=can_group)
 
     def _can_skip(self, step: int, rows: int, test: np.ndarray | None) -> np.ndarray:

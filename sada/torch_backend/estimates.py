@@ -26,7 +26,10 @@ class StepScheduleEstimates:
         rows = ring.keys.shape[1]
         weights = np.zeros((rows, ring.depth))
         full = ring.full(rows)
-        if full.any():
+        if full.all() and rows > 1 and (ring.keys == ring.keys[:, :1]).all():
+            # every row has the same abscissae (batch-level or agreeing decisions): one kernel call, broadcast
+            weights[:] = kernel(np.ascontiguousarray(ring.keys[:, :1].T), *args)
+        elif full.any():
             weights[full] = kernel(np.ascontiguousarray(ring.keys[:, full].T), *args)
         return weights
 

@@ -17,6 +17,7 @@ torch tensors and Python floats. ``alpha``/``sigma`` may be scalars or arrays br
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -46,6 +47,12 @@ def check_kind(kind: str) -> str:
 
 def _check_coefficient(name: str, value, *, positive: bool) -> None:
     """Validate scalar / numpy coefficients; other array types (torch) are validated by their backend."""
+    if type(value) is float:  # the hot path (the engines' per-step scalars): no numpy round trip
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be finite, got {value!r}")
+        if value < 0 or (positive and value == 0):
+            raise ValueError(f"{name} must be {'> 0 here' if positive else '>= 0'}, got {value!r}")
+        return
     if isinstance(value, bool):
         raise TypeError(f"{name} must be a number or an array, got {value!r}")
     if isinstance(value, (numbers.Real, np.ndarray)):
