@@ -1,4 +1,4 @@
-"""The benchmark harness on the shipped models (small settings; the real numbers come from `sada bench`)."""
+"""The benchmark harness on the shipped models (tiny settings; the real numbers come from `sada bench`)."""
 import json
 import os
 import subprocess
@@ -10,52 +10,136 @@ import pytest
 pytest.importorskip("diffusers")
 pytest.importorskip("torchmetrics")
 
-ASSETS = Path(__file__).resolve().parents[1] / "sada" / "assets"
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT / "sada" / "assets"
 pytestmark = pytest.mark.skipif(not (ASSETS / "digits-unet" / "sada_model.json").is_file(),
                                 reason="shipped models not present")
-ARGS = ["--model", "unet", "--steps", "15", "--batch", "2", "--seeds", "4", "--groups", "main", "--repeats", "1",
-        "--methods", "SADA", "SADA, skipping disabled",
+CELL = "diffusers/unet/dpmpp_2m/trailing/15"
+METHODS = ["SADA", "SADA, skipping disabled"]
+ARGS = ["--cells", CELL, "--seeds", "2", "--batch", "1", "--reference-steps", "16", "--repeats", "1", "--methods", *METHODS,
         "--threads", "1"]  # matmul round-off depends on the thread count; accelerate's workers run one each
 
 
-def _rows(folder: Path) -> dict:
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """In-process runs use one thread like the subprocess runs (and like a machine shared with other jobs,
+    where a second spinning thread can make each step many times slower)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _cell(folder: Path) -> dict:
     data = json.loads((folder / "results.json").read_text())
-    return {r["method"]: r for r in data["models"]["unet"]["rows"]}
+    return next(c for c in data["cells"] if c["name"] == CELL)
+
+
+def _rows(folder: Path) -> dict:
+    return {r["method"]: r for r in _cell(folder)["rows"]}
 
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench-single")
-    subprocess.run([sys.executable, "-m", "sada.cli", "bench", *ARGS, "--out", str(out)], check=True,
-                   env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True)
+    subprocess.run([sys.executable, "-m", "sada.cli", "bench", *ARGS, "--out", str(out), "--cache", str(out / "cache")],
+                   check=True, env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True)
     return out
 
 
-def test_bench_writes_every_output_and_disabled_skipping_is_bit_identical(single):
-    for name in ("results.json", "results.md", "grid-unet.png", "pareto-unet.png"):
+def test_bench_writes_every_output_and_scores_against_the_ode_solution(single):
+    slug = CELL.replace("/", "-")
+    for name in ("results.json", "results.md", f"grid-{slug}.png", f"pareto-{slug}.png"):
         assert (single / name).is_file(), name
+    data = json.loads((single / "results.json").read_text())
+    check = data["references"]["unet/vp"]
+    assert check["seeds"] == [1000] and 25 < check["psnr_min"] < 100  # 16 vs 8 solver steps agree loosely
     rows = _rows(single)
-    assert rows["SADA, skipping disabled"]["bit-identical"] and rows["SADA, skipping disabled"]["NFE"] == 15
-    assert rows["baseline"]["NFE"] == 15 and rows["baseline"]["PSNR"] == 100.0
-    sada = rows["SADA"]
-    assert sada["NFE"] < 15 and 15 < sada["PSNR"] < 100 and 0 <= sada["accuracy"] <= 1
-    assert rows["fewer steps ({}) = SADA's NFE".format(round(sada["NFE"]))]["NFE"] == round(sada["NFE"])
-    assert "| SADA |" in (single / "results.md").read_text()
+    disabled, base, sada = rows["SADA, skipping disabled"], rows["baseline"], rows["SADA"]
+    assert disabled["bit-identical"] and disabled["NFE"] == 15 and base["NFE"] == 15
+    assert base["PSNR vs full run"] == 100.0 and 25 < base["PSNR vs ODE"] < 60
+    assert sada["NFE"] < 15 and 20 < sada["PSNR vs ODE"] < 60 and len(sada["psnr_ode_per_image"]) == 2
+    assert sada["wall s"] > 0 and base["wall/NFE"] == 1.0 and "wall s" not in disabled  # the control is not timed
+    families = {r["family"] for r in rows.values() if r["method"].startswith("plain: ")}
+    assert families == {"trailing", "karras", "same ends"}
+    peer = _cell(single)["variants"]["SADA"]["peer"]
+    assert peer["family"] in families and sada["Δ vs peer"] == pytest.approx(sada["PSNR vs ODE"] - peer["psnr"])
+    assert "| SADA | " in (single / "results.md").read_text()
+
+
+def test_the_same_configuration_run_twice_gives_identical_evaluations_and_psnr(single, tmp_path):
+    """A second run in another process with a fresh reference cache: the references and every image are
+    recomputed, and every number matches the first run exactly."""
+    from sada.bench.cells import select_cells
+    from sada.bench.run import run_benchmark
+
+    run_benchmark(cells=select_cells([CELL]), num_seeds=2, batch=1, methods_filter=METHODS, repeats=0, out=tmp_path,
+                  cache_dir=tmp_path / "cache", reference_steps=16, progress_bar=False)
+    first, second = _rows(single), _rows(tmp_path)
+    assert set(first) == set(second)
+    for name in first:
+        for key in ("NFE", "PSNR vs ODE", "PSNR vs full run", "SSIM vs ODE", "psnr_ode_per_image", "bit-identical"):
+            assert first[name][key] == second[name][key], (name, key)
 
 
 def test_sharded_run_over_two_processes_merges_to_the_single_process_results(single, tmp_path):
     pytest.importorskip("accelerate")
     out = tmp_path / "sharded"
-    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                    "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "sada.cli", "bench", *ARGS,
-                    "--out", str(out)], check=True, env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True)
+    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "sada.cli",
+                    "bench", *ARGS, "--repeats", "0", "--out", str(out), "--cache", str(out / "cache")],
+                   check=True, env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True)
     one, two = _rows(single), _rows(out)
     assert set(one) == set(two)
     for name in one:
-        for key in ("NFE", "PSNR", "SSIM", "accuracy", "bit-identical"):
+        for key in ("NFE", "PSNR vs ODE", "PSNR vs full run", "SSIM vs ODE", "accuracy", "bit-identical"):
             assert one[name][key] == two[name][key], (name, key)
         # FD-digits: same images, but the merged report's classifier runs on rank 0's threads
         assert one[name]["FD-digits"] == pytest.approx(two[name]["FD-digits"], rel=1e-9), name
+
+
+def test_reference_cache_returns_the_stored_images_only_for_an_exact_key(tmp_path):
+    import torch
+
+    from sada.bench.models import load_model
+    from sada.bench.reference import ReferenceSpec, reference_images
+
+    model = load_model("unet")
+    spec = ReferenceSpec("unet", "edm", 3.0, steps=8)
+    computed = []
+    first = reference_images(model, spec, [1000], [0], tmp_path, on_compute=lambda: computed.append(1))
+    again = reference_images(model, spec, [1000], [0], tmp_path, on_compute=lambda: computed.append(2))
+    assert computed == [1] and torch.equal(first, again)
+    other = reference_images(model, ReferenceSpec("unet", "edm", 2.5, steps=8), [1000], [0], tmp_path,
+                             on_compute=lambda: computed.append(3))
+    assert computed == [1, 3] and not torch.equal(first, other)
+    assert len(list((tmp_path / "references").iterdir())) == 2
+
+
+def test_bench_report_regenerates_a_page_section_from_a_run(single, tmp_path):
+    from sada.bench.render import DOCS_BEGIN, DOCS_END, render_file
+    from sada.cli import main
+
+    page = tmp_path / "page.md"
+    page.write_text(f"# Title\n\nprose\n\n{DOCS_BEGIN}\nold numbers\n{DOCS_END}\n\nmore prose\n")
+    assert main(["bench-report", str(single / "results.json"), "--update", str(page)]) == 0
+    stored = json.loads((tmp_path / "bench-results.json").read_text())
+    assert all("psnr_ode_per_image" not in r for c in stored["cells"] for r in c["rows"])
+    text = page.read_text()
+    assert text.startswith("# Title\n\nprose\n\n") and text.endswith("\n\nmore prose\n") and "old numbers" not in text
+    section = text[text.index(DOCS_BEGIN):text.index(DOCS_END) + len(DOCS_END)] + "\n"
+    assert section == render_file(tmp_path / "bench-results.json", docs=True)
+    assert f"| {CELL} | " in section and "| baseline |" not in section  # not a main cell: no detail table
+
+
+def test_docs_page_tables_are_the_rendering_of_the_stored_results():
+    from sada.bench.render import DOCS_BEGIN, DOCS_END, render_file
+
+    page = (ROOT / "docs" / "benchmarks.md").read_text()
+    stored = page[page.index(DOCS_BEGIN):page.index(DOCS_END) + len(DOCS_END)] + "\n"
+    assert stored == render_file(ROOT / "docs" / "bench-results.json", docs=True)
 
 
 @pytest.mark.parametrize("size", ["tiny", "tiny-xl"])  # StableDiffusionPipeline and StableDiffusionXLPipeline

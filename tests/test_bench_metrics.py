@@ -35,3 +35,121 @@ def test_psnr_of_a_known_error():
 def test_frechet_distance_rejects_mismatched_widths():
     with pytest.raises(ValueError, match="feature sets"):
         frechet_distance(np.zeros((4, 3)), np.zeros((4, 2)))
+
+
+# --------------------------------------------------------------------------- the ODE reference solver
+def _gaussian_vp_problem(order, steps, c=0.5, sigma_max=14.6, sigma_min=0.03):
+    import torch
+
+    from sada.bench.reference import probability_flow_solve
+
+    edm = np.exp(np.linspace(np.log(sigma_max), np.log(sigma_min), steps))
+    alphas = 1 / np.sqrt(1 + edm**2)
+    sigmas = edm * alphas
+    x_t = torch.linspace(-2, 2, 7, dtype=torch.float64)  # VP state at sigma_max
+    out = probability_flow_solve(lambda x, i: alphas[i] * c**2 * x / (alphas[i] ** 2 * c**2 + sigmas[i] ** 2),
+                                 x_t, alphas, sigmas, order)
+    x_hat_t = x_t / alphas[0]  # exact: x_hat(s) = x_hat_T sqrt((c^2 + s^2) / (c^2 + s_T^2)), then D at sigma_min
+    exact = x_hat_t * c**2 / np.sqrt((c**2 + sigma_max**2) * (c**2 + sigma_min**2))
+    return float((out - exact).abs().max())
+
+
+def test_reference_solver_converges_at_second_order_on_a_gaussian():
+    errors = [_gaussian_vp_problem(2, n) for n in (40, 80, 160)]
+    assert errors[2] < 1e-4
+    for coarse, fine in zip(errors, errors[1:]):
+        assert coarse / fine == pytest.approx(4.0, rel=0.1)
+
+
+def test_third_order_reference_is_more_accurate_but_its_first_order_start_caps_the_rate():
+    second = [_gaussian_vp_problem(2, n) for n in (40, 80)]
+    third = [_gaussian_vp_problem(3, n) for n in (40, 80)]
+    assert third[0] < 0.4 * second[0] and third[1] < 0.4 * second[1]
+    assert 4.0 <= third[0] / third[1] < 5.0  # the start (orders 1, 2) leaves a second-order error term
+
+
+def test_reference_solver_starts_a_flow_at_pure_noise():
+    import torch
+
+    from sada.bench.reference import probability_flow_solve
+
+    c, t_min = 0.5, 1e-3
+    x1 = torch.tensor([-1.0, 0.3, 2.0], dtype=torch.float64)
+    exact = x1 * c**2 / np.sqrt(c**2 + (t_min / (1 - t_min)) ** 2)  # x_hat(s) = x_1 sqrt(c^2 + s^2); D at t_min
+    errors = []
+    for n in (200, 400):
+        t = np.linspace(1.0, t_min, n)
+        alphas, sigmas = 1 - t, t
+        out = probability_flow_solve(lambda x, i: alphas[i] * c**2 * x / (alphas[i] ** 2 * c**2 + sigmas[i] ** 2),
+                                     x1, alphas, sigmas, 2)
+        errors.append(float((out - exact).abs().max()))
+    assert errors[1] < 2e-4 and errors[0] / errors[1] > 4.0
+
+
+def test_reference_solver_rejects_a_grid_that_does_not_decrease():
+    import torch
+
+    from sada.bench.reference import probability_flow_solve
+
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        probability_flow_solve(lambda x, i: x, torch.zeros(2), [0.5, 0.4], [0.5, 0.9])
+
+
+# --------------------------------------------------------------------------- equal-evaluation peers and goals
+def test_equal_nfe_peer_interpolates_per_image_and_picks_the_best_family():
+    from sada.bench.stats import equal_nfe_peer
+
+    plain = {("a", 10): [30.0, 32.0], ("a", 11): [31.0, 35.0], ("b", 10): [33.0, 33.0], ("b", 11): [33.0, 33.0],
+             ("c", 11): [50.0, 50.0]}  # c has no run at or below 10.25 evaluations: left out
+    peer = equal_nfe_peer(10.25, [34.0, 35.0], plain, lambda steps: steps)
+    assert peer["family"] == "b" and peer["steps"] == [10, 11] and peer["weight"] == pytest.approx(0.25)
+    assert peer["candidates"] == {"a": 31.5, "b": 33.0}
+    assert peer["delta"] == pytest.approx(1.5) and peer["delta_2se"] == pytest.approx(1.0)
+    assert peer["name"] == "b, 10-11 steps at NFE 10.2"
+
+
+def test_equal_nfe_peer_of_two_stage_samplers_counts_evaluations_not_steps():
+    from sada.bench.cells import Cell
+    from sada.bench.stats import equal_nfe_peer
+
+    heun = Cell.parse("diffusers/unet/heun/karras/15")
+    assert heun.nfe_of_steps(15) == 29 and heun.steps_of_nfe(24.0) == 12.5
+    plain = {("karras", 12): [40.0], ("karras", 13): [42.0]}  # 23 and 25 evaluations
+    peer = equal_nfe_peer(24.0, [41.0], plain, heun.nfe_of_steps)
+    assert peer["weight"] == pytest.approx(0.5) and peer["psnr"] == pytest.approx(41.0) and peer["delta"] == 0.0
+
+
+def test_goal_rows_apply_the_goal_of_the_step_count():
+    from sada.bench.stats import goal_rows
+
+    def cell(steps, nfe, delta):
+        peer = {"name": "p", "psnr": 40.0, "delta": delta, "delta_2se": 0.1}
+        return {"name": f"c{steps}", "steps": steps, "baseline_nfe": float(steps),
+                "variants": {"SADA": {"NFE": nfe, "psnr_ode": 40 + delta, "peer": peer}}}
+
+    rows = goal_rows([cell(50, 24.0, 3.5), cell(50, 26.0, 5.0), cell(25, 13.0, 1.2), cell(15, 11.0, -0.31)],
+                     ("SADA",))
+    assert [r["met"] for r in rows] == [True, False, True, False]  # 26 NFE at 50 steps is 1.92x < 2x
+    assert [r["no_loss"] for r in rows] == [True, True, True, False]
+    assert rows[2]["goal_ratio"] == 1.8 and rows[2]["goal_delta"] == 1.0
+
+
+def test_steps_around_brackets_the_evaluation_count():
+    from sada.bench.cells import Cell
+    from sada.bench.grids import steps_around
+
+    dpm = Cell.parse("diffusers/unet/dpmpp_2m/trailing/50")
+    assert steps_around(dpm, 23.3) == [23, 24] and steps_around(dpm, 23.0) == [23]
+    assert steps_around(Cell.parse("k-diffusion/unet/heun/karras/50"), 50.0) == [25, 26]
+    with pytest.raises(ValueError, match="nfe must be a positive number"):
+        steps_around(dpm, 0.0)
+
+
+def test_seed_sets_are_disjoint_and_labels_cycle():
+    from sada.bench.cells import seed_list
+
+    assert seed_list("heldout", 3) == [1000, 1001, 1002] and seed_list("tuning", 2) == [0, 1]
+    with pytest.raises(ValueError, match="the tuning set has 1000 seeds"):
+        seed_list("tuning", 1001)
+    with pytest.raises(ValueError, match="seed_set must be one of"):
+        seed_list("test", 2)

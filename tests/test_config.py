@@ -76,7 +76,7 @@ def test_flat_fields_are_routed_to_their_part_and_name_the_schedule_kind():
 
 
 def test_json_round_trip_is_exact():
-    for cfg in list(PRESETS.values()) + [SADAConfig(lagrange_nodes="lambda", am_noise="reuse")]:
+    for cfg in list(PRESETS.values()) + [SADAConfig(schedule=StepSchedule(), lagrange_nodes="lambda", am_noise="reuse")]:
         again = SADAConfig.from_json(cfg.to_json())
         assert again == cfg and again.name == cfg.name
         assert json.loads(cfg.to_json())["schedule"]["acc_range"] == list(cfg.schedule.acc_range)

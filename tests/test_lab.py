@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from sada.config import SADAConfig, preset
+from sada.config import SADAConfig, StepSchedule, preset
 from sada.lab.distributions import GaussianMixture, anisotropic_gaussian, isotropic_gaussian, random_mixture
 from sada.engine.numpy_engine import NumpyEngine
 from sada.lab.experiments import compare_methods, estimator_errors, make_problem, make_problem_like, run_sampler
@@ -10,6 +10,8 @@ from sada.lab.ode import ExactModel, reference_trajectory
 from sada.lab.samplers import sample_dpmpp_2m, sample_euler, sample_flow_euler, sample_heun
 from sada.policy import Decision
 from sada.trajectory import EDMSchedule, RectifiedFlowSchedule, StepGrid, karras_sigmas
+
+STEP = SADAConfig(schedule=StepSchedule())  # the authors' step schedule with corrected numerics
 
 
 def _rms(a, b):
@@ -72,7 +74,7 @@ def test_flow_euler_converges_at_order_one():
 def test_sada_corrected_cuts_evaluations_1_6x_and_stays_close_at_50_steps(solver):
     problem = make_problem("vp", solver, 50)
     base, nfe0, _ = run_sampler(problem)
-    x, nfe, engine = run_sampler(problem, SADAConfig())
+    x, nfe, engine = run_sampler(problem, STEP)
     fewer, _, _ = run_sampler(make_problem_like(problem, int(round(nfe))))
     assert nfe0 / nfe >= 1.6
     assert _rms(x, base) <= 1.5e-3  # data scale ~1; the 50-step solver's own error is ~4e-2
@@ -111,25 +113,25 @@ def test_never_skip_config_and_all_compute_replay_are_bit_identical_to_the_plain
     base, nfe0, _ = run_sampler(problem)
     x, nfe, engine = run_sampler(problem, SADAConfig(max_interval=0))
     assert np.array_equal(x, base) and nfe == nfe0 and engine.trace.summary().startswith("computed 50/50 steps")
-    x2, _, _ = run_sampler(problem, SADAConfig(), replay=np.zeros((50, 3), np.int8))
+    x2, _, _ = run_sampler(problem, STEP, replay=np.zeros((50, 3), np.int8))
     assert np.array_equal(x2, base)
 
 
 def test_replaying_a_recorded_skip_path_reproduces_the_run_exactly():
     problem = make_problem("vp", "euler", 50, batch=4)
-    x, nfe, engine = run_sampler(problem, SADAConfig())
-    again, nfe2, engine2 = run_sampler(problem, SADAConfig(), replay=engine.trace.decisions)
+    x, nfe, engine = run_sampler(problem, STEP)
+    again, nfe2, engine2 = run_sampler(problem, STEP, replay=engine.trace.decisions)
     assert np.array_equal(x, again) and nfe == nfe2
     np.testing.assert_array_equal(engine.trace.decisions, engine2.trace.decisions)
 
 
 def test_per_sample_decisions_match_the_sample_run_alone():
     problem = make_problem("vp", "dpmpp_2m", 50, batch=4)
-    _, _, engine = run_sampler(problem, SADAConfig())
+    _, _, engine = run_sampler(problem, STEP)
     for i in range(4):
         single = make_problem("vp", "dpmpp_2m", 50, batch=4)
         single.x_start = problem.x_start[i: i + 1]
-        _, _, alone = run_sampler(single, SADAConfig())
+        _, _, alone = run_sampler(single, STEP)
         np.testing.assert_array_equal(engine.trace.decisions[:, i], alone.trace.decisions[:, 0])
     assert len({tuple(engine.trace.skip_path(i)) for i in range(4)}) > 1  # the samples really differ
 
@@ -151,28 +153,28 @@ def test_ve_grid_runs_in_corrected_mode_and_rejects_paper_mode():
     grid = StepGrid.from_edm_sigmas(sched, np.append(karras_sigmas(50, 0.002, 80), 0))
     with pytest.raises(ValueError, match="mode='paper' needs a discrete VP grid"):
         NumpyEngine(SADAConfig(mode="paper"), grid, "epsilon", 1)
-    rows = compare_methods(make_problem("ve", "euler", 50), methods={"corrected": lambda n: SADAConfig()})
+    rows = compare_methods(make_problem("ve", "euler", 50), methods={"corrected": lambda n: STEP})
     assert rows[1]["speedup"] > 1.4 and rows[1]["rms"] < 2e-2
 
 
 def test_engine_protocol_errors_are_clear():
     fs = RectifiedFlowSchedule()
     grid = StepGrid.from_times(fs, fs.timesteps(50))
-    engine = NumpyEngine(SADAConfig(), grid, "flow_velocity", 2)
+    engine = NumpyEngine(STEP, grid, "flow_velocity", 2)
     with pytest.raises(ValueError, match="plan expects step 0"):
         engine.plan(1, np.zeros((2, 3)))
     with pytest.raises(ValueError, match=r"shape \[batch=2, ...\]"):
         engine.plan(0, np.zeros((3, 3)))
     with pytest.raises(ValueError, match="replay must have shape"):
-        NumpyEngine(SADAConfig(), grid, "flow_velocity", 2, replay=np.zeros((3, 2)))
-    engine = NumpyEngine(SADAConfig(), grid, "flow_velocity", 2)
+        NumpyEngine(STEP, grid, "flow_velocity", 2, replay=np.zeros((3, 2)))
+    engine = NumpyEngine(STEP, grid, "flow_velocity", 2)
     with pytest.raises(ValueError, match=r"complete\(0\) needs plan\(0, x\) first"):
         engine.complete(0, np.zeros((2, 3)), np.zeros((2, 3)))
     engine.plan(0, np.zeros((2, 3)))
     with pytest.raises(ValueError, match=r"got outputs for 1 rows, expected the 2 planned rows \[0, 1\]"):
         engine.complete(0, np.zeros((2, 3)), np.zeros((1, 3)))
     with pytest.raises(ValueError, match="num_steps - 2 = 23"):
-        NumpyEngine(SADAConfig(), StepGrid.from_times(fs, fs.timesteps(25)), "flow_velocity", 2)
+        NumpyEngine(STEP, StepGrid.from_times(fs, fs.timesteps(25)), "flow_velocity", 2)
 
 
 def test_distribution_validation():

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from scipy import linalg
 
-__all__ = ["psnr", "ssim", "frechet_distance", "FeatureMetrics"]
+__all__ = ["psnr", "psnr_per_image", "ssim", "frechet_distance", "FeatureMetrics"]
 
 
 def _check(images: torch.Tensor, reference: torch.Tensor) -> None:
@@ -22,14 +22,20 @@ def _check(images: torch.Tensor, reference: torch.Tensor) -> None:
                          f"and {tuple(reference.shape)}")
 
 
-def psnr(images: torch.Tensor, reference: torch.Tensor) -> float:
-    """Mean per-image PSNR (dB) of images in [-1, 1] against the reference (data range 2)."""
+def psnr_per_image(images: torch.Tensor, reference: torch.Tensor) -> np.ndarray:
+    """PSNR (dB) of every image in [-1, 1] against its reference (data range 2), capped at 100 dB
+    (identical images), as float64."""
     from torchmetrics.functional.image import peak_signal_noise_ratio
 
     _check(images, reference)
     values = peak_signal_noise_ratio(images.float().clamp(-1, 1), reference.float().clamp(-1, 1), data_range=2.0,
                                      reduction="none", dim=(1, 2, 3))
-    return float(torch.clamp(values, max=100.0).mean())  # identical images: capped at 100 dB
+    return torch.clamp(values, max=100.0).double().cpu().numpy()
+
+
+def psnr(images: torch.Tensor, reference: torch.Tensor) -> float:
+    """Mean per-image PSNR (dB) of images in [-1, 1] against the reference (data range 2)."""
+    return float(psnr_per_image(images, reference).mean())
 
 
 def ssim(images: torch.Tensor, reference: torch.Tensor) -> float:

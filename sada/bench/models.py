@@ -4,14 +4,21 @@
 ``StableDiffusionPipeline``; ``mmdit``: the flow-matching ``SD3Transformer2DModel`` in a
 ``StableDiffusion3Pipeline``. Both are fed label embeddings as ``prompt_embeds`` (no text encoder) and
 return pixel-space latents (a 1-level VAE gives a scale factor of 1; it is never used to decode).
+
+Besides the pipelines, :meth:`BenchModel.guided_output` calls the network directly (classifier-free guidance
+on a doubled batch, unconditional rows first, as the pipelines do) for the ODE reference and the k-diffusion
+denoiser, and :meth:`BenchModel.noise` gives the exact start noise the pipelines draw for a list of seeds.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import json
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
-__all__ = ["BenchModel", "SCHEDULERS", "load_model"]
+__all__ = ["BenchModel", "SCHEDULERS", "DEFAULT_SCHEDULER", "load_model"]
 
 # sampler name -> diffusers scheduler class (per model family)
 SCHEDULERS = {
@@ -33,13 +40,14 @@ def _pixel_vae(channels: int):
 
 @dataclass
 class BenchModel:
-    """A shipped model with its label table; ``pipeline(scheduler)`` builds a fresh diffusers pipeline."""
+    """A shipped model with its label table; ``pipeline(sampler)`` builds a fresh diffusers pipeline."""
 
     name: str
     network: torch.nn.Module
     base_scheduler: object
     table: dict
     meta: dict
+    _fingerprint: str | None = field(default=None, repr=False)
 
     @property
     def family(self) -> str:
@@ -49,15 +57,40 @@ class BenchModel:
     def denoiser_role(self) -> str:
         return "transformer" if self.name == "mmdit" else "unet"
 
-    def pipeline(self, scheduler: str | None = None):
+    @property
+    def guidance(self) -> float:
+        return float(self.meta["recommended_guidance_scale"])
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the network weights, the label table and the training scheduler's config."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256()
+            tensors = {**{f"net.{k}": v for k, v in self.network.state_dict().items()},
+                       **{f"table.{k}": v for k, v in self.table.items() if isinstance(v, torch.Tensor)}}
+            for key in sorted(tensors):
+                digest.update(key.encode())
+                digest.update(tensors[key].detach().float().contiguous().cpu().numpy().tobytes())
+            digest.update(json.dumps(dict(self.base_scheduler.config), sort_keys=True, default=str).encode())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
+    def scheduler(self, sampler: str | None = None, **config_overrides):
+        """A fresh diffusers scheduler of ``sampler`` built from the training config plus ``config_overrides``
+        (e.g. ``use_karras_sigmas=True``, ``shift=3.0``)."""
         import diffusers
 
-        scheduler = scheduler or DEFAULT_SCHEDULER[self.name]
-        if scheduler not in SCHEDULERS[self.name]:
-            raise ValueError(f"scheduler {scheduler!r} is not available for the {self.name} model; "
+        sampler = sampler or DEFAULT_SCHEDULER[self.name]
+        if sampler not in SCHEDULERS[self.name]:
+            raise ValueError(f"scheduler {sampler!r} is not available for the {self.name} model; "
                              f"choose from {sorted(SCHEDULERS[self.name])}")
-        cls = getattr(diffusers, SCHEDULERS[self.name][scheduler])
-        sched = cls.from_config(self.base_scheduler.config)
+        cls = getattr(diffusers, SCHEDULERS[self.name][sampler])
+        return cls.from_config(self.base_scheduler.config, **config_overrides)
+
+    def pipeline(self, sampler: str | None = None, **config_overrides):
+        """A stock diffusers pipeline around the network with ``scheduler(sampler, **config_overrides)``."""
+        import diffusers
+
+        sched = self.scheduler(sampler, **config_overrides)
         vae = _pixel_vae(self.meta.get("channels", 1))
         if self.name == "unet":
             pipe = diffusers.StableDiffusionPipeline(unet=self.network, vae=vae, scheduler=sched, text_encoder=None,
@@ -70,23 +103,82 @@ class BenchModel:
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
-    @torch.no_grad()
-    def sample(self, pipe, labels, seeds, steps: int, guidance: float | None = None) -> torch.Tensor:
-        """Images ``[B, 1, 16, 16]`` (~[-1, 1]) for ``labels``; sample ``i`` starts from ``seeds[i]``'s noise."""
-        labels = torch.as_tensor(labels, dtype=torch.long)
+    def _labels(self, labels, seeds) -> torch.Tensor:
+        labels = torch.as_tensor(labels, dtype=torch.long).flatten()
         if len(seeds) != labels.numel():
             raise ValueError(f"need one seed per label, got {len(seeds)} seeds for {labels.numel()} labels")
+        if labels.numel() == 0 or labels.min() < 0 or labels.max() >= self.meta["null_label"]:
+            raise ValueError(f"labels must be class indices in 0..{self.meta['null_label'] - 1}, got {labels.tolist()}")
+        return labels
+
+    @torch.no_grad()
+    def sample(self, pipe, labels, seeds, steps: int | None, guidance: float | None = None,
+               timesteps=None, sigmas=None) -> torch.Tensor:
+        """Images ``[B, 1, 16, 16]`` (~[-1, 1]) for ``labels``; sample ``i`` starts from ``seeds[i]``'s noise.
+
+        ``steps`` with the scheduler's own spacing, or a custom grid: ``timesteps`` (U-Net schedulers) or
+        ``sigmas`` (flow matching, before the scheduler's shift) with ``steps=None``.
+        """
+        labels = self._labels(labels, seeds)
+        if (steps is None) == (timesteps is None and sigmas is None):
+            raise ValueError("give either steps or a custom grid (timesteps or sigmas), not both or neither")
         null = torch.full_like(labels, self.meta["null_label"])
         size = self.meta["image_size"]
         common = dict(num_inference_steps=steps, height=size, width=size, output_type="latent",
-                      guidance_scale=self.meta["recommended_guidance_scale"] if guidance is None else guidance,
+                      guidance_scale=self.guidance if guidance is None else guidance,
                       generator=[torch.Generator().manual_seed(int(s)) for s in seeds])
+        if timesteps is not None:
+            common["timesteps"] = list(timesteps)
+        if sigmas is not None:
+            common["sigmas"] = list(sigmas)
         emb = self.table["embeddings"]
         if self.name == "unet":
             return pipe(prompt_embeds=emb[labels], negative_prompt_embeds=emb[null], **common).images
         pooled = self.table["pooled"]
         return pipe(prompt_embeds=emb[labels], pooled_prompt_embeds=pooled[labels], negative_prompt_embeds=emb[null],
                     negative_pooled_prompt_embeds=pooled[null], **common).images
+
+    def noise(self, seeds) -> torch.Tensor:
+        """The unit-variance start noise ``[B, C, H, W]`` the pipelines draw: one generator per seed."""
+        seeds = list(seeds)
+        if not seeds or any(isinstance(s, bool) or int(s) != s or s < 0 for s in seeds):
+            raise ValueError(f"seeds must be a non-empty list of non-negative ints, got {seeds!r}")
+        c, size = self.meta.get("channels", 1), self.meta["image_size"]
+        return torch.cat([torch.randn((1, c, size, size), generator=torch.Generator().manual_seed(int(s)))
+                          for s in seeds])
+
+    @torch.no_grad()
+    def guided_output(self, x: torch.Tensor, model_time, labels, guidance: float | None = None) -> torch.Tensor:
+        """The network's guided prediction (epsilon for the U-Net, velocity for the MMDiT) at ``model_time``
+        (the network's timestep input, 0..999: a number or one value per row) for the batch ``x`` in the
+        network's own input scaling."""
+        labels = torch.as_tensor(labels, dtype=torch.long).flatten()
+        if labels.numel() != x.shape[0]:
+            raise ValueError(f"need one label per row of x, got {labels.numel()} labels for {x.shape[0]} rows")
+        g = self.guidance if guidance is None else float(guidance)
+        null = torch.full_like(labels, self.meta["null_label"])
+        emb = self.table["embeddings"]
+        rows = torch.cat([x, x]).to(torch.float32)
+        t = torch.as_tensor(model_time, dtype=torch.float32).flatten()
+        if t.numel() not in (1, x.shape[0]):
+            raise ValueError(f"model_time must be one number or one per row, got {t.numel()} for {x.shape[0]} rows")
+        t = t.expand(x.shape[0]).repeat(2)
+        if self.name == "unet":
+            out = self.network(rows, t, encoder_hidden_states=torch.cat([emb[null], emb[labels]])).sample
+        else:
+            pooled = self.table["pooled"]
+            out = self.network(hidden_states=rows, encoder_hidden_states=torch.cat([emb[null], emb[labels]]),
+                               pooled_projections=torch.cat([pooled[null], pooled[labels]]), timestep=t).sample
+        uncond, cond = out.chunk(2)
+        return uncond + g * (cond - uncond)
+
+    def training_sigmas(self) -> np.ndarray:
+        """VP models: the EDM sigma of every training timestep 0..999, ``sqrt((1 - abar) / abar)`` (float64 of
+        diffusers' float32 ``alphas_cumprod``)."""
+        if self.family != "vp":
+            raise ValueError(f"training sigmas exist for VP models only, not {self.name!r}")
+        abar = self.base_scheduler.alphas_cumprod.double().cpu().numpy()
+        return np.sqrt((1 - abar) / abar)
 
 
 def load_model(name: str, assets: str | None = None) -> BenchModel:

@@ -1,158 +1,133 @@
-"""Turn the benchmark's raw runs into metrics, ``results.json``, ``results.md`` and plots."""
+"""Turn the benchmark's raw runs into metrics, ``results.json``, ``results.md`` and plots.
+
+Every method row carries its PSNR/SSIM against the ODE solution (the primary fidelity measure) and
+against the cell's full run (the paper's convention), FD-digits and class accuracy; every SADA variant
+its best plain grid at equal evaluations and the paired difference to it (:mod:`sada.bench.stats`).
+"""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from sada.bench.metrics import FeatureMetrics, psnr, ssim
+from sada.bench.metrics import FeatureMetrics, psnr_per_image, ssim
+from sada.bench.methods import SADA_VARIANTS
+from sada.bench.stats import equal_nfe_peer, goal_rows
 
-__all__ = ["write_report", "compute_rows"]
+__all__ = ["CellReport", "compute_cell", "write_report", "load_features"]
 
-COLUMNS = ("method", "group", "NFE", "NFE speedup", "wall s", "wall speedup", "wall/NFE", "SADA state MiB",
-           "peak ΔRSS MiB", "PSNR", "SSIM", "FD-digits", "accuracy", "trace")
+
+@dataclass
+class CellReport:
+    """What a cell's runs left on rank 0: methods, merged raw entries, the plain-grid points
+    ``{(family, steps): method name}`` and the reference images of all seeds."""
+
+    cell: object
+    methods: list
+    raw: dict
+    points: dict
+    reference: torch.Tensor
 
 
 def _images(entry) -> torch.Tensor:
     return torch.cat([entry["images"][c] for c in sorted(entry["images"])])
 
 
-def compute_rows(model_result: dict, labels, features: FeatureMetrics) -> list[dict]:
-    raw, methods = model_result["raw"], {m.name: m for m in model_result["methods"]}
-    base = raw["baseline"]
-    base_images = _images(base)
-    base_nfe = base["rows"] / (2 * base["n_samples"])
-    base_time = (base.get("timing") or {}).get("median_s")
-    n = base_images.shape[0]
-    rows = []
-    for name, entry in raw.items():
-        method = methods.get(name)
-        row = {"method": name, "group": method.group if method else "", "curve": method.curve if method else None}
-        if "error" in entry:
-            row["error"] = entry["error"]
-            rows.append(row)
-            continue
-        images = _images(entry)
-        nfe = entry["rows"] / (2 * entry["n_samples"])
-        timing = entry.get("timing") or {}
-        row.update({"NFE": nfe, "NFE speedup": base_nfe / nfe, "PSNR": psnr(images, base_images),
-                    "SSIM": ssim(images, base_images), "FD-digits": features.fd_digits(images),
-                    "accuracy": features.accuracy(images, labels[:n]), "trace": entry.get("trace"),
-                    "bit-identical": bool(torch.equal(images, base_images))})
-        if entry.get("state_bytes") is not None:
-            row["SADA state MiB"] = entry["state_bytes"] / 2**20
-        if timing:
-            row.update({"wall s": timing["median_s"], "peak ΔRSS MiB": timing["peak_rss_mib"],
-                        "wall speedup": base_time / timing["median_s"] if base_time else None,
-                        "wall/NFE": (base_time / timing["median_s"]) / (base_nfe / nfe) if base_time else None,
-                        "times_s": timing["times_s"]})
-        rows.append(row)
-    return rows
-
-
-def _fmt(value, key):
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        if key == "wall/NFE":
-            return f"{value:.2f}"
-        if key in ("NFE speedup", "wall speedup"):
-            return f"{value:.2f}x"
-        if key in ("PSNR",):
-            return f"{value:.2f}"
-        if key in ("SSIM", "accuracy", "SADA state MiB", "peak ΔRSS MiB"):
-            return f"{value:.3f}"
-        return f"{value:.3g}"
-    return str(value)
-
-
-def markdown_table(rows: list[dict]) -> str:
-    cols = [c for c in COLUMNS if c != "trace"]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for row in rows:
-        if "error" in row:
-            lines.append(f"| {row['method']} | {row['group']} | not run: {row['error'][:120]} |" + " |" * (len(cols) - 3))
-            continue
-        lines.append("| " + " | ".join(_fmt(row.get(c), c) for c in cols) + " |")
-    return "\n".join(lines)
-
-
-def _save_grid(model_result, rows, path: Path, per_row: int = 10) -> None:
-    from PIL import Image
-
-    raw = model_result["raw"]
-    names = [r["method"] for r in rows if "error" not in r and r["group"] in ("main", "peer")]
-    tiles = []
-    for name in names:
-        imgs = _images(raw[name])[:per_row].clamp(-1, 1)
-        tiles.append(torch.cat(list(imgs[:, 0]), dim=1))
-    grid = ((torch.cat(tiles, dim=0) + 1) * 127.5).round().byte().numpy()
-    Image.fromarray(grid).resize((grid.shape[1] * 4, grid.shape[0] * 4), Image.NEAREST).save(path)
-    (path.with_suffix(".txt")).write_text("rows, top to bottom:\n" + "\n".join(names) + "\n")
-
-
-def _frontier(points):
-    """Points not beaten by one at fewer or equal evaluations (the curve's Pareto front), by NFE."""
-    front, best = [], -np.inf
-    for nfe, value in sorted(points, key=lambda p: (p[0], -p[1])):
-        if value > best:
-            front.append((nfe, value))
-            best = value
-    return front
-
-
-def _save_pareto(rows, path: Path, title: str) -> None:
-    """PSNR vs evaluations: every method's points, each curve's Pareto front as a line (ablations and the
-    no-skip control are left out; they are in the table)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    curves: dict[str, list] = {}
-    for row in rows:
-        if "error" in row or row["group"] == "ablation" or row["method"] in ("baseline", "SADA, skipping disabled"):
-            continue
-        curve = row.get("curve") or ("fewer steps" if row["method"].startswith("fewer steps") else row["method"])
-        curves.setdefault(curve, []).append((row["NFE"], min(row["PSNR"], 75.0)))
-    colors = iter(plt.get_cmap("tab10").colors)
-    for curve, points in sorted(curves.items(), key=lambda kv: kv[0] != "fewer steps"):
-        color = "black" if curve == "fewer steps" else next(colors)
-        style = "--" if curve == "fewer steps" else "-"
-        xs, ys = zip(*points)
-        ax.scatter(xs, ys, color=color, s=18, zorder=3)
-        fx, fy = zip(*_frontier(points))
-        ax.plot(fx, fy, style, color=color, label=curve, marker="o", markersize=4)
-    ax.set_xlabel("network evaluations per sample (NFE)")
-    ax.set_ylabel("PSNR vs the same-noise baseline (dB, capped at 75)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def write_report(results: dict, model_labels, out: Path) -> None:
+def load_features() -> FeatureMetrics:
     from sada.bench.classifier import load_classifier
     from sada.bench.train import load_digit_data
 
     _, _, x_test, _ = load_digit_data()
-    features = FeatureMetrics(load_classifier(), x_test)
-    summary = {"settings": results["settings"], "models": {}}
-    md = [f"# sada bench results\n\nSettings: `{json.dumps(results['settings'])}`\n"]
-    for name, model_result in results["models"].items():
-        rows = compute_rows(model_result, model_labels, features)
-        summary["models"][name] = {"scheduler": model_result["scheduler"], "rows": rows}
-        md.append(f"## {name} / {model_result['scheduler']}\n\n{markdown_table(rows)}\n")
-        md.append("Traces:\n\n" + "\n".join(f"- {r['method']}: {r['trace']}" for r in rows if r.get("trace")) + "\n")
-        _save_grid(model_result, rows, out / f"grid-{name}.png")
-        _save_pareto(rows, out / f"pareto-{name}.png", f"{name} / {model_result['scheduler']}, "
-                     f"{results['settings']['steps']} steps")
-    (out / "results.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
-    (out / "results.md").write_text("\n".join(md))
+    return FeatureMetrics(load_classifier(), x_test)
+
+
+def _method_row(name, method, entry, base, base_images, reference, labels, features) -> dict:
+    row = {"method": name, "group": method.group if method else "", "kind": method.kind if method else "",
+           "curve": method.curve if method else None}
+    if method is not None and method.grid is not None:
+        row.update({"family": method.grid.family, "grid_steps": method.grid.steps})
+    if "skipped" in entry or "error" in entry:
+        row["error" if "error" in entry else "skipped"] = entry.get("error") or entry["skipped"]
+        return row
+    images = _images(entry)
+    n = images.shape[0]
+    nfe = entry["rows"] / (2 * entry["n_samples"])
+    base_nfe = base["rows"] / (2 * base["n_samples"])
+    per_image = psnr_per_image(images, reference)
+    row.update({"NFE": nfe, "NFE ratio": base_nfe / nfe, "PSNR vs ODE": float(per_image.mean()),
+                "SSIM vs ODE": ssim(images, reference), "PSNR vs full run": float(psnr_per_image(images, base_images).mean()),
+                "SSIM vs full run": ssim(images, base_images), "FD-digits": features.fd_digits(images),
+                "accuracy": features.accuracy(images, labels[:n]), "trace": entry.get("trace"),
+                "bit-identical": bool(torch.equal(images, base_images)),
+                "psnr_ode_per_image": [round(float(v), 5) for v in per_image]})
+    if entry.get("state_bytes") is not None:
+        row["SADA state MiB"] = entry["state_bytes"] / 2**20
+    timing, base_time = entry.get("timing") or {}, (base.get("timing") or {}).get("median_s")
+    if timing:
+        row.update({"wall s": timing["median_s"], "times_s": timing["times_s"], "peak ΔRSS MiB": timing["peak_rss_mib"]})
+        if base_time:
+            row["wall speedup"] = base_time / timing["median_s"]
+            row["wall/NFE"] = row["wall speedup"] / row["NFE ratio"]
+    return row
+
+
+def compute_cell(report: CellReport, labels, features: FeatureMetrics) -> dict:
+    """The cell's rows, its SADA variants with their equal-evaluation peers, and its plain-grid points."""
+    cell, raw = report.cell, report.raw
+    methods = {m.name: m for m in report.methods}
+    base = raw["baseline"]
+    if "images" not in base:
+        raise RuntimeError(f"{cell.name}: the baseline did not run: {base.get('error') or base.get('skipped')}")
+    base_images = _images(base)
+    reference = report.reference[:base_images.shape[0]]
+    rows = [_method_row(name, methods.get(name), entry, base, base_images, reference, labels, features)
+            for name, entry in raw.items()]
+    by_name = {r["method"]: r for r in rows}
+    for (family, _), name in report.points.items():  # a grid run once for several families that give it
+        row = by_name.get(name)
+        if row is not None and row.get("family") not in (None, family) and family not in row.setdefault("same grid as", []):
+            row["same grid as"].append(family)
+    plain = {point: by_name[name]["psnr_ode_per_image"] for point, name in report.points.items()
+             if "psnr_ode_per_image" in by_name.get(name, {})}
+    variants = {}
+    for variant in SADA_VARIANTS:
+        row = by_name.get(variant)
+        if row is None:
+            continue
+        if "NFE" not in row:
+            variants[variant] = {"error": row.get("error") or row.get("skipped")}
+            continue
+        peer = equal_nfe_peer(row["NFE"], row["psnr_ode_per_image"], plain, cell.nfe_of_steps)
+        variants[variant] = {"NFE": row["NFE"], "psnr_ode": row["PSNR vs ODE"], "peer": peer}
+        row["equal-NFE peer"] = peer.get("name")
+        row["Δ vs peer"] = peer.get("delta")
+        row["Δ 2se"] = peer.get("delta_2se")
+    return {"name": cell.name, "backend": cell.backend, "model": cell.model, "sampler": cell.sampler,
+            "spacing": cell.spacing, "steps": cell.steps, "baseline_nfe": by_name["baseline"]["NFE"],
+            "rows": rows, "variants": variants,
+            "plain_points": [{"family": f, "steps": k, "method": name} for (f, k), name in sorted(report.points.items())]}
+
+
+def write_report(results: dict, reports: list[CellReport], labels, out: Path, started: float | None = None) -> dict:
+    """Fill ``results`` (cells, goals), write ``results.json``, ``results.md``, ``grid-<cell>.png`` and
+    ``pareto-<cell>.png`` under ``out``; returns ``results``. ``started`` (a ``time.perf_counter()`` value)
+    sets ``settings["wall_s"]``, the run's duration up to the written report."""
+    import time
+
+    from sada.bench.plots import save_pareto, save_samples
+    from sada.bench.render import render_markdown
+
+    features = load_features()
+    for report in reports:
+        cell = compute_cell(report, labels, features)
+        results["cells"].append(cell)
+        save_samples(report, cell, out / f"grid-{report.cell.slug}.png")
+        save_pareto(cell, out / f"pareto-{report.cell.slug}.png")
+    results["goals"] = goal_rows(results["cells"], SADA_VARIANTS)
+    if started is not None:
+        results["settings"]["wall_s"] = time.perf_counter() - started
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
+    (out / "results.md").write_text(render_markdown(results, docs=False))
+    return results

@@ -1,70 +1,49 @@
-"""``sada bench``: every method side by side on the shipped models, same noise and labels, one process.
+"""``sada bench``: every method of every selected cell on the same noise and labels, scored against a
+converged solution of the same ODE (see :mod:`sada.bench.reference`) and against the cell's full run.
 
-Seeds are processed in fixed micro-batches of ``batch`` seeds (chunk ``i`` = seeds ``i*batch ..``); under
+Per cell: the full run (baseline), the SADA variants, then the plain grids that bracket each variant's
+evaluation count in every grid family (:mod:`sada.bench.grids`), then optional wall-clock timing. Seeds
+are processed in fixed micro-batches of ``batch`` seeds (chunk ``i`` = seeds ``i*batch ..``); under
 ``accelerate launch`` the chunks are split across ranks and rank 0 merges them, so a sharded run produces
-exactly the images of a single-process run. Wall-clock is timed on chunk 0 for the timed methods, all in
-this process: one warm-up each, then ``repeats`` round-robin rounds over the methods, the median per method.
+exactly the images of a single-process run with the same per-process thread count.
 """
 from __future__ import annotations
 
-import json
-import os
-import statistics
-import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from sada.bench.methods import GROUPS, Method, methods_for
-from sada.bench.models import DEFAULT_SCHEDULER, load_model
+from sada.bench.cells import select_cells, seed_list
+from sada.bench.execute import CellRunner, RowCounter, time_methods
+from sada.bench.grids import grid_families, plain_grid, resolve_grid, same_grid, steps_around
+from sada.bench.methods import DEFAULT_GROUPS, SADA_VARIANTS, Method, methods_for
+from sada.bench.models import load_model
+from sada.bench.reference import ReferenceSpec, reference_images
 
-__all__ = ["run_benchmark", "EQUAL_NFE_REFERENCES"]
-
-EQUAL_NFE_REFERENCES = ("SADA", "SADA error-controlled")
-
-
-class _RowCounter:
-    """Rows entering the denoiser's first layer: network evaluations, whatever the method."""
-
-    def __init__(self, module):
-        first = next(m for m in module.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
-        self.rows = 0
-        self.handle = first.register_forward_pre_hook(self)
-
-    def __call__(self, module, args):
-        self.rows += args[0].shape[0]
-
-    def remove(self):
-        self.handle.remove()
+__all__ = ["run_benchmark"]
 
 
-class _PeakRSS:
-    """Peak resident memory while the block runs (sampled every 2 ms from /proc/self/statm)."""
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
 
-    def __init__(self):
-        self.page = os.sysconf("SC_PAGE_SIZE")
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
 
-    def _rss(self) -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * self.page
 
-    def __enter__(self):
-        self.base = self.peak = self._rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-        return self
+def _import_hosts(cells) -> None:
+    """Import the adapters (and k-diffusion's samplers) the cells need before the first cell runs, so that one
+    run uses one version of the code even if files change while it runs."""
+    import sada.adapters.diffusers  # noqa: F401
+    import sada.torch_backend.peers  # noqa: F401
 
-    def _watch(self):
-        while not self._stop.wait(0.002):
-            self.peak = max(self.peak, self._rss())
+    if any(c.backend == "k-diffusion" for c in cells):
+        from sada.adapters.k_diffusion import load_sampling
 
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._rss())
+        if load_sampling() is None:
+            raise RuntimeError("k-diffusion cells need k-diffusion (pip install --no-deps k-diffusion)")
 
 
 def _rank_world():
@@ -77,126 +56,150 @@ def _rank_world():
         return 0, 1, None
 
 
-def _run_method(model, pipe, method: Method, labels, seeds, steps, batch, chunks, progress):
-    """Images of every chunk, network evaluations per sample and the run's trace summary."""
-    counter = _RowCounter(getattr(pipe, model.denoiser_role))
-    images, trace_summary, state_bytes = {}, None, None
-    run_steps = method.steps or steps
+def _run_method(runner, method: Method, chunks: dict, progress) -> dict:
+    """Images of this rank's chunks, evaluation rows and the last trace summary; errors are recorded."""
+    counter = RowCounter(runner.model.network)
+    images, trace, state = {}, None, None
     try:
-        with method.apply(pipe, model) as handle:
-            for c in chunks:
-                sl = slice(c * batch, (c + 1) * batch)
-                images[c] = model.sample(pipe, labels[sl], seeds[sl], run_steps).float().cpu()
-                progress()
-            rows = counter.rows
-            if handle is not None and handle.trace is not None:
-                trace_summary = handle.trace.summary()
-                extras = handle.trace.extras
-                state_bytes = extras.get("history_bytes", 0) + extras.get("pruning", {}).get("cache_bytes", 0)
+        for c, (seeds, labels) in chunks.items():
+            images[c], trace, state = runner.run(method, seeds, labels)
+            images[c] = images[c].float().cpu()
+            progress()
+    except Exception as exc:  # a method this cell's sampler does not support is reported, not fatal
+        return {"error": f"{type(exc).__name__}: {exc}"}
     finally:
         counter.remove()
-    n_samples = sum(len(v) for v in images.values())
-    return {"images": images, "rows": rows, "n_samples": n_samples, "trace": trace_summary, "timing": None,
-            "state_bytes": state_bytes}
-
-
-def _time_methods(model, pipe, methods: list[Method], labels, seeds, steps, batch, repeats, progress) -> dict:
-    """Wall-clock of chunk 0 per method: one warm-up each, then ``repeats`` rounds that run every method once
-    in turn, in alternating order (so slow drifts of the machine and position effects hit all methods
-    alike); the median per method."""
-    sl = slice(0, batch)
-    times = {m.name: [] for m in methods}
-    peaks = {m.name: 0 for m in methods}
-    for round_ in range(repeats + 1):
-        for method in (methods if round_ % 2 else methods[::-1]):  # alternate the order: no position bias
-            with method.apply(pipe, model):
-                with _PeakRSS() as mem:
-                    start = time.perf_counter()
-                    model.sample(pipe, labels[sl], seeds[sl], method.steps or steps)
-                    elapsed = time.perf_counter() - start
-            if round_:  # round 0 is the warm-up
-                times[method.name].append(elapsed)
-                peaks[method.name] = max(peaks[method.name], mem.peak - mem.base)
-            progress()
-    return {name: {"median_s": statistics.median(t), "times_s": t, "peak_rss_mib": peaks[name] / 2**20}
-            for name, t in times.items()}
-
-
-def run_benchmark(models=("unet", "mmdit"), schedulers=None, steps: int = 50, batch: int = 16, num_seeds: int = 32,
-                  groups=GROUPS, repeats: int = 3, out: str | Path = "sada-bench-out", progress_bar: bool = True,
-                  methods_filter=None) -> dict:
-    """Run the benchmark; on rank 0 write ``results.json``, ``results.md``, ``grid-*.png``, ``pareto-*.png``."""
-    from tqdm.auto import tqdm
-
-    from sada.bench.report import write_report
-
-    rank, world, state = _rank_world()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    seeds = list(range(num_seeds))
-    labels = [s % 10 for s in seeds]
-    n_chunks = (num_seeds + batch - 1) // batch
-    my_chunks = list(range(n_chunks))[rank::world]
-    torch.manual_seed(0)
-    results = {"settings": {"steps": steps, "batch": batch, "num_seeds": num_seeds, "repeats": repeats,
-                            "world_size": world, "torch_threads": torch.get_num_threads(),
-                            "torch": torch.__version__}, "models": {}}
-    for name in models:
-        model = load_model(name)
-        scheduler = (schedulers or {}).get(name, DEFAULT_SCHEDULER[name])
-        pipe = model.pipeline(scheduler)
-        methods = [m for m in methods_for(model, scheduler, steps, groups)
-                   if methods_filter is None or m.name in methods_filter or m.name == "baseline"]
-        bar = tqdm(total=len(methods) * len(my_chunks), desc=f"{name}/{scheduler}", disable=not progress_bar or rank)
-        raw = {}
-        for method in methods:
-            try:
-                raw[method.name] = _run_method(model, pipe, method, labels, seeds, steps, batch, my_chunks,
-                                               lambda: bar.update(1))
-            except Exception as exc:  # a peer that does not support this model class is reported, not fatal
-                raw[method.name] = {"error": f"{type(exc).__name__}: {exc}"}
-                bar.update(len(my_chunks))
-        for reference in EQUAL_NFE_REFERENCES:  # the honest peer: as many steps as the method's evaluations
-            nfe = _global_nfe(raw.get(reference), world)
-            if nfe:
-                k = int(round(nfe))
-                equal = Method(f"fewer steps ({k}) = {reference}'s NFE", "peer", "fewer", steps=k, timed=True)
-                raw[equal.name] = _run_method(model, pipe, equal, labels, seeds, steps, batch, my_chunks,
-                                              lambda: None)
-                methods.append(equal)
-        timed = [m for m in methods if m.timed and "error" not in raw[m.name]]
-        if 0 in my_chunks and timed:
-            bar.total += len(timed) * (repeats + 1)
-            timings = _time_methods(model, pipe, timed, labels, seeds, steps, batch, repeats, lambda: bar.update(1))
-            for method_name, timing in timings.items():
-                raw[method_name]["timing"] = timing
-        bar.close()
-        raw = _gather(raw, out / f".shard-{name}", rank, world, state)
-        if rank == 0:
-            results["models"][name] = {"scheduler": scheduler, "raw": raw, "methods": methods}
-    if rank == 0:
-        write_report(results, model_labels=labels, out=out)
-    return results
+    return {"images": images, "rows": counter.rows, "n_samples": sum(len(s) for s, _ in chunks.values()),
+            "trace": trace, "state_bytes": state, "timing": None}
 
 
 def _global_nfe(entry, world: int) -> float | None:
-    """Evaluations per sample of a method over all ranks' chunks (every rank gets the same number)."""
+    """Evaluations per sample of a method over all ranks' chunks (CFG: two rows per evaluation)."""
     counts = [entry["rows"], entry["n_samples"]] if entry and "rows" in entry else [0, 0]
     if world > 1:
         from accelerate.utils import gather_object
 
         parts = gather_object([counts])
         counts = [sum(p[0] for p in parts), sum(p[1] for p in parts)]
-    return _nfe({"rows": counts[0], "n_samples": counts[1]})
+    return counts[0] / (2 * counts[1]) if counts[1] else None
 
 
-def _nfe(entry) -> float | None:
-    if not entry or "rows" not in entry or not entry["n_samples"]:
-        return None
-    return entry["rows"] / (2 * entry["n_samples"])  # classifier-free guidance: two rows per evaluation
+def _plain_peers(runner, nfes: dict, baseline: Method) -> tuple[list[Method], dict]:
+    """Plain-grid methods bracketing every variant's NFE in every family, identical grids run once.
+
+    Returns the methods to run and ``{(family, steps): method name}`` for every grid point (the baseline's
+    grid included)."""
+    cell, model = runner.cell, runner.model
+    resolved = [(baseline.name, resolve_grid(cell, baseline.grid, model))]
+    points = {(baseline.grid.family, baseline.grid.steps): baseline.name}
+    steps = sorted({k for nfe in nfes.values() if nfe for k in steps_around(cell, nfe)})
+    methods = []
+    for family in grid_families(cell):
+        for k in steps:
+            try:
+                grid = plain_grid(cell, family, k, model, runner.denoiser)
+                grid_arrays = resolve_grid(cell, grid, model)
+            except ValueError:  # e.g. more integer timesteps than fit between the ends
+                continue
+            same = next((name for name, arrays in resolved if same_grid(arrays, grid_arrays)), None)
+            if same is None:
+                name = f"plain: {grid.name}"
+                methods.append(Method(name, "plain-grid", "plain", grid=grid, curve=f"plain: {family}"))
+                resolved.append((name, grid_arrays))
+                same = name
+            points[(family, k)] = same
+    return methods, points
 
 
-def _gather(raw: dict, folder: Path, rank: int, world: int, state) -> dict:
+def _reference_check(model, spec: ReferenceSpec, chunk, reference: torch.Tensor, cache_dir, progress) -> dict:
+    """Agreement of the reference with the same solver at half the steps, on one micro-batch."""
+    from sada.bench.metrics import psnr_per_image
+
+    half = ReferenceSpec(spec.model, spec.start, spec.guidance, spec.order, spec.steps // 2)
+    values = psnr_per_image(reference_images(model, half, *chunk, cache_dir, progress=progress), reference)
+    return {"reference": spec.describe(), "check": half.describe(), "seeds": [int(s) for s in chunk[0]],
+            "psnr_min": float(values.min()), "psnr_mean": float(values.mean())}
+
+
+def run_benchmark(cells=None, seed_set: str = "heldout", num_seeds: int = 32, batch: int = 16, groups=DEFAULT_GROUPS,
+                  methods_filter=None, repeats: int = 1, out: str | Path = "sada-bench-out", cache_dir=None,
+                  reference_steps: int | None = None, progress_bar: bool = True) -> dict:
+    """Run the benchmark on ``cells`` (default: the main job's subset); on rank 0 write ``results.json``,
+    ``results.md`` and per-cell sample grids and Pareto plots under ``out``. Returns the results dict."""
+    from tqdm.auto import tqdm
+
+    from sada.bench.report import CellReport, write_report
+
+    cells = select_cells() if cells is None else list(cells)
+    _import_hosts(cells)
+    for name, value, low in (("batch", batch, 1), ("repeats", repeats, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    rank, world, state = _rank_world()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = seed_list(seed_set, num_seeds)
+    labels = [s % 10 for s in seeds]
+    all_chunks = {c: (seeds[i:i + batch], labels[i:i + batch]) for c, i in enumerate(range(0, len(seeds), batch))}
+    my_chunks = {c: v for c, v in all_chunks.items() if c % world == rank}
+    started = time.perf_counter()
+    settings = {"seed_set": seed_set, "seeds": [seeds[0], seeds[-1]], "num_seeds": num_seeds, "batch": batch,
+                "groups": list(groups), "repeats": repeats, "world_size": world, "torch_threads": torch.get_num_threads(),
+                "torch": torch.__version__, "diffusers": _version("diffusers"), "cells": [c.name for c in cells]}
+    results = {"settings": settings, "references": {}, "cells": []}
+    models, references, reports = {}, {}, []
+    quiet = not progress_bar or rank != 0
+    for cell in cells:
+        model = models.get(cell.model) or models.setdefault(cell.model, load_model(cell.model))
+        spec = ReferenceSpec(cell.model, cell.reference_start, model.guidance,
+                             steps=reference_steps or None)
+        ref_key = f"{cell.model}/{cell.reference_start}"
+        if ref_key not in references:
+            bar = tqdm(total=len(my_chunks) * spec.steps + (spec.steps // 2 if 0 in my_chunks else 0),
+                       desc=f"ODE reference {ref_key}", unit="step", disable=quiet)
+            references[ref_key] = {c: reference_images(model, spec, *chunk, cache_dir, progress=bar.update)
+                                   for c, chunk in my_chunks.items()}
+            if 0 in my_chunks:
+                check = _reference_check(model, spec, all_chunks[0], references[ref_key][0], cache_dir, bar.update)
+                results["references"][ref_key] = check
+                if rank == 0:
+                    tqdm.write(f"reference {ref_key}: {check['reference']}; vs {check['check']} on seeds "
+                               f"{check['seeds'][0]}-{check['seeds'][-1]}: PSNR min {check['psnr_min']:.1f} dB, "
+                               f"mean {check['psnr_mean']:.1f} dB")
+            bar.close()
+        runner = CellRunner(cell, model)
+        methods = methods_for(cell, runner.full_grid, groups, methods_filter)
+        runnable = [m for m in methods if not m.skipped]
+        bar = tqdm(total=len(runnable) * len(my_chunks), desc=cell.name, disable=quiet)
+        raw = {m.name: ({"skipped": m.skipped} if m.skipped else _run_method(runner, m, my_chunks, lambda: bar.update(1)))
+               for m in methods}
+        nfes = {v: _global_nfe(raw.get(v), world) for v in SADA_VARIANTS if v in raw and "rows" in raw[v]}
+        peers, points = _plain_peers(runner, nfes, methods[0])
+        bar.total += len(peers) * len(my_chunks)
+        for method in peers:
+            raw[method.name] = _run_method(runner, method, my_chunks, lambda: bar.update(1))
+        methods += peers
+        timed = [m for m in methods if m.timed and "images" in raw[m.name]]
+        if repeats and timed and 0 in my_chunks:  # every timed method has just run on chunk 0: warm already
+            bar.total += len(timed) * repeats
+            for name, timing in time_methods(runner, timed, *all_chunks[0], repeats, lambda: bar.update(1),
+                                             warm_up=False).items():
+                raw[name]["timing"] = timing
+        bar.close()
+        raw = _gather(raw, out / f".shard-{cell.slug}", rank, world, state)
+        if rank == 0:
+            ref_images = _gather({"ref": {"images": references[ref_key]}}, out / f".ref-{cell.slug}", rank, world,
+                                 state, images_only=True)["ref"]["images"]
+            reports.append(CellReport(cell, methods, raw, points, torch.cat([ref_images[c] for c in sorted(ref_images)])))
+        elif world > 1:
+            _gather({"ref": {"images": references[ref_key]}}, out / f".ref-{cell.slug}", rank, world, state,
+                    images_only=True)
+    if rank == 0:
+        write_report(results, reports, labels, out, started)
+    return results
+
+
+def _gather(raw: dict, folder: Path, rank: int, world: int, state, images_only: bool = False) -> dict:
     """Merge the ranks' chunks on rank 0 (through files in the output folder)."""
     if world == 1:
         return raw
@@ -204,6 +207,7 @@ def _gather(raw: dict, folder: Path, rank: int, world: int, state) -> dict:
     torch.save(raw, folder / f"rank{rank}.pt")
     state.wait_for_everyone()
     if rank != 0:
+        state.wait_for_everyone()
         return {}
     merged = {}
     for r in range(world):
@@ -212,13 +216,15 @@ def _gather(raw: dict, folder: Path, rank: int, world: int, state) -> dict:
             if name not in merged:
                 merged[name] = entry
                 continue
-            if "error" in entry:
+            if "images" not in entry:
                 continue
             merged[name]["images"].update(entry["images"])
-            merged[name]["rows"] += entry["rows"]
-            merged[name]["n_samples"] += entry["n_samples"]
-            merged[name]["timing"] = merged[name]["timing"] or entry["timing"]
+            if not images_only:
+                merged[name]["rows"] += entry["rows"]
+                merged[name]["n_samples"] += entry["n_samples"]
+                merged[name]["timing"] = merged[name]["timing"] or entry["timing"]
     for r in range(world):
         (folder / f"rank{r}.pt").unlink()
     folder.rmdir()
+    state.wait_for_everyone()
     return merged

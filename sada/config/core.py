@@ -68,6 +68,9 @@ class SADAConfig:
         if numerics.mode == Mode.PAPER and not isinstance(schedule, StepSchedule):
             raise ValueError("mode='paper' runs the official algorithm, which is written in step indices: it needs a "
                              "StepSchedule, not ErrorControl")
+        if numerics.error_tolerance is not None and not isinstance(schedule, StepSchedule):
+            raise ValueError(f"error_tolerance={numerics.error_tolerance!r} is the step schedule's error veto; "
+                             "ErrorControl has its own tolerance (ErrorControl(tolerance=...))")
         if not isinstance(name, str):
             raise TypeError(f"name must be a string, got {name!r}")
         for key, value in (("schedule", schedule), ("numerics", numerics), ("pruning", pruning),
@@ -192,8 +195,8 @@ def _schedule_with(schedule, fields: dict, numerics: Numerics):
         raise ValueError(f"fields {sorted(step_only)} belong to a StepSchedule and {sorted(error_only)} to "
                          "ErrorControl: a config has one schedule")
     if schedule is None:
-        if step_only or numerics.mode == Mode.PAPER:
-            kind = StepSchedule
+        if step_only or numerics.mode == Mode.PAPER or numerics.error_tolerance is not None:
+            kind = StepSchedule  # the paper's numerics and the error veto belong to the step schedule
         elif error_only:
             kind = ErrorControl
         else:

@@ -143,7 +143,7 @@ class ErrorControl(_Part):
         max_interval: most consecutive skipped steps; 0 never skips.
     """
 
-    tolerance: float = 4.0
+    tolerance: float = 2.0
     nodes: int = 4
     max_interval: int = 4
 

@@ -1,0 +1,176 @@
+"""Markdown of a benchmark results dict (``results.json``): the run's ``results.md`` and the generated part
+of ``docs/benchmarks.md`` (``sada bench-report results.json --docs``), both from the stored JSON only."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+from sada.bench.cells import DEFAULT_CELLS
+from sada.bench.methods import SADA_VARIANTS
+from sada.bench.stats import GOALS, MAX_LOSS_DB
+
+__all__ = ["render_markdown", "render_file", "update_docs", "DOCS_BEGIN", "DOCS_END"]
+
+DOCS_BEGIN = "<!-- begin generated: sada bench-report docs/bench-results.json --docs -->"
+DOCS_END = "<!-- end generated -->"
+
+
+def _num(value, digits: int = 2, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def _delta(peer: dict) -> str:
+    if not peer:
+        return ""
+    return f"{_num(peer['delta'], 2, True)} ± {_num(peer['delta_2se'], 2)}"
+
+
+def _references(results: dict) -> list[str]:
+    lines = ["| reference | solver | convergence check | seeds | agreement min / mean (dB) |", "|---|---|---|---|---|"]
+    for key, ref in sorted(results.get("references", {}).items()):
+        lines.append(f"| {key} | {ref['reference']} | {ref['check']} | {ref['seeds'][0]}-{ref['seeds'][-1]} | "
+                     f"{_num(ref['psnr_min'], 1)} / {_num(ref['psnr_mean'], 1)} |")
+    return lines
+
+
+def _goal_text(steps: int) -> str:
+    ratio, gain = GOALS[steps]
+    return f"{steps} steps: >= {ratio:g}x fewer evaluations and >= {gain:+g} dB"
+
+
+def _goals(results: dict) -> list[str]:
+    goals = results.get("goals", [])
+    lines = ["| goal | variant | cells | met | evaluation ratio (min - max) | dB vs best plain grid at equal NFE "
+             "(min - max) |", "|---|---|---|---|---|---|"]
+    for steps in GOALS:  # the goals' own order: 50, 25, 15, 100 steps
+        for variant in SADA_VARIANTS:
+            rows = [g for g in goals if g["steps"] == steps and g["variant"] == variant]
+            if not rows:
+                continue
+            met = sum(1 for g in rows if g.get("met"))
+            ratios, deltas = [g["ratio"] for g in rows], [g["delta"] for g in rows]
+            lines.append(f"| {_goal_text(steps)} | {variant} | {len(rows)} | {met} | {min(ratios):.2f}x - "
+                         f"{max(ratios):.2f}x | {_num(min(deltas), 2, True)} - {_num(max(deltas), 2, True)} |")
+    for variant in SADA_VARIANTS:
+        rows = [g for g in goals if g["variant"] == variant]
+        if not rows:
+            continue
+        worst = min(rows, key=lambda g: g["delta"])
+        ok = sum(1 for g in rows if g["no_loss"])
+        lines.append(f"| never more than {MAX_LOSS_DB} dB below the best plain grid at equal NFE, any cell | {variant} | "
+                     f"{len(rows)} | {ok} | | worst {_num(worst['delta'], 2, True)} ({worst['cell']}) |")
+    return lines
+
+
+def _matrix(results: dict, variant: str) -> list[str]:
+    lines = [f"| cell | full run vs ODE | {variant} NFE (ratio) | {variant} vs ODE | best plain grid at equal NFE | "
+             "its PSNR vs ODE | difference (dB, ± 2 s.e.) | goal met |", "|---|---|---|---|---|---|---|---|"]
+    goals = {(g["cell"], g["variant"]): g for g in results.get("goals", [])}
+    for cell in results["cells"]:
+        base = next(r for r in cell["rows"] if r["method"] == "baseline")
+        entry = cell["variants"].get(variant)
+        if entry is None:
+            continue
+        if "error" in entry:
+            lines.append(f"| {cell['name']} | {_num(base['PSNR vs ODE'])} | not run: {entry['error']} | | | | | |")
+            continue
+        peer, goal = entry["peer"], goals.get((cell["name"], variant), {})
+        met = "" if "met" not in goal else ("yes" if goal["met"] else "no")
+        lines.append(f"| {cell['name']} | {_num(base['PSNR vs ODE'])} | {_num(entry['NFE'], 1)} "
+                     f"({cell['baseline_nfe'] / entry['NFE']:.2f}x) | {_num(entry['psnr_ode'])} | "
+                     f"{peer.get('name', '')} | {_num(peer.get('psnr'))} | {_delta(peer)} | {met} |")
+    return lines
+
+
+_DETAIL = (("NFE", 1), ("NFE ratio", 2), ("PSNR vs ODE", 2), ("SSIM vs ODE", 4), ("PSNR vs full run", 2),
+           ("SSIM vs full run", 4), ("Δ vs peer", 2), ("FD-digits", 2), ("accuracy", 3), ("wall s", 3),
+           ("wall/NFE", 2), ("SADA state MiB", 2))
+
+
+def _detail(cell: dict, timing: bool) -> list[str]:
+    columns = [c for c in _DETAIL if timing or c[0] not in ("wall s", "wall/NFE")]
+    header = [c[0] if c[0] != "PSNR vs full run" else "PSNR vs full run (paper's convention)" for c in columns]
+    header = ["Δ vs best plain grid (dB)" if h == "Δ vs peer" else h for h in header]
+    lines = ["| method | " + " | ".join(header) + " | bit-identical |", "|---" * (len(columns) + 2) + "|"]
+    for row in cell["rows"]:
+        if "NFE" not in row:
+            reason = row.get("error") or row.get("skipped")
+            lines.append(f"| {row['method']} | not run: {reason[:140]} |" + " |" * len(columns))
+            continue
+        cells = [_num(row.get(key), digits, key == "Δ vs peer") for key, digits in columns]
+        name = row["method"] + (f" (= {', '.join(row['same grid as'])})" if row.get("same grid as") else "")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {'yes' if row['bit-identical'] else 'no'} |")
+    return lines
+
+
+def render_markdown(results: dict, docs: bool = False) -> str:
+    """The report as markdown. ``docs=True``: the generated section of the benchmarks page (per-cell detail
+    tables only for the main job's cells, no traces); ``False``: the run's ``results.md`` (everything)."""
+    if not isinstance(results, dict) or "cells" not in results or "settings" not in results:
+        raise ValueError("results must be a benchmark results dict with 'settings' and 'cells' (results.json)")
+    s = results["settings"]
+    out = [DOCS_BEGIN, ""] if docs else ["# sada bench results", ""]
+    out.append(f"Seeds {s['seeds'][0]}-{s['seeds'][-1]} ({s['seed_set']}, labels = seed % 10), batch {s['batch']}, "
+               f"torch threads per process: {s['torch_threads']}, processes: {s['world_size']}, torch {s['torch']}, "
+               f"diffusers {s.get('diffusers', '?')}; the run took {s.get('wall_s', 0) / 60:.1f} min.")
+    out += ["", "### ODE references", ""] + _references(results)
+    out += ["", "### Goals (held-out seeds: every SADA variant against the best plain grid at equal evaluations)",
+            ""] + _goals(results)
+    for variant in SADA_VARIANTS:
+        out += ["", f"### {variant}: every cell", ""] + _matrix(results, variant)
+    default_names = {c.name for c in DEFAULT_CELLS}
+    timing = any("wall s" in r for c in results["cells"] for r in c["rows"])
+    for cell in results["cells"]:
+        if docs and cell["name"] not in default_names:
+            continue
+        out += ["", f"### {cell['name']}", ""] + _detail(cell, timing)
+        if docs:
+            slug = cell["name"].replace("/", "-")
+            out += ["", f"![Pareto, {cell['name']}](img/bench-pareto-{slug}.png)",
+                    f"![Samples, {cell['name']}: ODE solution, full run, each SADA variant and its plain grid]"
+                    f"(img/bench-grid-{slug}.png)"]
+        else:
+            traces = [f"- {r['method']}: {r['trace']}" for r in cell["rows"] if r.get("trace")]
+            out += ["", "Traces:", ""] + traces if traces else []
+            out += ["", f"![Pareto](pareto-{cell['name'].replace('/', '-')}.png)"]
+    if docs:
+        out += ["", DOCS_END]
+    return "\n".join(out) + "\n"
+
+
+def render_file(path, docs: bool = False) -> str:
+    """:func:`render_markdown` of a stored ``results.json``."""
+    with open(path) as f:
+        return render_markdown(json.load(f), docs=docs)
+
+
+def update_docs(results_path, page_path) -> Path:
+    """Regenerate a docs page from a run: store the results (without per-image arrays) as
+    ``bench-results.json`` next to the page, copy the main cells' Pareto plots and sample grids from the
+    run's folder into the page's ``img/``, and replace the page's generated section. Returns the stored JSON."""
+    results_path, page_path = Path(results_path), Path(page_path)
+    data = json.loads(results_path.read_text())
+    for cell in data.get("cells", []):
+        for row in cell["rows"]:
+            row.pop("psnr_ode_per_image", None)
+    text = render_markdown(data, docs=True)
+    page = page_path.read_text()
+    if page.count(DOCS_BEGIN) != 1 or page.count(DOCS_END) != 1:
+        raise ValueError(f"{page_path} needs exactly one '{DOCS_BEGIN}' and one '{DOCS_END}' line")
+    stored = page_path.parent / "bench-results.json"
+    stored.write_text(json.dumps(data, indent=1) + "\n")
+    images = page_path.parent / "img"
+    images.mkdir(exist_ok=True)
+    for cell in data["cells"]:
+        slug = cell["name"].replace("/", "-")
+        for kind in ("pareto", "grid"):
+            source = results_path.parent / f"{kind}-{slug}.png"
+            if source.is_file() and cell["name"] in {c.name for c in DEFAULT_CELLS}:
+                shutil.copyfile(source, images / f"bench-{kind}-{slug}.png")
+    head, rest = page.split(DOCS_BEGIN)
+    page_path.write_text(head + text.rstrip("\n") + rest.split(DOCS_END, 1)[1])
+    return stored

@@ -1,0 +1,94 @@
+"""The ``sada`` command line: bad arguments are argparse errors (exit 2, a message naming the option), never
+tracebacks; every subcommand's help shows defaults, methods and the expected run time."""
+import json
+
+import pytest
+
+from sada.cli import main
+
+
+def _usage_error(capsys, argv) -> str:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2, argv
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["demo", "--batch", "0"], "--batch"),  # was a ZeroDivisionError traceback
+    (["demo", "--batch", "-3"], "--batch"),
+    (["demo", "--dim", "0"], "--dim"),
+    (["demo", "--seed", "-1"], "--seed"),
+    (["demo", "--batch", "two"], "--batch"),
+    (["bench", "--seeds", "0"], "--seeds"),
+    (["bench", "--batch", "0"], "--batch"),
+    (["bench", "--threads", "0"], "--threads"),
+    (["bench", "--repeats", "-1"], "--repeats"),
+    (["bench", "--reference-steps", "3"], "--reference-steps"),
+    (["bench", "--seed-set", "test"], "--seed-set"),
+])
+def test_bad_arguments_are_usage_errors_naming_the_option(capsys, argv, option):
+    err = _usage_error(capsys, argv)
+    assert f"argument {option}" in err and "Traceback" not in err
+
+
+def test_positive_int_errors_say_what_is_expected(capsys):
+    assert "must be >= 1, got 0" in _usage_error(capsys, ["demo", "--batch", "0"])
+    assert "expected an integer, got 'two'" in _usage_error(capsys, ["demo", "--batch", "two"])
+
+
+def _help(capsys, argv) -> str:
+    with pytest.raises(SystemExit) as info:
+        main(argv + ["--help"])
+    assert info.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_demo_help_shows_defaults_methods_and_run_time(capsys):
+    text = " ".join(_help(capsys, ["demo"]).split())
+    assert "(default: 8)" in text and "(default: 64)" in text and "(default: dpmpp_2m)" in text
+    assert "SADA paper" in text and "SADA corrected" in text and "error control" in text
+    assert "Expected run time: about a second" in text
+
+
+def test_bench_help_shows_defaults_methods_and_run_time(capsys):
+    text = " ".join(_help(capsys, ["bench"]).split())
+    for default in ("(default: 32)", "(default: 16)", "(default: heldout)", "(default: sada-bench-out)",
+                    "(default: ['main', 'control'])"):
+        assert default in text, default
+    for method in ("baseline", "SADA (the adapter's default configuration)", "SADA paper", "SADA step-indexed", "tolerance",
+                   "plain grids", "same ends", "karras"):
+        assert method in text, method
+    assert "Expected run time on 2 CPU cores" in text and "--full about" in text
+
+
+def test_bench_report_help_shows_run_time(capsys):
+    text = " ".join(_help(capsys, ["bench-report"]).split())
+    assert "results.json" in text and "Expected run time" in text and "(default: False)" in text
+
+
+def test_bench_lists_the_default_and_the_full_matrix(capsys):
+    assert main(["bench", "--list-cells"]) == 0
+    default = capsys.readouterr().out.split()
+    assert default == ["diffusers/unet/dpmpp_2m/trailing/50", "diffusers/unet/dpmpp_2m/trailing/25",
+                       "diffusers/mmdit/flow_euler/shift1/50", "diffusers/mmdit/flow_euler/shift1/25"]
+    assert main(["bench", "--full", "--list-cells"]) == 0
+    full = capsys.readouterr().out.split()
+    # U-Net diffusers 3 samplers x 2 spacings, MMDiT 1 x 2, k-diffusion 4 x 2; 4 step counts each
+    assert len(full) == (6 + 2 + 8) * 4 and len(set(full)) == len(full)
+    assert main(["bench", "--cells", "k-diffusion/*/lms/*/15", "--list-cells"]) == 0
+    assert capsys.readouterr().out.split() == ["k-diffusion/unet/lms/karras/15", "k-diffusion/unet/lms/exponential/15"]
+
+
+def test_bench_rejects_an_unknown_cell_with_a_message():
+    with pytest.raises(SystemExit) as info:
+        main(["bench", "--cells", "diffusers/unet/ddim/trailing/50", "--list-cells"])
+    assert "no cell matches 'diffusers/unet/ddim/trailing/50'" in str(info.value.code)
+
+
+def test_bench_report_rejects_a_file_that_is_not_a_results_file(tmp_path):
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps({"models": {}}))
+    with pytest.raises(SystemExit) as info:
+        main(["bench-report", str(path)])
+    assert "cannot render" in str(info.value.code) and "settings" in str(info.value.code)
