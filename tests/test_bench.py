@@ -160,3 +160,10 @@ def test_timing_run_rejects_steps_without_a_preset():
 
     with pytest.raises(ValueError, match="steps must be 50, 25 or 15"):
         run_timing("tiny", steps=20)
+
+
+def test_timing_run_rejects_an_unknown_compile_mode_naming_it():
+    from sada.bench.timing import run_timing
+
+    with pytest.raises(ValueError, match="compile_mode must be one of .* got 'fast'"):
+        run_timing("tiny", steps=15, compile_mode="fast")

@@ -84,14 +84,24 @@ def _call(pipe, size: str, batch: int, steps: int, device: str, dtype: torch.dty
     return pipe(**kwargs).images
 
 
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune")
+
+
 def run_timing(size: str = "sd-medium", steps: int = 25, batch: int = 2, repeats: int = 3, device: str = "cpu",
-               dtype: torch.dtype = torch.float32) -> list[dict]:
-    """Rows ``method, NFE, median seconds, wall speedup, wall/NFE`` (all methods timed round-robin)."""
+               dtype: torch.dtype = torch.float32, compile_mode: str | None = None) -> list[dict]:
+    """Rows ``method, NFE, median seconds, wall speedup, wall/NFE`` (all methods timed round-robin).
+
+    ``compile_mode``: ``torch.compile`` the U-Net with this mode (``"reduce-overhead"``: CUDA graphs on a GPU)
+    after counting the evaluations eagerly; SADA then takes batch-level decisions, as the adapter does by itself
+    for a compiled network, so the counts are taken eagerly with ``lockstep=True``."""
     import sada.adapters.diffusers as sada_diffusers
     from sada.config import SADAConfig, preset
 
     if steps not in (50, 25, 15):
         raise ValueError(f"steps must be 50, 25 or 15 (a preset exists for those), got {steps}")
+    if compile_mode not in COMPILE_MODES:
+        raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {compile_mode!r}")
+    lockstep = True if compile_mode else None
     pipe = build_pipeline(size, device, dtype)
     family = "sdxl" if size == "sdxl" else "sd2"
     sada = preset(family, steps, mode="corrected", reduce="sample", max_downsample=0)
@@ -103,7 +113,7 @@ def run_timing(size: str = "sd-medium", steps: int = 25, batch: int = 2, repeats
         def call():
             if config is None:
                 return _call(pipe, size, batch, n_steps, device, dtype)
-            with sada_diffusers.enabled(pipe, config):
+            with sada_diffusers.enabled(pipe, config, lockstep=lockstep):
                 return _call(pipe, size, batch, n_steps, device, dtype)
         return call
 
@@ -119,6 +129,10 @@ def run_timing(size: str = "sd-medium", steps: int = 25, batch: int = 2, repeats
     methods[f"fewer steps ({k})"] = method(None, k)
     counts[f"fewer steps ({k})"] = nfe(methods[f"fewer steps ({k})"])
     hook.remove()
+    if compile_mode:
+        pipe.unet = torch.compile(pipe.unet, mode=compile_mode)
+        for call in methods.values():  # compile (and capture graphs) outside the timed rounds
+            call()
     times = {name: [] for name in methods}
     names = list(methods)
     for r in range(repeats):
@@ -148,14 +162,16 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--fp16", action="store_true", help="half-precision weights (GPU)")
+    p.add_argument("--compile", choices=[m for m in COMPILE_MODES if m], default=None,
+                   help="torch.compile the U-Net with this mode (reduce-overhead: CUDA graphs on a GPU)")
     p.add_argument("--json", help="also write the rows here")
     args = p.parse_args(argv)
     if args.batch < 1 or args.repeats < 1:
         raise SystemExit(f"--batch and --repeats must be >= 1, got {args.batch}, {args.repeats}")
     rows = run_timing(args.size, args.steps, args.batch, args.repeats, args.device,
-                      torch.float16 if args.fp16 else torch.float32)
+                      torch.float16 if args.fp16 else torch.float32, args.compile)
     print(f"{args.size} U-Net (random weights), {args.steps} DPM++ steps, batch {args.batch} (CFG: "
-          f"{2 * args.batch} rows), device {args.device}, median of {args.repeats}")
+          f"{2 * args.batch} rows), device {args.device}, compile {args.compile or 'off'}, median of {args.repeats}")
     print("| method | NFE | wall s | NFE speedup | wall speedup | wall/NFE |\n|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['method']} | {r['NFE']:.1f} | {r['median_s']:.2f} | {r['NFE speedup']:.2f}x | "
