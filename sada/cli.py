@@ -9,9 +9,9 @@ import time
 
 __all__ = ["main"]
 
-BENCH_TIME = ("Expected run time on 2 CPU cores: the default cells about 8 minutes on a first run (the ODE "
-              "references are computed once and cached, ~3 minutes of it), --full about 2 hours; add "
-              "--threads 1 on a machine shared with other jobs.")
+BENCH_TIME = ("Expected run time on 2 CPU cores: the default cells about 11 minutes on a first run (the ODE "
+              "references are computed once and cached, ~5 minutes of it; ~6 minutes afterwards), --full about "
+              "2 hours; add --threads 1 on a machine shared with other jobs.")
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
