@@ -24,8 +24,10 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from sada.config import SADAConfig
 from sada.policy import Decision
 from sada.trace import Trace
+from sada.trajectory import StepGrid, check_kind
 
 __all__ = ["SamplingEngine", "StepSequence"]
 
@@ -68,6 +70,21 @@ class StepSequence:
     """``plan`` / ``complete`` / ``complete_stage`` written once for every engine (see the module docstring)."""
 
     _planned: tuple[int, np.ndarray] | None = None
+
+    def _configure(self, config: SADAConfig, grid: StepGrid, kind: str, sample_scaling: str) -> None:
+        """What every SADA engine derives the same way from its arguments: the config checked against the grid's
+        step count and its numerics resolved for this grid and host (:meth:`SADAConfig.resolve`)."""
+        if not isinstance(config, SADAConfig):
+            raise TypeError(f"config must be a SADAConfig, got {type(config).__name__}")
+        if not isinstance(grid, StepGrid):
+            raise TypeError(f"grid must be a StepGrid, got {type(grid).__name__}")
+        self.kind = check_kind(kind)
+        self.grid = grid
+        self.num_steps = grid.num_steps
+        self.config = config.for_steps(self.num_steps)
+        self.settings = self.config.resolve(grid, sample_scaling)
+        self.estimator, self.criterion = self.settings.estimator, self.settings.criterion
+        self.lagrange_target = self.settings.lagrange_target
 
     def plan(self, step: int, x) -> np.ndarray:
         decisions = np.asarray(self._begin(step, x))

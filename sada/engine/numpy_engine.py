@@ -54,7 +54,7 @@ from sada.reference import (
 )
 from sada.validation import as_int
 from sada.trace import Trace
-from sada.trajectory import StepGrid, check_kind, convert, synthesise_output, to_eps, to_x0
+from sada.trajectory import StepGrid, convert, synthesise_output, to_eps, to_x0
 
 __all__ = ["NumpyEngine"]
 
@@ -64,19 +64,9 @@ class NumpyEngine(StepSequence):
 
     def __init__(self, config: SADAConfig, grid: StepGrid, kind: str, batch_size: int, replay=None,
                  sample_scaling: str = "schedule", solver_order: int = 2):
-        if not isinstance(config, SADAConfig):
-            raise TypeError(f"config must be a SADAConfig, got {type(config).__name__}")
-        if not isinstance(grid, StepGrid):
-            raise TypeError(f"grid must be a StepGrid, got {type(grid).__name__}")
-        self.kind = check_kind(kind)
-        self.grid = grid
-        self.num_steps = grid.num_steps
-        self.config = config.for_steps(self.num_steps)
+        self._configure(config, grid, kind, sample_scaling)
         self.batch_size = as_int("batch_size", batch_size, minimum=1)
-        self.settings = self.config.resolve(grid, sample_scaling)
-        self.estimator, self.criterion = self.settings.estimator, self.settings.criterion
         self.sample_scaling = SampleScaling(sample_scaling)
-        self.lagrange_target = self.settings.lagrange_target
         self.error_control = isinstance(self.config.schedule, ErrorControl)
         self.solver_order = as_int("solver_order", solver_order, minimum=1)
         self.replay = None if replay is None else np.asarray(replay, dtype=np.int8)

@@ -28,7 +28,7 @@ from sada.engine.contract import StepSequence
 from sada.policy import Decision, make_policy
 from sada import kernels
 from sada.trace import Trace
-from sada.trajectory import StepGrid, check_kind, synthesise_output, to_eps, to_x0
+from sada.trajectory import StepGrid, synthesise_output, to_eps, to_x0
 from sada.torch_backend.error_control import RecentPredictions
 from sada.torch_backend.estimates import StepScheduleEstimates
 from sada.torch_backend.rings import TensorRing
@@ -62,17 +62,7 @@ class SADAEngine(StepScheduleEstimates, StepSequence):
     def __init__(self, config: SADAConfig, grid: StepGrid, kind: str, groups: "np.ndarray | list[int] | None" = None,
                  history_dtype: torch.dtype | None = None, replay: "np.ndarray | None" = None,
                  sample_scaling: str = "schedule", solver_order: int = 2, lockstep: bool = False):
-        if not isinstance(config, SADAConfig):
-            raise TypeError(f"config must be a SADAConfig, got {type(config).__name__}")
-        if not isinstance(grid, StepGrid):
-            raise TypeError(f"grid must be a StepGrid, got {type(grid).__name__}")
-        self.kind = check_kind(kind)
-        self.grid = grid
-        self.num_steps = grid.num_steps
-        self.config = config.for_steps(self.num_steps)
-        self.settings = self.config.resolve(grid, sample_scaling)
-        self.estimator, self.criterion = self.settings.estimator, self.settings.criterion
-        self.lagrange_target = self.settings.lagrange_target
+        self._configure(config, grid, kind, sample_scaling)
         self.error_control = isinstance(self.config.schedule, ErrorControl)
         self.solver_order = solver_order
         if not isinstance(lockstep, bool):
