@@ -22,15 +22,9 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from tests.diffusers_fixtures import _ready  # noqa: E402  (eval mode, no progress bar)
+
 TEXT_LEN = 7  # prompt tokens; never equal to a denoiser batch size (row slicing keys on the leading dim)
-
-
-def _ready(pipe):
-    for component in pipe.components.values():
-        if isinstance(component, torch.nn.Module):
-            component.eval()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def _gen(seed):

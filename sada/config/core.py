@@ -217,8 +217,6 @@ def _schedule_for_replace(schedule, flat: dict):
         return StepSchedule(max_interval=schedule.max_interval)
     if isinstance(schedule, StepSchedule) and names & ERROR_FIELDS and not names & STEP_FIELDS:
         return ErrorControl(max_interval=schedule.max_interval)
-    if isinstance(schedule, StepSchedule) and choice(Mode, "mode", flat.get("mode")) == Mode.PAPER:
-        return schedule
     return schedule
 
 
