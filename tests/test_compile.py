@@ -9,6 +9,7 @@ diffusers = pytest.importorskip("diffusers")
 import sada.adapters.diffusers as sada_d  # noqa: E402
 import sada.adapters.k_diffusion as sada_k  # noqa: E402
 from sada import SADAConfig  # noqa: E402
+from sada.config import StepSchedule  # noqa: E402
 from sada.torch_backend.compiled import LOCKSTEP_NOTE, is_compiled, resolve_lockstep  # noqa: E402
 from tests import diffusers_fixtures as fx  # noqa: E402
 
@@ -39,14 +40,15 @@ def _rows_seen(pipe, compiled: bool):
     return seen, handle
 
 
-def _run(compiled: bool, backend: str = "inductor", reduce: str = "sample", lockstep=None, steps=STEPS, batch=BATCH):
+def _run(compiled: bool, backend: str = "inductor", reduce: str = "sample", lockstep=None, steps=STEPS, batch=BATCH,
+         schedule=None):
     pipe = fx.sd_pipeline()
     seen, hook = _rows_seen(pipe, compiled)
     if compiled:
         pipe.unet = torch.compile(pipe.unet, backend=backend)
     torch._dynamo.reset()
     counters.clear()
-    with torch.no_grad(), sada_d.enabled(pipe, SADAConfig(reduce=reduce), lockstep=lockstep) as handle:
+    with torch.no_grad(), sada_d.enabled(pipe, SADAConfig(schedule=schedule, reduce=reduce), lockstep=lockstep) as handle:
         out = _call(pipe, steps, batch)
     hook.remove()
     graphs = int(counters["stats"]["unique_graphs"])
@@ -71,8 +73,9 @@ def test_compiled_unet_runs_lockstep_matches_eager_batch_decisions_and_compiles_
 def test_forced_per_sample_decisions_feed_partial_batches_and_recompile():
     """``lockstep=False`` keeps per-sample decisions on a compiled network: partial batches (here 12 of 16 rows at
     two steps) fail the guards and compile a second graph; outputs still equal the eager per-sample run."""
-    eager, eager_trace, eager_rows, _ = _run(False, batch=8, steps=50)
-    out, trace, rows, graphs = _run(True, backend="aot_eager", lockstep=False, batch=8, steps=50)
+    # the authors' step schedule: its per-sample decisions differ within this batch (the default's interleaving does not)
+    eager, eager_trace, eager_rows, _ = _run(False, batch=8, steps=50, schedule=StepSchedule())
+    out, trace, rows, graphs = _run(True, backend="aot_eager", lockstep=False, batch=8, steps=50, schedule=StepSchedule())
     np.testing.assert_array_equal(trace.decisions, eager_trace.decisions)
     assert rows == eager_rows and len(set(rows)) >= 2  # partial batches reached the compiled network
     assert graphs >= 2

@@ -7,6 +7,7 @@ diffusers = pytest.importorskip("diffusers")
 
 import sada.adapters.diffusers as sada_d  # noqa: E402
 from sada import SADAConfig  # noqa: E402
+from sada.config import StepSchedule  # noqa: E402
 from sada.policy import Decision  # noqa: E402
 from sada.torch_backend.engine import SADAEngine  # noqa: E402
 from tests import diffusers_fixtures as fx  # noqa: E402
@@ -198,8 +199,8 @@ def test_second_call_with_other_resolution_and_step_count_needs_no_reset():
 def test_per_sample_decisions_run_only_the_rows_that_need_the_network():
     pipe = fx.sd_pipeline()
     counter = fx.RowCounter(pipe.unet.conv_in)
-    with sada_d.enabled(pipe, SADAConfig()) as handle:
-        _sd_call(pipe, batch=3, seed=0)  # with these random weights the samples disagree at step 11
+    with sada_d.enabled(pipe, SADAConfig(schedule=StepSchedule())) as handle:
+        _sd_call(pipe, batch=3, seed=0)  # the authors' step schedule: with these weights the samples disagree at step 11
         d = handle.trace.decisions
     counter.remove()
     mixed = [n for n in range(50) if len(set(d[n])) > 1]

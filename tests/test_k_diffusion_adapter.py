@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from sada import SADAConfig, preset
+from sada.config import StepSchedule
 from sada.adapters import k_diffusion as kd
 from sada.lab.distributions import random_mixture
 from sada.trajectory import DiscreteVPSchedule
@@ -63,20 +64,20 @@ def test_defaults_at_50_steps_cut_model_calls_1_6x_and_stay_close(name, toleranc
     plain_model = MixtureDenoiser()
     plain = sampler(plain_model, _noise(), _sigmas(), disable=True)
     results = {}
-    for mode in ("paper", "corrected"):
+    for mode in ("paper", "default"):
         model = MixtureDenoiser()
-        cfg = SADAConfig() if mode == "corrected" else preset("sd2", 50, reduce="sample")
+        cfg = SADAConfig() if mode == "default" else preset("sd2", 50, reduce="sample")
         wrapped = kd.wrap(model, _sigmas(), cfg)
         out = sampler(wrapped, _noise(), _sigmas(), disable=True)
         results[mode] = (plain_model.calls / model.calls, _rms(out, plain))
         assert wrapped.calls == model.calls
-    speed, err = results["corrected"]
+    speed, err = results["default"]
     assert speed >= 1.6 and err <= tolerance, results
     assert results["paper"][0] >= 1.6 and results["paper"][1] <= 5 * tolerance, results
 
 
 def test_per_sample_skip_paths_in_a_batch_equal_the_paths_alone():
-    cfg = SADAConfig(criterion="corrected")  # its decisions differ between these four samples
+    cfg = SADAConfig(schedule=StepSchedule(), criterion="corrected")  # its decisions differ between these samples
     batch = kd.wrap(MixtureDenoiser(), _sigmas(), cfg)
     K.sample_dpmpp_2m(batch, _noise(4), _sigmas(), disable=True)
     paths = [batch.trace.skip_path(i) for i in range(4)]
@@ -154,7 +155,7 @@ def test_nested_conditioning_is_sliced_with_the_rows_that_run():
     cond = {"c_crossattn": [torch.arange(4.0)[:, None].expand(4, 3)], "c_concat": [torch.zeros(4, 2)],
             "extra": {"scale": torch.ones(4)}, "shared": torch.ones(7)}
     model = NestedConditioningDenoiser()
-    wrapped = kd.wrap(model, _sigmas(), SADAConfig(criterion="corrected"))
+    wrapped = kd.wrap(model, _sigmas(), SADAConfig(schedule=StepSchedule(), criterion="corrected"))
     out = K.sample_dpmpp_2m(wrapped, _noise(4), _sigmas(), extra_args={"cond": cond}, disable=True)
     d = wrapped.trace.decisions
     assert torch.isfinite(out).all() and any(len(set(row)) > 1 for row in d)  # some steps ran a subset of rows

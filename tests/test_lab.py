@@ -189,7 +189,7 @@ def test_error_controlled_skipping_trades_evaluations_for_fidelity_monotonically
     base, nfe0, _ = run_sampler(problem)
     results = []
     for tol in (None, 0.03, 0.01, 0.003):
-        x, nfe, engine = run_sampler(problem, SADAConfig(error_tolerance=tol))
+        x, nfe, engine = run_sampler(problem, SADAConfig(schedule=StepSchedule(), error_tolerance=tol))
         results.append((nfe, _rms(x, base)))
         if tol is not None:  # the embedded estimates are recorded per decision step and sample
             assert engine.trace.extras["error_estimate"] and max(len(v) for v in

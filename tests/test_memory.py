@@ -11,7 +11,7 @@ from sada.bench.overhead import GaussianStub, _grid, run_once
 
 # (model, config) -> latent copies per sample, as documented in docs/torch-engine.md ("Memory")
 EXPECTED = {
-    ("unet", "default"): 10, ("mmdit", "default"): 9, ("unet", "error-control"): 4, ("mmdit", "error-control"): 4,
+    ("unet", "default"): 3, ("mmdit", "default"): 3, ("unet", "step-schedule"): 10, ("mmdit", "step-schedule"): 9,
     ("unet", "paper"): 8, ("mmdit", "paper"): 2,
     ("unet", "error-controlled"): 10, ("mmdit", "error-controlled"): 8,
 }
@@ -39,21 +39,19 @@ def test_corrected_criterion_holds_at_most_8_latents_per_sample():
     assert _copies(SADAConfig(schedule=StepSchedule(), criterion="corrected")) == 8  # 3 noise predictions, x~^, 4 multistep nodes
 
 
-def test_error_control_holds_its_4_recent_predictions_only():
-    config = SADAConfig(schedule=ErrorControl())
-    assert _copies(config) == 4
-    assert _copies(config, family="flow", kind="flow_velocity") == 4
+def test_error_control_holds_its_recent_predictions_only():
+    assert _copies(SADAConfig(schedule=ErrorControl())) == 3  # max(nodes, solver order + 1) = 3
+    assert _copies(SADAConfig(schedule=ErrorControl(nodes=4))) == 4
+    assert _copies(SADAConfig(schedule=ErrorControl()), family="flow", kind="flow_velocity") == 3
 
 
-@pytest.mark.xfail(strict=True, reason="the default step schedule pairs the corrected estimate with the paper "
-                   "criterion, which keeps 2 drifts and the raw output besides: 10 latents per sample on a VP grid")
 def test_default_config_holds_at_most_8_latents_per_sample():
-    assert SADAConfig().schedule == StepSchedule()
+    assert SADAConfig().schedule == ErrorControl()
     assert _copies(SADAConfig()) <= 8
 
 
 def test_configs_of_the_overhead_script_are_named():
-    assert set(CONFIGS) == {"default", "error-control", "paper", "error-controlled"}
+    assert set(CONFIGS) == {"default", "step-schedule", "paper", "error-controlled"}
     with pytest.raises(ValueError, match="'vae'"):
         measure("vae", "default")
     with pytest.raises(ValueError, match="repeats must be a positive int, got 0"):

@@ -27,7 +27,7 @@ NUMERICS_FIELDS = {f.name for f in dataclasses.fields(Numerics)}
 PRUNING_FIELDS = {f.name for f in dataclasses.fields(TokenPruning)}
 SCHEDULES = {"steps": StepSchedule, "error_control": ErrorControl}
 # the schedule of SADAConfig() and of flat keywords that name no schedule
-DEFAULT_SCHEDULE = StepSchedule
+DEFAULT_SCHEDULE = ErrorControl
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,8 @@ class SADAConfig:
                 raise TypeError(f"{part} must be a {cls.__name__}, got {type(value).__name__}")
         numerics = (numerics or Numerics()).replace(**{k: v for k, v in fields.items() if k in NUMERICS_FIELDS})
         pruning = (pruning or TokenPruning()).replace(**{k: v for k, v in fields.items() if k in PRUNING_FIELDS})
-        schedule = _schedule_with(schedule, {k: v for k, v in fields.items() if k in SCHEDULE_FIELDS}, numerics)
+        schedule = _schedule_with(schedule, {k: v for k, v in fields.items() if k in SCHEDULE_FIELDS}, numerics,
+                                  pruning.enabled)
         if numerics.mode == Mode.PAPER and not isinstance(schedule, StepSchedule):
             raise ValueError("mode='paper' runs the official algorithm, which is written in step indices: it needs a "
                              "StepSchedule, not ErrorControl")
@@ -188,15 +189,20 @@ def _tuples(data: dict) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
 
 
-def _schedule_with(schedule, fields: dict, numerics: Numerics):
-    """The schedule named by ``schedule`` and flat schedule ``fields`` (their names pick its kind)."""
+def _schedule_with(schedule, fields: dict, numerics: Numerics, prunes_tokens: bool = False):
+    """The schedule named by ``schedule`` and flat schedule ``fields`` (their names pick its kind).
+
+    With no schedule named, token pruning selects the step schedule: its token cache is refreshed on the first
+    computed step after a skip, and the default schedule interleaves computed and skipped steps, so every
+    computed step would refresh and nothing would be pruned."""
     step_only, error_only = set(fields) & STEP_FIELDS, set(fields) & ERROR_FIELDS
     if step_only and error_only:
         raise ValueError(f"fields {sorted(step_only)} belong to a StepSchedule and {sorted(error_only)} to "
                          "ErrorControl: a config has one schedule")
     if schedule is None:
-        if step_only or numerics.mode == Mode.PAPER or numerics.error_tolerance is not None:
-            kind = StepSchedule  # the paper's numerics and the error veto belong to the step schedule
+        if step_only or numerics.mode == Mode.PAPER or numerics.error_tolerance is not None or \
+                (prunes_tokens and not error_only):
+            kind = StepSchedule  # the paper's numerics, the error veto and token pruning belong to the step schedule
         elif error_only:
             kind = ErrorControl
         else:

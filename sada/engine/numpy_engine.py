@@ -79,7 +79,8 @@ class NumpyEngine(StepSequence):
         self._edm_sigma = grid.edm_sigma
         self._history: deque = deque(maxlen=3)  # per step, oldest first
         self._nodes = RowRing(max(getattr(self.config.schedule, "lagrange_term", 1), 1))  # (abscissa, x0) per row
-        depth = max(getattr(self.config.schedule, "nodes", 1), self.solver_order + 1)
+        schedule = self.config.schedule
+        depth = max(schedule.nodes, schedule.test_order(self.solver_order) + 1) if hasattr(schedule, "nodes") else 1
         self._recent = [deque(maxlen=depth) for _ in range(self.batch_size)]  # error control: (log-SNR, x0) per row
         self._eps_nodes = RowRing(3)  # corrected mode: each row's last three computed noise predictions
         self._last_raw = None
@@ -211,7 +212,8 @@ class NumpyEngine(StepSequence):
         self._estimate = None
         if step >= self.num_steps - 1:
             return
-        schedule, p = self.config.schedule, self.solver_order
+        schedule = self.config.schedule
+        p = schedule.test_order(self.solver_order)
         at = self._log_snr[step + 1]
         h = self._log_snr[step + 2] - at if step + 2 <= self.num_steps else np.inf
         ratios = np.full(self.batch_size, np.nan)

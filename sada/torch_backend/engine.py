@@ -318,8 +318,7 @@ class SADAEngine(StepScheduleEstimates, StepSequence):
         means, bad = host[:, 0] / np.bincount(self.groups, minlength=g), host[:, 1] > 0
         bad_rows = bad[self.groups]
         if bad_rows.any():
-            for ring in (self._eps, self._drift, self._velocity, self._nodes) + \
-                    ((self._recent.ring,) if self._recent else ()):
+            for ring in (self._eps, self._drift, self._velocity, self._nodes) + ((self._recent,) if self._recent else ()):
                 ring.invalidate(bad_rows)
             self.trace.note(step, f"non-finite model output in samples {np.flatnonzero(bad).tolist()}: "
                                   "not used for extrapolation; they compute until their history refills")
@@ -350,7 +349,7 @@ class SADAEngine(StepScheduleEstimates, StepSequence):
         finite = np.isfinite(test) if test is not None else None
         if self.error_control:
             h = float(self._log_snr[step + 2] - self._log_snr[step + 1]) if step + 2 <= self.num_steps else np.inf
-            limit = self.config.schedule.tolerance * h ** self.solver_order
+            limit = self.config.schedule.tolerance * h ** self._recent.order
             self.trace.extras.setdefault("error_ratio", {})[step + 1] = (test / limit).tolist()
             return finite & (np.where(finite, test, np.inf) <= limit)
         if self.estimator == Variant.PAPER_FLOW:

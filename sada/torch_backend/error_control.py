@@ -6,7 +6,8 @@ test that allows the skip compares two local errors in the same units:
 
 * the extrapolation's, estimated by the embedded pair (degree ``nodes - 1`` minus degree ``nodes - 2``):
   ``e = RMS((l_high - l_low) . D)``;
-* the host solver's own at that step, for a method of order ``p``: ``s = h^p RMS(D[lambda_n, ..., lambda_{n-p}])``,
+* the host solver's own at that step, for a method of order ``p`` (at most ``nodes - 1``:
+  :meth:`~sada.config.ErrorControl.test_order`): ``s = h^p RMS(D[lambda_n, ..., lambda_{n-p}])``,
   ``h`` the log-SNR step that consumes the estimate and ``D[...]`` the ``p``-th divided difference of the
   predictions (``D^(p) / p!`` for smooth ``D``).
 
@@ -33,37 +34,59 @@ class RecentPredictions:
             raise TypeError(f"schedule must be an ErrorControl, got {type(schedule).__name__}")
         if isinstance(order, bool) or not isinstance(order, int) or not 1 <= order <= 4:
             raise ValueError(f"solver order must be an int in 1..4, got {order!r}")
-        self.nodes, self.order, self.tolerance = schedule.nodes, order, schedule.tolerance
-        self.ring = TensorRing(max(self.nodes, order + 1))
+        # ``order``: the order of the local-error scale of the test (the solver's, at most nodes - 1)
+        self.nodes, self.order, self.tolerance = schedule.nodes, schedule.test_order(order), schedule.tolerance
+        self.ring = TensorRing(max(self.nodes, self.order + 1))
+        self._cache: dict = {}
 
     def push(self, computed: np.ndarray, log_snr: float, x0: torch.Tensor) -> None:
         self.ring.push(computed, float(log_snr), x0)
+        self._cache = {}  # weights depend on the stored abscissae, which just changed
+
+    def invalidate(self, rows: np.ndarray) -> None:
+        """Forget the predictions of ``rows`` (after a non-finite output); they refill from scratch."""
+        self.ring.invalidate(rows)
+        self._cache = {}
 
     def ready(self, rows: int) -> np.ndarray:
         """Rows holding enough predictions for the extrapolation and the solver's error estimate."""
         return self.ring.full(rows)
 
-    def _weights(self, kernel, depth: int, *args) -> np.ndarray:
-        rows = self.ring.keys.shape[1]
+    def _weights(self, name: str, kernel, depth: int, *args) -> np.ndarray:
+        """``kernel`` on every ready row's newest ``depth`` abscissae (``[rows, ring depth]``, zero elsewhere).
+
+        Computed once per history state and arguments (the step's error test and the skipped step's estimate
+        share their weights), and once for the whole batch when every row holds the same abscissae."""
+        key = (name, depth, args)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        keys = self.ring.keys
+        rows = keys.shape[1]
         weights = np.zeros((rows, self.ring.depth))
         full = self.ready(rows)
-        if full.any():
-            weights[full, :depth] = kernel(np.ascontiguousarray(self.ring.keys[:depth, full].T), *args)
+        if full.all() and rows > 1 and (keys[:depth] == keys[:depth, :1]).all():
+            weights[:, :depth] = kernel(np.ascontiguousarray(keys[:depth, :1].T), *args)
+        elif full.any():
+            weights[full, :depth] = kernel(np.ascontiguousarray(keys[:depth, full].T), *args)
+        self._cache[key] = weights
         return weights
 
     def estimate(self, log_snr: float) -> torch.Tensor:
         """The extrapolated clean sample of every row at ``log_snr`` (zeros for rows not ready)."""
-        return self.ring.combine(self._weights(kernels.lagrange_weights, self.nodes, log_snr))
+        return self.ring.combine(self._weights("lagrange", kernels.lagrange_weights, self.nodes, float(log_snr)))
 
     def error_ratio(self, log_snr: float, like: torch.Tensor) -> torch.Tensor:
         """Per row of ``like``: the extrapolation's estimated error at ``log_snr`` over the ``p``-th divided difference
         of the predictions, ``e / (s / h^p)`` (NaN for rows not ready). Skip iff ``ratio <= tolerance * h^p``."""
         if self.ring.values is None or not self.ready(like.shape[0]).any():
             return torch.full((like.shape[0],), float("nan"), dtype=like.dtype, device=like.device)
-        high = self._weights(lambda nodes, at: kernels.embedded_pair_weights(nodes, at)[0], self.nodes, log_snr)
-        low = self._weights(lambda nodes, at: kernels.embedded_pair_weights(nodes, at)[1], self.nodes, log_snr)
-        divided = self._weights(kernels.divided_difference_weights, self.order + 1)
-        ratio = kernels.relative_rms(self.ring.combine(high - low), self.ring.combine(divided))
+        # the embedded pair (sada.kernels.embedded_pair_weights): the extrapolation through all nodes, whose weights the
+        # skipped step's estimate reuses from the cache, minus the one through the newest nodes - 1
+        high = self._weights("lagrange", kernels.lagrange_weights, self.nodes, float(log_snr))
+        pair = high - self._weights("lagrange", kernels.lagrange_weights, self.nodes - 1, float(log_snr))
+        divided = self._weights("divided", kernels.divided_difference_weights, self.order + 1)
+        ratio = kernels.relative_rms(self.ring.combine(pair), self.ring.combine(divided))
         ready = torch.as_tensor(self.ready(ratio.shape[0]), device=ratio.device)
         return torch.where(ready, ratio, torch.full_like(ratio, float("nan")))
 
