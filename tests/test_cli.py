@@ -70,7 +70,7 @@ def test_bench_report_help_shows_run_time(capsys):
 def test_bench_lists_the_default_and_the_full_matrix(capsys):
     assert main(["bench", "--list-cells"]) == 0
     default = capsys.readouterr().out.split()
-    assert default == ["diffusers/unet/dpmpp_2m/trailing/50", "diffusers/unet/dpmpp_2m/trailing/25",
+    assert default == ["diffusers/unet/dpmpp_2m/trailing/50", "diffusers/unet/dpmpp_2m/karras/50",
                        "diffusers/mmdit/flow_euler/shift1/50", "diffusers/mmdit/flow_euler/shift1/25"]
     assert main(["bench", "--full", "--list-cells"]) == 0
     full = capsys.readouterr().out.split()

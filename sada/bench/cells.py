@@ -91,8 +91,9 @@ class Cell:
 FULL_MATRIX = tuple(Cell(backend, model, sampler, spacing, steps)
                     for backend, models in _MATRIX.items() for model, samplers in models.items()
                     for sampler, spacings in samplers.items() for spacing in spacings for steps in STEP_COUNTS)
-# the main job's subset: the shipped models' recommended samplers and spacings at the two most used step counts
-DEFAULT_CELLS = tuple(Cell.parse(n) for n in ("diffusers/unet/dpmpp_2m/trailing/50", "diffusers/unet/dpmpp_2m/trailing/25",
+# the main job's subset: the shipped models' recommended samplers at the two most used step counts; the U-Net on its
+# shipped (trailing) spacing and on the Karras sigmas most users pick
+DEFAULT_CELLS = tuple(Cell.parse(n) for n in ("diffusers/unet/dpmpp_2m/trailing/50", "diffusers/unet/dpmpp_2m/karras/50",
                                               "diffusers/mmdit/flow_euler/shift1/50",
                                               "diffusers/mmdit/flow_euler/shift1/25"))
 

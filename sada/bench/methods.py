@@ -20,7 +20,7 @@ __all__ = ["Method", "methods_for", "GROUPS", "DEFAULT_GROUPS", "SADA_VARIANTS",
 GROUPS = ("main", "control", "tolerance", "peer", "ablation", "pareto")
 DEFAULT_GROUPS = ("main", "control")
 SADA_VARIANTS = ("SADA", "SADA paper", "SADA step-indexed")
-TOLERANCES = (1.0, 2.0, 4.0, 8.0, 16.0)  # the tolerance group's sweep
+TOLERANCES = (2.0, 4.0, 8.0, 16.0, 32.0)  # the tolerance group's sweep
 ADAPTER_DEFAULT = "adapter default"  # config sentinel: enable(pipe) / wrap(model, sigmas) without a config
 
 

@@ -20,7 +20,7 @@ import time
 import numpy as np
 import torch
 
-from sada.config import ErrorControl, SADAConfig, error_controlled_preset, preset
+from sada.config import SADAConfig, StepSchedule, error_controlled_preset, preset
 from sada.torch_backend.engine import SADAEngine
 from sada.trajectory import DiscreteVPSchedule, RectifiedFlowSchedule, StepGrid, synthesise_output, to_eps, to_x0
 
@@ -33,8 +33,8 @@ MODELS = {
 }
 # configuration name -> factory(model name, steps)
 CONFIGS = {
-    "default": lambda model, steps: SADAConfig(),  # the authors' step schedule, corrected numerics
-    "error-control": lambda model, steps: SADAConfig(schedule=ErrorControl()),  # schedule-free (opt-in)
+    "default": lambda model, steps: SADAConfig(),  # schedule-free error control (ErrorControl)
+    "step-schedule": lambda model, steps: SADAConfig(schedule=StepSchedule()),  # authors' schedule, corrected numerics
     "paper": lambda model, steps: preset("flux" if model == "mmdit" else "sd2", steps, max_downsample=0),
     "error-controlled": lambda model, steps: error_controlled_preset("flux" if model == "mmdit" else "sd2", steps),
 }
@@ -125,7 +125,7 @@ def measure(model: str, config_name: str, steps: int = 50, batch: int = 16, repe
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(prog="python -m sada.bench.overhead", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="mmdit,unet", help="comma-separated, from %s" % sorted(MODELS))
-    parser.add_argument("--configs", default="default,error-control,paper,error-controlled", help="from %s" % sorted(CONFIGS))
+    parser.add_argument("--configs", default="default,step-schedule,paper,error-controlled", help="from %s" % sorted(CONFIGS))
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
