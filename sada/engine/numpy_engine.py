@@ -80,7 +80,8 @@ class NumpyEngine(StepSequence):
         self._history: deque = deque(maxlen=3)  # per step, oldest first
         self._nodes = RowRing(max(getattr(self.config.schedule, "lagrange_term", 1), 1))  # (abscissa, x0) per row
         schedule = self.config.schedule
-        depth = max(schedule.nodes, schedule.test_order(self.solver_order) + 1) if hasattr(schedule, "nodes") else 1
+        depth = max(schedule.nodes, schedule.test_order(self.solver_order) + 1) \
+            if isinstance(schedule, ErrorControl) else 1
         self._recent = [deque(maxlen=depth) for _ in range(self.batch_size)]  # error control: (log-SNR, x0) per row
         self._eps_nodes = RowRing(3)  # corrected mode: each row's last three computed noise predictions
         self._last_raw = None

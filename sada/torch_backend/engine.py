@@ -257,14 +257,14 @@ class SADAEngine(StepScheduleEstimates, StepSequence):
         am, lag = skip == Decision.SKIP_AM, skip == Decision.SKIP_LAGRANGE
         if am.any():
             if self._eps.full(h.shape[0]).any():
-                weights = self._row_weights(self._eps, kernels.lagrange_weights, edm_sigma)
+                weights = self._eps.row_weights(kernels.lagrange_weights, edm_sigma)
                 am_x0 = h / alpha - edm_sigma * self._eps.combine(weights)
             else:  # the paper's estimator has no noise history: keep the step's own clean-sample estimate
                 am_x0 = self._estimate
             x0 = torch.where(self._b(am, h), am_x0, x0)
         if lag.any():
             at = self.grid.abscissa_at(self.settings.abscissa, edm_sigma)
-            weights = self._row_weights(self._nodes, kernels.lagrange_weights, at)
+            weights = self._nodes.row_weights(kernels.lagrange_weights, at)
             scale = alpha if self.lagrange_target == "x0_over_alpha" else 1.0
             x0 = torch.where(self._b(lag, h), scale * self._nodes.combine(weights), x0)
         return synthesise_output(self.kind, x0, h, alpha, sigma).to(x.dtype)

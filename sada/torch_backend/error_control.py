@@ -35,7 +35,7 @@ class RecentPredictions:
         if isinstance(order, bool) or not isinstance(order, int) or not 1 <= order <= 4:
             raise ValueError(f"solver order must be an int in 1..4, got {order!r}")
         # ``order``: the order of the local-error scale of the test (the solver's, at most nodes - 1)
-        self.nodes, self.order, self.tolerance = schedule.nodes, schedule.test_order(order), schedule.tolerance
+        self.nodes, self.order = schedule.nodes, schedule.test_order(order)
         self.ring = TensorRing(max(self.nodes, self.order + 1))
         self._cache: dict = {}
 
@@ -52,29 +52,17 @@ class RecentPredictions:
         """Rows holding enough predictions for the extrapolation and the solver's error estimate."""
         return self.ring.full(rows)
 
-    def _weights(self, name: str, kernel, depth: int, *args) -> np.ndarray:
-        """``kernel`` on every ready row's newest ``depth`` abscissae (``[rows, ring depth]``, zero elsewhere).
-
-        Computed once per history state and arguments (the step's error test and the skipped step's estimate
-        share their weights), and once for the whole batch when every row holds the same abscissae."""
-        key = (name, depth, args)
-        cached = self._cache.get(key)
-        if cached is not None:
-            return cached
-        keys = self.ring.keys
-        rows = keys.shape[1]
-        weights = np.zeros((rows, self.ring.depth))
-        full = self.ready(rows)
-        if full.all() and rows > 1 and (keys[:depth] == keys[:depth, :1]).all():
-            weights[:, :depth] = kernel(np.ascontiguousarray(keys[:depth, :1].T), *args)
-        elif full.any():
-            weights[full, :depth] = kernel(np.ascontiguousarray(keys[:depth, full].T), *args)
-        self._cache[key] = weights
-        return weights
+    def _weights(self, kernel, depth: int, *args) -> np.ndarray:
+        """``kernel`` on every ready row's newest ``depth`` abscissae (:meth:`TensorRing.row_weights`), computed once per
+        history state and arguments: the step's error test and the skipped step's estimate share their weights."""
+        key = (kernel, depth, args)
+        if key not in self._cache:
+            self._cache[key] = self.ring.row_weights(kernel, *args, depth=depth)
+        return self._cache[key]
 
     def estimate(self, log_snr: float) -> torch.Tensor:
         """The extrapolated clean sample of every row at ``log_snr`` (zeros for rows not ready)."""
-        return self.ring.combine(self._weights("lagrange", kernels.lagrange_weights, self.nodes, float(log_snr)))
+        return self.ring.combine(self._weights(kernels.lagrange_weights, self.nodes, float(log_snr)))
 
     def error_ratio(self, log_snr: float, like: torch.Tensor) -> torch.Tensor:
         """Per row of ``like``: the extrapolation's estimated error at ``log_snr`` over the ``p``-th divided difference
@@ -83,9 +71,9 @@ class RecentPredictions:
             return torch.full((like.shape[0],), float("nan"), dtype=like.dtype, device=like.device)
         # the embedded pair (sada.kernels.embedded_pair_weights): the extrapolation through all nodes, whose weights the
         # skipped step's estimate reuses from the cache, minus the one through the newest nodes - 1
-        high = self._weights("lagrange", kernels.lagrange_weights, self.nodes, float(log_snr))
-        pair = high - self._weights("lagrange", kernels.lagrange_weights, self.nodes - 1, float(log_snr))
-        divided = self._weights("divided", kernels.divided_difference_weights, self.order + 1)
+        high = self._weights(kernels.lagrange_weights, self.nodes, float(log_snr))
+        pair = high - self._weights(kernels.lagrange_weights, self.nodes - 1, float(log_snr))
+        divided = self._weights(kernels.divided_difference_weights, self.order + 1)
         ratio = kernels.relative_rms(self.ring.combine(pair), self.ring.combine(divided))
         ready = torch.as_tensor(self.ready(ratio.shape[0]), device=ratio.device)
         return torch.where(ready, ratio, torch.full_like(ratio, float("nan")))

@@ -21,23 +21,11 @@ __all__ = ["StepScheduleEstimates"]
 class StepScheduleEstimates:
     """Mixed into the engine: uses its histories (``_eps``, ``_nodes``, ...), grid and resolved settings."""
 
-    def _row_weights(self, ring: TensorRing, kernel, *args) -> np.ndarray:
-        """``kernel(nodes, *args)`` on the host for every full row at once (``[rows, depth]``; zero elsewhere)."""
-        rows = ring.keys.shape[1]
-        weights = np.zeros((rows, ring.depth))
-        full = ring.full(rows)
-        if full.all() and rows > 1 and (ring.keys == ring.keys[:, :1]).all():
-            # every row has the same abscissae (batch-level or agreeing decisions): one kernel call, broadcast
-            weights[:] = kernel(np.ascontiguousarray(ring.keys[:, :1].T), *args)
-        elif full.any():
-            weights[full] = kernel(np.ascontiguousarray(ring.keys[:, full].T), *args)
-        return weights
-
     def _corrected_x_tilde_hat(self, step: int, h: torch.Tensor):
         if self._eps.values is None:
             return None
         s_n, s_next = float(self._edm[step]), float(self._edm[step + 1])
-        weights = self._row_weights(self._eps, kernels.adams_weights, s_n, s_next)
+        weights = self._eps.row_weights(kernels.adams_weights, s_n, s_next)
         return h / float(self.grid.alpha[step]) + self._eps.combine(weights)
 
     def _am_estimate(self, step: int, h: torch.Tensor) -> torch.Tensor:
@@ -46,13 +34,13 @@ class StepScheduleEstimates:
         s = float(self._edm[step])
         if self.settings.am_noise == "reuse":
             return self._corrected_x_hat - s * self._eps.values[0]
-        eps_next = self._eps.combine(self._row_weights(self._eps, kernels.lagrange_weights, s))
+        eps_next = self._eps.combine(self._eps.row_weights(kernels.lagrange_weights, s))
         return h / float(self.grid.alpha[step]) - s * eps_next
 
     def _multistep_estimate(self, step: int, rows: np.ndarray) -> torch.Tensor:
         at = float(self._abscissae[step])
         scale = float(self.grid.alpha[step]) if self.lagrange_target == "x0_over_alpha" else 1.0
-        return scale * self._nodes.combine(self._row_weights(self._nodes, kernels.lagrange_weights, at))
+        return scale * self._nodes.combine(self._nodes.row_weights(kernels.lagrange_weights, at))
 
     def _product(self, step: int, x_next: torch.Tensor):
         if self.criterion == Variant.PAPER_FLOW:
@@ -63,7 +51,7 @@ class StepScheduleEstimates:
             return kernels.stability_product(x_next.to(self.dtype), self._paper_x_hat, self._curvature)
         if not self._eps.full(x_next.shape[0]).any() or self._corrected_x_hat is None:
             return None
-        curvature = self._eps.combine(self._row_weights(self._eps, kernels.divided_difference_weights))
+        curvature = self._eps.combine(self._eps.row_weights(kernels.divided_difference_weights))
         x_tilde_next = x_next.to(self.dtype) / float(self.grid.alpha[step + 1])
         return kernels.stability_product(x_tilde_next, self._corrected_x_hat, curvature)
 
@@ -86,8 +74,9 @@ class StepScheduleEstimates:
         nan = torch.full((rows,), float("nan"), dtype=self.dtype, device=x_next.device)
         if ring.values is None or ring.depth < 2 or not ring.full(rows).any():
             return nan
-        high = self._row_weights(ring, lambda keys, a: kernels.embedded_pair_weights(keys, a)[0], at)
-        low = self._row_weights(ring, lambda keys, a: kernels.embedded_pair_weights(keys, a)[1], at)
+        # the embedded pair (sada.kernels.embedded_pair_weights): all nodes against the newest depth - 1
+        high = ring.row_weights(kernels.lagrange_weights, at)
+        low = ring.row_weights(kernels.lagrange_weights, at, depth=ring.depth - 1)
         diff = scale * ring.combine(high - low)
         estimate = scale * ring.combine(high)
         if ring is self._eps:

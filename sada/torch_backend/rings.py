@@ -59,6 +59,21 @@ class TensorRing:
             return np.zeros(batch, bool)
         return self.count >= self.depth
 
+    def row_weights(self, kernel, *args, depth: int | None = None) -> np.ndarray:
+        """``kernel(abscissae, *args)`` for every full row, on its newest ``depth`` abscissae (default: all), as
+        ``[rows, self.depth]`` weights (zero elsewhere). Computed once and broadcast when every row holds the same
+        abscissae (batch-level or agreeing decisions)."""
+        depth = self.depth if depth is None else depth
+        keys = self.keys[:depth]
+        rows = keys.shape[1]
+        weights = np.zeros((rows, self.depth))
+        full = self.full(rows)
+        if full.all() and rows > 1 and (keys == keys[:, :1]).all():
+            weights[:, :depth] = kernel(np.ascontiguousarray(keys[:, :1].T), *args)
+        elif full.any():
+            weights[full, :depth] = kernel(np.ascontiguousarray(keys[:, full].T), *args)
+        return weights
+
     def combine(self, weights: np.ndarray) -> torch.Tensor:
         """``sum_k weights[b, k] * values[k, b]`` for every row (weights computed on the host)."""
         return kernels.combine(weights, self.values)
