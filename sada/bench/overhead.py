@@ -10,6 +10,10 @@ one device -> host transfer. Reported: the median, mean and 90th percentile wall
 all steps of ``--repeats`` runs (the first run is a warm-up and not counted), the median thread CPU time per step
 (insensitive to other processes competing for the cores), the network-evaluation ratio and the latent-sized
 tensors the engine held per sample (``history_bytes`` / one sample's latent bytes).
+
+Weights of histories that every row shares are memoised across runs by exact bits (the next image at the same step
+count reuses them). ``--cold`` clears the memo before every run, so each measured run pays for every weight set:
+the cost of the first image on a new grid.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import torch
 
 from sada.config import SADAConfig, StepSchedule, error_controlled_preset, preset
 from sada.torch_backend.engine import SADAEngine
+from sada.torch_backend.rings import clear_weight_memo
 from sada.trajectory import DiscreteVPSchedule, RectifiedFlowSchedule, StepGrid, synthesise_output, to_eps, to_x0
 
 __all__ = ["MODELS", "CONFIGS", "measure", "main"]
@@ -88,8 +93,9 @@ def run_once(engine: SADAEngine, grid: StepGrid, stub: GaussianStub, x: torch.Te
 
 
 def measure(model: str, config_name: str, steps: int = 50, batch: int = 16, repeats: int = 5,
-            device: str = "cpu", dtype: torch.dtype = torch.float32) -> dict:
-    """Median / mean host microseconds per step of ``config_name`` on ``model``-shaped latents."""
+            device: str = "cpu", dtype: torch.dtype = torch.float32, cold: bool = False) -> dict:
+    """Median / mean host microseconds per step of ``config_name`` on ``model``-shaped latents; ``cold``: every run
+    computes its weights afresh (the memo of shared weights is cleared before it)."""
     if model not in MODELS:
         raise ValueError(f"model must be one of {sorted(MODELS)}, got {model!r}")
     if config_name not in CONFIGS:
@@ -107,6 +113,8 @@ def measure(model: str, config_name: str, steps: int = 50, batch: int = 16, repe
         engine = SADAEngine(config, grid, kind, solver_order=order)
         x = torch.randn((batch,) + shape, generator=torch.Generator().manual_seed(r)).to(device, dtype)
         x = x * float(grid.sigma[0])
+        if cold:
+            clear_weight_memo()
         with torch.no_grad():
             times, _ = run_once(engine, grid, stub, x)
         if r:  # run 0 warms up allocators and caches
@@ -115,7 +123,7 @@ def measure(model: str, config_name: str, steps: int = 50, batch: int = 16, repe
     us = np.asarray(per_step)[:, 0] * 1e6
     cpu_us = np.asarray(per_step)[:, 1] * 1e6
     latent_bytes = int(np.prod(shape)) * torch.empty(0, dtype=dtype).element_size()
-    return {"model": model, "config": config_name, "steps": steps, "batch": batch, "repeats": repeats,
+    return {"model": model, "config": config_name, "steps": steps, "batch": batch, "repeats": repeats, "cold": cold,
             "median_us": float(np.median(us)), "mean_us": float(us.mean()), "p90_us": float(np.percentile(us, 90)),
             "median_cpu_us": float(np.median(cpu_us)),
             "speedup": trace.speedup(), "history_bytes": int(history),
@@ -131,6 +139,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--cold", action="store_true",
+                        help="clear the memo of shared weights before every run (the first image on a new grid)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -139,7 +149,7 @@ def main(argv=None) -> list[dict]:
           f"{'NFE ratio':>9} {'latents/sample':>14}")
     for model in args.models.split(","):
         for config in args.configs.split(","):
-            r = measure(model.strip(), config.strip(), args.steps, args.batch, args.repeats, args.device)
+            r = measure(model.strip(), config.strip(), args.steps, args.batch, args.repeats, args.device, cold=args.cold)
             rows.append(r)
             print(f"{r['model']:6} {r['config']:17} {r['median_us']:14.0f} {r['mean_us']:8.0f} {r['p90_us']:8.0f} "
                   f"{r['median_cpu_us']:10.0f} {r['speedup']:9.2f} {r['latent_copies_per_sample']:14.1f}", flush=True)

@@ -12,7 +12,34 @@ import torch
 
 from sada import kernels
 
-__all__ = ["TensorRing"]
+__all__ = ["TensorRing", "clear_weight_memo"]
+
+# weights of histories every row shares, by the exact bits of (kernel, abscissae, arguments): a second run on the same
+# grid (the next image at the same step count) finds every weight set here instead of recomputing it
+_SHARED_WEIGHTS: dict = {}
+_SHARED_WEIGHTS_LIMIT = 4096
+
+
+def clear_weight_memo() -> None:
+    """Forget the memoised weights (the next run computes every weight set afresh; its results are unchanged)."""
+    _SHARED_WEIGHTS.clear()
+
+
+def _shared_weights(kernel, abscissae: np.ndarray, args: tuple) -> np.ndarray:
+    """``kernel(abscissae, *args)`` for one ``[1, depth]`` row of abscissae, memoised by exact bits (so a hit is
+    exactly what the kernel would return); arguments that are not real numbers bypass the memo."""
+    try:
+        key = (kernel, abscissae.tobytes(), np.asarray(args, dtype=np.float64).tobytes())
+    except (TypeError, ValueError):
+        return kernel(abscissae, *args)
+    weights = _SHARED_WEIGHTS.get(key)
+    if weights is None:
+        if len(_SHARED_WEIGHTS) >= _SHARED_WEIGHTS_LIMIT:
+            _SHARED_WEIGHTS.clear()
+        weights = np.asarray(kernel(abscissae, *args))
+        weights.setflags(write=False)
+        _SHARED_WEIGHTS[key] = weights
+    return weights
 
 
 class TensorRing:
@@ -62,14 +89,14 @@ class TensorRing:
     def row_weights(self, kernel, *args, depth: int | None = None) -> np.ndarray:
         """``kernel(abscissae, *args)`` for every full row, on its newest ``depth`` abscissae (default: all), as
         ``[rows, self.depth]`` weights (zero elsewhere). Computed once and broadcast when every row holds the same
-        abscissae (batch-level or agreeing decisions)."""
+        abscissae (batch-level or agreeing decisions), and then memoised across runs by exact bits."""
         depth = self.depth if depth is None else depth
         keys = self.keys[:depth]
         rows = keys.shape[1]
         weights = np.zeros((rows, self.depth))
         full = self.full(rows)
         if full.all() and rows > 1 and (keys == keys[:, :1]).all():
-            weights[:, :depth] = kernel(np.ascontiguousarray(keys[:, :1].T), *args)
+            weights[:, :depth] = _shared_weights(kernel, np.ascontiguousarray(keys[:, :1].T), args)
         elif full.any():
             weights[full, :depth] = kernel(np.ascontiguousarray(keys[:, full].T), *args)
         return weights
