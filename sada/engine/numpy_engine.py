@@ -83,6 +83,9 @@ class NumpyEngine(StepSequence):
         depth = max(schedule.nodes, schedule.test_order(self.solver_order) + 1) \
             if isinstance(schedule, ErrorControl) else 1
         self._recent = [deque(maxlen=depth) for _ in range(self.batch_size)]  # error control: (log-SNR, x0) per row
+        self._certified = not isinstance(schedule, ErrorControl) or schedule.certifies(self.solver_order)
+        if not self._certified and not self.config.never_skips:
+            self.trace.note(0, schedule.uncertified_note(self.solver_order))
         self._eps_nodes = RowRing(3)  # corrected mode: each row's last three computed noise predictions
         self._last_raw = None
         self._estimate = None  # clean-sample estimate for the next step, per row
@@ -228,7 +231,7 @@ class NumpyEngine(StepSequence):
                                                  kernels.combine(divided, values[:p + 1])[None])[0]
         limit = schedule.tolerance * h ** p
         self.trace.extras.setdefault("error_ratio", {})[step + 1] = (ratios / limit).tolist()
-        can_skip = np.where(np.isfinite(ratios), ratios <= limit, False)
+        can_skip = np.where(np.isfinite(ratios), ratios <= limit, False) & self._certified
         decisions = self.policy.decide(step, None, can_skip=can_skip)
         if self.replay is not None:
             decisions = self.replay[step + 1]

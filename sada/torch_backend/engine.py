@@ -19,6 +19,7 @@ sample) to the host, because the decision must be known before the network runs.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -109,6 +110,13 @@ class SADAEngine(StepScheduleEstimates, StepSequence):
         self.trace = Trace(self.num_steps, self.num_samples)
         if self.lockstep:
             self.trace.note(0, self.lockstep_note)
+        self._certified = not self.error_control or self.config.schedule.certifies(self.solver_order)
+        if not self._certified and not self.config.never_skips:
+            note = self.config.schedule.uncertified_note(self.solver_order)
+            self.trace.note(0, note)
+            if not getattr(self, "_warned_uncertified", False):
+                self._warned_uncertified = True
+                warnings.warn(f"sada: {note}", stacklevel=3)
         self._eps = TensorRing(3)  # corrected: last three computed noise predictions per row
         self._drift = TensorRing(2)  # paper-vp: the two previous official drifts
         self._paper_ready = np.zeros(0, bool)  # rows whose paper step estimate exists for this step
@@ -273,7 +281,8 @@ class SADAEngine(StepScheduleEstimates, StepSequence):
         """Close the last step (criterion for the trace only) and return the trace."""
         if self._step != self.num_steps:
             raise ValueError(f"finish() after step {self._step - 1}; the run has {self.num_steps} steps")
-        self._close(self.num_steps - 1, x_final)
+        if self.observes:  # a pass-through run (never skips, no pruning) keeps no state to close
+            self._close(self.num_steps - 1, x_final)
         return self.trace
 
     # ------------------------------------------------------------------ internals
@@ -351,7 +360,7 @@ class SADAEngine(StepScheduleEstimates, StepSequence):
             h = float(self._log_snr[step + 2] - self._log_snr[step + 1]) if step + 2 <= self.num_steps else np.inf
             limit = self.config.schedule.tolerance * h ** self._recent.order
             self.trace.extras.setdefault("error_ratio", {})[step + 1] = (test / limit).tolist()
-            return finite & (np.where(finite, test, np.inf) <= limit)
+            return finite & (np.where(finite, test, np.inf) <= limit) & self._certified
         if self.estimator == Variant.PAPER_FLOW:
             can = np.ones(rows, bool)
         elif self.policy.skip_kind(step) == Decision.SKIP_LAGRANGE:
