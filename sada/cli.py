@@ -9,9 +9,11 @@ import time
 
 __all__ = ["main"]
 
-BENCH_TIME = ("Expected run time on 2 CPU cores: the default cells about 11 minutes on a first run (the ODE "
-              "references are computed once and cached, ~5 minutes of it; ~6 minutes afterwards), --full about "
-              "2 hours; add --threads 1 on a machine shared with other jobs.")
+BENCH_TIME = ("Expected run time on 2 CPU cores: the default cells about 11 minutes on a first run in one process "
+              "(the ODE references are computed once and cached, ~5 minutes of it); `make bench` runs the two "
+              "micro-batches in two processes (accelerate launch, --threads 1): 8.7 minutes on a first run. --full "
+              "--groups main --methods SADA in two processes: 43 minutes; every variant and the control take "
+              "longer (not measured); add --threads 1 on a machine shared with other jobs.")
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -86,10 +88,10 @@ def _bench_report(args) -> int:
 
     try:
         if args.update:
-            stored = update_docs(args.results, args.update)
+            stored = update_docs(args.results, args.update, matrix=args.matrix)
             print(f"updated the generated section of {args.update} from {stored}")
         else:
-            sys.stdout.write(render_file(args.results, docs=args.docs))
+            sys.stdout.write(render_file(args.results, docs=args.docs and not args.matrix, matrix=args.matrix))
     except (OSError, ValueError, KeyError) as exc:
         raise SystemExit(f"sada bench-report: cannot render {args.results}: {exc}") from None
     return 0
@@ -153,12 +155,16 @@ def build_parser() -> argparse.ArgumentParser:
         "bench-report", formatter_class=_Formatter, help="markdown of a stored bench results.json",
         description="Render the markdown report of a stored results.json (stdout), or with --update regenerate a "
                     "docs page from it:\n  sada bench-report sada-bench-out/results.json --update docs/benchmarks.md\n"
+                    "  sada bench-report bench-full/results.json --matrix --update docs/benchmark-matrix.md\n"
                     "Expected run time: about a second.")
     report.add_argument("results", help="results.json written by sada bench")
     report.add_argument("--docs", action="store_true", help="the docs page's section (main cells only)")
+    report.add_argument("--matrix", action="store_true",
+                        help="the full-matrix page's section (every cell's table and Pareto plot)")
     report.add_argument("--update", metavar="PAGE",
                         help="regenerate PAGE's generated section (docs tables), store the results as "
-                             "bench-results.json next to it and copy the main cells' plots into its img/")
+                             "bench-results.json (--matrix: bench-matrix-results.json) next to it and copy the "
+                             "plots into its img/")
     report.set_defaults(func=_bench_report)
     return parser
 

@@ -134,12 +134,80 @@ def test_bench_report_regenerates_a_page_section_from_a_run(single, tmp_path):
     assert f"| {CELL} | " in section and "| baseline |" not in section  # not a main cell: no detail table
 
 
+def test_bench_report_matrix_page_shows_every_cell_with_its_pareto_plot(single, tmp_path):
+    from PIL import Image
+
+    from sada.bench.render import DOCS_END, MATRIX_BEGIN, render_file
+    from sada.cli import main
+
+    page = tmp_path / "matrix.md"
+    page.write_text(f"# Matrix\n\n{MATRIX_BEGIN}\nold\n{DOCS_END}\n")
+    assert main(["bench-report", str(single / "results.json"), "--matrix", "--update", str(page)]) == 0
+    assert not (tmp_path / "bench-results.json").exists()  # the benchmarks page's stored run is left alone
+    text = page.read_text()
+    section = text[text.index(MATRIX_BEGIN):text.index(DOCS_END) + len(DOCS_END)] + "\n"
+    assert section == render_file(tmp_path / "bench-matrix-results.json", matrix=True)
+    slug = CELL.replace("/", "-")
+    rows = {r["method"]: r for r in _cell(single)["rows"]}
+    ratio = rows["baseline"]["NFE"] / rows["SADA"]["NFE"]
+    assert f"| {CELL.rsplit('/', 1)[0]} | {ratio:.2f}x, " in section  # the pivot: one row per configuration
+    assert f"### {CELL}" in section and "| baseline |" in section  # every cell's detail table, even off the main job
+    assert f"](img/matrix-pareto-{slug}.png)" in section and "bench-grid" not in section
+    with Image.open(tmp_path / "img" / f"matrix-pareto-{slug}.png") as image:
+        assert image.mode == "P"  # stored compact
+
+
+def test_matrix_update_also_regenerates_the_summary_on_the_benchmarks_page_beside_it(single, tmp_path):
+    from sada.bench.render import DOCS_BEGIN, DOCS_END, MATRIX_BEGIN, SUMMARY_BEGIN, render_matrix_summary
+    from sada.cli import main
+
+    (tmp_path / "matrix.md").write_text(f"{MATRIX_BEGIN}\n{DOCS_END}\n")
+    bench = tmp_path / "benchmarks.md"
+    bench.write_text(f"a\n{SUMMARY_BEGIN}\nold\n{DOCS_END}\nb\n{DOCS_BEGIN}\nkept\n{DOCS_END}\nc\n")
+    assert main(["bench-report", str(single / "results.json"), "--matrix", "--update", str(tmp_path / "matrix.md")]) == 0
+    data = json.loads((tmp_path / "bench-matrix-results.json").read_text())
+    assert bench.read_text() == f"a\n{render_matrix_summary(data)}b\n{DOCS_BEGIN}\nkept\n{DOCS_END}\nc\n"
+
+
+def test_render_refuses_both_page_kinds_at_once(single):
+    from sada.bench.render import render_file
+
+    with pytest.raises(ValueError, match="choose one"):
+        render_file(single / "results.json", docs=True, matrix=True)
+
+
 def test_docs_page_tables_are_the_rendering_of_the_stored_results():
     from sada.bench.render import DOCS_BEGIN, DOCS_END, render_file
 
     page = (ROOT / "docs" / "benchmarks.md").read_text()
-    stored = page[page.index(DOCS_BEGIN):page.index(DOCS_END) + len(DOCS_END)] + "\n"
+    start = page.index(DOCS_BEGIN)
+    stored = page[start:page.index(DOCS_END, start) + len(DOCS_END)] + "\n"
     assert stored == render_file(ROOT / "docs" / "bench-results.json", docs=True)
+
+
+def test_benchmarks_page_matrix_summary_is_the_rendering_of_the_stored_full_run():
+    from sada.bench.render import DOCS_END, SUMMARY_BEGIN, render_matrix_summary
+
+    page = (ROOT / "docs" / "benchmarks.md").read_text()
+    start = page.index(SUMMARY_BEGIN)
+    stored = page[start:page.index(DOCS_END, start) + len(DOCS_END)] + "\n"
+    data = json.loads((ROOT / "docs" / "bench-matrix-results.json").read_text())
+    assert stored == render_matrix_summary(data)
+    assert "| diffusers/mmdit/flow_euler/shift1 |" in stored and "| k-diffusion/unet/lms/karras |" in stored
+
+
+def test_matrix_page_is_the_rendering_of_the_stored_full_run():
+    from sada.bench.cells import FULL_MATRIX
+    from sada.bench.render import DOCS_END, MATRIX_BEGIN, render_file
+
+    page = (ROOT / "docs" / "benchmark-matrix.md").read_text()
+    stored = page[page.index(MATRIX_BEGIN):page.index(DOCS_END) + len(DOCS_END)] + "\n"
+    assert stored == render_file(ROOT / "docs" / "bench-matrix-results.json", matrix=True)
+    data = json.loads((ROOT / "docs" / "bench-matrix-results.json").read_text())
+    assert [c["name"] for c in data["cells"]] == [c.name for c in FULL_MATRIX]
+    assert data["settings"]["seed_set"] == "heldout"
+    for cell in FULL_MATRIX:
+        assert (ROOT / "docs" / "img" / f"matrix-pareto-{cell.slug}.png").is_file(), cell.name
 
 
 @pytest.mark.parametrize("size", ["tiny", "tiny-xl"])  # StableDiffusionPipeline and StableDiffusionXLPipeline

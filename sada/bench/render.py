@@ -1,5 +1,6 @@
-"""Markdown of a benchmark results dict (``results.json``): the run's ``results.md`` and the generated part
-of ``docs/benchmarks.md`` (``sada bench-report results.json --docs``), both from the stored JSON only."""
+"""Markdown of a benchmark results dict (``results.json``): the run's ``results.md``, the generated part of
+``docs/benchmarks.md`` (``sada bench-report results.json --docs``) and of the full-matrix page
+``docs/benchmark-matrix.md`` (``--matrix``), all from the stored JSON only."""
 from __future__ import annotations
 
 import json
@@ -11,10 +12,15 @@ from sada.bench.cells import DEFAULT_CELLS
 from sada.bench.methods import SADA_VARIANTS
 from sada.bench.stats import GOALS, MAX_LOSS_DB
 
-__all__ = ["render_markdown", "render_file", "update_docs", "DOCS_BEGIN", "DOCS_END"]
+__all__ = ["render_markdown", "render_matrix_summary", "render_file", "update_docs", "DOCS_BEGIN", "MATRIX_BEGIN",
+           "SUMMARY_BEGIN", "DOCS_END"]
 
 DOCS_BEGIN = "<!-- begin generated: sada bench-report docs/bench-results.json --docs -->"
+MATRIX_BEGIN = "<!-- begin generated: sada bench-report docs/bench-matrix-results.json --matrix -->"
+# the matrix's goals and pivot on the benchmarks page, regenerated with the matrix page
+SUMMARY_BEGIN = "<!-- begin generated: sada bench-report docs/bench-matrix-results.json --matrix (summary) -->"
 DOCS_END = "<!-- end generated -->"
+STORED = {False: "bench-results.json", True: "bench-matrix-results.json"}  # by ``matrix``
 
 
 def _num(value, digits: int = 2, signed: bool = False) -> str:
@@ -86,6 +92,25 @@ def _matrix(results: dict, variant: str) -> list[str]:
     return lines
 
 
+def _pivot(results: dict, variant: str) -> list[str]:
+    """One row per (backend, model, sampler, spacing), one column per step count: the variant's evaluation
+    ratio and its paired difference to the best plain grid at equal evaluations (dB, against the ODE)."""
+    steps = sorted({c["steps"] for c in results["cells"]})
+    table: dict[str, dict] = {}
+    for cell in results["cells"]:
+        entry = cell["variants"].get(variant) or {}
+        row = table.setdefault(cell["name"].rsplit("/", 1)[0], {})
+        if "peer" in entry and entry["peer"]:
+            row[cell["steps"]] = (f"{cell['baseline_nfe'] / entry['NFE']:.2f}x, "
+                                  f"{_num(entry['peer']['delta'], 1, True)}")
+        else:
+            row[cell["steps"]] = "not run"
+    lines = ["| configuration | " + " | ".join(f"{k} steps" for k in steps) + " |", "|---" * (len(steps) + 1) + "|"]
+    for name, row in table.items():
+        lines.append(f"| {name} | " + " | ".join(row.get(k, "") for k in steps) + " |")
+    return lines
+
+
 _DETAIL = (("NFE", 1), ("NFE ratio", 2), ("PSNR vs ODE", 2), ("SSIM vs ODE", 4), ("PSNR vs full run", 2),
            ("SSIM vs full run", 4), ("Δ vs peer", 2), ("FD-digits", 2), ("accuracy", 3), ("wall s", 3),
            ("wall/NFE", 2), ("SADA state MiB", 2))
@@ -107,20 +132,29 @@ def _detail(cell: dict, timing: bool) -> list[str]:
     return lines
 
 
-def render_markdown(results: dict, docs: bool = False) -> str:
+def render_markdown(results: dict, docs: bool = False, matrix: bool = False) -> str:
     """The report as markdown. ``docs=True``: the generated section of the benchmarks page (per-cell detail
-    tables only for the main job's cells, no traces); ``False``: the run's ``results.md`` (everything)."""
+    tables only for the main job's cells, no traces); ``matrix=True``: the generated section of the
+    full-matrix page (a step-count pivot per variant, every cell's detail table and Pareto plot, no sample
+    grids); neither: the run's ``results.md`` (everything)."""
     if not isinstance(results, dict) or "cells" not in results or "settings" not in results:
         raise ValueError("results must be a benchmark results dict with 'settings' and 'cells' (results.json)")
+    if docs and matrix:
+        raise ValueError("choose one of docs=True (the benchmarks page) and matrix=True (the matrix page)")
     s = results["settings"]
-    out = [DOCS_BEGIN, ""] if docs else ["# sada bench results", ""]
+    out = [MATRIX_BEGIN if matrix else DOCS_BEGIN, ""] if docs or matrix else ["# sada bench results", ""]
     out.append(f"Seeds {s['seeds'][0]}-{s['seeds'][-1]} ({s['seed_set']}, labels = seed % 10), batch {s['batch']}, "
                f"torch threads per process: {s['torch_threads']}, processes: {s['world_size']}, torch {s['torch']}, "
                f"diffusers {s.get('diffusers', '?')}; the run took {s.get('wall_s', 0) / 60:.1f} min.")
     out += ["", "### ODE references", ""] + _references(results)
     out += ["", "### Goals (held-out seeds: every SADA variant against the best plain grid at equal evaluations)",
             ""] + _goals(results)
-    for variant in SADA_VARIANTS:
+    ran = [v for v in SADA_VARIANTS if any(v in c["variants"] for c in results["cells"])]
+    if matrix:
+        for variant in ran:
+            out += ["", f"### {variant} at a glance (evaluation ratio, dB vs the best plain grid at equal NFE)",
+                    ""] + _pivot(results, variant)
+    for variant in ran:
         out += ["", f"### {variant}: every cell", ""] + _matrix(results, variant)
     default_names = {c.name for c in DEFAULT_CELLS}
     timing = any("wall s" in r for c in results["cells"] for r in c["rows"])
@@ -128,7 +162,9 @@ def render_markdown(results: dict, docs: bool = False) -> str:
         if docs and cell["name"] not in default_names:
             continue
         out += ["", f"### {cell['name']}", ""] + _detail(cell, timing)
-        if docs:
+        if matrix:
+            out += ["", f"![Pareto, {cell['name']}](img/matrix-pareto-{cell['name'].replace('/', '-')}.png)"]
+        elif docs:
             slug = cell["name"].replace("/", "-")
             out += ["", f"![Pareto, {cell['name']}](img/bench-pareto-{slug}.png)",
                     f"![Samples, {cell['name']}: ODE solution, full run, each SADA variant and its plain grid]"
@@ -137,40 +173,77 @@ def render_markdown(results: dict, docs: bool = False) -> str:
             traces = [f"- {r['method']}: {r['trace']}" for r in cell["rows"] if r.get("trace")]
             out += ["", "Traces:", ""] + traces if traces else []
             out += ["", f"![Pareto](pareto-{cell['name'].replace('/', '-')}.png)"]
-    if docs:
+    if docs or matrix:
         out += ["", DOCS_END]
     return "\n".join(out) + "\n"
 
 
-def render_file(path, docs: bool = False) -> str:
+def render_matrix_summary(results: dict) -> str:
+    """The full matrix's goals table and per-variant pivots, for the benchmarks page (between
+    :data:`SUMMARY_BEGIN` and :data:`DOCS_END`)."""
+    s = results["settings"]
+    out = [SUMMARY_BEGIN, "", f"{len(results['cells'])} cells, seeds {s['seeds'][0]}-{s['seeds'][-1]} ({s['seed_set']}); "
+           f"every cell's table and Pareto plot: [Benchmark matrix](benchmark-matrix.md).", ""] + _goals(results)
+    for variant in (v for v in SADA_VARIANTS if any(v in c["variants"] for c in results["cells"])):
+        out += ["", f"{variant} (evaluation ratio, dB vs the best plain grid at equal NFE):", ""] + _pivot(results, variant)
+    return "\n".join(out + ["", DOCS_END]) + "\n"
+
+
+def _replace_section(page_path: Path, begin: str, text: str) -> None:
+    """Replace the generated section of ``page_path`` that starts at ``begin`` (through the next end marker)."""
+    page = page_path.read_text()
+    if page.count(begin) != 1 or DOCS_END not in page.split(begin, 1)[-1]:
+        raise ValueError(f"{page_path} needs exactly one '{begin}' line and a '{DOCS_END}' line after it")
+    head, rest = page.split(begin)
+    page_path.write_text(head + text.rstrip("\n") + rest.split(DOCS_END, 1)[1])
+
+
+def render_file(path, docs: bool = False, matrix: bool = False) -> str:
     """:func:`render_markdown` of a stored ``results.json``."""
     with open(path) as f:
-        return render_markdown(json.load(f), docs=docs)
+        return render_markdown(json.load(f), docs=docs, matrix=matrix)
 
 
-def update_docs(results_path, page_path) -> Path:
-    """Regenerate a docs page from a run: store the results (without per-image arrays) as
-    ``bench-results.json`` next to the page, copy the main cells' Pareto plots and sample grids from the
-    run's folder into the page's ``img/``, and replace the page's generated section. Returns the stored JSON."""
+def _copy_plot(source: Path, target: Path, compact: bool) -> None:
+    """Copy a figure; ``compact``: as a 64-colour palette PNG (the matrix page has one plot per cell)."""
+    if not compact:
+        shutil.copyfile(source, target)
+        return
+    from PIL import Image
+
+    with Image.open(source) as image:
+        image.convert("RGB").quantize(colors=64).save(target, optimize=True)
+
+
+def update_docs(results_path, page_path, matrix: bool = False) -> Path:
+    """Regenerate a docs page from a run: store the results (without per-image arrays) next to the page
+    (``bench-results.json``; ``matrix=True``: ``bench-matrix-results.json``), copy the figures from the run's
+    folder into the page's ``img/`` (the main cells' Pareto plots and sample grids; ``matrix=True``: every
+    cell's Pareto plot) and replace the page's generated section; ``matrix=True`` also regenerates the matrix
+    summary of ``benchmarks.md`` beside the page where it has one (:data:`SUMMARY_BEGIN`). Returns the stored
+    JSON's path."""
     results_path, page_path = Path(results_path), Path(page_path)
     data = json.loads(results_path.read_text())
     for cell in data.get("cells", []):
         for row in cell["rows"]:
             row.pop("psnr_ode_per_image", None)
-    text = render_markdown(data, docs=True)
-    page = page_path.read_text()
-    if page.count(DOCS_BEGIN) != 1 or page.count(DOCS_END) != 1:
-        raise ValueError(f"{page_path} needs exactly one '{DOCS_BEGIN}' and one '{DOCS_END}' line")
-    stored = page_path.parent / "bench-results.json"
+    text = render_markdown(data, docs=not matrix, matrix=matrix)
+    begin = MATRIX_BEGIN if matrix else DOCS_BEGIN
+    if page_path.read_text().count(begin) != 1:
+        raise ValueError(f"{page_path} needs exactly one '{begin}' line and a '{DOCS_END}' line after it")
+    stored = page_path.parent / STORED[matrix]
     stored.write_text(json.dumps(data, indent=1) + "\n")
     images = page_path.parent / "img"
     images.mkdir(exist_ok=True)
+    main_cells = {c.name for c in DEFAULT_CELLS}
     for cell in data["cells"]:
         slug = cell["name"].replace("/", "-")
-        for kind in ("pareto", "grid"):
+        for kind in ("pareto",) if matrix else ("pareto", "grid"):
             source = results_path.parent / f"{kind}-{slug}.png"
-            if source.is_file() and cell["name"] in {c.name for c in DEFAULT_CELLS}:
-                shutil.copyfile(source, images / f"bench-{kind}-{slug}.png")
-    head, rest = page.split(DOCS_BEGIN)
-    page_path.write_text(head + text.rstrip("\n") + rest.split(DOCS_END, 1)[1])
+            if source.is_file() and (matrix or cell["name"] in main_cells):
+                _copy_plot(source, images / f"{'matrix' if matrix else 'bench'}-{kind}-{slug}.png", compact=matrix)
+    _replace_section(page_path, begin, text)
+    summary = page_path.parent / "benchmarks.md"
+    if matrix and summary.is_file() and SUMMARY_BEGIN in summary.read_text():
+        _replace_section(summary, SUMMARY_BEGIN, render_matrix_summary(data))
     return stored
