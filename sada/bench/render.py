@@ -92,6 +92,11 @@ def _matrix(results: dict, variant: str) -> list[str]:
     return lines
 
 
+def _variants_run(results: dict) -> list[str]:
+    """The SADA variants (in :data:`SADA_VARIANTS` order) that have an entry in at least one cell."""
+    return [v for v in SADA_VARIANTS if any(v in c["variants"] for c in results["cells"])]
+
+
 def _pivot(results: dict, variant: str) -> list[str]:
     """One row per (backend, model, sampler, spacing), one column per step count: the variant's evaluation
     ratio and its paired difference to the best plain grid at equal evaluations (dB, against the ODE)."""
@@ -149,7 +154,7 @@ def render_markdown(results: dict, docs: bool = False, matrix: bool = False) -> 
     out += ["", "### ODE references", ""] + _references(results)
     out += ["", "### Goals (held-out seeds: every SADA variant against the best plain grid at equal evaluations)",
             ""] + _goals(results)
-    ran = [v for v in SADA_VARIANTS if any(v in c["variants"] for c in results["cells"])]
+    ran = _variants_run(results)
     if matrix:
         for variant in ran:
             out += ["", f"### {variant} at a glance (evaluation ratio, dB vs the best plain grid at equal NFE)",
@@ -184,7 +189,7 @@ def render_matrix_summary(results: dict) -> str:
     s = results["settings"]
     out = [SUMMARY_BEGIN, "", f"{len(results['cells'])} cells, seeds {s['seeds'][0]}-{s['seeds'][-1]} ({s['seed_set']}); "
            f"every cell's table and Pareto plot: [Benchmark matrix](benchmark-matrix.md).", ""] + _goals(results)
-    for variant in (v for v in SADA_VARIANTS if any(v in c["variants"] for c in results["cells"])):
+    for variant in _variants_run(results):
         out += ["", f"{variant} (evaluation ratio, dB vs the best plain grid at equal NFE):", ""] + _pivot(results, variant)
     return "\n".join(out + ["", DOCS_END]) + "\n"
 
