@@ -44,7 +44,7 @@ def _rows(folder: Path) -> dict:
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench-single")
-    subprocess.run([sys.executable, "-m", "sada.cli", "bench", *ARGS, "--out", str(out), "--cache", str(out / "cache")],
+    subprocess.run([sys.executable, "-m", "benchmarks.cli", "bench", *ARGS, "--out", str(out), "--cache", str(out / "cache")],
                    check=True, env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True)
     return out
 
@@ -72,8 +72,8 @@ def test_bench_writes_every_output_and_scores_against_the_ode_solution(single):
 def test_the_same_configuration_run_twice_gives_identical_evaluations_and_psnr(single, tmp_path):
     """A second run in another process with a fresh reference cache: the references and every image are
     recomputed, and every number matches the first run exactly."""
-    from sada.bench.cells import select_cells
-    from sada.bench.run import run_benchmark
+    from benchmarks.cells import select_cells
+    from benchmarks.run import run_benchmark
 
     run_benchmark(cells=select_cells([CELL]), num_seeds=2, batch=1, methods_filter=METHODS, repeats=0, out=tmp_path,
                   cache_dir=tmp_path / "cache", reference_steps=16, progress_bar=False)
@@ -88,7 +88,7 @@ def test_sharded_run_over_two_processes_merges_to_the_single_process_results(sin
     pytest.importorskip("accelerate")
     out = tmp_path / "sharded"
     subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "sada.cli",
+                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "benchmarks.cli",
                     "bench", *ARGS, "--repeats", "0", "--out", str(out), "--cache", str(out / "cache")],
                    check=True, env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True)
     one, two = _rows(single), _rows(out)
@@ -103,8 +103,8 @@ def test_sharded_run_over_two_processes_merges_to_the_single_process_results(sin
 def test_reference_cache_returns_the_stored_images_only_for_an_exact_key(tmp_path):
     import torch
 
-    from sada.bench.models import load_model
-    from sada.bench.reference import ReferenceSpec, reference_images
+    from benchmarks.models import load_model
+    from benchmarks.reference import ReferenceSpec, reference_images
 
     model = load_model("unet")
     spec = ReferenceSpec("unet", "edm", 3.0, steps=8)
@@ -119,8 +119,8 @@ def test_reference_cache_returns_the_stored_images_only_for_an_exact_key(tmp_pat
 
 
 def test_bench_report_regenerates_a_page_section_from_a_run(single, tmp_path):
-    from sada.bench.render import DOCS_BEGIN, DOCS_END, render_file
-    from sada.cli import main
+    from benchmarks.render import DOCS_BEGIN, DOCS_END, render_file
+    from benchmarks.cli import main
 
     page = tmp_path / "page.md"
     page.write_text(f"# Title\n\nprose\n\n{DOCS_BEGIN}\nold numbers\n{DOCS_END}\n\nmore prose\n")
@@ -137,8 +137,8 @@ def test_bench_report_regenerates_a_page_section_from_a_run(single, tmp_path):
 def test_bench_report_matrix_page_shows_every_cell_with_its_pareto_plot(single, tmp_path):
     from PIL import Image
 
-    from sada.bench.render import DOCS_END, MATRIX_BEGIN, render_file
-    from sada.cli import main
+    from benchmarks.render import DOCS_END, MATRIX_BEGIN, render_file
+    from benchmarks.cli import main
 
     page = tmp_path / "matrix.md"
     page.write_text(f"# Matrix\n\n{MATRIX_BEGIN}\nold\n{DOCS_END}\n")
@@ -158,8 +158,8 @@ def test_bench_report_matrix_page_shows_every_cell_with_its_pareto_plot(single, 
 
 
 def test_matrix_update_also_regenerates_the_summary_on_the_benchmarks_page_beside_it(single, tmp_path):
-    from sada.bench.render import DOCS_BEGIN, DOCS_END, MATRIX_BEGIN, SUMMARY_BEGIN, render_matrix_summary
-    from sada.cli import main
+    from benchmarks.render import DOCS_BEGIN, DOCS_END, MATRIX_BEGIN, SUMMARY_BEGIN, render_matrix_summary
+    from benchmarks.cli import main
 
     (tmp_path / "matrix.md").write_text(f"{MATRIX_BEGIN}\n{DOCS_END}\n")
     bench = tmp_path / "benchmarks.md"
@@ -170,14 +170,14 @@ def test_matrix_update_also_regenerates_the_summary_on_the_benchmarks_page_besid
 
 
 def test_render_refuses_both_page_kinds_at_once(single):
-    from sada.bench.render import render_file
+    from benchmarks.render import render_file
 
     with pytest.raises(ValueError, match="choose one"):
         render_file(single / "results.json", docs=True, matrix=True)
 
 
 def test_docs_page_tables_are_the_rendering_of_the_stored_results():
-    from sada.bench.render import DOCS_BEGIN, DOCS_END, render_file
+    from benchmarks.render import DOCS_BEGIN, DOCS_END, render_file
 
     page = (ROOT / "docs" / "benchmarks.md").read_text()
     start = page.index(DOCS_BEGIN)
@@ -186,7 +186,7 @@ def test_docs_page_tables_are_the_rendering_of_the_stored_results():
 
 
 def test_benchmarks_page_matrix_summary_is_the_rendering_of_the_stored_full_run():
-    from sada.bench.render import DOCS_END, SUMMARY_BEGIN, render_matrix_summary
+    from benchmarks.render import DOCS_END, SUMMARY_BEGIN, render_matrix_summary
 
     page = (ROOT / "docs" / "benchmarks.md").read_text()
     start = page.index(SUMMARY_BEGIN)
@@ -197,8 +197,8 @@ def test_benchmarks_page_matrix_summary_is_the_rendering_of_the_stored_full_run(
 
 
 def test_matrix_page_is_the_rendering_of_the_stored_full_run():
-    from sada.bench.cells import FULL_MATRIX
-    from sada.bench.render import DOCS_END, MATRIX_BEGIN, render_file
+    from benchmarks.cells import FULL_MATRIX
+    from benchmarks.render import DOCS_END, MATRIX_BEGIN, render_file
 
     page = (ROOT / "docs" / "benchmark-matrix.md").read_text()
     stored = page[page.index(MATRIX_BEGIN):page.index(DOCS_END) + len(DOCS_END)] + "\n"
@@ -212,7 +212,7 @@ def test_matrix_page_is_the_rendering_of_the_stored_full_run():
 
 @pytest.mark.parametrize("size", ["tiny", "tiny-xl"])  # StableDiffusionPipeline and StableDiffusionXLPipeline
 def test_timing_run_reports_every_method_with_consistent_evaluation_counts(size):
-    from sada.bench.timing import run_timing
+    from benchmarks.timing import run_timing
 
     rows = {r["method"]: r for r in run_timing(size, steps=15, batch=1, repeats=1)}
     assert rows["baseline"]["NFE"] == rows["SADA, skipping disabled"]["NFE"] == 15
@@ -224,14 +224,14 @@ def test_timing_run_reports_every_method_with_consistent_evaluation_counts(size)
 
 
 def test_timing_run_rejects_steps_without_a_preset():
-    from sada.bench.timing import run_timing
+    from benchmarks.timing import run_timing
 
     with pytest.raises(ValueError, match="steps must be 50, 25 or 15"):
         run_timing("tiny", steps=20)
 
 
 def test_timing_run_rejects_an_unknown_compile_mode_naming_it():
-    from sada.bench.timing import run_timing
+    from benchmarks.timing import run_timing
 
     with pytest.raises(ValueError, match="compile_mode must be one of .* got 'fast'"):
         run_timing("tiny", steps=15, compile_mode="fast")

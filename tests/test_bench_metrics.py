@@ -5,7 +5,7 @@ import pytest
 pytest.importorskip("torchmetrics")
 from scipy import linalg  # noqa: E402
 
-from sada.bench.metrics import frechet_distance, psnr  # noqa: E402
+from benchmarks.metrics import frechet_distance, psnr  # noqa: E402
 
 
 def test_frechet_distance_equals_the_sqrtm_closed_form_on_full_rank_covariances():
@@ -41,7 +41,7 @@ def test_frechet_distance_rejects_mismatched_widths():
 def _gaussian_vp_problem(order, steps, c=0.5, sigma_max=14.6, sigma_min=0.03):
     import torch
 
-    from sada.bench.reference import probability_flow_solve
+    from benchmarks.reference import probability_flow_solve
 
     edm = np.exp(np.linspace(np.log(sigma_max), np.log(sigma_min), steps))
     alphas = 1 / np.sqrt(1 + edm**2)
@@ -71,7 +71,7 @@ def test_third_order_reference_is_more_accurate_but_its_first_order_start_caps_t
 def test_reference_solver_starts_a_flow_at_pure_noise():
     import torch
 
-    from sada.bench.reference import probability_flow_solve
+    from benchmarks.reference import probability_flow_solve
 
     c, t_min = 0.5, 1e-3
     x1 = torch.tensor([-1.0, 0.3, 2.0], dtype=torch.float64)
@@ -89,7 +89,7 @@ def test_reference_solver_starts_a_flow_at_pure_noise():
 def test_reference_solver_rejects_a_grid_that_does_not_decrease():
     import torch
 
-    from sada.bench.reference import probability_flow_solve
+    from benchmarks.reference import probability_flow_solve
 
     with pytest.raises(ValueError, match="strictly decreasing"):
         probability_flow_solve(lambda x, i: x, torch.zeros(2), [0.5, 0.4], [0.5, 0.9])
@@ -97,7 +97,7 @@ def test_reference_solver_rejects_a_grid_that_does_not_decrease():
 
 # --------------------------------------------------------------------------- equal-evaluation peers and goals
 def test_equal_nfe_peer_interpolates_per_image_and_picks_the_best_family():
-    from sada.bench.stats import equal_nfe_peer
+    from benchmarks.stats import equal_nfe_peer
 
     plain = {("a", 10): [30.0, 32.0], ("a", 11): [31.0, 35.0], ("b", 10): [33.0, 33.0], ("b", 11): [33.0, 33.0],
              ("c", 11): [50.0, 50.0]}  # c has no run at or below 10.25 evaluations: left out
@@ -109,8 +109,8 @@ def test_equal_nfe_peer_interpolates_per_image_and_picks_the_best_family():
 
 
 def test_equal_nfe_peer_of_two_stage_samplers_counts_evaluations_not_steps():
-    from sada.bench.cells import Cell
-    from sada.bench.stats import equal_nfe_peer
+    from benchmarks.cells import Cell
+    from benchmarks.stats import equal_nfe_peer
 
     heun = Cell.parse("diffusers/unet/heun/karras/15")
     assert heun.nfe_of_steps(15) == 29 and heun.steps_of_nfe(24.0) == 12.5
@@ -120,7 +120,7 @@ def test_equal_nfe_peer_of_two_stage_samplers_counts_evaluations_not_steps():
 
 
 def test_goal_rows_apply_the_goal_of_the_step_count():
-    from sada.bench.stats import goal_rows
+    from benchmarks.stats import goal_rows
 
     def cell(steps, nfe, delta):
         peer = {"name": "p", "psnr": 40.0, "delta": delta, "delta_2se": 0.1}
@@ -135,8 +135,8 @@ def test_goal_rows_apply_the_goal_of_the_step_count():
 
 
 def test_steps_around_brackets_the_evaluation_count():
-    from sada.bench.cells import Cell
-    from sada.bench.grids import steps_around
+    from benchmarks.cells import Cell
+    from benchmarks.grids import steps_around
 
     dpm = Cell.parse("diffusers/unet/dpmpp_2m/trailing/50")
     assert steps_around(dpm, 23.3) == [23, 24] and steps_around(dpm, 23.0) == [23]
@@ -146,7 +146,7 @@ def test_steps_around_brackets_the_evaluation_count():
 
 
 def test_seed_sets_are_disjoint_and_labels_cycle():
-    from sada.bench.cells import seed_list
+    from benchmarks.cells import seed_list
 
     assert seed_list("heldout", 3) == [1000, 1001, 1002] and seed_list("tuning", 2) == [0, 1]
     with pytest.raises(ValueError, match="the tuning set has 1000 seeds"):

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from sada.cli import main
+from benchmarks.cli import main
 
 
 def _usage_error(capsys, argv) -> str:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sada import SADAConfig
-from sada.bench.overhead import GaussianStub, _grid, run_once
+from benchmarks.overhead import GaussianStub, _grid, run_once
 from sada.config import DEFAULT_SCHEDULE, ErrorControl, StepSchedule
 from sada.policy import Decision, ErrorControlPolicy
 from sada.torch_backend.engine import SADAEngine
@@ -136,7 +136,7 @@ def test_cached_weights_follow_every_push_and_invalidation():
 
 
 def test_the_tuning_scripts_default_row_is_the_library_default_and_its_differences_are_exact():
-    from sada.bench.tune_error_control import VARIANTS, _differences
+    from benchmarks.tune_error_control import VARIANTS, _differences
 
     fields, tail = VARIANTS["default: tol 8, nodes 3, interleaved, tail 2"]
     assert ErrorControl(**fields) == ErrorControl() and tail == ErrorControlPolicy.protected_tail

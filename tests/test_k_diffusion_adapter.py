@@ -8,7 +8,7 @@ import torch
 from sada import SADAConfig, preset
 from sada.config import StepSchedule
 from sada.adapters import k_diffusion as kd
-from sada.lab.distributions import random_mixture
+from benchmarks.lab.distributions import random_mixture
 from sada.trajectory import DiscreteVPSchedule
 from tests.kdiffusion_shim import load_k_sampling
 

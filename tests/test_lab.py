@@ -3,11 +3,11 @@ import numpy as np
 import pytest
 
 from sada.config import SADAConfig, StepSchedule, preset
-from sada.lab.distributions import GaussianMixture, anisotropic_gaussian, isotropic_gaussian, random_mixture
+from benchmarks.lab.distributions import GaussianMixture, anisotropic_gaussian, isotropic_gaussian, random_mixture
 from sada.engine.numpy_engine import NumpyEngine
-from sada.lab.experiments import compare_methods, estimator_errors, make_problem, make_problem_like, run_sampler
-from sada.lab.ode import ExactModel, reference_trajectory
-from sada.lab.samplers import sample_dpmpp_2m, sample_euler, sample_flow_euler, sample_heun
+from benchmarks.lab.experiments import compare_methods, estimator_errors, make_problem, make_problem_like, run_sampler
+from benchmarks.lab.ode import ExactModel, reference_trajectory
+from benchmarks.lab.samplers import sample_dpmpp_2m, sample_euler, sample_flow_euler, sample_heun
 from sada.policy import Decision
 from sada.trajectory import EDMSchedule, RectifiedFlowSchedule, StepGrid, karras_sigmas
 

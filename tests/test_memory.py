@@ -1,13 +1,13 @@
 """Latent-sized tensors the torch engine holds per sample (``trace.extras["latent_copies_per_sample"]``), per mode,
-on 50-step runs shaped like the shipped models (the stub network of ``sada.bench.overhead``)."""
+on 50-step runs shaped like the shipped models (the stub network of ``benchmarks.overhead``)."""
 import pytest
 import torch
 
 from sada import SADAConfig
 from sada.config import ErrorControl, StepSchedule
-from sada.bench.overhead import CONFIGS, measure
+from benchmarks.overhead import CONFIGS, measure
 from sada.torch_backend.engine import SADAEngine
-from sada.bench.overhead import GaussianStub, _grid, run_once
+from benchmarks.overhead import GaussianStub, _grid, run_once
 
 # (model, config) -> latent copies per sample, as documented in docs/torch-engine.md ("Memory")
 EXPECTED = {

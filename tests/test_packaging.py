@@ -25,7 +25,7 @@ def test_core_imports_do_not_import_torch(module, tmp_path):
 def test_reference_imports_nothing_from_the_upper_layers():
     for path in (ROOT / "sada" / "reference").glob("*.py"):
         text = path.read_text()
-        for banned in ("import torch", "from sada.trajectory", "from sada.lab", "from sada.config", "from sada.torch"):
+        for banned in ("import torch", "from sada.trajectory", "from benchmarks.lab", "from sada.config", "from sada.torch"):
             assert banned not in text, f"{path.name} imports {banned!r}"
 
 
@@ -61,6 +61,6 @@ def test_wheel_ships_adapters_as_sada_adapters_and_imports_from_it(tmp_path):
 
 
 def test_demo_command_prints_the_savings(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "sada.cli", "demo", "--steps", "25", "--batch", "2", "--dim", "16"],
+    out = subprocess.run([sys.executable, "-m", "benchmarks.cli", "demo", "--steps", "25", "--batch", "2", "--dim", "16"],
                          cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert "SADA corrected:" in out and "network evaluations per sample instead of 25" in out

@@ -13,7 +13,7 @@ diffusers = pytest.importorskip("diffusers")
 
 import sada  # noqa: E402
 import sada.adapters.diffusers as sada_d  # noqa: E402
-from sada.lab.distributions import random_mixture  # noqa: E402
+from benchmarks.lab.distributions import random_mixture  # noqa: E402
 from sada.policy import Decision  # noqa: E402
 from sada.reference import lagrange_basis_weights  # noqa: E402
 from tests import diffusers_fixtures as fx  # noqa: E402

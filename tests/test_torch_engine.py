@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sada.config import SADAConfig, preset
-from sada.lab.experiments import make_problem, run_sampler
+from benchmarks.lab.experiments import make_problem, run_sampler
 from sada.policy import Decision
 from sada.torch_backend.engine import SADAEngine
 from sada.trajectory import DiscreteVPSchedule, EDMSchedule, RectifiedFlowSchedule, StepGrid

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from sada.lab.distributions import anisotropic_gaussian
+from benchmarks.lab.distributions import anisotropic_gaussian
 from sada.trajectory import (
     PREDICTION_KINDS,
     DiscreteVPSchedule,

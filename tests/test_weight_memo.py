@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sada import kernels
-from sada.bench.overhead import GaussianStub, _grid, run_once
+from benchmarks.overhead import GaussianStub, _grid, run_once
 from sada.config import SADAConfig
 from sada.torch_backend import rings
 from sada.torch_backend.engine import SADAEngine

@@ -185,12 +185,12 @@ def load_model(name: str, assets: str | None = None) -> BenchModel:
     """Load a shipped model bundle (offline) by name: ``unet`` or ``mmdit``.
 
     ``assets`` (or the ``SADA_BENCH_ASSETS`` environment variable) points at another folder holding
-    ``digits-unet/`` and ``digits-mmdit/`` bundles (e.g. freshly trained with ``python -m sada.bench.train``).
+    ``digits-unet/`` and ``digits-mmdit/`` bundles (e.g. freshly trained with ``python -m benchmarks.train``).
     """
     import os
     from pathlib import Path
 
-    from sada.bench.train import load_mmdit_bundle, load_unet_bundle
+    from benchmarks.train import load_mmdit_bundle, load_unet_bundle
 
     loaders = {"unet": (load_unet_bundle, "digits-unet"), "mmdit": (load_mmdit_bundle, "digits-mmdit")}
     if name not in loaders:

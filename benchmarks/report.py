@@ -2,7 +2,7 @@
 
 Every method row carries its PSNR/SSIM against the ODE solution (the primary fidelity measure) and
 against the cell's full run (the paper's convention), FD-digits and class accuracy; every SADA variant
-its best plain grid at equal evaluations and the paired difference to it (:mod:`sada.bench.stats`).
+its best plain grid at equal evaluations and the paired difference to it (:mod:`benchmarks.stats`).
 """
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from sada.bench.metrics import FeatureMetrics, psnr_per_image, ssim
-from sada.bench.methods import SADA_VARIANTS
-from sada.bench.stats import equal_nfe_peer, goal_rows
+from benchmarks.metrics import FeatureMetrics, psnr_per_image, ssim
+from benchmarks.methods import SADA_VARIANTS
+from benchmarks.stats import equal_nfe_peer, goal_rows
 
 __all__ = ["CellReport", "compute_cell", "write_report", "load_features"]
 
@@ -36,8 +36,8 @@ def _images(entry) -> torch.Tensor:
 
 
 def load_features() -> FeatureMetrics:
-    from sada.bench.classifier import load_classifier
-    from sada.bench.train import load_digit_data
+    from benchmarks.classifier import load_classifier
+    from benchmarks.train import load_digit_data
 
     _, _, x_test, _ = load_digit_data()
     return FeatureMetrics(load_classifier(), x_test)
@@ -116,8 +116,8 @@ def write_report(results: dict, reports: list[CellReport], labels, out: Path, st
     sets ``settings["wall_s"]``, the run's duration up to the written report."""
     import time
 
-    from sada.bench.plots import save_pareto, save_samples
-    from sada.bench.render import render_markdown
+    from benchmarks.plots import save_pareto, save_samples
+    from benchmarks.render import render_markdown
 
     features = load_features()
     for report in reports:

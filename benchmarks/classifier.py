@@ -1,7 +1,7 @@
 """Small CNN digit classifier for 16x16 digit images in [-1, 1] (sample-quality proxy and Frechet-distance features).
 
-The network is trained by :func:`train_classifier` (driven by ``python -m sada.bench.train --model classifier``) and
-shipped as ``sada/assets/digits-classifier/{config.json,model.safetensors}``. Load it with :func:`load_classifier`.
+The network is trained by :func:`train_classifier` (driven by ``python -m benchmarks.train --model classifier``) and
+shipped as ``benchmarks/assets/digits-classifier/{config.json,model.safetensors}``. Load it with :func:`load_classifier`.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 DEFAULT_PATH = ASSETS_DIR / "digits-classifier"
 IMAGE_SIZE = 16
 
@@ -114,7 +114,7 @@ def save_classifier(model: DigitCNN, path: str | Path, stats: dict | None = None
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    cfg = {"class_name": "sada.bench.classifier.DigitCNN", "input": "[B,1,16,16] float in [-1,1]",
+    cfg = {"class_name": "benchmarks.classifier.DigitCNN", "input": "[B,1,16,16] float in [-1,1]",
            "config": model.config, "stats": stats or {}}
     (path / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(path / "model.safetensors"))
@@ -127,7 +127,7 @@ def load_classifier(path: str | Path | None = None, device: str | torch.device =
     path = Path(path) if path is not None else DEFAULT_PATH
     if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
         raise FileNotFoundError(f"{path} does not hold config.json and model.safetensors "
-                                "(train with `python -m sada.bench.train --model classifier`)")
+                                "(train with `python -m benchmarks.train --model classifier`)")
     cfg = json.loads((path / "config.json").read_text())
     model = DigitCNN(**cfg["config"])
     model.load_state_dict(load_file(str(path / "model.safetensors")))

@@ -3,7 +3,7 @@
 * PSNR and SSIM of each method's samples against the baseline's samples from the same noise and labels
   (torchmetrics; images in [-1, 1], data range 2);
 * FD-digits: the Frechet distance between classifier features (penultimate layer of the digit classifier
-  trained here and shipped in ``sada/assets``) of a method's samples and of real held-out digits. It is
+  trained here and shipped in ``benchmarks/assets``) of a method's samples and of real held-out digits. It is
   *not* FID: the feature network is a small digit CNN, not Inception;
 * class accuracy: how often the classifier recognises the requested label in a sample.
 """

@@ -8,9 +8,9 @@ import math
 import shutil
 from pathlib import Path
 
-from sada.bench.cells import DEFAULT_CELLS
-from sada.bench.methods import SADA_VARIANTS
-from sada.bench.stats import GOALS, MAX_LOSS_DB
+from benchmarks.cells import DEFAULT_CELLS
+from benchmarks.methods import SADA_VARIANTS
+from benchmarks.stats import GOALS, MAX_LOSS_DB
 
 __all__ = ["render_markdown", "render_matrix_summary", "render_file", "update_docs", "DOCS_BEGIN", "MATRIX_BEGIN",
            "SUMMARY_BEGIN", "DOCS_END"]

@@ -7,7 +7,7 @@ shipped MMDiT with the authors' flux preset both ways (the official behaviour: t
 on the same noise and labels, and prints the evaluations per sample, the decisions that differ and the PSNR of the
 two outputs against each other and against the converged ODE solution of the benchmark.
 
-    python -m sada.bench.paper_flow_rounding --seeds 16 --steps 50
+    python -m benchmarks.paper_flow_rounding --seeds 16 --steps 50
 """
 from __future__ import annotations
 
@@ -44,11 +44,11 @@ def main(argv=None) -> int:
         parser.error(f"--seeds must be >= 1, got {args.seeds}")
 
     import sada.adapters.diffusers as sada_d
-    from sada.bench.cells import Cell, seed_list
-    from sada.bench.execute import CellRunner
-    from sada.bench.metrics import psnr_per_image
-    from sada.bench.models import load_model
-    from sada.bench.reference import ReferenceSpec, reference_images
+    from benchmarks.cells import Cell, seed_list
+    from benchmarks.execute import CellRunner
+    from benchmarks.metrics import psnr_per_image
+    from benchmarks.models import load_model
+    from benchmarks.reference import ReferenceSpec, reference_images
     from sada.config import preset
 
     cell = Cell("diffusers", "mmdit", "flow_euler", "shift1", args.steps)

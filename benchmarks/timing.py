@@ -1,6 +1,6 @@
 """Timing-only run on a larger random-weight U-Net: SADA's wall-clock ratio when the network dominates.
 
-    python -m sada.bench.timing [--size sd-medium|sdxl] [--steps 25] [--batch 2] [--repeats 3] [--device cpu]
+    python -m benchmarks.timing [--size sd-medium|sdxl] [--steps 25] [--batch 2] [--repeats 3] [--device cpu]
 
 The shipped digit models are so small that SADA's per-step host work is a visible share of a step. This
 run builds an SD-style ``UNet2DConditionModel`` with random weights (``sd-medium``: SD-1.x layout at half

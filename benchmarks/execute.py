@@ -1,7 +1,7 @@
 """Running one method of a cell on one micro-batch: diffusers pipelines or k-diffusion samplers.
 
 :class:`CellRunner` holds a cell's pipelines (one per scheduler configuration) or its k-diffusion
-denoiser, and runs a :class:`~sada.bench.methods.Method` on a list of seeds, counting the rows that enter
+denoiser, and runs a :class:`~benchmarks.methods.Method` on a list of seeds, counting the rows that enter
 the network (network evaluations, whatever the method) with a forward pre-hook on its first layer.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from sada.bench.methods import ADAPTER_DEFAULT, Method
+from benchmarks.methods import ADAPTER_DEFAULT, Method
 
 __all__ = ["CellRunner", "RowCounter", "time_methods"]
 
@@ -65,12 +65,12 @@ class CellRunner:
     """Runs the methods of one cell on micro-batches of seeds."""
 
     def __init__(self, cell, model):
-        from sada.bench.grids import default_family, plain_grid
+        from benchmarks.grids import default_family, plain_grid
 
         self.cell, self.model = cell, model
         self.denoiser = None
         if cell.backend == "k-diffusion":
-            from sada.bench.kdiff import DigitsEpsDenoiser
+            from benchmarks.kdiff import DigitsEpsDenoiser
 
             self.denoiser = DigitsEpsDenoiser(model)
         self.full_grid = plain_grid(cell, default_family(cell), cell.steps, model, self.denoiser)
@@ -92,7 +92,7 @@ class CellRunner:
 
     # ---------------------------------------------------------------- k-diffusion
     def _run_kdiffusion(self, method, seeds, labels):
-        from sada.bench.kdiff import run_kdiffusion
+        from benchmarks.kdiff import run_kdiffusion
 
         if method.kind == "plain":
             sigmas = torch.tensor(method.grid.sigmas, dtype=torch.float32)

@@ -1,7 +1,7 @@
 """Benchmarks of token pruning (not tests): block time on pruned steps, and fidelity on the shipped MMDiT.
 
-    python -m sada.bench.pruning_speed [block] [--blocks basic joint] [--tokens 1024] [--batch 2] [--repeats 20]
-    python -m sada.bench.pruning_speed fidelity [--samples 32] [--reference-steps 500] [--reference-file F]
+    python -m benchmarks.pruning_speed [block] [--blocks basic joint] [--tokens 1024] [--batch 2] [--repeats 20]
+    python -m benchmarks.pruning_speed fidelity [--samples 32] [--reference-steps 500] [--reference-file F]
 
 ``block`` runs a diffusers ``BasicTransformerBlock`` (SD width 320, 768-d text) and an SD3
 ``JointTransformerBlock`` (width 512, 77 text tokens) on ``tokens`` image tokens, fully and through
@@ -92,8 +92,8 @@ def fidelity_benchmark(samples: int, reference_steps: int, reference_file: str |
 
     import sada
     import sada.adapters.diffusers as sada_diffusers
-    from sada.bench.metrics import psnr
-    from sada.bench.models import load_model
+    from benchmarks.metrics import psnr
+    from benchmarks.models import load_model
 
     model = load_model("mmdit")
     pipe = model.pipeline()

@@ -1,4 +1,4 @@
-"""Per-step host time of the torch engine: ``python -m sada.bench.overhead``.
+"""Per-step host time of the torch engine: ``python -m benchmarks.overhead``.
 
 The engine (:class:`sada.torch_backend.engine.SADAEngine`) is driven through its contract (``plan`` -> network ->
 ``complete``) on latents shaped like the shipped models' (``[16, 1, 16, 16]``: the solver's batch; classifier-free
@@ -131,7 +131,7 @@ def measure(model: str, config_name: str, steps: int = 50, batch: int = 16, repe
 
 
 def main(argv=None) -> list[dict]:
-    parser = argparse.ArgumentParser(prog="python -m sada.bench.overhead", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.overhead", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="mmdit,unet", help="comma-separated, from %s" % sorted(MODELS))
     parser.add_argument("--configs", default="default,step-schedule,paper,error-controlled", help="from %s" % sorted(CONFIGS))
     parser.add_argument("--steps", type=int, default=50)

@@ -1,13 +1,13 @@
 """Train, save, load and sample the tiny real benchmark models (16x16 sklearn digits, class-conditional).
 
-Shipped bundles (under ``sada/assets/``), all loadable offline:
+Shipped bundles (under ``benchmarks/assets/``), all loadable offline:
 
 * ``digits-unet``  - SD-like ``UNet2DConditionModel`` (cross-attention), epsilon prediction, DDPM scaled-linear betas.
 * ``digits-mmdit`` - SD3-like ``SD3Transformer2DModel`` (MMDiT), rectified-flow velocity prediction.
-* ``digits-classifier`` - small CNN (see :mod:`sada.bench.classifier`) for sample accuracy / Frechet features.
+* ``digits-classifier`` - small CNN (see :mod:`benchmarks.classifier`) for sample accuracy / Frechet features.
 
 Both diffusion models are conditioned by a learned label table of 11 rows (digits 0..9 plus the null label 10 used for
-classifier-free guidance). Reproduce the shipped weights with ``python -m sada.bench.train --model all``.
+classifier-free guidance). Reproduce the shipped weights with ``python -m benchmarks.train --model all``.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sada.bench.classifier import ASSETS_DIR, IMAGE_SIZE, accuracy, load_classifier, train_classifier
+from benchmarks.classifier import ASSETS_DIR, IMAGE_SIZE, accuracy, load_classifier, train_classifier
 
 NUM_DIGITS = 10
 NULL_LABEL = 10          # label-table row used as the unconditional ("empty prompt") input for CFG
@@ -156,7 +156,7 @@ def _save_bundle(kind: str, ema: nn.ModuleDict, out: Path, stats: dict) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     cond = ema["cond"]
-    net = copy.deepcopy(ema["net"]).half()  # fp16 on disk keeps sada/assets small
+    net = copy.deepcopy(ema["net"]).half()  # fp16 on disk keeps benchmarks/assets small
     tensors = {"embeddings": cond.embeddings.detach().float().contiguous()}
     if kind == "unet":
         net.save_pretrained(out / "unet")
@@ -309,7 +309,7 @@ def evaluate_bundle(kind: str, path: str | Path | None = None, per_class: int = 
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m sada.bench.train", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.train", description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, choices=["unet", "mmdit", "classifier", "all"])
     p.add_argument("--steps", type=int, default=None, help="training steps (default: per-model, see DEFAULTS)")
     p.add_argument("--batch-size", type=int, default=None)

@@ -5,9 +5,9 @@ seeds of the reported benchmark never enter), and is scored by PSNR against the 
 peer is the best plain grid at the same number of network evaluations (the families of ``sada bench``, linearly
 interpolated between the two whole step counts around a fractional NFE)::
 
-    python -m sada.bench.tune_error_control                      # the four cells of docs/benchmarks.md, 16 seeds
-    python -m sada.bench.tune_error_control --cells diffusers/mmdit/flow_euler/shift1/50 --seeds 8
-    python -m sada.bench.tune_error_control --roughness          # why: the networks' outputs along a trajectory
+    python -m benchmarks.tune_error_control                      # the four cells of docs/benchmarks.md, 16 seeds
+    python -m benchmarks.tune_error_control --cells diffusers/mmdit/flow_euler/shift1/50 --seeds 8
+    python -m benchmarks.tune_error_control --roughness          # why: the networks' outputs along a trajectory
 
 ``tail`` is the number of last steps that always run the network (:attr:`sada.policy.ErrorControlPolicy.protected_tail`;
 the library uses 2, and this script sets it per variant to show why). Prints a markdown table.
@@ -41,8 +41,8 @@ VARIANTS = {
 
 def _best_plain(runner, evaluate, nfe: float, cache: dict) -> tuple[float, str]:
     """PSNR of the best plain grid family at ``nfe`` evaluations (interpolated between whole step counts)."""
-    from sada.bench.grids import grid_families, plain_grid, steps_around
-    from sada.bench.methods import Method
+    from benchmarks.grids import grid_families, plain_grid, steps_around
+    from benchmarks.methods import Method
 
     best = (-np.inf, "")
     steps = runner.cell.steps_of_nfe(nfe)
@@ -74,12 +74,12 @@ def run_variants(cells=TUNING_CELLS, variants=None, num_seeds: int = 16, progres
     """One row per (cell, variant): NFE, PSNR vs the ODE solution, the best plain grid's PSNR at that NFE."""
     from tqdm.auto import tqdm
 
-    from sada.bench.cells import Cell, seed_list
-    from sada.bench.execute import CellRunner, RowCounter
-    from sada.bench.methods import Method
-    from sada.bench.metrics import psnr
-    from sada.bench.models import load_model
-    from sada.bench.reference import ReferenceSpec, reference_images
+    from benchmarks.cells import Cell, seed_list
+    from benchmarks.execute import CellRunner, RowCounter
+    from benchmarks.methods import Method
+    from benchmarks.metrics import psnr
+    from benchmarks.models import load_model
+    from benchmarks.reference import ReferenceSpec, reference_images
     from sada.policy import ErrorControlPolicy
 
     variants = VARIANTS if variants is None else variants
@@ -139,8 +139,8 @@ def roughness(model_name: str, steps: int = 50, num_seeds: int = 16, every: int 
     """
     import math
 
-    from sada.bench.cells import seed_list
-    from sada.bench.models import load_model
+    from benchmarks.cells import seed_list
+    from benchmarks.models import load_model
 
     model = load_model(model_name)
     seeds = seed_list("tuning", num_seeds)
@@ -183,8 +183,8 @@ def input_probe(num_seeds: int = 16, sigma: float = 1.35, points: int = 20) -> l
     """Backward differences (orders 1-4, mean RMS over the sequence) of the U-Net's guided output when only its
     timestep input moves (by one training step, from the timestep of ``sigma``) and when only its sample moves
     (along the start noise, in steps of 0.002 of it)."""
-    from sada.bench.cells import seed_list
-    from sada.bench.models import load_model
+    from benchmarks.cells import seed_list
+    from benchmarks.models import load_model
 
     model = load_model("unet")
     seeds = seed_list("tuning", num_seeds)
@@ -217,7 +217,7 @@ def render(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> list[dict]:
-    parser = argparse.ArgumentParser(prog="python -m sada.bench.tune_error_control", description=__doc__.split("\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.tune_error_control", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--cells", nargs="+", default=list(TUNING_CELLS), help="diffusers cells")
     parser.add_argument("--seeds", type=int, default=16, help="tuning seeds 0..seeds-1")

@@ -82,11 +82,11 @@ def run_kdiffusion(denoiser: DigitsEpsDenoiser, sampler: str, sigmas: torch.Tens
     """Images of one k-diffusion run from the seeds' noise (``x_T = sigma_max * noise``) and the SADA
     wrapper used (``None`` without SADA).
 
-    ``sada``: ``None`` (plain sampler), :data:`~sada.bench.methods.ADAPTER_DEFAULT` (``wrap(denoiser, sigmas)``,
+    ``sada``: ``None`` (plain sampler), :data:`~benchmarks.methods.ADAPTER_DEFAULT` (``wrap(denoiser, sigmas)``,
     the adapter's default configuration) or a :class:`~sada.config.SADAConfig` (``wrap(denoiser, sigmas, config)``).
     """
     from sada.adapters.k_diffusion import load_sampling, wrap
-    from sada.bench.methods import ADAPTER_DEFAULT
+    from benchmarks.methods import ADAPTER_DEFAULT
 
     if sampler not in KDIFFUSION_SAMPLERS:
         raise ValueError(f"sampler must be one of {KDIFFUSION_SAMPLERS}, got {sampler!r}")

@@ -75,7 +75,7 @@ class Cell:
 
     @property
     def reference_start(self) -> str:
-        """The start convention of the cell's samplers (see :mod:`sada.bench.reference`)."""
+        """The start convention of the cell's samplers (see :mod:`benchmarks.reference`)."""
         if self.model == "mmdit":
             return "flow"
         return "vp" if (self.backend == "diffusers" and self.sampler == "dpmpp_2m") else "edm"

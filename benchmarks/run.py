@@ -1,8 +1,8 @@
 """``sada bench``: every method of every selected cell on the same noise and labels, scored against a
-converged solution of the same ODE (see :mod:`sada.bench.reference`) and against the cell's full run.
+converged solution of the same ODE (see :mod:`benchmarks.reference`) and against the cell's full run.
 
 Per cell: the full run (baseline), the SADA variants, then the plain grids that bracket each variant's
-evaluation count in every grid family (:mod:`sada.bench.grids`), then optional wall-clock timing. Seeds
+evaluation count in every grid family (:mod:`benchmarks.grids`), then optional wall-clock timing. Seeds
 are processed in fixed micro-batches of ``batch`` seeds (chunk ``i`` = seeds ``i*batch ..``); under
 ``accelerate launch`` the chunks are split across ranks and rank 0 merges them, so a sharded run produces
 exactly the images of a single-process run with the same per-process thread count.
@@ -14,12 +14,12 @@ from pathlib import Path
 
 import torch
 
-from sada.bench.cells import select_cells, seed_list
-from sada.bench.execute import CellRunner, RowCounter, time_methods
-from sada.bench.grids import grid_families, plain_grid, resolve_grid, same_grid, steps_around
-from sada.bench.methods import DEFAULT_GROUPS, SADA_VARIANTS, Method, methods_for
-from sada.bench.models import load_model
-from sada.bench.reference import ReferenceSpec, reference_images
+from benchmarks.cells import select_cells, seed_list
+from benchmarks.execute import CellRunner, RowCounter, time_methods
+from benchmarks.grids import grid_families, plain_grid, resolve_grid, same_grid, steps_around
+from benchmarks.methods import DEFAULT_GROUPS, SADA_VARIANTS, Method, methods_for
+from benchmarks.models import load_model
+from benchmarks.reference import ReferenceSpec, reference_images
 
 __all__ = ["run_benchmark"]
 
@@ -113,7 +113,7 @@ def _plain_peers(runner, nfes: dict, baseline: Method) -> tuple[list[Method], di
 
 def _reference_check(model, spec: ReferenceSpec, chunk, reference: torch.Tensor, cache_dir, progress) -> dict:
     """Agreement of the reference with the same solver at half the steps, on one micro-batch."""
-    from sada.bench.metrics import psnr_per_image
+    from benchmarks.metrics import psnr_per_image
 
     half = ReferenceSpec(spec.model, spec.start, spec.guidance, spec.order, spec.steps // 2)
     values = psnr_per_image(reference_images(model, half, *chunk, cache_dir, progress=progress), reference)
@@ -128,7 +128,7 @@ def run_benchmark(cells=None, seed_set: str = "heldout", num_seeds: int = 32, ba
     ``results.md`` and per-cell sample grids and Pareto plots under ``out``. Returns the results dict."""
     from tqdm.auto import tqdm
 
-    from sada.bench.report import CellReport, write_report
+    from benchmarks.report import CellReport, write_report
 
     cells = select_cells() if cells is None else list(cells)
     _import_hosts(cells)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sada.bench.cells import Cell
+from benchmarks.cells import Cell
 
 __all__ = ["PlainGrid", "grid_families", "default_family", "plain_grid", "resolve_grid", "steps_around",
            "same_grid"]
@@ -78,7 +78,7 @@ def plain_grid(cell: Cell, family: str, steps: int, model, denoiser=None) -> Pla
     if family not in grid_families(cell):
         raise ValueError(f"family must be one of {grid_families(cell)} for {cell.name}, got {family!r}")
     if cell.backend == "k-diffusion":
-        from sada.bench.kdiff import kdiffusion_sigmas
+        from benchmarks.kdiff import kdiffusion_sigmas
 
         if denoiser is None:
             raise ValueError("k-diffusion grids need the denoiser (its training sigma range)")

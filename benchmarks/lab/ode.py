@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.integrate import solve_ivp
 
-from sada.lab.distributions import GaussianMixture
+from benchmarks.lab.distributions import GaussianMixture
 from sada.trajectory.parameterization import check_kind, combine
 
 __all__ = ["ExactModel", "reference_trajectory", "SIGMA_FLOOR"]
