@@ -17,30 +17,107 @@ __all__ = ["second_difference", "stability_product", "flow_stability_product", "
 
 
 def second_difference(f_n, f_prev, f_prev2):
-    """The curvature term of eq. (13): ``f_n - 2 f_{n-1} + f_{n-2}`` (``~ h^2 f''`` on a uniform grid)."""
+    """The curvature term of Criterion 3.4.
+
+    Args:
+        f_n, f_prev, f_prev2: the drift at steps ``n``, ``n - 1`` and ``n - 2`` (arrays of one shape).
+
+    Returns:
+        ``f_n - 2 f_{n-1} + f_{n-2}``, element-wise.
+
+    Notes:
+        Eq. (13)'s second factor. On a uniform grid of step ``h`` it is ``h^2 f''(t_n) + O(h^3)``.
+
+    Examples:
+        >>> import numpy as np
+        >>> second_difference(np.array([9.0]), np.array([4.0]), np.array([1.0]))  # f(t) = t^2 at t = 3, 2, 1
+        array([2.])
+    """
     return f_n - 2.0 * f_prev + f_prev2
 
 
 def stability_product(x_next, x_hat_next, curvature):
-    """Criterion 3.4, eq. (13): the element-wise ``M_n = (x_{n+1} - x^_{n+1}) * curvature``."""
+    """Criterion 3.4's element-wise product.
+
+    Args:
+        x_next: the solver's sample ``x_{n+1}``.
+        x_hat_next: the step estimate ``x^_{n+1}`` of the same sample.
+        curvature: :func:`second_difference` of the drift.
+
+    Returns:
+        ``M_n = (x_{n+1} - x^_{n+1}) * (f_n - 2 f_{n-1} + f_{n-2})``, element-wise.
+
+    Notes:
+        Eq. (13). The step is stable (the next one may be skipped) when the mean of ``M_n`` is ``<= 0``: the
+        estimate's error is anti-aligned with the drift's curvature.
+
+    Examples:
+        >>> import numpy as np
+        >>> stability_product(np.array([1.0, 2.0]), np.array([1.5, 1.0]), np.array([2.0, 2.0]))
+        array([-1.,  2.])
+    """
     return (x_next - x_hat_next) * curvature
 
 
 def flow_stability_product(v_n, v_prev, v_prev2):
-    """The official flow-matching criterion: ``M_n = -(v_n - 2 v_{n-1} + v_{n-2})`` (no residual factor)."""
+    """Criterion 3.4 as the official code computes it for flow matching.
+
+    Args:
+        v_n, v_prev, v_prev2: the velocity at steps ``n``, ``n - 1``, ``n - 2``.
+
+    Returns:
+        ``M_n = -(v_n - 2 v_{n-1} + v_{n-2})``, element-wise.
+
+    Notes:
+        The official flow-matching path has no residual factor: the product is the negated second difference.
+
+    Examples:
+        >>> import numpy as np
+        >>> flow_stability_product(np.array([3.0]), np.array([2.0]), np.array([0.0]))
+        array([1.])
+    """
     return -second_difference(v_n, v_prev, v_prev2)
 
 
 def sample_means(product):
-    """``mean(M_n)`` of every sample (first axis) of a ``[rows, ...]`` product."""
+    """The per-sample mean of a criterion product.
+
+    Args:
+        product: ``M_n`` shaped ``[rows, ...]``.
+
+    Returns:
+        ``[rows]``: the mean of each row over all its other axes.
+
+    Examples:
+        >>> import numpy as np
+        >>> sample_means(np.array([[[1.0, -3.0]], [[2.0, 2.0]]]))
+        array([-1.,  2.])
+    """
     xp = namespace(product)
     return xp.mean(xp.reshape(product, (product.shape[0], -1)), axis=1)
 
 
 def stable_samples(means, reduce: str):
-    """Criterion 3.4's decision from per-sample means: ``mean <= 0``. ``reduce="sample"``: one decision per sample;
-    ``"batch"``: one for all (the mean of the samples' means, the official code's mean over every element). Samples
-    whose mean is NaN (no criterion yet) are never stable and are left out of the batch mean."""
+    """Criterion 3.4's decision from per-sample means.
+
+    Args:
+        means: ``[samples]`` means of ``M_n`` (:func:`sample_means`); NaN where a sample has no criterion yet.
+        reduce: ``"sample"`` (one decision per sample) or ``"batch"`` (one decision for all).
+
+    Returns:
+        ``[samples]`` booleans: stable iff the mean is ``<= 0``.
+
+    Notes:
+        Eq. (13). ``"batch"`` reduces the mean of the samples' means, as the official code does over every element.
+        A NaN mean is never stable and is left out of the batch mean.
+
+    Examples:
+        >>> import numpy as np
+        >>> stable_samples(np.array([-1.0, 0.5, np.nan]), "sample")
+        array([ True, False, False])
+        >>> stable_samples(np.array([-1.0, 0.5, np.nan]), "batch")
+        array([ True,  True,  True])
+    """
     xp = namespace(means)
     finite = xp.isfinite(means)
     if reduce == "sample":
@@ -52,16 +129,39 @@ def stable_samples(means, reduce: str):
 
 
 def token_scores(product, channel_axis: int):
-    """Section 3.5: the channel mean of ``M_n`` per token (``[B, C, H, W] -> [B, H, W]``, video
-    ``[B, C, F, H, W] -> [B, F, H, W]``, token layout ``[B, L, D] -> [B, L]`` with ``channel_axis=-1``)."""
+    """The token-level criterion of section 3.5: the channel mean of ``M_n`` per token.
+
+    Args:
+        product: ``M_n``: ``[B, C, H, W]``, video ``[B, C, F, H, W]`` or tokens ``[B, L, D]``.
+        channel_axis: ``1`` for channel-first latents, ``-1`` for the token layout.
+
+    Returns:
+        ``[B, H, W]``, ``[B, F, H, W]`` or ``[B, L]``.
+
+    Examples:
+        >>> import numpy as np
+        >>> token_scores(np.array([[[1.0, 3.0], [-2.0, 0.0]]]), -1)
+        array([[ 2., -1.]])
+    """
     xp = namespace(product)
     return xp.mean(product, axis=channel_axis)
 
 
 def token_instability(scores, max_fix: int | None):
-    """Section 3.5: tokens to recompute, per sample of ``scores [rows, ...]``: unstable iff the score is ``>= 0``;
-    when more than ``max_fix`` tokens of a sample are unstable only the ``max_fix`` largest scores stay marked
-    (``max_fix=0``: none, ``None``: no cap)."""
+    """The tokens to recompute (section 3.5).
+
+    Args:
+        scores: ``[rows, ...]`` token scores (:func:`token_scores`).
+        max_fix: at most this many tokens per sample stay marked (the largest scores); ``0``: none, ``None``: no cap.
+
+    Returns:
+        A boolean map shaped like ``scores``: a token is unstable iff its score is ``>= 0``.
+
+    Examples:
+        >>> import numpy as np
+        >>> token_instability(np.array([[0.5, -1.0, 2.0, 0.0]]), 2)
+        array([[ True, False,  True, False]])
+    """
     xp = namespace(scores)
     flat = xp.reshape(scores, (scores.shape[0], -1))
     unstable = flat >= 0.0
@@ -73,7 +173,20 @@ def token_instability(scores, max_fix: int | None):
 
 
 def relative_rms(difference, reference):
-    """Per-sample ``RMS(difference) / RMS(reference)`` (the embedded-pair local error relative to the estimate)."""
+    """Per-sample relative RMS, the embedded pair's local error relative to the estimate.
+
+    Args:
+        difference: ``[rows, ...]``, e.g. the difference of two estimates of one step.
+        reference: ``[rows, ...]``, the estimate it is relative to.
+
+    Returns:
+        ``[rows]``: ``RMS(difference) / max(RMS(reference), 1e-12)``.
+
+    Examples:
+        >>> import numpy as np
+        >>> relative_rms(np.array([[3.0, 4.0]]), np.array([[0.0, 10.0]]))
+        array([0.5])
+    """
     xp = namespace(difference)
     rows = difference.shape[0]
     rms = xp.sqrt(xp.mean(xp.reshape(difference, (rows, -1)) ** 2, axis=1))
@@ -82,7 +195,19 @@ def relative_rms(difference, reference):
 
 
 def adaptive_diffusion_skip(d_new, d_prev, d_prev2, threshold: float):
-    """AdaptiveDiffusion (Ye et al. 2024): skip the next step iff ``|(d_new + d_prev2)/2 - d_prev| <= threshold d_prev``,
-    with ``d_k = mean |x_k - x_{k-1}|``; elementwise over samples."""
+    """AdaptiveDiffusion's skip rule (Ye et al. 2024), a peer method.
+
+    Args:
+        d_new, d_prev, d_prev2: ``d_k = mean |x_k - x_{k-1}|`` of the last three steps, per sample.
+        threshold: the rule's relative threshold.
+
+    Returns:
+        Per sample: skip the next step iff ``|(d_new + d_prev2) / 2 - d_prev| <= threshold d_prev``.
+
+    Examples:
+        >>> import numpy as np
+        >>> adaptive_diffusion_skip(np.array([1.0, 1.0]), np.array([1.0, 2.0]), np.array([1.0, 1.0]), 0.1)
+        array([ True, False])
+    """
     xp = namespace(d_new)
     return xp.abs((d_new + d_prev2) / 2.0 - d_prev) <= threshold * d_prev

@@ -23,11 +23,19 @@ __all__ = ["paper_step_weights", "paper_vp_drift", "paper_step_estimate", "corre
 
 
 def paper_step_weights() -> np.ndarray:
-    """Theorem 3.5, eq. (14) / (A.41) as implemented: ``(5/8, 3/4, -3/8)`` on ``(f_n, f_{n-1}, f_{n-2})``.
+    """The step estimate's weights as the official code implements Theorem 3.5.
 
-    ``1.5 * AM3 - 0.5 * AM2``: AM3 ``(5, 8, -1)/12`` is the increment over ``[t_{n-1}, t_n]`` with ``f_n`` as the
-    implicit end point, AM2 ``(1/2, 1/2)`` the increment over ``[t_{n-2}, t_{n-1}]``; the two are extrapolated one
-    interval ahead with the Adams-Bashforth weights ``(3/2, -1/2)`` (numpy float64).
+    Returns:
+        float64 ``(5/8, 3/4, -3/8)`` on ``(f_n, f_{n-1}, f_{n-2})`` (a fresh copy).
+
+    Notes:
+        Eq. (14) / (A.41): ``1.5 * AM3 - 0.5 * AM2``. AM3 ``(5, 8, -1)/12`` is the increment over ``[t_{n-1}, t_n]``
+        with ``f_n`` as the implicit end point, AM2 ``(1/2, 1/2)`` the increment over ``[t_{n-2}, t_{n-1}]``; the two
+        are extrapolated one interval ahead with the Adams-Bashforth weights ``(3/2, -1/2)``.
+
+    Examples:
+        >>> paper_step_weights() * 8
+        array([ 5.,  6., -3.])
     """
     return _paper_step_weights().copy()
 
@@ -40,26 +48,90 @@ def _paper_step_weights() -> np.ndarray:
 
 
 def paper_vp_drift(x, eps, beta: float, sigma: float, num_steps: int):
-    """The official code's velocity ``f_n = (N beta_n / 2) (-x_n + eps_n / s_n)`` (VP sample ``x``, training beta,
-    VP noise std ``s_n``, ``N`` steps)."""
+    """The VP drift as the official code computes it.
+
+    Args:
+        x: the VP sample ``x_n``.
+        eps: the noise prediction at ``x_n``.
+        beta: the training ``beta`` at the step's timestep.
+        sigma: the VP noise std ``s_n``.
+        num_steps: ``N``, the run's step count.
+
+    Returns:
+        ``f_n = (N beta_n / 2) (-x_n + eps_n / s_n)``: the probability-flow drift in the step index.
+
+    Examples:
+        >>> import numpy as np
+        >>> paper_vp_drift(np.array([1.0]), np.array([0.5]), 0.02, 0.5, 50)
+        array([0.])
+    """
     return (num_steps * beta / 2.0) * (-x + eps / sigma)
 
 
 def paper_step_estimate(x, f_n, f_prev, f_prev2, num_steps: int):
-    """Theorem 3.5 as implemented: ``x^_{n+1} = x_n - (5/8 f_n + 3/4 f_{n-1} - 3/8 f_{n-2}) / N``."""
+    """Theorem 3.5's step estimate as the official code implements it.
+
+    Args:
+        x: the sample ``x_n``.
+        f_n, f_prev, f_prev2: :func:`paper_vp_drift` at steps ``n``, ``n - 1``, ``n - 2``.
+        num_steps: ``N``.
+
+    Returns:
+        ``x^_{n+1} = x_n - (5/8 f_n + 3/4 f_{n-1} - 3/8 f_{n-2}) / N``.
+
+    Notes:
+        Eq. (14) with the weights of :func:`paper_step_weights` and ``delta = 1/N`` (the time runs backwards).
+
+    Examples:
+        >>> import numpy as np
+        >>> paper_step_estimate(np.array([1.0]), np.array([8.0]), np.array([8.0]), np.array([8.0]), 4)
+        array([-1.])
+    """
     w = _paper_step_weights()  # constants, computed once
     return x - (float(w[0]) * f_n + float(w[1]) * f_prev + float(w[2]) * f_prev2) / num_steps
 
 
 def corrected_step_estimate(x_tilde, eps_history, sigma_nodes, sigma_next):
-    """The corrected Theorem 3.5 estimate ``x~^_{n+1} = x~_n + sum_i c_i eps_i``, ``c_i = integral_{sigma~_n}^{sigma~_{n+1}}
-    l_i``: the interpolated drift ``dx~/dsigma~ = eps`` of the last network evaluations integrated over the real
-    interval. ``eps_history`` is ``[k, rows, ...]`` (newest first), ``sigma_nodes`` ``[rows, k]`` or ``[k]``."""
+    """Theorem 3.5's step estimate on the run's real noise levels (Adams quadrature).
+
+    Args:
+        x_tilde: the EDM sample ``x~_n = x_n / alpha_n``.
+        eps_history: ``[k, rows, ...]`` noise predictions, newest first.
+        sigma_nodes: ``[rows, k]`` or ``[k]``: the EDM noise levels ``sigma~`` of those predictions.
+        sigma_next: ``sigma~_{n+1}``.
+
+    Returns:
+        ``x~^_{n+1} = x~_n + sum_i c_i eps_i`` with ``c_i = integral_{sigma~_n}^{sigma~_{n+1}} l_i`` (Theorem B.2).
+
+    Notes:
+        Every schedule's probability-flow ODE reads ``dx~/dsigma~ = eps`` in the EDM variables; the estimate
+        integrates the Lagrange interpolant of the last evaluations over the real interval. With one node it is the
+        Euler (DDIM) step.
+
+    Examples:
+        >>> import numpy as np
+        >>> corrected_step_estimate(np.array([2.0]), np.array([[1.0]]), np.array([1.0]), 0.5)  # one Euler step
+        array([1.5])
+    """
     weights = adams_weights(sigma_nodes, sigma_nodes[..., 0], sigma_next)
     return x_tilde + combine(weights, eps_history)
 
 
 def flow_velocity_extrapolation(v_n, v_prev):
-    """The official flow-matching skip ``v^ = 2 v_n - v_{n-1}``: linear extrapolation in the step index (after a
-    skipped step the history holds a duplicate, so a following skip reuses ``v_n``)."""
+    """The official flow-matching skip: linear extrapolation of the velocity in the step index.
+
+    Args:
+        v_n, v_prev: the velocities at steps ``n`` and ``n - 1``.
+
+    Returns:
+        ``v^ = 2 v_n - v_{n-1}``.
+
+    Notes:
+        After a skipped step the official history holds a duplicate, so a following skip reuses ``v_n``.
+
+    Examples:
+        >>> import numpy as np
+        >>> flow_velocity_extrapolation(np.array([3.0]), np.array([1.0]))
+        array([5.])
+    """
     return 2.0 * v_n - v_prev
