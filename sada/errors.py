@@ -15,7 +15,8 @@ them with one rule (``warnings.filterwarnings("ignore", category=sada.errors.SAD
 """
 from __future__ import annotations
 
-__all__ = ["ConfigError", "ExactRunWarning", "IncompatibleHookError", "RunTooShortError", "SADAWarning"]
+__all__ = ["AlreadyEnabledError", "ConfigError", "ExactRunWarning", "IncompatibleHookError", "PruningFallbackWarning",
+           "RunTooShortError", "SADADeprecationWarning", "SADAWarning"]
 
 
 class ConfigError(ValueError):
@@ -36,3 +37,17 @@ class SADAWarning(UserWarning):
 
 class ExactRunWarning(SADAWarning):
     """The run, or part of it, computes every step exactly (and says why)."""
+
+
+class SADADeprecationWarning(SADAWarning, DeprecationWarning):
+    """A deprecated name (e.g. a renamed config field) was used; it keeps working for one release."""
+
+
+class AlreadyEnabledError(ValueError, RuntimeError):
+    """SADA is already enabled on this pipeline or module (diffusers' ``CacheMixin`` raises ``ValueError`` for the
+    same case; older callers caught ``RuntimeError``): disable it first, or change its config in place."""
+
+
+class PruningFallbackWarning(SADAWarning, RuntimeWarning):
+    """Token pruning cannot run a block as configured (its attention cannot be tapped, or it cannot be pruned at all)
+    and falls back (to whole-block pruning without context, or to the unpruned block); the warning names the reason."""

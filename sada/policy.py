@@ -77,16 +77,11 @@ class _Policy:
         self._next_step = step + 1
         return out
 
-    def computed_steps(self, sample: int = 0) -> list[int]:
-        """Steps decided so far at which ``sample`` runs the network."""
-        col = self.decisions[: self._next_step + 1, as_int("sample", sample, minimum=0)]
-        return [int(i) for i in np.flatnonzero(col == Decision.COMPUTE)]
-
 
 class SkipPolicy(_Policy):
     """SADA's per-sample decision machine for the authors' step schedule, one run of ``num_steps`` steps."""
 
-    def __init__(self, config: "SADAConfig | StepSchedule", num_steps: int, batch_size: int = 1):
+    def __init__(self, config: SADAConfig | StepSchedule, num_steps: int, batch_size: int = 1):
         schedule = config.schedule if isinstance(config, SADAConfig) else config
         if not isinstance(schedule, StepSchedule):
             raise TypeError(f"SkipPolicy runs a StepSchedule, got {type(schedule).__name__}")
@@ -96,12 +91,6 @@ class SkipPolicy(_Policy):
     def is_node(self, step: int) -> bool:
         """Whether the multistep estimate stores a node at ``step`` (``step % lagrange_int == 1``)."""
         return self.schedule.uses_lagrange and step % self.schedule.lagrange_int == 1
-
-    def needs_stability(self, step: int) -> bool:
-        """Whether the decision at ``step`` can depend on the criterion (else it may be skipped)."""
-        s = self.schedule
-        end = s.lagrange_step if s.uses_lagrange else s.acc_end
-        return s.acc_start <= step < end
 
     def skip_kind(self, step: int) -> Decision:
         """The kind of skip a decision at ``step`` can produce: multistep in the Lagrange regime, else AM."""
@@ -140,17 +129,15 @@ class ErrorControlPolicy(_Policy):
 
     protected_tail = 2  # the last steps that always run the network
 
-    def __init__(self, config: "SADAConfig | ErrorControl", num_steps: int, batch_size: int = 1):
+    def __init__(self, config: SADAConfig | ErrorControl, num_steps: int, batch_size: int = 1):
         schedule = config.schedule if isinstance(config, SADAConfig) else config
-        if not isinstance(schedule, ErrorControl):
-            raise TypeError(f"ErrorControlPolicy runs an ErrorControl schedule, got {type(schedule).__name__}")
+        if isinstance(schedule, StepSchedule) or not isinstance(getattr(schedule, "max_interval", None), int):
+            raise TypeError(f"ErrorControlPolicy runs an ErrorControl (or another schedule-free part with an int "
+                            f"max_interval), got {type(schedule).__name__}")
         super().__init__(schedule, num_steps, batch_size)
 
     def is_node(self, step: int) -> bool:
         return False  # every computed step is a node of the engine's own history
-
-    def needs_stability(self, step: int) -> bool:
-        return False
 
     def skip_kind(self, step: int) -> Decision:
         return Decision.SKIP_LAGRANGE
@@ -167,7 +154,8 @@ class ErrorControlPolicy(_Policy):
 
 
 def make_policy(config: SADAConfig, num_steps: int, batch_size: int = 1) -> SkipPolicy | ErrorControlPolicy:
-    """The decision machine of ``config``'s schedule."""
+    """The decision machine of ``config``'s schedule: :class:`SkipPolicy` for a :class:`StepSchedule`,
+    :class:`ErrorControlPolicy` (skip where the rule's test allows) for :class:`ErrorControl` and any other part."""
     if not isinstance(config, SADAConfig):
         raise TypeError(f"config must be a SADAConfig, got {type(config).__name__}")
     cls = SkipPolicy if isinstance(config.schedule, StepSchedule) else ErrorControlPolicy

@@ -68,7 +68,10 @@ class Trace:
         c = self.counts()
         per = self.batch_size
         computed, total = c["computed"] / per, c["total"] / per
-        fmt = (lambda v: f"{v:g}")
+
+        def fmt(v: float) -> str:
+            return f"{v:g}"
+
         text = (f"computed {fmt(computed)}/{fmt(total)} steps ({self.speedup():.2f}x), "
                 f"AM {fmt(c['am'] / per)}, Lagrange {fmt(c['lagrange'] / per)}")
         if per > 1:

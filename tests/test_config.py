@@ -27,7 +27,7 @@ FLOW_GRID = StepGrid.from_times(RectifiedFlowSchedule(), RectifiedFlowSchedule()
     ({"lagrange_step": 48}, r"lagrange_step must lie in \[10, 47\)"),
     ({"acc_range": (0, 47), "lagrange_step": 8}, "lagrange_step=8 is too early"),
     ({"num_steps": 30}, "acc_range end must be <= num_steps - 2 = 28"),
-    ({"lagrange_nodes": "time"}, "lagrange_nodes must be one of"),
+    ({"abscissa": "time"}, "abscissa must be one of"),
     ({"am_noise": "zero"}, "am_noise must be one of"),
     ({"criterion": "strict"}, "criterion must be one of"),
     ({"lagrange_target": "x0/alpha"}, "lagrange_target must be one of"),
@@ -65,7 +65,7 @@ def test_flat_fields_are_routed_to_their_part_and_name_the_schedule_kind():
     assert isinstance(cfg.schedule, StepSchedule) and cfg.schedule.lagrange_step == 20
     assert cfg.pruning == TokenPruning(max_fix=7) and cfg.numerics == Numerics(criterion="corrected")
     ec = SADAConfig(tolerance=2.0)
-    assert ec.schedule == ErrorControl(tolerance=2.0) and ec.replace(nodes=5).schedule.nodes == 5
+    assert ec.schedule == ErrorControl(tolerance=2.0) and ec.replace(history=5).schedule.history == 5
     assert SADAConfig(schedule=ErrorControl(), max_interval=0).never_skips
     with pytest.raises(ValueError, match=r"\['lagrange_step'\] belong to a StepSchedule and \['tolerance'\]"):
         SADAConfig(lagrange_step=20, tolerance=2.0)
@@ -76,13 +76,13 @@ def test_flat_fields_are_routed_to_their_part_and_name_the_schedule_kind():
 
 
 def test_json_round_trip_is_exact():
-    for cfg in list(PRESETS.values()) + [SADAConfig(schedule=StepSchedule(), lagrange_nodes="lambda", am_noise="reuse")]:
+    for cfg in list(PRESETS.values()) + [SADAConfig(schedule=StepSchedule(), abscissa="lambda", am_noise="reuse")]:
         again = SADAConfig.from_json(cfg.to_json())
         assert again == cfg and again.name == cfg.name
         assert json.loads(cfg.to_json())["schedule"]["acc_range"] == list(cfg.schedule.acc_range)
     flat = {"mode": "corrected", "acc_range": [8, 22], "lagrange_step": 12, "lagrange_term": 2, "max_fix": 3}
     assert SADAConfig.from_dict(flat) == SADAConfig(acc_range=(8, 22), lagrange_step=12, lagrange_term=2, max_fix=3)
-    ec = SADAConfig(tolerance=3.0, nodes=5)
+    ec = SADAConfig(tolerance=3.0, history=5)
     assert SADAConfig.from_json(ec.to_json()) == ec
 
 
@@ -119,9 +119,9 @@ def test_for_steps_checks_the_range_against_the_step_count():
 anything = st.one_of(st.none(), st.booleans(), st.integers(-100, 100), st.floats(allow_nan=True),
                      st.text(max_size=8), st.sampled_from(["paper", "corrected", "batch", "sample", "sigma", "reuse"]),
                      st.tuples(st.integers(-5, 60), st.integers(-5, 60)), st.lists(st.integers(-5, 60), max_size=3))
-FIELDS = ["mode", "acc_range", "max_interval", "lagrange_term", "lagrange_int", "lagrange_step", "lagrange_nodes",
+FIELDS = ["mode", "acc_range", "max_interval", "lagrange_term", "lagrange_int", "lagrange_step", "abscissa",
           "am_noise", "criterion", "reduce", "num_steps", "max_fix", "max_downsample", "name", "lagrange_target",
-          "prune_blocks", "anchor_stride", "tolerance", "nodes", "error_tolerance"]
+          "prune_blocks", "anchor_stride", "tolerance", "history", "step_error_rms"]
 
 
 @given(st.dictionaries(st.sampled_from(FIELDS), anything, max_size=6))
@@ -148,9 +148,9 @@ def test_error_controlled_preset_starts_the_multistep_regime_at_a_quarter_and_se
     cfg = error_controlled_preset("sd2", 50)
     assert (cfg.numerics.mode, cfg.reduce, cfg.schedule.lagrange_step, cfg.schedule.lagrange_int,
             cfg.schedule.acc_range) == ("corrected", "sample", 12, 4, (10, 47))
-    assert cfg.numerics.error_tolerance == pytest.approx(0.03) and cfg.pruning.max_downsample == 0
+    assert cfg.numerics.step_error_rms == pytest.approx(0.03) and cfg.pruning.max_downsample == 0
     short = error_controlled_preset("flux", 25)
-    assert short.schedule.lagrange_step == 8 and short.numerics.error_tolerance == pytest.approx(0.06)
+    assert short.schedule.lagrange_step == 8 and short.numerics.step_error_rms == pytest.approx(0.06)
     assert error_controlled_preset("sdxl", 15).schedule.lagrange_step == 9  # 15 steps: no earlier start fits
 
 
@@ -161,3 +161,62 @@ def test_early_multistep_never_moves_the_start_later_and_validates_num_steps():
     assert early_multistep(late, 50) == late
     with pytest.raises(ValueError, match="num_steps"):
         early_multistep(preset("sd2", 50), 0)
+
+
+@pytest.mark.parametrize("old, new, value, where", [
+    ("nodes", "history", 4, lambda c: c.schedule.history),
+    ("lagrange_nodes", "abscissa", "lambda", lambda c: c.numerics.abscissa),
+    ("error_tolerance", "step_error_rms", 0.05, lambda c: c.numerics.step_error_rms),
+])
+def test_renamed_fields_accept_their_old_names_for_one_release(old, new, value, where):
+    from sada.errors import SADADeprecationWarning
+
+    with pytest.warns(SADADeprecationWarning, match=f"'{old}' is renamed '{new}'"):
+        flat = SADAConfig(**{old: value})
+    assert where(flat) == value and flat == SADAConfig(**{new: value})
+    with pytest.warns(SADADeprecationWarning):  # the same through replace and the JSON round trip
+        assert where(SADAConfig(**{new: value}).replace(**{old: value})) == value
+    data = json.loads(flat.to_json())
+    assert new in json.dumps(data) and f'"{old}"' not in json.dumps(data)
+    part = "schedule" if old == "nodes" else "numerics"
+    data[part][old] = data[part].pop(new)
+    with pytest.warns(SADADeprecationWarning):
+        assert SADAConfig.from_dict(data) == flat
+    with pytest.raises(ValueError, match=f"'{old}' is the deprecated name of '{new}'"):
+        SADAConfig(**{old: value, new: value})
+
+
+def test_part_constructors_accept_the_old_names_too():
+    from sada.errors import SADADeprecationWarning
+
+    with pytest.warns(SADADeprecationWarning):
+        assert ErrorControl(nodes=5) == ErrorControl(history=5)
+    with pytest.warns(SADADeprecationWarning):
+        assert Numerics(lagrange_nodes="t").abscissa == "t"
+
+
+def test_config_core_does_not_import_the_presets():
+    """The config import circle (core <-> presets) is gone: core imports the fitting rule, presets import core."""
+    import ast
+
+    import sada.config.core as core
+
+    tree = ast.parse(open(core.__file__).read())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert "sada.config.presets" not in imported and "sada.config.fitting" in imported
+
+
+def test_pruning_refresh_interval_defaults_to_the_skip_cap_and_can_be_set_apart():
+    assert TokenPruning().refresh_interval is None
+    assert SADAConfig(max_downsample=1, refresh_interval=2).pruning.refresh_interval == 2
+    with pytest.raises(ValueError, match="refresh_interval must be >= 1"):
+        TokenPruning(refresh_interval=0)
+
+
+def test_reading_an_old_attribute_name_warns_and_returns_the_new_field():
+    from sada.errors import SADADeprecationWarning
+
+    with pytest.warns(SADADeprecationWarning, match="'nodes' is renamed 'history'"):
+        assert ErrorControl(history=5).nodes == 5
+    with pytest.warns(SADADeprecationWarning, match="'error_tolerance' is renamed 'step_error_rms'"):
+        assert Numerics(step_error_rms=0.1).error_tolerance == 0.1

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from sada import SADAConfig
 from benchmarks.overhead import GaussianStub, _grid, run_once
+from sada import SADAConfig
 from sada.config import DEFAULT_SCHEDULE, ErrorControl, StepSchedule
 from sada.policy import Decision, ErrorControlPolicy
 from sada.torch_backend.engine import SADAEngine
@@ -24,7 +24,7 @@ def _run(config, family="vp", kind="epsilon", order=2, steps=50, batch=3, seed=0
 
 def test_the_default_is_schedule_free_with_tolerance_8_three_nodes_and_single_skips():
     assert DEFAULT_SCHEDULE is ErrorControl
-    assert SADAConfig().schedule == ErrorControl() == ErrorControl(tolerance=8.0, nodes=3, max_interval=1)
+    assert SADAConfig().schedule == ErrorControl() == ErrorControl(tolerance=8.0, history=3, max_interval=1)
 
 
 def test_the_default_interleaves_computed_and_skipped_steps_after_its_history_fills():
@@ -58,7 +58,7 @@ def test_the_policy_refuses_a_skip_of_the_second_to_last_step_even_when_allowed(
 @pytest.mark.parametrize("nodes, solver_order, expected", [(3, 1, 1), (3, 2, 2), (3, 4, 2), (4, 3, 3), (5, 4, 4),
                                                            (6, 2, 2)])
 def test_the_error_scale_order_is_the_solvers_capped_at_nodes_minus_one(nodes, solver_order, expected):
-    assert ErrorControl(nodes=nodes).test_order(solver_order) == expected
+    assert ErrorControl(history=nodes).test_order(solver_order) == expected
     with pytest.raises(ValueError, match="solver_order must be an int >= 1, got 0"):
         ErrorControl().test_order(0)
 
@@ -67,17 +67,17 @@ def test_the_error_scale_order_is_the_solvers_capped_at_nodes_minus_one(nodes, s
                                                             (5, 4, True), (4, 4, False)])
 def test_a_skip_is_certified_only_when_the_extrapolation_is_at_least_of_the_solvers_order(nodes, solver_order,
                                                                                           certified):
-    schedule = ErrorControl(nodes=nodes)
+    schedule = ErrorControl(history=nodes)
     assert schedule.certifies(solver_order) is certified
     note = schedule.uncertified_note(solver_order)
     assert (note is None) is certified
     if note:
-        assert f"order {solver_order}" in note and f"nodes={nodes}" in note and f"nodes={solver_order + 1}" in note
+        assert f"order {solver_order}" in note and f"history={nodes}" in note and f"history={solver_order + 1}" in note
 
 
 def test_a_fourth_order_host_never_skips_under_the_default_and_says_so():
     """LMS (order 4): the default's quadratic cannot certify a skip; the run computes every step, warns once and notes
-    why in its trace. Measured on the shipped U-Net: skipping LMS steps lost 5-31 dB (docs/benchmark-matrix.md)."""
+    why in its trace. Measured on the shipped U-Net: skipping LMS steps lost 5-31 dB (docs/results/benchmark-matrix.md)."""
     with pytest.warns(UserWarning, match="order 4 .* every step computes"):
         high, high_final = _run(SADAConfig(), order=4)
     plain, plain_final = _run(SADAConfig(max_interval=0), order=4)
@@ -86,7 +86,7 @@ def test_a_fourth_order_host_never_skips_under_the_default_and_says_so():
     assert any("cannot certify" in text for _, text in high.trace.notes)
     low, _ = _run(SADAConfig(), order=2)
     assert low.trace.speedup() > 1.7  # the second-order host is accelerated as before
-    five, _ = _run(SADAConfig(schedule=ErrorControl(nodes=5)), order=4)
+    five, _ = _run(SADAConfig(schedule=ErrorControl(history=5)), order=4)
     assert five.trace.speedup() > 1.0  # enough nodes: the fourth-order host may skip
 
 
@@ -122,7 +122,10 @@ def test_cached_weights_follow_every_push_and_invalidation():
     a forgotten row gets no estimate (per-row weights where the rows' abscissae differ: the parity test against the
     numpy engine in test_torch_engine.py covers those)."""
     recent = RecentPredictions(ErrorControl(), order=2)
-    quadratic = lambda lam: torch.full((2, 1, 2, 2), 1.0 + 0.5 * lam - 0.25 * lam ** 2, dtype=torch.float64)
+
+    def quadratic(lam):
+        return torch.full((2, 1, 2, 2), 1.0 + 0.5 * lam - 0.25 * lam ** 2, dtype=torch.float64)
+
     for lam in (0.0, 0.5, 1.0):
         recent.push(np.ones(2, bool), lam, quadratic(lam))
     torch.testing.assert_close(recent.estimate(1.5), quadratic(1.5), rtol=1e-12, atol=1e-12)

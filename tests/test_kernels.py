@@ -186,3 +186,17 @@ def test_equal_grid_extrapolation_weights_are_alternating_binomials():
         w = kernels.equal_grid_extrapolation_weights(k)
         assert w.tolist() == [(-1.0) ** (k - i) * math.comb(k + 1, i) for i in range(k + 1)]
         np.testing.assert_allclose(w, kernels.lagrange_weights(np.arange(k + 1.0), k + 1.0), atol=1e-9)
+
+
+def test_adams_weights_on_torch_tensors_warn_nothing():
+    """Issue 19: the cached Gauss-Legendre nodes were read-only numpy arrays, and torch warned ("The given NumPy array
+    is not writable") when converting them; torch shows that warning once per process, so a fresh one checks."""
+    import subprocess
+    import sys
+
+    code = ("import warnings, torch; warnings.simplefilter('error'); from sada import kernels; "
+            "w = kernels.adams_weights(torch.tensor([1.0, 0.0, -1.0], dtype=torch.float64), 0.0, 1.0) * 12; "
+            "print([round(v, 9) for v in w.tolist()])")
+    done = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "[5.0, 8.0, -1.0]" in done.stdout

@@ -3,11 +3,10 @@ on 50-step runs shaped like the shipped models (the stub network of ``benchmarks
 import pytest
 import torch
 
+from benchmarks.overhead import CONFIGS, GaussianStub, _grid, measure, run_once
 from sada import SADAConfig
 from sada.config import ErrorControl, StepSchedule
-from benchmarks.overhead import CONFIGS, measure
 from sada.torch_backend.engine import SADAEngine
-from benchmarks.overhead import GaussianStub, _grid, run_once
 
 # (model, config) -> latent copies per sample, as documented in docs/torch-engine.md ("Memory")
 EXPECTED = {
@@ -41,7 +40,7 @@ def test_corrected_criterion_holds_at_most_8_latents_per_sample():
 
 def test_error_control_holds_its_recent_predictions_only():
     assert _copies(SADAConfig(schedule=ErrorControl())) == 3  # max(nodes, solver order + 1) = 3
-    assert _copies(SADAConfig(schedule=ErrorControl(nodes=4))) == 4
+    assert _copies(SADAConfig(schedule=ErrorControl(history=4))) == 4
     assert _copies(SADAConfig(schedule=ErrorControl()), family="flow", kind="flow_velocity") == 3
 
 

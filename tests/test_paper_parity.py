@@ -111,7 +111,7 @@ def _assert_same_run(official, decisions, x0_used, sample):
     assert official.x0_used, "the official run never skipped: nothing compared"
     for n, expected in official.x0_used.items():
         got = x0_used[n]
-        rel = float((got.double() - expected.double()).norm() / expected.double().norm())
+        rel = float((got.detach().double() - expected.detach().double()).norm() / expected.detach().double().norm())
         # float32 rounding (1e-5); a multistep estimate sums its nodes' rounding with the Lagrange weights
         nodes = [k for k in range(n) if k % 4 == 1][-4:]
         amplification = float(np.abs(lagrange_basis_weights(nodes, n)).sum()) \

@@ -1,7 +1,6 @@
 """Token-wise cache-assisted pruning with context: exactness against the stock diffusers blocks, token
 accounting, cache memory, fallbacks, cadence."""
 import functools
-import warnings
 
 import numpy as np
 import pytest
@@ -55,7 +54,7 @@ def _joint(context_pre_only=False, dual=False):
                            temb=torch.randn(2, 16))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _flux():
     torch.manual_seed(0)
     return diffusers.FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
@@ -118,7 +117,7 @@ CASES = {  # name -> (builder, token grid)
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _case(name):
     """``(block, args, kwargs, grid)`` of a case, built once (the tests never modify the block)."""
     return CASES[name][0]() + (CASES[name][1],)
@@ -405,3 +404,15 @@ def test_refresh_cadence_follows_skips_and_max_interval():
     # acc_start = max(2, 3) = 3; refresh every max_interval = 4 computed steps and right after a skip
     assert modes == ["full", "full", "refresh", "prune", "prune", "prune", "skip", "refresh", "prune", "prune",
                      "prune", "refresh"]
+
+
+def test_refresh_interval_is_the_skip_cap_by_default_and_its_own_field_when_set():
+    from sada.config import ErrorControl, StepSchedule
+    from sada.torch_backend.pruning import pruning_settings
+
+    steps = SADAConfig(schedule=StepSchedule(max_interval=3), max_downsample=1)
+    assert pruning_settings(steps).refresh_interval == 3  # the official cadence: unchanged default runs
+    assert pruning_settings(steps.replace(refresh_interval=6)).refresh_interval == 6
+    assert pruning_settings(steps.replace(refresh_interval=6)).acc_start == pruning_settings(steps).acc_start
+    free = SADAConfig(schedule=ErrorControl(history=4), max_downsample=1)
+    assert (pruning_settings(free).acc_start, pruning_settings(free).refresh_interval) == (4, 1)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from sada import kernels
 from benchmarks.overhead import GaussianStub, _grid, run_once
+from sada import kernels
 from sada.config import SADAConfig
 from sada.torch_backend import rings
 from sada.torch_backend.engine import SADAEngine

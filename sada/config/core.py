@@ -4,6 +4,7 @@ Flat keywords are a shorthand routed to the part they belong to::
 
     SADAConfig(max_interval=0)                   # ErrorControl(max_interval=0): never skips
     SADAConfig(acc_range=(8, 22), lagrange_step=12, lagrange_term=2)   # a StepSchedule
+    SADAConfig(history=4)                        # ErrorControl(history=4)
     config.replace(mode="corrected", reduce="sample")
 
 Every default that depends on the run (the numerics variant on a grid, the criterion, the multistep abscissa and
@@ -16,12 +17,22 @@ import json
 from dataclasses import dataclass, field
 
 from sada.config.enums import Abscissa, AmNoise, LagrangeTarget, Mode, Reduce, SampleScaling, Variant, choice
-from sada.config.parts import MIN_ACC_START, ErrorControl, Numerics, StepSchedule, TokenPruning, int_field
+from sada.config.fitting import fit_step_schedule
+from sada.config.parts import (
+    MIN_ACC_START,
+    ErrorControl,
+    Numerics,
+    StepSchedule,
+    TokenPruning,
+    int_field,
+    renamed_fields,
+)
+from sada.errors import ConfigError
 
 __all__ = ["SADAConfig", "ResolvedNumerics", "DEFAULT_SCHEDULE"]
 
 STEP_FIELDS = {"acc_range", "lagrange_term", "lagrange_int", "lagrange_step", "num_steps"}
-ERROR_FIELDS = {"tolerance", "nodes"}
+ERROR_FIELDS = {"tolerance", "history"}
 SCHEDULE_FIELDS = STEP_FIELDS | ERROR_FIELDS | {"max_interval"}
 NUMERICS_FIELDS = {f.name for f in dataclasses.fields(Numerics)}
 PRUNING_FIELDS = {f.name for f in dataclasses.fields(TokenPruning)}
@@ -55,6 +66,7 @@ class SADAConfig:
     def __init__(self, schedule: StepSchedule | ErrorControl | None = None, numerics: Numerics | None = None,
                  pruning: TokenPruning | None = None, reduce: Reduce | str = Reduce.SAMPLE, name: str = "custom",
                  **fields):
+        fields = renamed_fields(fields, stacklevel=3)  # deprecated field names, with a warning
         unknown = set(fields) - SCHEDULE_FIELDS - NUMERICS_FIELDS - PRUNING_FIELDS
         if unknown:
             raise ValueError(f"unknown SADAConfig field(s): {sorted(unknown)}")
@@ -69,8 +81,8 @@ class SADAConfig:
         if numerics.mode == Mode.PAPER and not isinstance(schedule, StepSchedule):
             raise ValueError("mode='paper' runs the official algorithm, which is written in step indices: it needs a "
                              "StepSchedule, not ErrorControl")
-        if numerics.error_tolerance is not None and not isinstance(schedule, StepSchedule):
-            raise ValueError(f"error_tolerance={numerics.error_tolerance!r} is the step schedule's error veto; "
+        if numerics.step_error_rms is not None and not isinstance(schedule, StepSchedule):
+            raise ValueError(f"step_error_rms={numerics.step_error_rms!r} is the step schedule's error veto; "
                              "ErrorControl has its own tolerance (ErrorControl(tolerance=...))")
         if not isinstance(name, str):
             raise TypeError(f"name must be a string, got {name!r}")
@@ -108,27 +120,28 @@ class SADAConfig:
         return ResolvedNumerics(
             estimator=_variant(grid, num.mode, "mode"), criterion=_variant(grid, criterion, "criterion"),
             am_noise=num.am_noise or (AmNoise.REUSE if paper else AmNoise.EXTRAPOLATE),
-            abscissa=num.lagrange_nodes or (Abscissa.INDEX if paper else Abscissa.SIGMA), lagrange_target=target)
+            abscissa=num.abscissa or (Abscissa.INDEX if paper else Abscissa.SIGMA), lagrange_target=target)
 
     # ------------------------------------------------------------------ copies
-    def replace(self, **changes) -> "SADAConfig":
+    def replace(self, **changes) -> SADAConfig:
         """A validated copy with ``changes`` (parts, ``reduce``, ``name``, or flat fields routed to their part)."""
         current = {"schedule": self.schedule, "numerics": self.numerics, "pruning": self.pruning,
                    "reduce": self.reduce, "name": self.name}
+        changes = renamed_fields(changes, stacklevel=3)
         flat = {k: v for k, v in changes.items() if k not in current}
         parts = {**current, **{k: v for k, v in changes.items() if k in current}}
         if "schedule" not in changes:
             parts["schedule"] = _schedule_for_replace(self.schedule, flat)
         return SADAConfig(**parts, **flat)
 
-    def for_steps(self, num_steps: int) -> "SADAConfig":
+    def for_steps(self, num_steps: int) -> SADAConfig:
         """This config checked against a run of ``num_steps`` steps (a step schedule's ranges must fit)."""
         n = int_field("num_steps", num_steps, minimum=2)
         if isinstance(self.schedule, StepSchedule):
             return self.replace(num_steps=n)
         return self
 
-    def fit_steps(self, num_steps: int) -> "SADAConfig":
+    def fit_steps(self, num_steps: int) -> SADAConfig:
         """This config for a run of ``num_steps`` steps (the rule every adapter applies; docs/configuration.md).
 
         :class:`ErrorControl` needs no fitting. A :class:`StepSchedule`: unchanged when written for this count;
@@ -136,8 +149,6 @@ class SADAConfig:
         when it is one of their 50-step schedules, else scaled from 50; written for another count: scaled from it.
         Raises ``ValueError`` when the run is too short for any skip.
         """
-        from sada.config.presets import fit_step_schedule
-
         n = int_field("num_steps", num_steps, minimum=2)
         if not isinstance(self.schedule, StepSchedule):
             if n < MIN_ACC_START + 3:
@@ -156,7 +167,7 @@ class SADAConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data) -> "SADAConfig":
+    def from_dict(cls, data) -> SADAConfig:
         """From :meth:`to_dict`'s nested form (or a flat dict of fields)."""
         if not isinstance(data, dict):
             raise TypeError(f"SADAConfig.from_dict needs a dict, got {type(data).__name__}")
@@ -175,7 +186,7 @@ class SADAConfig:
                    **_tuples(data))
 
     @classmethod
-    def from_json(cls, text: str) -> "SADAConfig":
+    def from_json(cls, text: str) -> SADAConfig:
         if not isinstance(text, (str, bytes)):
             raise TypeError(f"SADAConfig.from_json needs a JSON string, got {type(text).__name__}")
         try:
@@ -200,20 +211,21 @@ def _schedule_with(schedule, fields: dict, numerics: Numerics, prunes_tokens: bo
         raise ValueError(f"fields {sorted(step_only)} belong to a StepSchedule and {sorted(error_only)} to "
                          "ErrorControl: a config has one schedule")
     if schedule is None:
-        if step_only or numerics.mode == Mode.PAPER or numerics.error_tolerance is not None or \
+        if step_only or numerics.mode == Mode.PAPER or numerics.step_error_rms is not None or \
                 (prunes_tokens and not error_only):
-            kind = StepSchedule  # the paper's numerics, the error veto and token pruning belong to the step schedule
+            kind: type[StepSchedule] | type[ErrorControl] = StepSchedule  # the paper's numerics, the error veto and token pruning belong to the step schedule
         elif error_only:
             kind = ErrorControl
         else:
             kind = DEFAULT_SCHEDULE
         return kind(**fields)
-    if not isinstance(schedule, (StepSchedule, ErrorControl)):
-        raise TypeError(f"schedule must be a StepSchedule or an ErrorControl, got {type(schedule).__name__}")
+    if not isinstance(schedule, tuple(SCHEDULES.values())):
+        raise TypeError(f"schedule must be one of {[c.__name__ for c in SCHEDULES.values()]} (sada.config.core."
+                        f"SCHEDULES), got {type(schedule).__name__}")
     wrong = step_only if isinstance(schedule, ErrorControl) else error_only
     if wrong:
         raise ValueError(f"fields {sorted(wrong)} do not belong to this config's {type(schedule).__name__}")
-    return schedule.replace(**fields)
+    return schedule.replace(**fields)  # type: ignore[attr-defined]  # a registered part (checked above)
 
 
 def _schedule_for_replace(schedule, flat: dict):
@@ -233,5 +245,5 @@ def _variant(grid, mode: Mode, field_name: str) -> Variant:
         return Variant.PAPER_FLOW
     if grid.training_beta is not None:
         return Variant.PAPER_VP
-    raise ValueError(f"{field_name}='paper' needs a discrete VP grid (training betas) or a rectified-flow grid; "
+    raise ConfigError(f"{field_name}='paper' needs a discrete VP grid (training betas) or a rectified-flow grid; "
                      f"got a {grid.family!r} grid: use {field_name}='corrected'")

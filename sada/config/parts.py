@@ -11,12 +11,16 @@ allowed range.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import numbers
+import warnings
 from dataclasses import dataclass
 
-from sada.config.enums import AmNoise, Abscissa, LagrangeTarget, Mode, choice
+from sada.config.enums import Abscissa, AmNoise, LagrangeTarget, Mode, choice
+from sada.errors import SADADeprecationWarning
 
-__all__ = ["MIN_ACC_START", "StepSchedule", "ErrorControl", "Numerics", "TokenPruning", "int_field", "real_field"]
+__all__ = ["MIN_ACC_START", "RENAMED", "StepSchedule", "ErrorControl", "Numerics", "TokenPruning", "int_field", "real_field",
+           "renamed_fields"]
 
 # The official code never skips before step 3: its step estimate needs three drift nodes (docs/paper-mode.md).
 MIN_ACC_START = 3
@@ -48,8 +52,55 @@ def _pair(name: str, value, minimum: int, maximum: int | None = None) -> tuple[i
     return (int_field(f"{name}[0]", value[0], minimum, maximum), int_field(f"{name}[1]", value[1], minimum, maximum))
 
 
+# fields renamed in this release: old name -> new name, per part; the old names are accepted (with a
+# SADADeprecationWarning) for one release, in the constructors, ``replace``, flat SADAConfig keywords and JSON
+RENAMED: dict[str, dict[str, str]] = {
+    "ErrorControl": {"nodes": "history"},
+    "Numerics": {"lagrange_nodes": "abscissa", "error_tolerance": "step_error_rms"},
+}
+_ALL_RENAMED = {old: new for names in RENAMED.values() for old, new in names.items()}
+
+
+def renamed_fields(fields: dict, owner: str | None = None, stacklevel: int = 3) -> dict:
+    """``fields`` with every deprecated name (of ``owner``'s part, or of any part) replaced by its new name, one
+    :class:`~sada.errors.SADADeprecationWarning` per old name; both names at once is an error."""
+    names = RENAMED.get(owner, {}) if owner else _ALL_RENAMED
+    out = dict(fields)
+    for old, new in names.items():
+        if old in out:
+            if new in out:
+                raise ValueError(f"{old!r} is the deprecated name of {new!r}: pass only {new!r}")
+            warnings.warn(f"sada: the config field {old!r} is renamed {new!r}; the old name is accepted until the "
+                          "next release", SADADeprecationWarning, stacklevel=stacklevel)
+            out[new] = out.pop(old)
+    return out
+
+
+def _accepts_old_names(cls):
+    """Let ``cls(...)`` take the deprecated names of its fields (:data:`RENAMED`)."""
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **renamed_fields(kwargs, cls.__name__, stacklevel=3))
+
+    cls.__init__ = __init__
+    for old, new in RENAMED.get(cls.__name__, {}).items():  # reading the old attribute works (and warns) too
+        setattr(cls, old, _old_attribute(cls.__name__, old, new))
+    return cls
+
+
+def _old_attribute(owner: str, old: str, new: str) -> property:
+    def read(self):
+        renamed_fields({old: None}, owner, stacklevel=4)  # the warning
+        return getattr(self, new)
+
+    return property(read, doc=f"Deprecated name of :attr:`{new}` (until the next release).")
+
+
 class _Part:
     def replace(self, **changes):
+        changes = renamed_fields(changes, type(self).__name__, stacklevel=3)
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
             raise ValueError(f"unknown {type(self).__name__} field(s): {sorted(unknown)}")
@@ -57,7 +108,7 @@ class _Part:
 
     def to_dict(self) -> dict:
         out = {}
-        for f in dataclasses.fields(self):
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]  # every concrete part is a dataclass
             value = getattr(self, f.name)
             out[f.name] = list(value) if isinstance(value, tuple) else (str(value) if hasattr(value, "value") else value)
         return out
@@ -70,7 +121,8 @@ class StepSchedule(_Part):
     Attributes:
         acc_range: ``(start, end)``: step ``n + 1`` may be skipped only for decisions taken at
             ``max(start, 3) <= n < end``; earlier and later steps always run the network.
-        max_interval: most consecutive skipped steps (also the token-cache refresh interval); 0 never skips.
+        max_interval: most consecutive skipped steps; 0 never skips (also token pruning's cache refresh interval
+            unless ``TokenPruning.refresh_interval`` sets its own).
         lagrange_term: nodes of the multistep (Lagrange) estimate; 0 disables the multistep regime.
         lagrange_int: a node is stored at every step ``k`` with ``k % lagrange_int == 1``.
         lagrange_step: from this step on the fixed multistep pattern replaces adaptive skipping.
@@ -126,12 +178,13 @@ class StepSchedule(_Part):
         return self.lagrange_term > 0
 
 
+@_accepts_old_names
 @dataclass(frozen=True)
 class ErrorControl(_Part):
     """Schedule-free skipping: a step is skipped wherever the multistep estimate of its clean sample is accurate
     enough -- no step indices, so one setting serves every step count and spacing (docs/theory.md).
 
-    At every step the engine extrapolates the clean-sample predictions of each sample's last ``nodes`` network
+    At every step the engine extrapolates the clean-sample predictions of each sample's last ``history`` network
     evaluations to the next noise level (a Lagrange polynomial in log-SNR) and estimates the extrapolation's error
     with an embedded pair; it compares that with the local error the host's solver itself makes there (its order
     ``p``, the step ``h`` in log-SNR and the ``p``-th divided difference of the predictions: ``h^p |D[...]|``).
@@ -139,37 +192,38 @@ class ErrorControl(_Part):
 
     The defaults were chosen on the tuning seeds of ``sada bench`` (docs/benchmarks.md): with ``max_interval=1``
     skipped and computed steps interleave, so every extrapolation spans one step beyond nodes two steps apart; a
-    quadratic (``nodes=3``) amplifies the step-to-step roughness of real networks' outputs least; at
+    quadratic (``history=3``) amplifies the step-to-step roughness of real networks' outputs least; at
     ``tolerance=8`` the test vetoes only extrapolations far off the solver's own error (at 2 its vetoes broke the
     interleaving and cost up to 6 dB).
 
     Attributes:
         tolerance: skip where the estimated extrapolation error is at most ``tolerance`` times the solver's own
             local error: the one accuracy knob (smaller: more accurate, fewer skips).
-        nodes: network evaluations per extrapolation (polynomial degree ``nodes - 1``).
+        history: how many recent network evaluations (clean-sample predictions) each extrapolation goes through
+            (polynomial degree ``history - 1``; formerly ``nodes``).
         max_interval: most consecutive skipped steps; 0 never skips.
     """
 
     tolerance: float = 8.0
-    nodes: int = 3
+    history: int = 3
     max_interval: int = 1
 
     kind = "error_control"
 
     def test_order(self, solver_order: int) -> int:
         """The order ``p`` of the solver's local-error scale ``h^p |D[...]|`` the test compares with: the solver's
-        order, at most ``nodes - 1``. The embedded pair measures a term of degree ``nodes - 1``; a higher-order scale
+        order, at most ``history - 1``. The embedded pair measures a term of degree ``history - 1``; a higher-order scale
         (LMS: 4) would compare it with a term it cannot resolve and veto every skip."""
         if isinstance(solver_order, bool) or not isinstance(solver_order, int) or solver_order < 1:
             raise ValueError(f"solver_order must be an int >= 1, got {solver_order!r}")
-        return min(solver_order, self.nodes - 1)
+        return min(solver_order, self.history - 1)
 
     def certifies(self, solver_order: int) -> bool:
         """Whether the error test can certify a skip for a solver of this order: the extrapolation (degree
-        ``nodes - 1``) must be at least as accurate in order as the solver's own step. A higher-order solver (LMS:
-        4, at the default ``nodes=3``) never skips -- measured on the shipped U-Net through k-diffusion, skipping
+        ``history - 1``) must be at least as accurate in order as the solver's own step. A higher-order solver (LMS:
+        4, at the default ``history=3``) never skips -- measured on the shipped U-Net through k-diffusion, skipping
         LMS steps cost 5-31 dB against the best plain grid at equal evaluations whether the test used order 2
-        or 4 (docs/benchmark-matrix.md); ``nodes >= solver_order + 1`` lets it skip."""
+        or 4 (docs/benchmark-matrix.md); ``history >= solver_order + 1`` lets it skip."""
         return self.test_order(solver_order) == solver_order
 
     def uncertified_note(self, solver_order: int) -> str | None:
@@ -177,16 +231,17 @@ class ErrorControl(_Part):
         if self.certifies(solver_order):
             return None
         return (f"the solver is of order {solver_order} and the error control's extrapolation of degree "
-                f"{self.nodes - 1} (nodes={self.nodes}) cannot certify a skip: every step computes (no acceleration); "
-                f"ErrorControl(nodes={solver_order + 1}) allows skips, a solver of order <= {self.nodes - 1} "
+                f"{self.history - 1} (history={self.history}) cannot certify a skip: every step computes (no acceleration); "
+                f"ErrorControl(history={solver_order + 1}) allows skips, a solver of order <= {self.history - 1} "
                 "(DPM-Solver++ 2M, Euler, Heun) is accelerated by the default")
 
     def __post_init__(self):
         object.__setattr__(self, "tolerance", real_field("tolerance", self.tolerance))
-        int_field("nodes", self.nodes, minimum=3, maximum=6)
+        int_field("history", self.history, minimum=3, maximum=6)
         int_field("max_interval", self.max_interval, minimum=0)
 
 
+@_accepts_old_names
 @dataclass(frozen=True)
 class Numerics(_Part):
     """How a skipped step is estimated and the criterion computed.
@@ -198,31 +253,32 @@ class Numerics(_Part):
             defines it (discrete VP with training betas, rectified flow), else ``corrected``.
         am_noise: noise of the step estimate's clean sample: ``reuse`` (paper) or ``extrapolate``; ``None``: the
             mode's.
-        lagrange_nodes: abscissae of the multistep polynomial: ``index`` (paper), ``t``, ``sigma``, ``lambda``;
-            ``None``: the mode's.
+        abscissa: the coordinate the multistep polynomial is written in: ``index`` (paper), ``t``, ``sigma``,
+            ``lambda``; ``None``: the mode's (formerly ``lagrange_nodes``).
         lagrange_target: ``x0`` or ``x0_over_alpha``; ``None``: the official choice in paper mode on an Euler-type
             host (``x0 / alpha``), else ``x0``.
-        error_tolerance: with a :class:`StepSchedule`, also veto a skip whose embedded local-error estimate
-            (relative RMS) exceeds this; ``None`` off. Corrected mode only.
+        step_error_rms: with a :class:`StepSchedule`, also veto a skip whose embedded local-error estimate, a
+            relative RMS (error RMS over estimate RMS), exceeds this; ``None`` off. Corrected mode only (formerly
+            ``error_tolerance``; not :attr:`ErrorControl.tolerance`, which is a ratio of two local errors).
     """
 
     mode: Mode = Mode.CORRECTED
     criterion: Mode | None = None
     am_noise: AmNoise | None = None
-    lagrange_nodes: Abscissa | None = None
+    abscissa: Abscissa | None = None
     lagrange_target: LagrangeTarget | None = None
-    error_tolerance: float | None = None
+    step_error_rms: float | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "mode", choice(Mode, "mode", self.mode, optional=False))
         object.__setattr__(self, "criterion", choice(Mode, "criterion", self.criterion))
         object.__setattr__(self, "am_noise", choice(AmNoise, "am_noise", self.am_noise))
-        object.__setattr__(self, "lagrange_nodes", choice(Abscissa, "lagrange_nodes", self.lagrange_nodes))
+        object.__setattr__(self, "abscissa", choice(Abscissa, "abscissa", self.abscissa))
         object.__setattr__(self, "lagrange_target", choice(LagrangeTarget, "lagrange_target", self.lagrange_target))
-        if self.error_tolerance is not None:
-            object.__setattr__(self, "error_tolerance", real_field("error_tolerance", self.error_tolerance))
+        if self.step_error_rms is not None:
+            object.__setattr__(self, "step_error_rms", real_field("step_error_rms", self.step_error_rms))
             if self.mode != Mode.CORRECTED:
-                raise ValueError("error_tolerance needs mode='corrected' (its error estimate uses the corrected "
+                raise ValueError("step_error_rms needs mode='corrected' (its error estimate uses the corrected "
                                  "estimator's noise history)")
 
 
@@ -236,12 +292,15 @@ class TokenPruning(_Part):
             the latent (1 = full resolution only); 0 disables U-Net pruning.
         prune_blocks: DiTs: indices (in module order) of the transformer blocks to prune; empty = none.
         anchor_stride: window of the always-computed anchor grid (one random token per window).
+        refresh_interval: a pruned block's token cache is refreshed (fully computed) at least every this many steps;
+            ``None``: the schedule's ``max_interval`` (the official cadence, which ties it to the skip cap).
     """
 
     max_fix: int = 5 * 1024
     max_downsample: int = 0
     prune_blocks: tuple[int, ...] = ()
     anchor_stride: tuple[int, int] = (3, 3)
+    refresh_interval: int | None = None
 
     def __post_init__(self):
         int_field("max_fix", self.max_fix, minimum=0)
@@ -251,6 +310,8 @@ class TokenPruning(_Part):
         object.__setattr__(self, "prune_blocks", tuple(int_field(f"prune_blocks[{i}]", b, minimum=0)
                                                        for i, b in enumerate(self.prune_blocks)))
         object.__setattr__(self, "anchor_stride", _pair("anchor_stride", self.anchor_stride, 1, 16))
+        if self.refresh_interval is not None:
+            int_field("refresh_interval", self.refresh_interval, minimum=1)
 
     @property
     def enabled(self) -> bool:

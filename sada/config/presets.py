@@ -8,7 +8,9 @@ from __future__ import annotations
 import warnings
 
 from sada.config.core import SADAConfig
+from sada.config.fitting import _SHORT, AUTHORS_50, fit_step_schedule
 from sada.config.parts import MIN_ACC_START, StepSchedule, int_field
+from sada.errors import RunTooShortError, SADAWarning
 
 __all__ = ["PRESETS", "preset", "fit_step_schedule", "fit_for_run", "early_multistep", "step_error_tolerance",
            "error_controlled_preset"]
@@ -19,13 +21,10 @@ def _authors(model: str, steps: int, max_fix: int, max_downsample: int, **schedu
                       max_fix=max_fix, max_downsample=max_downsample, name=f"{model}-{steps}")
 
 
-_SHORT = {25: dict(acc_range=(8, 22), lagrange_int=4, lagrange_step=12, lagrange_term=2),
-          15: dict(acc_range=(7, 12), lagrange_int=3, lagrange_step=9, lagrange_term=2)}
 PRESETS: dict[tuple[str, int], SADAConfig] = {
-    ("sd2", 50): _authors("sd2", 50, 5120, 1, acc_range=(10, 47), lagrange_int=4, lagrange_step=24, lagrange_term=4),
-    ("sdxl", 50): _authors("sdxl", 50, 10240, 2, acc_range=(10, 47), lagrange_int=4, lagrange_step=24,
-                           lagrange_term=4),
-    ("flux", 50): _authors("flux", 50, 0, 0, acc_range=(10, 47), lagrange_int=4, lagrange_step=20, lagrange_term=3),
+    ("sd2", 50): _authors("sd2", 50, 5120, 1, **AUTHORS_50["sd2"]),
+    ("sdxl", 50): _authors("sdxl", 50, 10240, 2, **AUTHORS_50["sdxl"]),
+    ("flux", 50): _authors("flux", 50, 0, 0, **AUTHORS_50["flux"]),
 }
 for _model in ("sd2", "sdxl", "flux"):
     for _steps, _fields in _SHORT.items():
@@ -47,55 +46,25 @@ def preset(model: str, num_steps: int = 50, **overrides) -> SADAConfig:
     return PRESETS[key].replace(**overrides) if overrides else PRESETS[key]
 
 
-def _schedule_fields(schedule: StepSchedule) -> tuple:
-    return schedule.acc_range, schedule.lagrange_int, schedule.lagrange_step, schedule.lagrange_term
-
-
-def fit_step_schedule(schedule: StepSchedule, n: int) -> StepSchedule:
-    """The rule of :meth:`SADAConfig.fit_steps` for a :class:`StepSchedule` and a run of ``n`` steps.
-
-    Scaling: ``acc_range`` proportionally (end capped at ``n - 2``), ``lagrange_step`` to a multiple of
-    ``lagrange_int``, fewer multistep nodes when they cannot be stored in time, no multistep regime when none fit.
-    """
-    if schedule.num_steps == n or (schedule.num_steps is None and n == 50):
-        return schedule.replace(num_steps=n)
-    if schedule.num_steps is None and n in _SHORT:
-        for (_, steps), authors in PRESETS.items():
-            if steps == 50 and _schedule_fields(authors.schedule) == _schedule_fields(schedule):
-                return schedule.replace(num_steps=n, **_SHORT[n])
-    ref = schedule.num_steps or 50
-    start = int(round(schedule.acc_range[0] * n / ref))
-    end = min(int(round(schedule.acc_range[1] * n / ref)), n - 2)
-    if end <= max(start, MIN_ACC_START):
-        if n - 2 <= MIN_ACC_START:
-            raise ValueError(f"a run of num_steps={n} is too short for SADA: skipping starts after step "
-                             f"{MIN_ACC_START} and the last step always runs; need num_steps >= {MIN_ACC_START + 3}")
-        start, end = 0, n - 2
-    changes = {"num_steps": n, "acc_range": (start, end)}
-    term, interval = schedule.lagrange_term, schedule.lagrange_int
-    if term:
-        step = int(round(schedule.lagrange_step * n / ref)) // interval * interval
-        step = min(max(step, (max(start, MIN_ACC_START) + interval - 1) // interval * interval), end - 1)
-        step = step // interval * interval
-        term = min(term, step // interval + 1) if step >= max(start, MIN_ACC_START) else 0
-        term = term if term >= 2 else 0
-        changes.update(lagrange_step=step if term else schedule.lagrange_step, lagrange_term=term)
-    return schedule.replace(**changes)
-
-
 def fit_for_run(config: SADAConfig, num_steps: int) -> SADAConfig:
     """:meth:`SADAConfig.fit_steps` as every adapter applies it: a step schedule written for another explicit step
-    count is rescaled with a ``UserWarning`` that says what was done and how to avoid it."""
+    count is rescaled with a :class:`~sada.errors.SADAWarning` that says what was done and how to avoid it; a run too
+    short for any skip raises :class:`~sada.errors.RunTooShortError` (the adapters then compute it exactly)."""
     if not isinstance(config, SADAConfig):
         raise TypeError(f"config must be a SADAConfig, got {type(config).__name__}")
-    fitted = config.fit_steps(num_steps)
+    num_steps = int_field("num_steps", num_steps, minimum=2)
     written = getattr(config.schedule, "num_steps", None)
+    if num_steps < MIN_ACC_START + 3 and written != num_steps:
+        raise RunTooShortError(f"a run of num_steps={num_steps} is too short for SADA: skipping starts after step "
+                               f"{MIN_ACC_START} and the last step always runs; need num_steps >= {MIN_ACC_START + 3}")
+    fitted = config.fit_steps(num_steps)
     if written is not None and written != num_steps:
         s = fitted.schedule
+        assert isinstance(s, StepSchedule)  # only a step schedule is written for a step count
         warnings.warn(f"sada: config {config.name!r} was written for num_steps={written}; this run has "
                       f"{num_steps} steps, so its step ranges were rescaled to acc_range={s.acc_range}, "
                       f"lagrange_step={s.lagrange_step}, lagrange_term={s.lagrange_term} (pass a config "
-                      f"for {num_steps} steps, or num_steps=None, to silence this)", UserWarning, stacklevel=3)
+                      f"for {num_steps} steps, or num_steps=None, to silence this)", SADAWarning, stacklevel=3)
     return fitted
 
 
@@ -104,6 +73,8 @@ def early_multistep(config: SADAConfig, num_steps: int) -> SADAConfig:
     the earliest multiple of ``lagrange_int`` from ``0.24 * num_steps`` on that leaves room for ``lagrange_term``
     nodes; unchanged when that is not earlier than its ``lagrange_step``."""
     schedule = config.schedule
+    if not isinstance(schedule, StepSchedule):
+        raise TypeError(f"early_multistep needs a config with a StepSchedule, got {type(schedule).__name__}")
     interval = schedule.lagrange_int
     start = max(interval, interval * -(-round(0.24 * int_field("num_steps", num_steps, 1)) // interval))
     while start < schedule.lagrange_step:
@@ -127,5 +98,5 @@ def error_controlled_preset(model: str, num_steps: int = 50, **overrides) -> SAD
     :func:`step_error_tolerance`. No token pruning. ``overrides`` replace fields afterwards."""
     base = preset(model, num_steps).replace(mode="corrected", reduce="sample", max_downsample=0,
                                             prune_blocks=(), name=f"{model}-{num_steps}-error-controlled")
-    config = early_multistep(base, num_steps).replace(error_tolerance=step_error_tolerance(num_steps))
+    config = early_multistep(base, num_steps).replace(step_error_rms=step_error_tolerance(num_steps))
     return config.replace(**overrides) if overrides else config

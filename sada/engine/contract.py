@@ -69,6 +69,19 @@ def _row_mask(xp, mask: np.ndarray, like):
 class StepSequence:
     """``plan`` / ``complete`` / ``complete_stage`` written once for every engine (see the module docstring)."""
 
+    # the four methods an engine provides (declared for the type checker; every engine defines them)
+    def _begin(self, step: int, x) -> np.ndarray:
+        raise NotImplementedError
+
+    def _synthesise(self, step: int, x):
+        raise NotImplementedError
+
+    def _record(self, step: int, x, output) -> None:
+        raise NotImplementedError
+
+    def _stage_output(self, step: int, edm_sigma: float, x):
+        raise NotImplementedError
+
     _planned: tuple[int, np.ndarray] | None = None
 
     def _configure(self, config: SADAConfig, grid: StepGrid, kind: str, sample_scaling: str) -> None:
@@ -83,8 +96,20 @@ class StepSequence:
         self.num_steps = grid.num_steps
         self.config = config.for_steps(self.num_steps)
         self.settings = self.config.resolve(grid, sample_scaling)
-        self.estimator, self.criterion = self.settings.estimator, self.settings.criterion
-        self.lagrange_target = self.settings.lagrange_target
+
+    @property
+    def estimator(self):
+        """The resolved estimator numerics (:class:`~sada.config.Variant`)."""
+        return self.settings.estimator
+
+    @property
+    def criterion(self):
+        """The resolved criterion numerics (:class:`~sada.config.Variant`)."""
+        return self.settings.criterion
+
+    @property
+    def lagrange_target(self):
+        return self.settings.lagrange_target
 
     def plan(self, step: int, x) -> np.ndarray:
         decisions = np.asarray(self._begin(step, x))
@@ -100,12 +125,6 @@ class StepSequence:
         if rows.size == compute.size:
             return self.complete(step, x, network(x, rows))
         return self.complete(step, x, network(x[rows], rows) if rows.size else None)
-
-    def planned_rows(self) -> np.ndarray:
-        """Indices of the rows that compute at the planned step."""
-        if self._planned is None:
-            raise RuntimeError("no step is planned: call plan(step, x) first")
-        return np.flatnonzero(self._planned[1])
 
     def complete(self, step: int, x, output):
         compute = self._check_planned(step)

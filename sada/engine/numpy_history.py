@@ -17,9 +17,9 @@ class RowRing:
 
     def __init__(self, depth: int):
         self.depth = depth
-        self.values = None  # [depth, batch, ...]
-        self.keys = None  # [depth, batch] abscissae, nan while empty
-        self.count = None  # [batch] number of values pushed
+        self.values: np.ndarray = None  # [depth, batch, ...]
+        self.keys: np.ndarray = None  # [depth, batch] abscissae, nan while empty
+        self.count: np.ndarray = None  # [batch] number of values pushed
 
     def push(self, rows: np.ndarray, key: float, value: np.ndarray) -> None:
         if self.values is None:

@@ -1,12 +1,12 @@
 """Schedule-free SADA on tensors: each row's recent clean-sample predictions, their extrapolation and its error test.
 
 Every computed step stores the row's clean-sample prediction ``D`` at its log-SNR ``lambda``. A skipped step
-receives the Lagrange extrapolation of the last ``nodes`` predictions (Theorem 3.7 on log-SNR abscissae). The
+receives the Lagrange extrapolation of the last ``history`` predictions (Theorem 3.7 on log-SNR abscissae). The
 test that allows the skip compares two local errors in the same units:
 
-* the extrapolation's, estimated by the embedded pair (degree ``nodes - 1`` minus degree ``nodes - 2``):
+* the extrapolation's, estimated by the embedded pair (degree ``history - 1`` minus degree ``history - 2``):
   ``e = RMS((l_high - l_low) . D)``;
-* the host solver's own at that step, for a method of order ``p`` (at most ``nodes - 1``:
+* the host solver's own at that step, for a method of order ``p`` (at most ``history - 1``:
   :meth:`~sada.config.ErrorControl.test_order`): ``s = h^p RMS(D[lambda_n, ..., lambda_{n-p}])``,
   ``h`` the log-SNR step that consumes the estimate and ``D[...]`` the ``p``-th divided difference of the
   predictions (``D^(p) / p!`` for smooth ``D``).
@@ -27,16 +27,16 @@ __all__ = ["RecentPredictions"]
 
 
 class RecentPredictions:
-    """The last ``max(nodes, order + 1)`` computed clean-sample predictions of every row, keyed by log-SNR."""
+    """The last ``max(history, order + 1)`` computed clean-sample predictions of every row, keyed by log-SNR."""
 
     def __init__(self, schedule: ErrorControl, order: int):
         if not isinstance(schedule, ErrorControl):
             raise TypeError(f"schedule must be an ErrorControl, got {type(schedule).__name__}")
         if isinstance(order, bool) or not isinstance(order, int) or not 1 <= order <= 4:
             raise ValueError(f"solver order must be an int in 1..4, got {order!r}")
-        # ``order``: the order of the local-error scale of the test (the solver's, at most nodes - 1)
-        self.nodes, self.order = schedule.nodes, schedule.test_order(order)
-        self.ring = TensorRing(max(self.nodes, self.order + 1))
+        # ``order``: the order of the local-error scale of the test (the solver's, at most history - 1)
+        self.history, self.order = schedule.history, schedule.test_order(order)
+        self.ring = TensorRing(max(self.history, self.order + 1))
         self._cache: dict = {}
 
     def push(self, computed: np.ndarray, log_snr: float, x0: torch.Tensor) -> None:
@@ -62,7 +62,7 @@ class RecentPredictions:
 
     def estimate(self, log_snr: float) -> torch.Tensor:
         """The extrapolated clean sample of every row at ``log_snr`` (zeros for rows not ready)."""
-        return self.ring.combine(self._weights(kernels.lagrange_weights, self.nodes, float(log_snr)))
+        return self.ring.combine(self._weights(kernels.lagrange_weights, self.history, float(log_snr)))
 
     def error_ratio(self, log_snr: float, like: torch.Tensor) -> torch.Tensor:
         """Per row of ``like``: the extrapolation's estimated error at ``log_snr`` over the ``p``-th divided difference
@@ -70,9 +70,9 @@ class RecentPredictions:
         if self.ring.values is None or not self.ready(like.shape[0]).any():
             return torch.full((like.shape[0],), float("nan"), dtype=like.dtype, device=like.device)
         # the embedded pair (sada.kernels.embedded_pair_weights): the extrapolation through all nodes, whose weights the
-        # skipped step's estimate reuses from the cache, minus the one through the newest nodes - 1
-        high = self._weights(kernels.lagrange_weights, self.nodes, float(log_snr))
-        pair = high - self._weights(kernels.lagrange_weights, self.nodes - 1, float(log_snr))
+        # skipped step's estimate reuses from the cache, minus the one through the newest history - 1
+        high = self._weights(kernels.lagrange_weights, self.history, float(log_snr))
+        pair = high - self._weights(kernels.lagrange_weights, self.history - 1, float(log_snr))
         divided = self._weights(kernels.divided_difference_weights, self.order + 1)
         ratio = kernels.relative_rms(self.ring.combine(pair), self.ring.combine(divided))
         ready = torch.as_tensor(self.ready(ratio.shape[0]), device=ratio.device)
