@@ -1,53 +1,54 @@
 """Per-pipeline state of the diffusers adapter: one run per pipeline call, driven by the scheduler's calls.
 
 The wrapped ``scheduler.step`` starts a run at the scheduler's first call (a new timestep schedule, or a call that
-is not the one the current run expects), completes every step through the engine contract
-(:mod:`sada.engine.contract`) and plans the next step from the solver's result; the denoiser hook asks
-:meth:`Controller.rows_mask` which rows of its batch must run.
+is not the one the current run expects), completes every step through a :class:`~sada.torch_backend.session.SADASession`
+(run fitting, engine, lockstep, sample scaling, the "too short" result) and plans the next step from the solver's
+result; the denoiser hook asks :meth:`Controller.rows_mask` which rows of its batch must run and reports the rows
+that entered the network (:meth:`Controller.note_rows`), which the next scheduler call attributes to its step.
 """
 from __future__ import annotations
 
 import inspect
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from sada.adapters._diffusers_scheduler import SchedulerInfo, describe_scheduler, step_noise_reason
-from sada.config import SADAConfig, fit_for_run
-from sada.torch_backend.compiled import LOCKSTEP_NOTE, resolve_lockstep
+from sada.adapters._other_caches import check_at_run
+from sada.config import SADAConfig
+from sada.torch_backend.compiled import is_compiled
 from sada.torch_backend.engine import SADAEngine
-from sada.torch_backend.rows import slice_rows
+from sada.torch_backend.session import SADASession, WarnOnce
 from sada.trace import Trace
 from sada.trajectory import StepGrid
 
-__all__ = ["Controller", "Run"]
+__all__ = ["Controller", "Run", "NETWORKS"]
 
 NETWORKS = ("unet", "transformer", "transformer_2", "controlnet")  # modules whose compilation sets lockstep
-# keyword arguments that never carry the batch (tables shared by all rows), whatever their first dimension
-UNBATCHED_ARGUMENTS = frozenset({"image_rotary_emb", "rotary_emb", "freqs_cis", "img_ids", "txt_ids",
-                                 "rotary_embedding", "position_ids"})
 
 
 @dataclass
 class Run:
-    """One pipeline call: the engine (``None``: every step computes exactly), its grid and the scheduler position."""
+    """One pipeline call: its session (``None``: a noise-injecting run, every step exact), its grid and the
+    scheduler position."""
 
-    engine: object | None
+    session: SADASession | None
     grid: StepGrid | None
     info: SchedulerInfo
     timesteps: list  # the scheduler's timestep at every call of this run (two per step for Heun)
     note: str = ""  # why the run computes exactly, if it does
+    offset: int = 0  # the scheduler's step index at the run's first call (img2img starts part-way)
     pos: int = 0  # index into ``timesteps`` of the next scheduler call
     step: int = 0  # SADA step of the next first-stage call
     second_stage: bool = False
     compute: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # rows that compute at ``step``
     done: bool = False
 
-
-def _rows(mask: np.ndarray, like: torch.Tensor) -> torch.Tensor:
-    return torch.as_tensor(mask, device=like.device).reshape((-1,) + (1,) * (like.ndim - 1))
+    @property
+    def engine(self):
+        """The run's engine, ``None`` when every step computes exactly."""
+        return None if self.session is None else self.session.engine
 
 
 class Controller:
@@ -63,16 +64,17 @@ class Controller:
         self.info = info
         self._info_of = id(pipe.scheduler)
         self.run: Run | None = None
-        self.last_trace: Trace | None = None
+        self.last_session: SADASession | None = None
         self.last_note = ""
         self.latent_tokens: int | None = None
         self.peers: list = []  # controllers of other pipelines sharing a module or the scheduler
-        self._warned: set[str] = set()
+        self.warn = WarnOnce()
+        self._pending: list = []  # (row indices or None for all, batch rows) of denoiser calls since the last step
+        self.scheduler_binding: tuple = (None, None)  # (the wrapped scheduler, its StepWrapper), set by enable
 
-    def _warn_once(self, message: str) -> None:
-        if message not in self._warned:
-            self._warned.add(message)
-            warnings.warn(f"sada: {message}; computing every step exactly", RuntimeWarning, stacklevel=4)
+    @property
+    def last_trace(self) -> Trace | None:
+        return None if self.last_session is None else self.last_session.trace
 
     # ------------------------------------------------------------------ runs
     def _scheduler_info(self, scheduler) -> SchedulerInfo:
@@ -80,51 +82,43 @@ class Controller:
             self.info, self._info_of = describe_scheduler(scheduler), id(scheduler)
         return self.info
 
+    def use_scheduler(self, scheduler, info: SchedulerInfo) -> None:
+        """The pipeline's scheduler was replaced after ``enable`` (``info``: the new one's): the next call starts a
+        run on it."""
+        self.info, self._info_of, self.run = info, id(scheduler), None
+
     def start_run(self, scheduler, timestep, sample: torch.Tensor, call_args: dict) -> Run:
+        check_at_run(self)  # a cache enabled on the denoiser after SADA that does not compose with it
         for peer in self.peers:  # a shared module/scheduler now serves this pipeline's call
             peer.run = None
         info = self._scheduler_info(scheduler)
         all_t = [float(t) for t in scheduler.timesteps]
         pos = min(range(len(all_t)), key=lambda i: abs(all_t[i] - float(timestep)))
+        offset = getattr(scheduler, "step_index", None)
+        offset = offset if isinstance(offset, int) else pos
         noise = info.noise or step_noise_reason(scheduler, call_args)
         if noise:
-            self._warn_once(noise)
-            self.run = Run(None, None, info, all_t[pos:], note=f"exact compute: {noise}")
-            self.last_note, self.last_trace = self.run.note, None
+            self.warn(f"{noise}; computing every step exactly", stacklevel=5)
+            self.run = Run(None, None, info, all_t[pos:], note=f"exact compute: {noise}", offset=offset)
+            self.last_note, self.last_session = self.run.note, None
             return self.run
         grid, calls = info.grid_for_run(scheduler, pos)
-        engine, note = None, ""
-        try:
-            if self.engine_factory is not None:
-                engine = self.engine_factory(grid, info.kind)
-            else:
-                groups = _duplicated_halves(sample)
-                lockstep = self.run_lockstep()
-                engine = SADAEngine(fit_for_run(self.config, grid.num_steps), grid, info.kind, groups=groups,
-                                    sample_scaling=info.scaling, solver_order=info.order, lockstep=lockstep)
-                if lockstep and self.lockstep is None:
-                    engine.lockstep_note = LOCKSTEP_NOTE
-        except ValueError as exc:
-            if "too short" not in str(exc):
-                raise
-            note = f"{grid.num_steps} steps: below the skipping range, ran exactly"
-        self.run = Run(engine, grid, info, calls, note=note)
-        self.last_note, self.last_trace = note, None
+        session = SADASession(grid, info.kind, self.config, groups=_duplicated_halves(sample),
+                              sample_scaling=info.scaling, solver_order=info.order, engine_factory=self.engine_factory,
+                              **self._lockstep_arguments())
+        self.run = Run(session, grid, info, calls, note=session.note, offset=offset)
+        self.last_note, self.last_session = session.note, session
         if self.pruner is not None:
             self.pruner.reset()
-            self.pruner.config = engine.config if isinstance(engine, SADAEngine) else self.config
+            self.pruner.config = session.engine.config if isinstance(session.engine, SADAEngine) else self.config
         return self.run
 
-    def run_lockstep(self) -> bool:
-        """Batch-level decisions for this run: the explicit setting, else on when a denoiser is compiled."""
+    def _lockstep_arguments(self) -> dict:
+        """The session's lockstep: the explicit setting, else automatic on the first compiled network."""
         if self.lockstep is not None:
-            return resolve_lockstep(self.lockstep, None)
-        return any(resolve_lockstep(None, getattr(self.pipe, name, None)) for name in NETWORKS)
-
-    def canonical(self, run: Run, x: torch.Tensor, edm_sigma: float) -> torch.Tensor:
-        if run.info.scaling == "edm":
-            return x * run.grid.alpha_sigma_at(edm_sigma)[0]
-        return x
+            return {"lockstep": self.lockstep}
+        compiled = [getattr(self.pipe, name, None) for name in NETWORKS]
+        return {"lockstep": None, "network": next((m for m in compiled if is_compiled(m)), None)}
 
     # ------------------------------------------------------------------ scheduler side
     def scheduler_step(self, original, model_output, timestep, sample, *args, **kwargs):
@@ -137,18 +131,21 @@ class Controller:
                 or abs(float(timestep) - run.timesteps[run.pos]) > 1e-4 * max(1.0, abs(float(timestep))):
             call_args = _bound_arguments(original, model_output, timestep, sample, args, kwargs)
             run = self.start_run(scheduler, timestep, sample, call_args)
-        if run.engine is None:
+        session = run.session
+        if session is None or session.exact:
+            self._pending.clear()
             return self._advance(run, scheduler, original(model_output, timestep, sample, *args, **kwargs))
-        engine, n = run.engine, run.step
+        n = run.step
         if run.second_stage:
+            self._record_rows(session, n, sample.shape[0])
             s = float(run.grid.edm_sigma[n + 1])
-            model_output = engine.complete_stage(n, s, self.canonical(run, sample, s), model_output)
+            model_output = session.complete_stage(n, s, sample, model_output)
             return self._advance(run, scheduler, original(model_output, timestep, sample, *args, **kwargs))
-        xc = self.canonical(run, sample, float(run.grid.edm_sigma[n]))
         self.latent_tokens = int(np.prod(sample.shape[2:])) if sample.ndim == 4 else None
         if n == 0:
-            run.compute = engine.plan(0, xc)
-        model_output = engine.complete(n, xc, model_output)
+            run.compute = session.plan(0, sample, edm_sigma=float(run.grid.edm_sigma[0]))
+        self._record_rows(session, n, sample.shape[0])
+        model_output = session.complete(n, sample, model_output, edm_sigma=float(run.grid.edm_sigma[n]), record=False)
         return self._advance(run, scheduler, original(model_output, timestep, sample, *args, **kwargs))
 
     def _advance(self, run: Run, scheduler, result):
@@ -161,14 +158,11 @@ class Controller:
         run.step += 1
         if run.engine is None or run.step >= run.grid.num_steps:
             run.done = run.engine is not None or run.pos >= len(run.timesteps)
-            if run.engine is not None:
-                self.last_trace = run.engine.trace
             run.compute = np.zeros(0, bool)
             return result
         prev = result.prev_sample if hasattr(result, "prev_sample") else result[0]
         n = run.step
-        run.compute = run.engine.plan(n, self.canonical(run, prev, float(run.grid.edm_sigma[n])))
-        self.last_trace = run.engine.trace
+        run.compute = run.session.plan(n, prev, edm_sigma=float(run.grid.edm_sigma[n]))
         if self.pruner is not None and isinstance(run.engine, SADAEngine):
             self._record_pruning(run, n)
             self.pruner.plan_step(n, run.compute, run.engine.token_map())
@@ -186,14 +180,36 @@ class Controller:
         self.pruner.stats = {"tokens_in": 0, "tokens_total": 0}
 
     # ------------------------------------------------------------------ denoiser side
-    def rows_mask(self, timestep_value: float | None, rows: int) -> np.ndarray | None:
-        """Row mask of a denoiser call's batch that must run, or ``None`` (= run everything normally)."""
+    def note_rows(self, idx: np.ndarray | None, rows: int) -> None:
+        """A denoiser call ran rows ``idx`` (``None``: all) of its ``rows``-row batch; the next scheduler call
+        attributes them to its step."""
+        self._pending.append((idx, rows))
+
+    def _record_rows(self, session: SADASession, step: int, samples: int) -> None:
+        """The denoiser rows since the last scheduler call, as rows of the ``samples``-row latent batch (guidance
+        copies fold onto their sample), into the session's count for ``step``."""
+        for idx, rows in self._pending:
+            idx = np.arange(rows) if idx is None else np.asarray(idx)
+            session.record_rows(step, np.unique(idx % samples) if rows % samples == 0 else np.arange(samples))
+        self._pending.clear()
+
+    def rows_mask(self, timestep_value: float | None, rows: int, scheduler=None) -> np.ndarray | None:
+        """Row mask of a denoiser call's batch that must run, or ``None`` (= run everything normally).
+
+        The call belongs to the step the scheduler runs next: checked on its timestep, or, when the timestep cannot
+        be read (a forward wrapped as ``(*args, **kwargs)`` with no named parameter), on the scheduler's step index.
+        """
         run = self.run
-        if run is None or run.done or run.engine is None or not run.compute.size or timestep_value is None:
+        if run is None or run.done or run.engine is None or not run.compute.size:
             return None
         expected = run.timesteps[run.pos] if run.pos < len(run.timesteps) else None
-        if expected is None or not any(abs(timestep_value - e) <= 1e-4 * max(1.0, abs(e))
-                                       for e in (expected, expected / 1000.0)):
+        if expected is None:
+            return None
+        if timestep_value is None:
+            index = getattr(scheduler, "step_index", run.offset + run.pos)
+            if index != run.offset + run.pos:  # None: a new pipeline call that has not stepped yet
+                return None
+        elif not any(abs(timestep_value - e) <= 1e-4 * max(1.0, abs(e)) for e in (expected, expected / 1000.0)):
             return None
         compute = run.compute
         if rows % compute.size:
@@ -203,7 +219,7 @@ class Controller:
     def summary(self) -> str:
         if self.last_note:
             return self.last_note
-        return "no run yet" if self.last_trace is None else self.last_trace.summary()
+        return "no run yet" if self.last_session is None else self.last_session.summary()
 
 
 def _duplicated_halves(sample: torch.Tensor) -> list | None:
@@ -223,27 +239,3 @@ def _bound_arguments(original, model_output, timestep, sample, args, kwargs) -> 
         return inspect.signature(original).bind(model_output, timestep, sample, *args, **kwargs).arguments
     except (TypeError, ValueError):
         return dict(kwargs)
-
-
-# ---------------------------------------------------------------------- denoiser-call helpers (the hook's)
-def _timestep_of(module, args, kwargs):
-    t = kwargs.get("timestep")
-    if t is None:
-        names = list(getattr(module, "_sada_forward_params", ()))
-        if "timestep" in names and names.index("timestep") < len(args):
-            t = args[names.index("timestep")]
-    if t is None:
-        return None
-    t = torch.as_tensor(t)
-    return float(t.flatten()[0]) if t.numel() else None
-
-
-def _batch_of(args, kwargs) -> int | None:
-    first = args[0] if args else next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
-    return int(first.shape[0]) if isinstance(first, torch.Tensor) and first.ndim else None
-
-
-def _slice_call(args, kwargs, idx, rows):
-    kept = {k: v for k, v in kwargs.items() if k in UNBATCHED_ARGUMENTS}
-    sliced = slice_rows({k: v for k, v in kwargs.items() if k not in UNBATCHED_ARGUMENTS}, idx, rows)
-    return slice_rows(args, idx, rows), {**sliced, **kept}

@@ -8,8 +8,8 @@
 * how its ``sample`` is scaled: ``schedule`` (``alpha x0 + sigma eps``; DPM-Solver, DDIM, UniPC, DEIS, flow) or
   ``edm`` (``x / alpha``; Euler, Heun, LMS -- ``init_noise_sigma > 1``);
 * its call pattern: one model evaluation per timestep, or Heun's two (the corrector at the next noise level);
-* whether it injects noise (SDE / ancestral variants, ``stochastic_sampling``; per call ``eta > 0`` or
-  ``s_churn > 0``): then SADA computes every step exactly and warns once.
+* whether it injects noise (SDE / ancestral variants, ``stochastic_sampling``, a configured ``eta > 0``; per call
+  ``eta > 0`` or ``s_churn > 0``): then SADA computes every step exactly and warns once.
 """
 from __future__ import annotations
 
@@ -159,6 +159,9 @@ def _noise_injection(scheduler, name: str) -> str | None:
         return f"{name} with algorithm_type={_config(scheduler, 'algorithm_type')!r} adds noise at every step"
     if _config(scheduler, "stochastic_sampling"):
         return f"{name} with stochastic_sampling=True adds noise at every step"
+    eta, s_noise = _config(scheduler, "eta"), _config(scheduler, "s_noise", 1.0)
+    if isinstance(eta, (int, float)) and eta > 0 and not (isinstance(s_noise, (int, float)) and s_noise <= 0):
+        return f"{name} with eta={float(eta):g} adds noise at every step"
     return None
 
 

@@ -85,8 +85,8 @@ def run_kdiffusion(denoiser: DigitsEpsDenoiser, sampler: str, sigmas: torch.Tens
     ``sada``: ``None`` (plain sampler), :data:`~benchmarks.methods.ADAPTER_DEFAULT` (``wrap(denoiser, sigmas)``,
     the adapter's default configuration) or a :class:`~sada.config.SADAConfig` (``wrap(denoiser, sigmas, config)``).
     """
-    from sada.adapters.k_diffusion import load_sampling, wrap
     from benchmarks.methods import ADAPTER_DEFAULT
+    from sada.adapters.k_diffusion import load_sampling, wrap
 
     if sampler not in KDIFFUSION_SAMPLERS:
         raise ValueError(f"sampler must be one of {KDIFFUSION_SAMPLERS}, got {sampler!r}")
@@ -96,9 +96,10 @@ def run_kdiffusion(denoiser: DigitsEpsDenoiser, sampler: str, sigmas: torch.Tens
     labels = torch.as_tensor(labels, dtype=torch.long)
     x = denoiser.model.noise(seeds) * sigmas[0]
     model = denoiser
-    if sada is not None:
-        model = wrap(denoiser, sigmas) if isinstance(sada, str) and sada == ADAPTER_DEFAULT else wrap(denoiser, sigmas, sada)
     fn = getattr(sampling, f"sample_{sampler}")
+    if sada is not None:  # the sampler is declared: the wrapper never guesses it
+        config = None if isinstance(sada, str) and sada == ADAPTER_DEFAULT else sada
+        model = wrap(denoiser, sigmas, config, sampler=fn)
     generator_state = torch.get_rng_state()
     try:  # sample_heun draws (unused) noise from the global generator: leave it as it was
         out = fn(model, x, sigmas, extra_args={"labels": labels}, disable=True)

@@ -16,7 +16,8 @@ also names the denoiser submodule whose input rows are counted, the scheduler cl
 shape, the latent layout and how guidance batches the rows into the denoiser.
 """
 import os
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 

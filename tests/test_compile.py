@@ -90,13 +90,13 @@ def test_skip_hook_stays_outside_the_compiled_region_without_graph_breaks():
     with sada_d.enabled(pipe):
         assert "forward" in pipe.unet.__dict__  # the hook replaced the OptimizedModule's own forward ...
         assert "forward" not in pipe.unet._orig_mod.__dict__  # ... never the forward dynamo traces
-        assert pipe.unet._orig_mod._sada_forward_params[:2] == ("sample", "timestep")
+        assert pipe.unet._diffusers_hook.get_hook("sada").params[:2] == ("sample", "timestep")  # the inner module's
         pos, _ = fx.sd_embeds(4, 0)
         torch._dynamo.reset()
         explained = torch._dynamo.explain(pipe.unet._orig_mod)(torch.randn(4, 4, 16, 16), torch.tensor(500.0),
                                                                 encoder_hidden_states=pos)
     assert explained.graph_break_count == 0 and explained.graph_count == 1
-    assert "_sada_forward_params" not in vars(pipe.unet._orig_mod)  # disable cleaned up
+    assert not hasattr(pipe.unet, "_diffusers_hook") and "forward" not in vars(pipe.unet._orig_mod)  # cleaned up
 
 
 @needs_compile

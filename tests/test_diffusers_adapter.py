@@ -56,7 +56,7 @@ def _controlnet_call(pipe, steps=50, seed=0):
 
 
 def _img2img_call(pipe, steps=50, seed=0):
-    image = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    image = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(5))  # diffusers' [0, 1] tensor range
     return _sd_call(pipe, steps=steps, seed=seed, image=image, strength=0.7)
 
 

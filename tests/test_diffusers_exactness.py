@@ -12,6 +12,7 @@ diffusers = pytest.importorskip("diffusers")
 import sada.adapters.diffusers as sada_d  # noqa: E402
 from sada import SADAConfig, preset  # noqa: E402
 from sada.config import StepSchedule  # noqa: E402
+from sada.errors import ExactRunWarning, SADAWarning  # noqa: E402
 from sada.policy import Decision  # noqa: E402
 from tests import diffusers_fixtures as fx  # noqa: E402
 
@@ -31,7 +32,7 @@ def _with_scheduler(name, **config):
 
 
 def _sada_warnings(caught):
-    return [w for w in caught if "sada:" in str(w.message)]
+    return [w for w in caught if issubclass(w.category, SADAWarning)]
 
 
 def test_wrapped_step_keeps_the_schedulers_signature():
@@ -53,7 +54,7 @@ def test_noise_injecting_settings_are_bit_identical_with_skipping_disabled_and_e
     stock = _sd(pipe, steps=30, **call)
     again = _sd(pipe, steps=30, seed=0, **call)
     assert torch.equal(stock, again)  # the seeded stochastic run is reproducible
-    with sada_d.enabled(pipe, NEVER):
+    with pytest.warns(ExactRunWarning, match="noise"), sada_d.enabled(pipe, NEVER):
         assert torch.equal(_sd(pipe, steps=30, **call), stock)
     counter = fx.RowCounter(pipe.unet.conv_in)
     with warnings.catch_warnings(record=True) as caught:
@@ -81,7 +82,7 @@ def test_flow_match_stochastic_sampling_is_exact_with_a_warning():
 
     stock = call()
     assert torch.equal(call(), stock)
-    with pytest.warns(RuntimeWarning, match="stochastic_sampling=True adds noise"):
+    with pytest.warns(ExactRunWarning, match="stochastic_sampling=True adds noise"):
         with sada_d.enabled(pipe) as handle:
             out = call()
     assert torch.equal(out, stock) and handle.trace is None
@@ -228,6 +229,6 @@ def test_the_default_config_is_fitted_to_any_step_count(steps, least):
 def test_a_config_written_for_another_step_count_is_rescaled_with_a_warning():
     pipe = fx.sd_pipeline()
     with sada_d.enabled(pipe, preset("sd2", 50, max_downsample=0)) as handle:
-        with pytest.warns(UserWarning, match="was written for num_steps=50; this run has 30 steps"):
+        with pytest.warns(SADAWarning, match="was written for num_steps=50; this run has 30 steps"):
             _sd(pipe, steps=30, batch=1)
     assert handle.trace.num_steps == 30 and handle.trace.speedup() > 1.2

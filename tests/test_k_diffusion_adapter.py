@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from sada import SADAConfig, preset
-from sada.config import StepSchedule
-from sada.adapters import k_diffusion as kd
 from benchmarks.lab.distributions import random_mixture
+from sada import SADAConfig, preset
+from sada.adapters import k_diffusion as kd
+from sada.config import StepSchedule
+from sada.errors import ConfigError, ExactRunWarning, SADAWarning
 from sada.trajectory import DiscreteVPSchedule
 from tests.kdiffusion_shim import load_k_sampling
 
@@ -48,16 +49,16 @@ def test_never_skip_config_is_bit_identical_with_the_same_number_of_calls(name):
     sampler = getattr(K, name)
     plain_model, model = MixtureDenoiser(), MixtureDenoiser()
     plain = sampler(plain_model, _noise(), _sigmas(), disable=True)
-    wrapped = kd.wrap(model, _sigmas(), SADAConfig(max_interval=0))
+    wrapped = kd.wrap(model, _sigmas(), SADAConfig(max_interval=0), sampler=sampler)
     out = sampler(wrapped, _noise(), _sigmas(), disable=True)
     assert torch.equal(out, plain) and model.calls == plain_model.calls
 
 
 def test_lms_runs_exactly_under_the_default_and_warns_why():
-    """LMS is of order 4; the default's quadratic extrapolation cannot certify its skips (docs/benchmark-matrix.md)."""
+    """LMS is of order 4; the default's quadratic extrapolation cannot certify its skips (docs/results/benchmark-matrix.md)."""
     plain_model, model = MixtureDenoiser(), MixtureDenoiser()
     plain = K.sample_lms(plain_model, _noise(), _sigmas(), disable=True)
-    wrapped = kd.wrap(model, _sigmas())
+    wrapped = kd.wrap(model, _sigmas(), sampler=K.sample_lms)
     with pytest.warns(UserWarning, match="order 4 .* cannot certify a skip"):
         out = K.sample_lms(wrapped, _noise(), _sigmas(), disable=True)
     assert torch.equal(out, plain) and model.calls == plain_model.calls
@@ -78,7 +79,7 @@ def test_defaults_at_50_steps_cut_model_calls_1_6x_and_stay_close(name, toleranc
     for mode in ("paper", "default"):
         model = MixtureDenoiser()
         cfg = SADAConfig() if mode == "default" else preset("sd2", 50, reduce="sample")
-        wrapped = kd.wrap(model, _sigmas(), cfg)
+        wrapped = kd.wrap(model, _sigmas(), cfg, sampler=sampler)
         out = sampler(wrapped, _noise(), _sigmas(), disable=True)
         results[mode] = (plain_model.calls / model.calls, _rms(out, plain))
         assert wrapped.calls == model.calls
@@ -89,18 +90,18 @@ def test_defaults_at_50_steps_cut_model_calls_1_6x_and_stay_close(name, toleranc
 
 def test_per_sample_skip_paths_in_a_batch_equal_the_paths_alone():
     cfg = SADAConfig(schedule=StepSchedule(), criterion="corrected")  # its decisions differ between these samples
-    batch = kd.wrap(MixtureDenoiser(), _sigmas(), cfg)
+    batch = kd.wrap(MixtureDenoiser(), _sigmas(), cfg, sampler=K.sample_dpmpp_2m)
     K.sample_dpmpp_2m(batch, _noise(4), _sigmas(), disable=True)
     paths = [batch.trace.skip_path(i) for i in range(4)]
     for i in range(4):
-        alone = kd.wrap(MixtureDenoiser(), _sigmas(), cfg)
+        alone = kd.wrap(MixtureDenoiser(), _sigmas(), cfg, sampler=K.sample_dpmpp_2m)
         K.sample_dpmpp_2m(alone, _noise(4)[i:i + 1], _sigmas(), disable=True)
         assert alone.trace.skip_path(0) == paths[i]
     assert len(set(map(tuple, paths))) > 1
 
 
 def test_a_new_run_resets_itself_and_reuses_nothing():
-    wrapped = kd.wrap(MixtureDenoiser(), _sigmas())
+    wrapped = kd.wrap(MixtureDenoiser(), _sigmas(), sampler=K.sample_euler)
     first = K.sample_euler(wrapped, _noise(seed=1), _sigmas(), disable=True)
     K.sample_euler(wrapped, _noise(seed=2), _sigmas(), disable=True)
     again = K.sample_euler(wrapped, _noise(seed=1), _sigmas(), disable=True)
@@ -114,13 +115,14 @@ def test_noise_injecting_samplers_run_exactly_with_a_single_warning(name):
     torch.manual_seed(3)
     plain = sampler(MixtureDenoiser(), _noise(), _sigmas(), disable=True)
     model = MixtureDenoiser()
-    wrapped = kd.wrap(model, _sigmas())
+    wrapped = kd.wrap(model, _sigmas(), sampler=sampler)
     torch.manual_seed(3)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         out = sampler(wrapped, _noise(), _sigmas(), disable=True)
-    sada_warnings = [w for w in caught if "sada:" in str(w.message)]
+    sada_warnings = [w for w in caught if issubclass(w.category, SADAWarning)]
     assert torch.equal(out, plain) and len(sada_warnings) == 1 and "injects noise" in str(sada_warnings[0].message)
+    assert sada_warnings[0].category is ExactRunWarning
     assert wrapped.summary().startswith("exact compute")
 
 
@@ -128,7 +130,7 @@ def test_unknown_caller_that_breaks_the_schedule_falls_back_to_exact_compute():
     model = MixtureDenoiser()
     wrapped = kd.wrap(model, _sigmas(), sampler="my_sampler")
     x = _noise()
-    with pytest.warns(RuntimeWarning, match="sada:"):
+    with pytest.warns(SADAWarning, match="sada:"):
         wrapped(x, _sigmas()[0].expand(4))
         wrapped(x, torch.full((4,), 3.3333, dtype=torch.float64))  # not the next sigma of the schedule
     assert wrapped._mode == "exact"
@@ -146,8 +148,8 @@ def test_schedule_detection_and_argument_errors():
 
 def test_adaptive_dpm_fast_runs_exactly_with_a_single_warning():
     plain = K.sample_dpm_fast(MixtureDenoiser(), _noise(), 0.05, 14.0, 10, disable=True)
-    wrapped = kd.wrap(MixtureDenoiser(), _sigmas())
-    with pytest.warns(RuntimeWarning, match="sample_dpm_fast chooses its own noise levels"):
+    wrapped = kd.wrap(MixtureDenoiser(), _sigmas(), sampler=K.sample_dpm_fast)
+    with pytest.warns(ExactRunWarning, match="sample_dpm_fast chooses its own noise levels"):
         out = K.sample_dpm_fast(wrapped, _noise(), 0.05, 14.0, 10, disable=True)
     assert torch.equal(out, plain)
 
@@ -166,7 +168,8 @@ def test_nested_conditioning_is_sliced_with_the_rows_that_run():
     cond = {"c_crossattn": [torch.arange(4.0)[:, None].expand(4, 3)], "c_concat": [torch.zeros(4, 2)],
             "extra": {"scale": torch.ones(4)}, "shared": torch.ones(7)}
     model = NestedConditioningDenoiser()
-    wrapped = kd.wrap(model, _sigmas(), SADAConfig(schedule=StepSchedule(), criterion="corrected"))
+    wrapped = kd.wrap(model, _sigmas(), SADAConfig(schedule=StepSchedule(), criterion="corrected"),
+                      sampler=K.sample_dpmpp_2m)
     out = K.sample_dpmpp_2m(wrapped, _noise(4), _sigmas(), extra_args={"cond": cond}, disable=True)
     d = wrapped.trace.decisions
     assert torch.isfinite(out).all() and any(len(set(row)) > 1 for row in d)  # some steps ran a subset of rows
@@ -175,11 +178,11 @@ def test_nested_conditioning_is_sliced_with_the_rows_that_run():
 
 def test_a_wrapped_denoiser_reused_with_new_sigmas_plans_the_new_schedule():
     wrapped = kd.wrap(MixtureDenoiser(), _sigmas(50))
-    K.sample_euler(wrapped, _noise(), _sigmas(50), disable=True)
+    wrapped.sample(K.sample_euler, _noise(), disable=True)
     assert wrapped.trace.num_steps == 50 and wrapped.trace.speedup() > 1.5
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # re-planning is silent: the sampler passed its sigmas
-        K.sample_euler(wrapped, _noise(), _sigmas(25), disable=True)
+        warnings.simplefilter("error")  # re-planning is silent: sample() declared the sigmas
+        wrapped.sample(K.sample_euler, _noise(), _sigmas(25), disable=True)
     assert wrapped.trace.num_steps == 25 and wrapped.trace.speedup() > 1.2, wrapped.summary()
     assert not wrapped.summary().startswith("exact")
 
@@ -187,10 +190,66 @@ def test_a_wrapped_denoiser_reused_with_new_sigmas_plans_the_new_schedule():
 def test_any_step_count_is_fitted_and_too_short_runs_say_so():
     counts = {}
     for n in (15, 25, 100):
-        wrapped = kd.wrap(MixtureDenoiser(), _sigmas(n))
+        wrapped = kd.wrap(MixtureDenoiser(), _sigmas(n), sampler=K.sample_dpmpp_2m)
         K.sample_dpmpp_2m(wrapped, _noise(), _sigmas(n), disable=True)
         counts[n] = wrapped.trace.speedup()
     assert counts[15] > 1.15 and counts[25] > 1.3 and counts[100] > 1.8, counts
-    short = kd.wrap(MixtureDenoiser(), _sigmas(5))
+    short = kd.wrap(MixtureDenoiser(), _sigmas(5), sampler="sample_euler")
     K.sample_euler(short, _noise(), _sigmas(5), disable=True)
     assert short.summary().startswith("5 steps: below the skipping range") and short.calls == 5 * 4
+
+
+def _karras(n=30):
+    return K.get_sigmas_karras(n, 0.03, 14.6, rho=7.0).double()
+
+
+@pytest.mark.parametrize("config", [SADAConfig(mode="paper"), SADAConfig(criterion="paper")],
+                         ids=["mode=paper", "criterion=paper"])
+def test_a_config_the_grid_cannot_serve_raises_config_error_at_wrap(config):
+    """Issue 19 item 3: a paper config on an EDM (Karras) grid used to run exactly with the error in the summary."""
+    with pytest.raises(ConfigError, match="'paper' needs a discrete VP grid"):
+        kd.wrap(lambda x, sigma: x, _karras(), config, sampler="sample_euler")
+
+
+def test_too_short_is_the_only_case_that_runs_exactly():
+    model = MixtureDenoiser()
+    short = kd.wrap(model, _sigmas(4), sampler="sample_euler")
+    out = K.sample_euler(short, _noise(), _sigmas(4), disable=True)
+    assert torch.equal(out, K.sample_euler(MixtureDenoiser(), _noise(), _sigmas(4), disable=True))
+    assert short.summary() == "4 steps: below the skipping range, ran exactly" and model.calls == 4 * 4
+
+
+def test_bad_sigmas_name_the_length_and_the_first_offending_entry_not_the_schedule():
+    sig = _sigmas(50).clone()
+    sig[7] = sig[6] + 1.0
+    with pytest.raises(ValueError) as info:
+        kd.wrap(MixtureDenoiser(), sig)
+    message = str(info.value)
+    assert "got 51 entries, entry 7" in message and "entry 6" in message and len(message) < 200, message
+    nan = _sigmas(50).clone()
+    nan[3] = float("nan")
+    with pytest.raises(ValueError, match="got 51 entries, entry 3 is nan"):
+        kd.wrap(MixtureDenoiser(), nan)
+
+
+def test_an_undeclared_sampler_warns_once_and_a_direct_call_on_other_sigmas_runs_exactly():
+    model = MixtureDenoiser()
+    wrapped = kd.wrap(model, _sigmas(50))
+    with pytest.warns(SADAWarning, match="sampler was not declared"):
+        K.sample_euler(wrapped, _noise(), _sigmas(50), disable=True)
+    assert wrapped.trace.speedup() > 1.5
+    model.calls = 0
+    with pytest.warns(ExactRunWarning, match="does not follow the schedule"):
+        out = K.sample_euler(wrapped, _noise(), _sigmas(25), disable=True)
+    assert torch.equal(out, K.sample_euler(MixtureDenoiser(), _noise(), _sigmas(25), disable=True))
+    assert model.calls == 25 * 4 and wrapped.summary().startswith("exact compute")
+
+
+def test_the_summary_counts_the_rows_that_entered_the_model():
+    model = MixtureDenoiser()
+    wrapped = kd.wrap(model, _sigmas(), SADAConfig(schedule=StepSchedule(), criterion="corrected"),
+                      sampler=K.sample_heun)
+    K.sample_heun(wrapped, _noise(4), _sigmas(), disable=True)
+    computed = float(wrapped.summary().split("/")[0].split()[-1])
+    assert wrapped.trace.network_evaluations() == round(computed * 4)
+    assert model.calls == wrapped.calls == wrapped.session.network_rows

@@ -2,7 +2,6 @@
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -58,3 +57,56 @@ def test_session_errors_are_clear():
     with pytest.raises(ValueError, match="sample_scaling must be"):
         SADASession(GRID, "epsilon", sample_scaling="vp")
     assert SADASession(VP, "epsilon", times=VP.timesteps(50)).grid.num_steps == 50
+
+
+GRID30 = StepGrid.from_times(VP, VP.timesteps(30, "trailing"))
+
+
+@pytest.mark.parametrize("step, message", [
+    (30, r"step 30 is outside this run's 30 steps \(0\.\.29\)"),
+    (-1, r"step -1 is outside this run's 30 steps \(0\.\.29\)"),
+    (5, r"step 5: no run has started; a run starts at step 0"),
+])
+def test_a_bad_step_index_says_what_is_wrong_with_the_step(step, message):
+    """Issue 19 item 5: all three said "the sample changed shape/dtype/device mid-run (None -> ...)"."""
+    with pytest.raises(ValueError, match=message) as info:
+        SADASession(GRID30, "epsilon").rows_to_compute(step, torch.zeros(2, 3))
+    assert "changed shape" not in str(info.value)
+
+
+def test_a_skipped_or_repeated_step_names_the_expected_one():
+    sada = SADASession(GRID30, "epsilon")
+    sada.step(0, torch.zeros(2, 3), lambda x, rows: x)
+    with pytest.raises(ValueError, match="step 2: the run expects step 1 next"):
+        sada.rows_to_compute(2, torch.zeros(2, 3))
+    sada.step(0, torch.zeros(2, 3), lambda x, rows: x)  # step 0 starts a new run at any time
+
+
+@pytest.mark.parametrize("order", [0, -1, 1.5, True, "2"])
+def test_solver_order_must_be_a_positive_int(order):
+    with pytest.raises(ValueError, match=f"solver_order must be a positive int .*got {order!r}"):
+        SADASession(GRID30, "epsilon", solver_order=order)
+
+
+def test_a_grid_too_short_to_skip_runs_exactly_and_says_so():
+    short = StepGrid.from_times(VP, VP.timesteps(5, "trailing"))
+    sada = SADASession(short, "epsilon")
+    x = torch.randn(2, 3, dtype=torch.float64)
+    for n in range(5):
+        assert sada.rows_to_compute(n, x).tolist() == [0, 1]
+        out = sada.complete(n, x, torch.tanh(x))
+        assert torch.equal(out, torch.tanh(x))
+    assert sada.exact and sada.summary() == "5 steps: below the skipping range, ran exactly"
+
+
+def test_the_summary_counts_the_rows_passed_to_complete_not_the_plan():
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, dtype=torch.float64)
+    with SADASession(GRID, "epsilon") as sada:
+        for n in range(50):
+            sada.rows_to_compute(n, x)
+            eps = sada.complete(n, x, torch.tanh(x))  # the loop ran every row anyway
+            x = 0.98 * x + 0.01 * eps
+    assert sada.trace.speedup() > 1.3  # the plan skipped ...
+    assert sada.summary().startswith("computed 50/50 steps (1.00x)"), sada.summary()  # ... the network did not
+    assert "planned skips ran the network anyway" in sada.summary() and sada.network_rows == 100

@@ -24,7 +24,7 @@ def is_compiled(network) -> bool:
     try:
         from torch._dynamo.eval_frame import OptimizedModule
     except ImportError:  # pragma: no cover - torch without dynamo
-        OptimizedModule = ()
+        OptimizedModule = ()  # type: ignore[misc, assignment]
     for candidate in (network, getattr(network, "inner_model", None)):
         if candidate is None:
             continue

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -136,7 +137,7 @@ class KVContext:
     @contextlib.contextmanager
     def _tapped(self, block, spec: BlockSpec, handle, problems: list):
         """Install the SDPA tap around each self-attention module's forward for the duration of the block call."""
-        state = {"att": None, "calls": 0, "tap": None}
+        state: dict[str, Any] = {"att": None, "calls": 0, "tap": None}
         seen: dict[str, int] = {}
 
         def on_sdpa(func, args, kwargs):

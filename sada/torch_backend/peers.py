@@ -32,7 +32,8 @@ class AdaptiveDiffusionEngine(StepSequence):
         if step == 0:
             self.policy = AdaptiveDiffusionPolicy(self.num_steps, x.shape[0], self.threshold, self.max_skip_steps)
             self.trace = Trace(self.num_steps, x.shape[0])
-            self._last_x, self._raw = None, None
+            self._last_x: torch.Tensor = None
+            self._raw: torch.Tensor = None
         else:
             # d = mean |x_{n} - x_{n-1}| per sample: one small transfer, like SADA's criterion
             d = (x.float() - self._last_x).abs().flatten(1).mean(dim=1).cpu().numpy()

@@ -4,7 +4,8 @@ On a computed step inside the acceleration range, each pruned block computes onl
 be recomputed -- an always-computed anchor grid (one random token per ``anchor_stride`` window) plus the
 tokens the engine marks unstable -- and takes the other tokens' outputs from a per-block cache of its
 last full output. The cache is refreshed (full computation) on the first computed step after a skip and
-every ``max_interval`` steps, the official cadence, tracked per sample.
+every ``TokenPruning.refresh_interval`` steps (default: the schedule's ``max_interval``, the official cadence),
+tracked per sample.
 
 Context (default): the recomputed tokens' self-attention still sees every token. A refresh call also
 caches the keys and values of every image token (exactly what enters scaled-dot-product attention); a
@@ -29,10 +30,18 @@ import torch
 import torch.nn.functional as F
 
 from sada.config import SADAConfig, StepSchedule
+from sada.errors import PruningFallbackWarning
 from sada.torch_backend.kv_context import KVContext
-from sada.torch_backend.pruning_blocks import (BLOCK_SPECS, bind_inputs, block_spec, context_unsupported,
-                                               gather_token_inputs, image_output, position_dependent,
-                                               replace_image_output)
+from sada.torch_backend.pruning_blocks import (
+    BLOCK_SPECS,
+    bind_inputs,
+    block_spec,
+    context_unsupported,
+    gather_token_inputs,
+    image_output,
+    position_dependent,
+    replace_image_output,
+)
 from sada.torch_backend.rows import slice_rows
 
 __all__ = ["PRUNABLE_BLOCKS", "anchor_mask", "pool_token_map", "TokenPruner", "find_blocks"]
@@ -44,7 +53,7 @@ PRUNABLE_BLOCKS = tuple(BLOCK_SPECS)
 class PruningSettings:
     acc_start: int
     acc_end: int
-    max_interval: int
+    refresh_interval: int
     anchor_stride: tuple[int, int]
 
 
@@ -56,8 +65,10 @@ def pruning_settings(config: SADAConfig) -> PruningSettings:
     if isinstance(schedule, StepSchedule):
         start, end = schedule.acc_start, schedule.acc_end
     else:  # schedule-free: any step after the history is built may be pruned
-        start, end = schedule.nodes, 10**9
-    return PruningSettings(start, end, schedule.max_interval, tuple(config.pruning.anchor_stride))
+        start, end = schedule.history, 10**9
+    refresh = config.pruning.refresh_interval
+    return PruningSettings(start, end, schedule.max_interval if refresh is None else refresh,
+                           (int(config.pruning.anchor_stride[0]), int(config.pruning.anchor_stride[1])))
 
 
 def anchor_mask(shape: tuple[int, ...], stride: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
@@ -191,7 +202,7 @@ class TokenPruner:
         in_range = cfg.acc_start <= step < cfg.acc_end
         modes = np.full(samples, "full", dtype=object)
         if in_range:
-            due = (~self.prev_computed) | (step - self.last_refresh >= max(cfg.max_interval, 1)) | (unstable is None)
+            due = (~self.prev_computed) | (step - self.last_refresh >= max(cfg.refresh_interval, 1)) | (unstable is None)
             modes[:] = np.where(due, "refresh", "prune")
             self.last_refresh = np.where(computed & due, step, self.last_refresh)
         else:
@@ -200,6 +211,10 @@ class TokenPruner:
         self.prev_computed = computed.copy()
         self.modes, self.unstable, self._sets = modes, unstable, {}
         self.active_rows, self.total_rows = None, None
+
+    def set_call_rows(self, active_rows: torch.Tensor | None, total_rows: int | None) -> None:
+        """The denoiser call now running: the batch rows it runs (``None``: all) out of ``total_rows``."""
+        self.active_rows, self.total_rows = active_rows, total_rows
 
     def output_cache_bytes(self) -> int:
         return sum(c.numel() * c.element_size() for c in self.caches.values())
@@ -263,7 +278,7 @@ class TokenPruner:
     def _fall_back(self, key: str, spec, reason: str) -> None:
         self.fallbacks[key] = reason
         self.kv.drop(key)
-        warnings.warn(f"sada: pruned block {key} ({spec.name}) {reason}", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"sada: pruned block {key} ({spec.name}) {reason}", PruningFallbackWarning, stacklevel=3)
 
     def run_block(self, key: str, block, original, args: tuple, kwargs: dict):
         """Execute one call of a pruned block according to the current plan.
