@@ -81,7 +81,7 @@ class Cell:
         return "vp" if (self.backend == "diffusers" and self.sampler == "dpmpp_2m") else "edm"
 
     @classmethod
-    def parse(cls, name: str) -> "Cell":
+    def parse(cls, name: str) -> Cell:
         parts = name.split("/")
         if len(parts) != 5 or not parts[4].isdigit():
             raise ValueError(f"a cell name is backend/model/sampler/spacing/steps, got {name!r}")

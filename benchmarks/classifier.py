@@ -75,8 +75,9 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 def train_classifier(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
                      steps: int = 1500, batch_size: int = 128, lr: float = 2e-3, seed: int = 0,
-                     out: str | Path | None = DEFAULT_PATH, log_every: int = 50) -> tuple[DigitCNN, dict]:
-    """Train :class:`DigitCNN` with AdamW + warmup + cosine; save to ``out`` (if not None). Returns (model, stats)."""
+                     out: str | Path | None = None, log_every: int = 50) -> tuple[DigitCNN, dict]:
+    """Train :class:`DigitCNN` with AdamW + warmup + cosine; save to ``out`` (if not None; never the shipped bundle
+    by default). Returns (model, stats)."""
     if steps < 1 or batch_size < 1 or lr <= 0:
         raise ValueError("steps and batch_size must be >= 1 and lr > 0")
     torch.manual_seed(seed)

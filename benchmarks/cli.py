@@ -49,7 +49,7 @@ def _demo(args) -> int:
     rows = compare_methods(problem, progress=progress)
     print(format_table(rows))
     for row in rows:
-        if row["method"] in ("SADA corrected", "SADA paper"):
+        if row["method"] in ("SADA default (SADAConfig())", "SADA corrected", "SADA paper"):
             saved = 1 - 1 / row["speedup"]
             print(f"{row['method']}: {row['nfe']:.1f} network evaluations per sample instead of "
                   f"{rows[0]['nfe']:.0f} ({saved:.0%} saved, {row['speedup']:.2f}x), RMS error vs the plain "
@@ -105,9 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo", formatter_class=_Formatter, help="SADA vs the plain sampler on a closed-form mixture ODE (seconds)",
         description="SADA's float64 reference sampler against the plain sampler on a closed-form Gaussian-mixture "
-                    "ODE.\n\nMethods: baseline (no SADA), SADA paper, SADA corrected, corrected + error control "
+                    "ODE.\n\nMethods: baseline (no SADA), SADA default (SADAConfig(), what the adapters run when given "
+                    "no config), SADA paper, SADA corrected, corrected + error control "
                     "and ablations (reuse noise, step-index nodes, corrected criterion, no multistep).\n"
-                    "Expected run time: about a second.")
+                    "Expected run time: 2-5 seconds.")
     demo.add_argument("--schedule", choices=["vp", "ve", "flow"], default="vp", help="noise schedule")
     demo.add_argument("--solver", choices=["euler", "dpmpp_2m"], default="dpmpp_2m", help="ODE solver")
     demo.add_argument("--steps", type=int, choices=[50, 25, 15], default=50, help="sampling steps")
@@ -155,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         "bench-report", formatter_class=_Formatter, help="markdown of a stored bench results.json",
         description="Render the markdown report of a stored results.json (stdout), or with --update regenerate a "
                     "docs page from it:\n  sada bench-report sada-bench-out/results.json --update docs/benchmarks.md\n"
-                    "  sada bench-report bench-full/results.json --matrix --update docs/benchmark-matrix.md\n"
+                    "  sada bench-report bench-full/results.json --matrix --update docs/results/benchmark-matrix.md\n"
                     "Expected run time: about a second.")
     report.add_argument("results", help="results.json written by sada bench")
     report.add_argument("--docs", action="store_true", help="the docs page's section (main cells only)")
@@ -163,8 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the full-matrix page's section (every cell's table and Pareto plot)")
     report.add_argument("--update", metavar="PAGE",
                         help="regenerate PAGE's generated section (docs tables), store the results as "
-                             "bench-results.json (--matrix: bench-matrix-results.json) next to it and copy the "
-                             "plots into its img/")
+                             "results/bench-results.json beside PAGE and copy the plots into results/img/ (--matrix: "
+                             "PAGE lives in the results folder: bench-matrix-results.json and img/ beside it)")
     report.set_defaults(func=_bench_report)
     return parser
 

@@ -97,8 +97,8 @@ def _legacy_methods(cell) -> list[Method]:
         Method("ablation: paper estimate (reduce per sample)", "ablation", "sada", paper.replace(reduce="sample")),
         Method("ablation: no AM skips", "ablation", "sada", sada.replace(acc_range=(lag, sada.schedule.acc_end))),
         Method("ablation: no multistep tail", "ablation", "sada", sada.replace(lagrange_term=0)),
-        Method("ablation: multistep on step index", "ablation", "sada", sada.replace(lagrange_nodes="index")),
-        Method("ablation: multistep on log-SNR", "ablation", "sada", sada.replace(lagrange_nodes="lambda")),
+        Method("ablation: multistep on step index", "ablation", "sada", sada.replace(abscissa="index")),
+        Method("ablation: multistep on log-SNR", "ablation", "sada", sada.replace(abscissa="lambda")),
         Method(f"ablation: error-controlled schedule (multistep from {early.schedule.lagrange_step}), no error control",
                "ablation", "sada", early, curve="SADA corrected"),
     ]
@@ -114,7 +114,7 @@ def _legacy_methods(cell) -> list[Method]:
                           sada.replace(lagrange_step=start), curve="SADA corrected"))
     for factor in (0.3, 3.0):
         out.append(Method(f"SADA step-indexed, error tolerance {tolerance * factor:.3g}", "pareto", "sada",
-                          early.replace(error_tolerance=tolerance * factor), curve="SADA step-indexed"))
+                          early.replace(step_error_rms=tolerance * factor), curve="SADA step-indexed"))
     for threshold in (0.005, 0.02, 0.05):
         out.append(Method(f"AdaptiveDiffusion thr {threshold}", "pareto", "adaptive", curve="AdaptiveDiffusion",
                           params=dict(threshold=threshold, max_skip_steps=4)))

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-__all__ = ["BenchModel", "SCHEDULERS", "DEFAULT_SCHEDULER", "load_model"]
+__all__ = ["BenchModel", "SCHEDULERS", "DEFAULT_SCHEDULER", "load_model", "load_pipeline"]
 
 # sampler name -> diffusers scheduler class (per model family)
 SCHEDULERS = {
@@ -199,3 +199,11 @@ def load_model(name: str, assets: str | None = None) -> BenchModel:
     assets = assets or os.environ.get("SADA_BENCH_ASSETS")
     network, scheduler, table, meta = loader(Path(assets) / folder if assets else None)
     return BenchModel(name, network, scheduler, table, meta)
+
+
+def load_pipeline(name: str = "unet", sampler: str | None = None, assets: str | None = None, **config_overrides):
+    """A shipped model as a diffusers pipeline that takes digit prompts, in one call:
+    ``load_pipeline("unet")("3", num_inference_steps=50).images[0]`` (:func:`benchmarks.pipelines.load_pipeline`)."""
+    from benchmarks.pipelines import load_pipeline as load
+
+    return load(name, sampler, assets, **config_overrides)

@@ -132,8 +132,8 @@ def measure(model: str, config_name: str, steps: int = 50, batch: int = 16, repe
 
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.overhead", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default="mmdit,unet", help="comma-separated, from %s" % sorted(MODELS))
-    parser.add_argument("--configs", default="default,step-schedule,paper,error-controlled", help="from %s" % sorted(CONFIGS))
+    parser.add_argument("--models", default="mmdit,unet", help=f"comma-separated, from {sorted(MODELS)}")
+    parser.add_argument("--configs", default="default,step-schedule,paper,error-controlled", help=f"from {sorted(CONFIGS)}")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
 import torch
 
 __all__ = ["main"]
 
 
 def _engine_factory(official: bool):
-    from sada.config import preset
     from sada.torch_backend.engine import SADAEngine
 
     class OfficialRounding(SADAEngine):

@@ -100,7 +100,8 @@ def fidelity_benchmark(samples: int, reference_steps: int, reference_file: str |
     seeds = list(range(samples))
     labels = [s % 10 for s in seeds]
     key = f"{samples}-{reference_steps}-{guidance}"
-    refs = torch.load(reference_file) if reference_file and os.path.exists(reference_file) else {}
+    exists = reference_file and os.path.exists(reference_file)
+    refs = torch.load(reference_file, weights_only=True) if exists else {}  # tensors and a key string: no pickle
     if refs.get("key") != key:
         start = time.perf_counter()
         refs = {"key": key, "full": model.sample(pipe, labels, seeds, 50, guidance),

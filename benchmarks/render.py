@@ -1,6 +1,10 @@
 """Markdown of a benchmark results dict (``results.json``): the run's ``results.md``, the generated part of
 ``docs/benchmarks.md`` (``sada bench-report results.json --docs``) and of the full-matrix page
-``docs/benchmark-matrix.md`` (``--matrix``), all from the stored JSON only."""
+``docs/results/benchmark-matrix.md`` (``--matrix``), all from the stored JSON only.
+
+Generated files live apart from the hand-written pages, in the ``results/`` folder of the docs
+(:data:`RESULTS_DIR`): the stored JSON, the figures (``results/img/``), the matrix page and the lab's page. The
+hand-written ``docs/benchmarks.md`` keeps its generated sections between markers."""
 from __future__ import annotations
 
 import json
@@ -12,15 +16,17 @@ from benchmarks.cells import DEFAULT_CELLS
 from benchmarks.methods import SADA_VARIANTS
 from benchmarks.stats import GOALS, MAX_LOSS_DB
 
-__all__ = ["render_markdown", "render_matrix_summary", "render_file", "update_docs", "DOCS_BEGIN", "MATRIX_BEGIN",
-           "SUMMARY_BEGIN", "DOCS_END"]
+__all__ = ["render_markdown", "render_matrix_summary", "render_file", "update_docs", "results_folder", "DOCS_BEGIN",
+           "MATRIX_BEGIN", "SUMMARY_BEGIN", "DOCS_END", "RESULTS_DIR"]
 
-DOCS_BEGIN = "<!-- begin generated: sada bench-report docs/bench-results.json --docs -->"
-MATRIX_BEGIN = "<!-- begin generated: sada bench-report docs/bench-matrix-results.json --matrix -->"
+DOCS_BEGIN = "<!-- begin generated: sada bench-report docs/results/bench-results.json --docs -->"
+MATRIX_BEGIN = "<!-- begin generated: sada bench-report docs/results/bench-matrix-results.json --matrix -->"
 # the matrix's goals and pivot on the benchmarks page, regenerated with the matrix page
-SUMMARY_BEGIN = "<!-- begin generated: sada bench-report docs/bench-matrix-results.json --matrix (summary) -->"
+SUMMARY_BEGIN = "<!-- begin generated: sada bench-report docs/results/bench-matrix-results.json --matrix (summary) -->"
 DOCS_END = "<!-- end generated -->"
 STORED = {False: "bench-results.json", True: "bench-matrix-results.json"}  # by ``matrix``
+# the folder of generated files beside the hand-written pages; the matrix page lives inside it
+RESULTS_DIR = "results"
 
 
 def _num(value, digits: int = 2, signed: bool = False) -> str:
@@ -171,9 +177,9 @@ def render_markdown(results: dict, docs: bool = False, matrix: bool = False) -> 
             out += ["", f"![Pareto, {cell['name']}](img/matrix-pareto-{cell['name'].replace('/', '-')}.png)"]
         elif docs:
             slug = cell["name"].replace("/", "-")
-            out += ["", f"![Pareto, {cell['name']}](img/bench-pareto-{slug}.png)",
+            out += ["", f"![Pareto, {cell['name']}]({RESULTS_DIR}/img/bench-pareto-{slug}.png)",
                     f"![Samples, {cell['name']}: ODE solution, full run, each SADA variant and its plain grid]"
-                    f"(img/bench-grid-{slug}.png)"]
+                    f"({RESULTS_DIR}/img/bench-grid-{slug}.png)"]
         else:
             traces = [f"- {r['method']}: {r['trace']}" for r in cell["rows"] if r.get("trace")]
             out += ["", "Traces:", ""] + traces if traces else []
@@ -188,7 +194,8 @@ def render_matrix_summary(results: dict) -> str:
     :data:`SUMMARY_BEGIN` and :data:`DOCS_END`)."""
     s = results["settings"]
     out = [SUMMARY_BEGIN, "", f"{len(results['cells'])} cells, seeds {s['seeds'][0]}-{s['seeds'][-1]} ({s['seed_set']}); "
-           f"every cell's table and Pareto plot: [Benchmark matrix](benchmark-matrix.md).", ""] + _goals(results)
+           f"every cell's table and Pareto plot: [Benchmark matrix]({RESULTS_DIR}/benchmark-matrix.md).", ""] \
+        + _goals(results)
     for variant in _variants_run(results):
         out += ["", f"{variant} (evaluation ratio, dB vs the best plain grid at equal NFE):", ""] + _pivot(results, variant)
     return "\n".join(out + ["", DOCS_END]) + "\n"
@@ -220,13 +227,20 @@ def _copy_plot(source: Path, target: Path, compact: bool) -> None:
         image.convert("RGB").quantize(colors=64).save(target, optimize=True)
 
 
+def results_folder(page_path, matrix: bool = False) -> Path:
+    """Where a page's generated files go: the :data:`RESULTS_DIR` folder beside the benchmarks page
+    (``docs/results/``); the matrix page lives in that folder itself (``docs/results/benchmark-matrix.md``)."""
+    page_path = Path(page_path)
+    return page_path.parent if matrix else page_path.parent / RESULTS_DIR
+
+
 def update_docs(results_path, page_path, matrix: bool = False) -> Path:
-    """Regenerate a docs page from a run: store the results (without per-image arrays) next to the page
-    (``bench-results.json``; ``matrix=True``: ``bench-matrix-results.json``), copy the figures from the run's
-    folder into the page's ``img/`` (the main cells' Pareto plots and sample grids; ``matrix=True``: every
-    cell's Pareto plot) and replace the page's generated section; ``matrix=True`` also regenerates the matrix
-    summary of ``benchmarks.md`` beside the page where it has one (:data:`SUMMARY_BEGIN`). Returns the stored
-    JSON's path."""
+    """Regenerate a docs page from a run: store the results (without per-image arrays) in the page's
+    :func:`results_folder` (``bench-results.json``; ``matrix=True``: ``bench-matrix-results.json``), copy the
+    figures from the run's folder into its ``img/`` (the main cells' Pareto plots and sample grids; ``matrix=True``:
+    every cell's Pareto plot) and replace the page's generated section; ``matrix=True`` also regenerates the matrix
+    summary of the ``benchmarks.md`` that holds the results folder, where it has one (:data:`SUMMARY_BEGIN`).
+    Returns the stored JSON's path."""
     results_path, page_path = Path(results_path), Path(page_path)
     data = json.loads(results_path.read_text())
     for cell in data.get("cells", []):
@@ -236,10 +250,11 @@ def update_docs(results_path, page_path, matrix: bool = False) -> Path:
     begin = MATRIX_BEGIN if matrix else DOCS_BEGIN
     if page_path.read_text().count(begin) != 1:
         raise ValueError(f"{page_path} needs exactly one '{begin}' line and a '{DOCS_END}' line after it")
-    stored = page_path.parent / STORED[matrix]
+    folder = results_folder(page_path, matrix)
+    stored = folder / STORED[matrix]
+    images = folder / "img"
+    images.mkdir(parents=True, exist_ok=True)
     stored.write_text(json.dumps(data, indent=1) + "\n")
-    images = page_path.parent / "img"
-    images.mkdir(exist_ok=True)
     main_cells = {c.name for c in DEFAULT_CELLS}
     for cell in data["cells"]:
         slug = cell["name"].replace("/", "-")
@@ -248,7 +263,7 @@ def update_docs(results_path, page_path, matrix: bool = False) -> Path:
             if source.is_file() and (matrix or cell["name"] in main_cells):
                 _copy_plot(source, images / f"{'matrix' if matrix else 'bench'}-{kind}-{slug}.png", compact=matrix)
     _replace_section(page_path, begin, text)
-    summary = page_path.parent / "benchmarks.md"
+    summary = folder.parent / "benchmarks.md"
     if matrix and summary.is_file() and SUMMARY_BEGIN in summary.read_text():
         _replace_section(summary, SUMMARY_BEGIN, render_matrix_summary(data))
     return stored

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.metrics import FeatureMetrics, psnr_per_image, ssim
 from benchmarks.methods import SADA_VARIANTS
+from benchmarks.metrics import FeatureMetrics, psnr_per_image, ssim
 from benchmarks.stats import equal_nfe_peer, goal_rows
 
 __all__ = ["CellReport", "compute_cell", "write_report", "load_features"]

@@ -12,9 +12,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from benchmarks.cells import select_cells, seed_list
+from benchmarks.cells import seed_list, select_cells
 from benchmarks.execute import CellRunner, RowCounter, time_methods
 from benchmarks.grids import grid_families, plain_grid, resolve_grid, same_grid, steps_around
 from benchmarks.methods import DEFAULT_GROUPS, SADA_VARIANTS, Method, methods_for
@@ -199,19 +200,37 @@ def run_benchmark(cells=None, seed_set: str = "heldout", num_seeds: int = 32, ba
     return results
 
 
+def _plain(value, where: str = "results"):
+    """``value`` with numpy scalars turned into Python numbers (exactly); anything but tensors and plain values is
+    refused, naming where it sits, since :func:`_gather` reads the files back without unpickling objects."""
+    if isinstance(value, torch.Tensor) or value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {k: _plain(v, f"{where}[{k!r}]") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v, f"{where}[{i}]") for i, v in enumerate(value))
+    raise TypeError(f"{where} is a {type(value).__name__}: only tensors and plain values cross processes")
+
+
 def _gather(raw: dict, folder: Path, rank: int, world: int, state, images_only: bool = False) -> dict:
-    """Merge the ranks' chunks on rank 0 (through files in the output folder)."""
+    """Merge the ranks' chunks on rank 0 (through files in the output folder).
+
+    The files hold only tensors and plain values (dict, list, str, int, float, bool, None) and are read back with
+    ``torch.load(weights_only=True)``, which unpickles no code: a file planted in the output folder cannot run
+    anything (torch's format stores tensors and floats bit-exactly, so the merged numbers are the ranks' own)."""
     if world == 1:
         return raw
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save(raw, folder / f"rank{rank}.pt")
+    torch.save(_plain(raw), folder / f"rank{rank}.pt")
     state.wait_for_everyone()
     if rank != 0:
         state.wait_for_everyone()
         return {}
     merged = {}
     for r in range(world):
-        part = torch.load(folder / f"rank{r}.pt", weights_only=False)
+        part = torch.load(folder / f"rank{r}.pt", weights_only=True)
         for name, entry in part.items():
             if name not in merged:
                 merged[name] = entry

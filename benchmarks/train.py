@@ -7,7 +7,9 @@ Shipped bundles (under ``benchmarks/assets/``), all loadable offline:
 * ``digits-classifier`` - small CNN (see :mod:`benchmarks.classifier`) for sample accuracy / Frechet features.
 
 Both diffusion models are conditioned by a learned label table of 11 rows (digits 0..9 plus the null label 10 used for
-classifier-free guidance). Reproduce the shipped weights with ``python -m benchmarks.train --model all``.
+classifier-free guidance). Reproduce the shipped weights with ``python -m benchmarks.train --model all`` (written to
+``sada-train-out/``; nothing this module does by default writes into ``benchmarks/assets/``: pass
+``--out benchmarks/assets`` to replace the shipped bundles).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import torch.nn.functional as F
 
 from benchmarks.classifier import ASSETS_DIR, IMAGE_SIZE, accuracy, load_classifier, train_classifier
 
+DEFAULT_OUT = "sada-train-out"  # never the shipped benchmarks/assets/
 NUM_DIGITS = 10
 NULL_LABEL = 10          # label-table row used as the unconditional ("empty prompt") input for CFG
 NUM_LABELS = 11
@@ -85,11 +88,15 @@ def _lr_at(step: int, steps: int, peak: float) -> float:
 
 def train_diffusion(kind: str, steps: int | None = None, batch_size: int | None = None, lr: float | None = None,
                     seed: int = 0, out: str | Path | None = None, log_every: int = 50) -> dict:
-    """Train the ``unet`` (epsilon) or ``mmdit`` (flow matching) model with EMA; save the EMA bundle under ``out``."""
-    from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, UNet2DConditionModel
+    """Train the ``unet`` (epsilon) or ``mmdit`` (flow matching) model with EMA; save the EMA bundle under ``out``
+    (required: the shipped bundles are never a default destination)."""
+    from diffusers import DDPMScheduler, SD3Transformer2DModel, UNet2DConditionModel
 
     if kind not in ("unet", "mmdit"):
         raise ValueError(f"kind must be 'unet' or 'mmdit', got {kind!r}")
+    if out is None:
+        raise ValueError("out must name the folder of the new bundle, got None (the shipped bundles under "
+                         f"{ASSETS_DIR} are never written by default)")
     d = DEFAULTS[kind]
     steps, batch_size, lr = steps or d["steps"], batch_size or d["batch_size"], lr or d["lr"]
     if steps < 1 or batch_size < 1 or lr <= 0:
@@ -144,8 +151,7 @@ def train_diffusion(kind: str, steps: int | None = None, batch_size: int | None 
              "final_loss": round(loss.item(), 5), "final_loss_smoothed": round(smooth, 5),
              "train_seconds": round(time.time() - t0, 1), "torch_threads": torch.get_num_threads(),
              "n_params": n_params, "n_train_images": len(x_all)}
-    out = Path(out) if out is not None else ASSETS_DIR / (UNET_DIR if kind == "unet" else MMDIT_DIR)
-    _save_bundle(kind, ema, out, stats)
+    _save_bundle(kind, ema, Path(out), stats)
     return stats
 
 
@@ -194,7 +200,7 @@ def _load_bundle(path, default_dir: str, cls_name: str, subfolder: str, sched_na
         raise FileNotFoundError(f"{path} is not a sada model bundle (no sada_model.json)")
     meta = json.loads(meta_file.read_text())
     model = getattr(diffusers, cls_name).from_pretrained(path, subfolder=subfolder, torch_dtype=dtype,
-                                                         local_files_only=True)
+                                                         local_files_only=True, use_safetensors=True)  # no pickle
     scheduler = getattr(diffusers, sched_name).from_pretrained(path, subfolder="scheduler", local_files_only=True)
     labels = {k: v.to(dtype) for k, v in load_file(str(path / "label_embeddings.safetensors")).items()}
     return model.eval().requires_grad_(False), scheduler, labels, meta
@@ -276,13 +282,18 @@ def save_grid(images: torch.Tensor, path: str | Path, ncol: int = 10, scale: int
 
 def evaluate_bundle(kind: str, path: str | Path | None = None, per_class: int = 20, steps: int = 50,
                     guidance_scale: float | None = None, grid_path: str | Path | None = None, seed: int = 0,
-                    classifier_path: str | Path | None = None, record: bool = True) -> dict:
+                    classifier_path: str | Path | None = None, record: bool = False) -> dict:
     """Sample ``per_class`` images per digit with CFG, score them with the classifier against the requested label.
 
-    Writes a 10x10 grid (row = class) to ``grid_path`` if given, and (``record``) the result into sada_model.json.
+    Writes a 10x10 grid (row = class) to ``grid_path`` if given, and (``record``) the result into the
+    ``sada_model.json`` of the bundle at ``path``, which must then be given (the shipped bundle is never written by
+    default).
     """
     if kind not in ("unet", "mmdit") or per_class < 1 or steps < 1:
-        raise ValueError("kind must be 'unet' or 'mmdit'; per_class and steps must be >= 1")
+        raise ValueError(f"kind must be 'unet' or 'mmdit'; per_class and steps must be >= 1, got {kind!r}, "
+                         f"{per_class}, {steps}")
+    if record and path is None:
+        raise ValueError("record=True needs the bundle's path (the shipped bundles are never written by default)")
     bundle = (load_unet_bundle if kind == "unet" else load_mmdit_bundle)(path)
     sampler = sample_unet if kind == "unet" else sample_mmdit
     clf = load_classifier(classifier_path)
@@ -301,7 +312,7 @@ def evaluate_bundle(kind: str, path: str | Path | None = None, per_class: int = 
         pick = torch.cat([torch.arange(c * per_class, c * per_class + min(10, per_class)) for c in range(NUM_DIGITS)])
         save_grid(images[pick], grid_path, ncol=min(10, per_class))
     if record:
-        bundle_dir = Path(path) if path is not None else ASSETS_DIR / (UNET_DIR if kind == "unet" else MMDIT_DIR)
+        bundle_dir = Path(path)
         meta = json.loads((bundle_dir / "sada_model.json").read_text())
         meta["eval"] = res
         (bundle_dir / "sada_model.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -314,8 +325,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=None, help="training steps (default: per-model, see DEFAULTS)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="assets root; bundles go to OUT/digits-{unet,mmdit,classifier}")
-    p.add_argument("--eval-only", action="store_true", help="skip training; evaluate the existing bundle(s)")
+    p.add_argument("--out", default=DEFAULT_OUT,
+                   help=f"output root (default: {DEFAULT_OUT}): new bundles go to OUT/digits-{{unet,mmdit,classifier}}, "
+                        f"--eval-only results to OUT/digits-{{unet,mmdit}}-eval.json; the shipped bundles are written "
+                        f"only when OUT is {ASSETS_DIR.name}/ itself")
+    p.add_argument("--bundles", default=None,
+                   help="--eval-only: root of the bundles to evaluate (default: the shipped benchmarks/assets)")
+    p.add_argument("--eval-only", action="store_true", help="skip training; evaluate existing bundle(s) (read only)")
     p.add_argument("--no-eval", action="store_true", help="skip the post-training sample evaluation")
     p.add_argument("--img-dir", default=None, help="write sample grids OUT_IMG/digits-{unet,mmdit}-samples.png")
     p.add_argument("--guidance", type=float, default=None, help="CFG scale for evaluation (default: recommended)")
@@ -325,24 +341,35 @@ def main(argv: list[str] | None = None) -> None:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if a.eval_only and a.no_eval:
         p.error("--eval-only and --no-eval are mutually exclusive")
+    if a.bundles is not None and not a.eval_only:
+        p.error("--bundles is for --eval-only (training writes new bundles under --out)")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    root = Path(a.out) if a.out else ASSETS_DIR
+    root = Path(a.out)
+    source = Path(a.bundles) if a.bundles is not None else (ASSETS_DIR if a.eval_only else root)
     kinds = ["classifier", "unet", "mmdit"] if a.model == "all" else [a.model]
-    clf_dir = root / CLASSIFIER_DIR
+    clf_dir = source / CLASSIFIER_DIR if (source / CLASSIFIER_DIR).is_dir() else ASSETS_DIR / CLASSIFIER_DIR
     for kind in kinds:
         if kind == "classifier":
             if not a.eval_only:
                 x_tr, y_tr, x_te, y_te = load_digit_data(a.seed)
                 d = DEFAULTS["classifier"]
                 train_classifier(x_tr, y_tr, x_te, y_te, steps=a.steps or d["steps"],
-                                 batch_size=a.batch_size or d["batch_size"], lr=d["lr"], seed=a.seed, out=clf_dir)
+                                 batch_size=a.batch_size or d["batch_size"], lr=d["lr"], seed=a.seed,
+                                 out=root / CLASSIFIER_DIR)
+                clf_dir = root / CLASSIFIER_DIR
             continue
-        out = root / (UNET_DIR if kind == "unet" else MMDIT_DIR)
+        bundle = source / (UNET_DIR if kind == "unet" else MMDIT_DIR)
         if not a.eval_only:
-            train_diffusion(kind, a.steps, a.batch_size, seed=a.seed, out=out)
+            train_diffusion(kind, a.steps, a.batch_size, seed=a.seed, out=bundle)
         if not a.no_eval:
             grid = Path(a.img_dir) / f"digits-{kind}-samples.png" if a.img_dir else None
-            evaluate_bundle(kind, out, guidance_scale=a.guidance, grid_path=grid, classifier_path=clf_dir)
+            res = evaluate_bundle(kind, bundle, guidance_scale=a.guidance, grid_path=grid, classifier_path=clf_dir,
+                                  record=not a.eval_only)  # a freshly trained bundle records its own evaluation
+            if a.eval_only:
+                root.mkdir(parents=True, exist_ok=True)
+                report = root / f"digits-{kind}-eval.json"
+                report.write_text(json.dumps({"bundle": str(bundle), "eval": res}, indent=2) + "\n")
+                print(f"[{kind}] evaluation of {bundle} written to {report}", flush=True)
 
 
 if __name__ == "__main__":

@@ -28,14 +28,14 @@ TUNING_CELLS = ("diffusers/unet/dpmpp_2m/karras/50", "diffusers/unet/dpmpp_2m/ka
                 "diffusers/mmdit/flow_euler/shift1/50", "diffusers/mmdit/flow_euler/shift1/25")
 # name -> (ErrorControl fields, protected tail)
 VARIANTS = {
-    "previous default: tol 2, nodes 4, up to 4 skips, tail 1": (dict(tolerance=2.0, nodes=4, max_interval=4), 1),
-    "interleaved: tol 8, nodes 3, tail 1": (dict(tolerance=8.0, nodes=3, max_interval=1), 1),
-    "interleaved: tol 8, nodes 4, tail 1": (dict(tolerance=8.0, nodes=4, max_interval=1), 1),
-    "interleaved: tol 8, nodes 4, tail 2": (dict(tolerance=8.0, nodes=4, max_interval=1), 2),
-    "interleaved: tol 8, nodes 5, tail 2": (dict(tolerance=8.0, nodes=5, max_interval=1), 2),
-    "interleaved: tol 2, nodes 3, tail 2": (dict(tolerance=2.0, nodes=3, max_interval=1), 2),
-    "up to 2 skips: tol 8, nodes 3, tail 2": (dict(tolerance=8.0, nodes=3, max_interval=2), 2),
-    "default: tol 8, nodes 3, interleaved, tail 2": (dict(tolerance=8.0, nodes=3, max_interval=1), 2),
+    "previous default: tol 2, nodes 4, up to 4 skips, tail 1": (dict(tolerance=2.0, history=4, max_interval=4), 1),
+    "interleaved: tol 8, nodes 3, tail 1": (dict(tolerance=8.0, history=3, max_interval=1), 1),
+    "interleaved: tol 8, nodes 4, tail 1": (dict(tolerance=8.0, history=4, max_interval=1), 1),
+    "interleaved: tol 8, nodes 4, tail 2": (dict(tolerance=8.0, history=4, max_interval=1), 2),
+    "interleaved: tol 8, nodes 5, tail 2": (dict(tolerance=8.0, history=5, max_interval=1), 2),
+    "interleaved: tol 2, nodes 3, tail 2": (dict(tolerance=2.0, history=3, max_interval=1), 2),
+    "up to 2 skips: tol 8, nodes 3, tail 2": (dict(tolerance=8.0, history=3, max_interval=2), 2),
+    "default: tol 8, nodes 3, interleaved, tail 2": (dict(tolerance=8.0, history=3, max_interval=1), 2),
 }
 
 
@@ -153,7 +153,7 @@ def roughness(model_name: str, steps: int = 50, num_seeds: int = 16, every: int 
         sigmas = (sig[-1] ** (1 / 7) + ramp * (sig[0] ** (1 / 7) - sig[-1] ** (1 / 7))) ** 7  # Karras, rho 7
         x = x * float(sigmas[0])
         log_sig = np.log(sig)
-        previous = None
+        previous, h_prev = None, 1.0  # h_prev is read only once a previous step exists
         for i, s in enumerate(sigmas):
             t = float(np.interp(math.log(s), log_sig, np.arange(len(sig))))  # the network's (fractional) timestep
             eps = model.guided_output((x / math.sqrt(s * s + 1)).float(), t, labels).double()

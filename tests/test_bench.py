@@ -11,7 +11,7 @@ pytest.importorskip("diffusers")
 pytest.importorskip("torchmetrics")
 
 ROOT = Path(__file__).resolve().parents[1]
-ASSETS = ROOT / "sada" / "assets"
+ASSETS = ROOT / "benchmarks" / "assets"
 pytestmark = pytest.mark.skipif(not (ASSETS / "digits-unet" / "sada_model.json").is_file(),
                                 reason="shipped models not present")
 CELL = "diffusers/unet/dpmpp_2m/trailing/15"
@@ -119,28 +119,29 @@ def test_reference_cache_returns_the_stored_images_only_for_an_exact_key(tmp_pat
 
 
 def test_bench_report_regenerates_a_page_section_from_a_run(single, tmp_path):
-    from benchmarks.render import DOCS_BEGIN, DOCS_END, render_file
     from benchmarks.cli import main
+    from benchmarks.render import DOCS_BEGIN, DOCS_END, render_file
 
     page = tmp_path / "page.md"
     page.write_text(f"# Title\n\nprose\n\n{DOCS_BEGIN}\nold numbers\n{DOCS_END}\n\nmore prose\n")
     assert main(["bench-report", str(single / "results.json"), "--update", str(page)]) == 0
-    stored = json.loads((tmp_path / "bench-results.json").read_text())
+    stored = json.loads((tmp_path / "results" / "bench-results.json").read_text())
     assert all("psnr_ode_per_image" not in r for c in stored["cells"] for r in c["rows"])
     text = page.read_text()
     assert text.startswith("# Title\n\nprose\n\n") and text.endswith("\n\nmore prose\n") and "old numbers" not in text
     section = text[text.index(DOCS_BEGIN):text.index(DOCS_END) + len(DOCS_END)] + "\n"
-    assert section == render_file(tmp_path / "bench-results.json", docs=True)
+    assert section == render_file(tmp_path / "results" / "bench-results.json", docs=True)
+    assert not (tmp_path / "bench-results.json").exists()  # generated files stay out of the hand-written pages' folder
     assert f"| {CELL} | " in section and "| baseline |" not in section  # not a main cell: no detail table
 
 
 def test_bench_report_matrix_page_shows_every_cell_with_its_pareto_plot(single, tmp_path):
     from PIL import Image
 
-    from benchmarks.render import DOCS_END, MATRIX_BEGIN, render_file
     from benchmarks.cli import main
+    from benchmarks.render import DOCS_END, MATRIX_BEGIN, render_file
 
-    page = tmp_path / "matrix.md"
+    page = tmp_path / "matrix.md"  # the matrix page lives in the results folder, beside its JSON and img/
     page.write_text(f"# Matrix\n\n{MATRIX_BEGIN}\nold\n{DOCS_END}\n")
     assert main(["bench-report", str(single / "results.json"), "--matrix", "--update", str(page)]) == 0
     assert not (tmp_path / "bench-results.json").exists()  # the benchmarks page's stored run is left alone
@@ -158,14 +159,16 @@ def test_bench_report_matrix_page_shows_every_cell_with_its_pareto_plot(single, 
 
 
 def test_matrix_update_also_regenerates_the_summary_on_the_benchmarks_page_beside_it(single, tmp_path):
-    from benchmarks.render import DOCS_BEGIN, DOCS_END, MATRIX_BEGIN, SUMMARY_BEGIN, render_matrix_summary
     from benchmarks.cli import main
+    from benchmarks.render import DOCS_BEGIN, DOCS_END, MATRIX_BEGIN, SUMMARY_BEGIN, render_matrix_summary
 
-    (tmp_path / "matrix.md").write_text(f"{MATRIX_BEGIN}\n{DOCS_END}\n")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "matrix.md").write_text(f"{MATRIX_BEGIN}\n{DOCS_END}\n")
     bench = tmp_path / "benchmarks.md"
     bench.write_text(f"a\n{SUMMARY_BEGIN}\nold\n{DOCS_END}\nb\n{DOCS_BEGIN}\nkept\n{DOCS_END}\nc\n")
-    assert main(["bench-report", str(single / "results.json"), "--matrix", "--update", str(tmp_path / "matrix.md")]) == 0
-    data = json.loads((tmp_path / "bench-matrix-results.json").read_text())
+    assert main(["bench-report", str(single / "results.json"), "--matrix", "--update",
+                 str(tmp_path / "results" / "matrix.md")]) == 0
+    data = json.loads((tmp_path / "results" / "bench-matrix-results.json").read_text())
     assert bench.read_text() == f"a\n{render_matrix_summary(data)}b\n{DOCS_BEGIN}\nkept\n{DOCS_END}\nc\n"
 
 
@@ -182,7 +185,7 @@ def test_docs_page_tables_are_the_rendering_of_the_stored_results():
     page = (ROOT / "docs" / "benchmarks.md").read_text()
     start = page.index(DOCS_BEGIN)
     stored = page[start:page.index(DOCS_END, start) + len(DOCS_END)] + "\n"
-    assert stored == render_file(ROOT / "docs" / "bench-results.json", docs=True)
+    assert stored == render_file(ROOT / "docs" / "results" / "bench-results.json", docs=True)
 
 
 def test_benchmarks_page_matrix_summary_is_the_rendering_of_the_stored_full_run():
@@ -191,7 +194,7 @@ def test_benchmarks_page_matrix_summary_is_the_rendering_of_the_stored_full_run(
     page = (ROOT / "docs" / "benchmarks.md").read_text()
     start = page.index(SUMMARY_BEGIN)
     stored = page[start:page.index(DOCS_END, start) + len(DOCS_END)] + "\n"
-    data = json.loads((ROOT / "docs" / "bench-matrix-results.json").read_text())
+    data = json.loads((ROOT / "docs" / "results" / "bench-matrix-results.json").read_text())
     assert stored == render_matrix_summary(data)
     assert "| diffusers/mmdit/flow_euler/shift1 |" in stored and "| k-diffusion/unet/lms/karras |" in stored
 
@@ -200,14 +203,15 @@ def test_matrix_page_is_the_rendering_of_the_stored_full_run():
     from benchmarks.cells import FULL_MATRIX
     from benchmarks.render import DOCS_END, MATRIX_BEGIN, render_file
 
-    page = (ROOT / "docs" / "benchmark-matrix.md").read_text()
+    results = ROOT / "docs" / "results"
+    page = (results / "benchmark-matrix.md").read_text()
     stored = page[page.index(MATRIX_BEGIN):page.index(DOCS_END) + len(DOCS_END)] + "\n"
-    assert stored == render_file(ROOT / "docs" / "bench-matrix-results.json", matrix=True)
-    data = json.loads((ROOT / "docs" / "bench-matrix-results.json").read_text())
+    assert stored == render_file(results / "bench-matrix-results.json", matrix=True)
+    data = json.loads((results / "bench-matrix-results.json").read_text())
     assert [c["name"] for c in data["cells"]] == [c.name for c in FULL_MATRIX]
     assert data["settings"]["seed_set"] == "heldout"
     for cell in FULL_MATRIX:
-        assert (ROOT / "docs" / "img" / f"matrix-pareto-{cell.slug}.png").is_file(), cell.name
+        assert (results / "img" / f"matrix-pareto-{cell.slug}.png").is_file(), cell.name
 
 
 @pytest.mark.parametrize("size", ["tiny", "tiny-xl"])  # StableDiffusionPipeline and StableDiffusionXLPipeline

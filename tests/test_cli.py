@@ -48,7 +48,7 @@ def test_demo_help_shows_defaults_methods_and_run_time(capsys):
     text = " ".join(_help(capsys, ["demo"]).split())
     assert "(default: 8)" in text and "(default: 64)" in text and "(default: dpmpp_2m)" in text
     assert "SADA paper" in text and "SADA corrected" in text and "error control" in text
-    assert "Expected run time: about a second" in text
+    assert "SADA default (SADAConfig()" in text and "Expected run time: 2-5 seconds" in text
 
 
 def test_bench_help_shows_defaults_methods_and_run_time(capsys):
@@ -92,3 +92,23 @@ def test_bench_report_rejects_a_file_that_is_not_a_results_file(tmp_path):
     with pytest.raises(SystemExit) as info:
         main(["bench-report", str(path)])
     assert "cannot render" in str(info.value.code) and "settings" in str(info.value.code)
+
+
+def _demo_rows(capsys, argv) -> dict[str, list[str]]:
+    assert main(["demo", *argv]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ") and "---" not in ln]
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    return {c[0]: dict(zip(head, c)) for c in ([x.strip() for x in ln.strip("|").split("|")] for ln in lines[1:])}
+
+
+@pytest.mark.parametrize("schedule", ["flow", "vp"])
+def test_demo_scores_every_row_against_the_exact_ode_and_runs_the_library_default(capsys, schedule):
+    """Issue 19: ``sada demo --schedule flow`` printed ``nan`` in every row of "RMS vs exact ODE", and the demo never
+    ran ``SADAConfig()``."""
+    rows = _demo_rows(capsys, ["--schedule", schedule, "--steps", "25", "--batch", "2", "--dim", "8"])
+    assert "SADA default (SADAConfig())" in rows
+    for name, row in rows.items():
+        value = float(row["RMS vs exact ODE"])
+        assert 0.0 < value < 0.5, (name, value)
+    default = rows["SADA default (SADAConfig())"]
+    assert float(default["NFE"]) < 25.0 and float(default["RMS vs plain sampler"]) < 0.05

@@ -2,12 +2,12 @@
 import numpy as np
 import pytest
 
-from sada.config import SADAConfig, StepSchedule, preset
 from benchmarks.lab.distributions import GaussianMixture, anisotropic_gaussian, isotropic_gaussian, random_mixture
-from sada.engine.numpy_engine import NumpyEngine
 from benchmarks.lab.experiments import compare_methods, estimator_errors, make_problem, make_problem_like, run_sampler
 from benchmarks.lab.ode import ExactModel, reference_trajectory
 from benchmarks.lab.samplers import sample_dpmpp_2m, sample_euler, sample_flow_euler, sample_heun
+from sada.config import SADAConfig, StepSchedule, preset
+from sada.engine.numpy_engine import NumpyEngine
 from sada.policy import Decision
 from sada.trajectory import EDMSchedule, RectifiedFlowSchedule, StepGrid, karras_sigmas
 
@@ -189,7 +189,7 @@ def test_error_controlled_skipping_trades_evaluations_for_fidelity_monotonically
     base, nfe0, _ = run_sampler(problem)
     results = []
     for tol in (None, 0.03, 0.01, 0.003):
-        x, nfe, engine = run_sampler(problem, SADAConfig(schedule=StepSchedule(), error_tolerance=tol))
+        x, nfe, engine = run_sampler(problem, SADAConfig(schedule=StepSchedule(), step_error_rms=tol))
         results.append((nfe, _rms(x, base)))
         if tol is not None:  # the embedded estimates are recorded per decision step and sample
             assert engine.trace.extras["error_estimate"] and max(len(v) for v in
@@ -197,5 +197,34 @@ def test_error_controlled_skipping_trades_evaluations_for_fidelity_monotonically
     nfes, errors = zip(*results)
     assert list(nfes) == sorted(nfes) and nfes[-1] > nfes[0]  # tighter tolerance: more evaluations
     assert errors[-1] < errors[0] / 2  # ... and a closer sample
-    with pytest.raises(ValueError, match="error_tolerance needs mode='corrected'"):
-        SADAConfig(mode="paper", error_tolerance=0.1)
+    with pytest.raises(ValueError, match="step_error_rms needs mode='corrected'"):
+        SADAConfig(mode="paper", step_error_rms=0.1)
+
+
+def test_the_flow_reference_agrees_with_the_edm_reference_and_starts_at_pure_noise():
+    """Issue 19: the lab had no exact-ODE reference for flow grids (they start at sigma~ = inf), so the demo's
+    "RMS vs exact ODE" column was NaN there."""
+    from benchmarks.lab.ode import reference_flow_end
+
+    dist = random_mixture(8, 3, seed=2)
+    x = np.random.default_rng(3).standard_normal((3, 8))
+    t0 = 0.8
+    np.testing.assert_allclose(reference_flow_end(dist, x * t0, t0),
+                               reference_trajectory(dist, x * t0 / (1 - t0), [t0 / (1 - t0), 0.0])[-1], atol=1e-8)
+    problem = make_problem("flow", "flow_euler", 25, batch=2, dim=8)
+    assert problem.grid.times[0] == 1.0 and problem.grid.alpha[0] == 0.0
+    rows = compare_methods(problem, methods={})
+    assert all(np.isfinite(r["rms_exact"]) and r["rms_exact"] > 0 for r in rows)
+    with pytest.raises(ValueError, match="t_start must lie in"):
+        reference_flow_end(dist, x, 0.0)
+
+
+def test_the_demo_runs_the_librarys_default_config():
+    from benchmarks.lab.experiments import METHODS
+
+    assert METHODS["SADA default (SADAConfig())"](50) == SADAConfig()
+    problem = make_problem("vp", "dpmpp_2m", 25, batch=2, dim=8)
+    rows = {r["method"]: r for r in compare_methods(problem, methods={"SADA default (SADAConfig())": METHODS[
+        "SADA default (SADAConfig())"]})}
+    assert rows["SADA default (SADAConfig())"]["nfe"] < 25
+    assert "fewer steps" in " ".join(rows)  # its equal-evaluation peer

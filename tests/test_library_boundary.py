@@ -170,3 +170,11 @@ print('benchmarks' in sys.modules, any(m.startswith('benchmarks') for m in sys.m
     assert lines[0].startswith("NumpyEngine computed ") and lines[1].startswith("SADAEngine computed ")
     assert lines[0].split()[-1] == lines[1].split()[-1]  # the same steps computed by both engines
     assert lines[2] == "False False"
+
+
+def test_every_package_folder_is_listed_for_the_wheel():
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {_module_name(p) for p in _library_files() if p.name == "__init__.py"}
+    assert folders == listed

@@ -152,3 +152,50 @@ def test_step_grid_quantities_and_abscissae():
 def test_invalid_input_names_the_bad_value(call, message):
     with pytest.raises((ValueError, TypeError), match=message):
         call()
+
+
+@pytest.mark.parametrize("schedule, times, clean", [
+    (RectifiedFlowSchedule(), RectifiedFlowSchedule().timesteps(8, shift=3.0), 0.0),
+    (VP, VP.timesteps(8, "trailing"), -1.0),
+    (EDMSchedule(), EDMSchedule().karras(8), 0.0),
+])
+def test_the_clean_end_has_the_schedules_real_time(schedule, times, clean):
+    """Issue 19 item 4: ``times[-1]`` was NaN at the clean end, even for rectified flow where t = 0."""
+    grid = StepGrid.from_times(schedule, times)
+    assert grid.sigma[-1] == 0.0 and grid.times[-1] == clean == schedule.clean_time()
+    assert np.all(np.isfinite(grid.times)) and np.all(np.isfinite(grid.abscissae("t")))
+    if isinstance(schedule, DiscreteVPSchedule):
+        # log alphas_cumprod extended linearly from t = 0 to t = -1 reaches alphas_cumprod = 1 (the 1.0 betas prepends)
+        acp0 = VP.alphas_cumprod[0]
+        assert math.isclose(math.exp(math.log(acp0) * (1 + clean)), 1.0) and math.isclose(1 - acp0, VP.betas[0])
+
+
+def test_a_custom_flow_loop_that_reads_the_next_time_gets_finite_output():
+    """Issue 19 item 4: ``x += (times[n + 1] - times[n]) * v`` returned all-NaN output, with no error."""
+    flow = RectifiedFlowSchedule()
+    grid = StepGrid.from_times(flow, flow.timesteps(10, shift=3.0))
+    x0 = np.linspace(-1.0, 1.0, 6)
+    eps = np.random.default_rng(0).standard_normal(6)
+    x = grid.sigma[0] * eps  # t = 1: pure noise
+    for n in range(grid.num_steps):
+        x = x + (grid.times[n + 1] - grid.times[n]) * (eps - x0)  # the exact velocity of a straight path
+    assert np.all(np.isfinite(x))
+    np.testing.assert_allclose(x, x0, atol=1e-12)
+
+
+def test_a_grid_refuses_a_nan_time_and_a_schedule_without_a_clean_time():
+    flow = RectifiedFlowSchedule()
+    grid = StepGrid.from_times(flow, flow.timesteps(4))
+    with pytest.raises(ValueError, match=r"times must be finite at every node .*clean_time"):
+        StepGrid(grid.alpha, grid.sigma, np.append(grid.times[:-1], np.nan), "flow")
+    with pytest.raises(ValueError, match="times must not increase"):
+        StepGrid(grid.alpha, grid.sigma, grid.times[::-1], "flow")
+
+    class NoCleanEnd(RectifiedFlowSchedule):
+        def time_from_edm_sigma(self, edm_sigma):
+            if np.any(np.asarray(edm_sigma) == 0):
+                raise ValueError("edm_sigma must be > 0")
+            return super().time_from_edm_sigma(edm_sigma)
+
+    with pytest.raises(ValueError, match="NoCleanEnd has no time at the clean end .*override clean_time"):
+        StepGrid.from_times(NoCleanEnd(), flow.timesteps(4))

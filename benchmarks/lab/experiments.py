@@ -1,7 +1,8 @@
 """Experiments of the synthetic lab: SADA vs. the plain sampler on closed-form mixture ODEs.
 
-Used by ``sada demo`` (the README's main job), by the tests and to regenerate ``docs/lab-results.md``
-(``python -m benchmarks.lab.experiments > docs/lab-results.md``).
+Used by ``sada demo`` (a seconds-long look; the README's main job is ``make bench``), by the tests and to
+regenerate ``docs/results/lab-results.md`` (``python -m benchmarks.lab.experiments > docs/results/lab-results.md``,
+``make lab-docs``).
 """
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sada.config import SADAConfig, StepSchedule, preset, step_error_tolerance
 from benchmarks.lab.distributions import GaussianMixture, random_mixture
-from sada.engine.numpy_engine import NumpyEngine
-from benchmarks.lab.ode import ExactModel, reference_trajectory
+from benchmarks.lab.ode import ExactModel, reference_flow_end, reference_trajectory
 from benchmarks.lab.samplers import sample_dpmpp_2m, sample_euler, sample_flow_euler
+from sada.config import SADAConfig, StepSchedule, preset, step_error_tolerance
+from sada.engine.numpy_engine import NumpyEngine
 from sada.reference import paper_step_estimate, paper_vp_drift
 from sada.reference.estimators import corrected_step_estimate
 from sada.reference.lagrange import lagrange_basis_weights
@@ -27,7 +28,7 @@ from sada.trajectory import (
     to_x0,
 )
 
-__all__ = ["Problem", "make_problem", "run_sampler", "compare_methods", "estimator_errors", "main"]
+__all__ = ["Problem", "make_problem", "run_sampler", "compare_methods", "exact_solution", "estimator_errors", "main"]
 
 SOLVERS = {"euler": sample_euler, "dpmpp_2m": sample_dpmpp_2m, "flow_euler": sample_flow_euler}
 
@@ -88,8 +89,7 @@ def run_sampler(problem: Problem, config: SADAConfig | None = None, replay=None,
         return network(x) if engine is None else engine.step(i, x, network)
 
     if problem.solver == "flow_euler":
-        times = np.append(grid.times[:-1], 0.0)
-        x_end = sample_flow_euler(output, problem.x_start.copy(), times)
+        x_end = sample_flow_euler(output, problem.x_start.copy(), grid.times)  # ends at clean_time() = 0.0
     else:
         def denoise(i, x_tilde):
             x = grid.alpha[i] * x_tilde
@@ -109,21 +109,23 @@ def _base(num_steps: int, **changes) -> SADAConfig:
     return preset("sd2", num_steps).replace(reduce="sample", name="lab", **changes)
 
 
-# name -> config for a step count. "paper" is the official code; the rest are the corrected mode and
-# its ablations. For flow grids the paper rows use the flux preset's schedule.
+# name -> config for a step count. "SADA default" is the library's own default (SADAConfig(): schedule-free, what
+# the adapters run when given no config); "paper" is the official code; the rest are the corrected mode and its
+# ablations. For flow grids the paper rows use the flux preset's schedule.
 METHODS = {
+    "SADA default (SADAConfig())": lambda n: SADAConfig(),
     "SADA paper": lambda n: _base(n, mode="paper"),
     "SADA corrected": lambda n: _base(n, mode="corrected"),
-    "corrected + error control": lambda n: _base(n, mode="corrected", error_tolerance=step_error_tolerance(n)),
+    "corrected + error control": lambda n: _base(n, mode="corrected", step_error_rms=step_error_tolerance(n)),
     "corrected, reuse noise": lambda n: _base(n, mode="corrected", am_noise="reuse"),
-    "corrected, step-index nodes": lambda n: _base(n, mode="corrected", lagrange_nodes="index"),
+    "corrected, step-index nodes": lambda n: _base(n, mode="corrected", abscissa="index"),
     "corrected estimate + corrected criterion": lambda n: _base(n, mode="corrected", criterion="corrected"),
     "SADA paper, no multistep": lambda n: _base(n, mode="paper", lagrange_term=0),
     "SADA corrected, no multistep": lambda n: _base(n, mode="corrected", lagrange_term=0),
     "corrected estimate + corrected criterion, no multistep":
         lambda n: _base(n, mode="corrected", criterion="corrected", lagrange_term=0),
 }
-PEERS = ("SADA paper", "SADA corrected", "corrected + error control")
+PEERS = ("SADA default (SADAConfig())", "SADA paper", "SADA corrected", "corrected + error control")
 
 
 def compare_methods(problem: Problem, methods=None, progress=None) -> list[dict]:
@@ -133,12 +135,9 @@ def compare_methods(problem: Problem, methods=None, progress=None) -> list[dict]
     peer. Errors are on the final samples, against the same solver without SADA from the same noise.
     """
     baseline, nfe0, _ = run_sampler(problem)
-    exact = reference_trajectory(problem.distribution, problem.x_start / problem.grid.alpha[0],
-                                 np.append(problem.grid.edm_sigma[:-1], 0.0)
-                                 if problem.grid.family != "flow" else np.array([1e12, 0.0]))[-1] \
-        if problem.grid.family != "flow" else None
+    exact = exact_solution(problem)
     rows = [{"method": "baseline (no SADA)", "nfe": nfe0, "speedup": 1.0, "rms": 0.0, "max": 0.0, "am": 0, "lagrange": 0,
-             "rms_exact": _rms(baseline, exact) if exact is not None else float("nan")}]
+             "rms_exact": _rms(baseline, exact)}]
     methods = METHODS if methods is None else methods
     for name, make in methods.items():
         config = make(problem.grid.num_steps)
@@ -155,7 +154,7 @@ def compare_methods(problem: Problem, methods=None, progress=None) -> list[dict]
         rows.append({"method": name, "nfe": nfe, "speedup": nfe0 / nfe, "rms": _rms(x_end, baseline),
                      "max": float(np.max(np.abs(x_end - baseline))), "am": counts["am"] / batch,
                      "lagrange": counts["lagrange"] / batch,
-                     "rms_exact": _rms(x_end, exact) if exact is not None else float("nan")})
+                     "rms_exact": _rms(x_end, exact)})
         if progress:
             progress(name)
     for peer in [r for r in rows if r["method"] in PEERS]:
@@ -164,8 +163,18 @@ def compare_methods(problem: Problem, methods=None, progress=None) -> list[dict]
         rows.append({"method": f"fewer steps ({steps}) = {peer['method']}'s NFE", "nfe": nfe_few,
                      "speedup": nfe0 / nfe_few, "rms": _rms(x_few, baseline),
                      "max": float(np.max(np.abs(x_few - baseline))), "am": 0, "lagrange": 0,
-                     "rms_exact": _rms(x_few, exact) if exact is not None else float("nan")})
+                     "rms_exact": _rms(x_few, exact)})
     return rows
+
+
+def exact_solution(problem: Problem) -> np.ndarray:
+    """The clean end of the problem's probability-flow ODE from its start noise (scipy DOP853, rtol 1e-11): in EDM
+    variables on VP/VE grids, in rectified-flow time on flow grids (which start at pure noise, ``sigma~ = inf``)."""
+    grid = problem.grid
+    if grid.family == "flow":
+        return reference_flow_end(problem.distribution, problem.x_start, float(grid.times[0]))
+    return reference_trajectory(problem.distribution, problem.x_start / grid.alpha[0],
+                                np.append(grid.edm_sigma[:-1], 0.0))[-1]
 
 
 def make_problem_like(problem: Problem, num_steps: int) -> Problem:
@@ -233,9 +242,9 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    """Print the lab's result tables as Markdown (the source of ``docs/lab-results.md``)."""
+    """Print the lab's result tables as Markdown (the source of ``docs/results/lab-results.md``)."""
     out = sys.stdout
-    out.write("<!-- generated by: python -m benchmarks.lab.experiments > docs/lab-results.md -->\n")
+    out.write("<!-- generated by: python -m benchmarks.lab.experiments > docs/results/lab-results.md -->\n")
     out.write("# Synthetic-lab results\n\n")
     out.write("Mixture of 6 Gaussians in 64 dimensions (closed-form denoiser), batch of 8 start noises, "
               "per-sample decisions. Errors compare final samples with the same solver without SADA "

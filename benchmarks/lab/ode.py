@@ -3,7 +3,8 @@
 :class:`ExactModel` plays the role of a perfectly trained network for a :class:`GaussianMixture`:
 given the schedule's sample ``x = alpha x~`` and noise level it returns the ideal output in any
 parameterisation. :func:`reference_trajectory` integrates the probability-flow ODE
-``dx~/d log(sigma~) = x~ - D(x~, sigma~)`` with scipy's DOP853 at tight tolerances.
+``dx~/d log(sigma~) = x~ - D(x~, sigma~)`` with scipy's DOP853 at tight tolerances; :func:`reference_flow_end`
+integrates the same ODE in rectified-flow time, where a run starts at pure noise (``t = 1``, ``sigma~ = inf``).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from scipy.integrate import solve_ivp
 from benchmarks.lab.distributions import GaussianMixture
 from sada.trajectory.parameterization import check_kind, combine
 
-__all__ = ["ExactModel", "reference_trajectory", "SIGMA_FLOOR"]
+__all__ = ["ExactModel", "reference_trajectory", "reference_flow_end", "SIGMA_FLOOR"]
 
 # sigma~ stand-in for the clean end point: D(x~(s), s) = x~(0) + O(s^2), so 1e-7 is exact to ~1e-14.
 SIGMA_FLOOR = 1e-7
@@ -74,3 +75,29 @@ def reference_trajectory(distribution: GaussianMixture, x_tilde_start, edm_sigma
     if np.any(zero):
         out[zero] = distribution.denoise(out[zero][0], SIGMA_FLOOR)
     return out
+
+
+def reference_flow_end(distribution: GaussianMixture, x_start, t_start: float = 1.0, rtol: float = 1e-11,
+                       atol: float = 1e-12) -> np.ndarray:
+    """The clean end (``t = 0``) of the rectified-flow ODE ``dx/dt = eps - x0`` from ``x_start`` at ``t_start``.
+
+    ``t_start = 1`` is pure noise (``alpha = 0``), where the EDM form of :func:`reference_trajectory` has no finite
+    starting point; the velocity is smooth in ``t`` on ``[SIGMA_FLOOR, 1]``, and the last stretch to ``t = 0`` is
+    the denoiser at ``SIGMA_FLOOR`` (exact to ~1e-14, as in :func:`reference_trajectory`).
+    """
+    t0 = float(t_start)
+    if not 0.0 < t0 <= 1.0:
+        raise ValueError(f"t_start must lie in (0, 1], got {t_start!r}")
+    x = np.asarray(x_start, dtype=np.float64)
+    shape = x.shape
+    model = ExactModel(distribution, "flow_velocity")
+    t_floor = SIGMA_FLOOR / (1.0 + SIGMA_FLOOR)
+
+    def rhs(t, y):
+        return model(y.reshape(shape), 1.0 - t, t).ravel()
+
+    sol = solve_ivp(rhs, (t0, t_floor), x.ravel(), method="DOP853", rtol=rtol, atol=atol)
+    if not sol.success:
+        raise RuntimeError(f"reference integration failed: {sol.message}")
+    x_floor = sol.y[:, -1].reshape(shape)
+    return distribution.denoise(x_floor / (1.0 - t_floor), SIGMA_FLOOR)

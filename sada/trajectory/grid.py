@@ -3,6 +3,9 @@
 A run of ``N`` steps visits nodes ``n = 0 .. N-1`` and ends at node ``N`` (usually the clean end,
 ``sigma = 0``). :class:`StepGrid` holds ``alpha_n``, ``sigma_n`` and the schedule time ``t_n`` of every
 node, plus what the estimators derive from them (EDM sigma, log-SNR, the paper's training beta).
+
+Every node has a finite time, the clean end included: the schedule's own
+:meth:`~sada.trajectory.schedules.NoiseSchedule.clean_time` (rectified flow and VE: ``0.0``; discrete VP: ``-1.0``).
 """
 from __future__ import annotations
 
@@ -12,15 +15,24 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sada.validation import as_float_vector, as_real
 from sada.trajectory.schedules import DiscreteVPSchedule, NoiseSchedule
+from sada.validation import as_float_vector, as_real
 
 __all__ = ["StepGrid"]
 
 
 @dataclass(frozen=True)
 class StepGrid:
-    """``alpha``, ``sigma`` and ``times`` have ``N + 1`` entries (steps and end point)."""
+    """``alpha``, ``sigma`` and ``times`` have ``N + 1`` entries (steps and end point).
+
+    ``times[n]`` is the schedule time of node ``n`` and is always finite, so a loop may read ``times[n + 1]`` at
+    every step. At the clean end (``sigma = 0``) it is the schedule's
+    :meth:`~sada.trajectory.schedules.NoiseSchedule.clean_time`: ``0.0`` for rectified flow (``x = x0`` at
+    ``t = 0``) and VE (``sigma = t``); ``-1.0`` for a discrete VP schedule, the step before training timestep 0,
+    where ``alphas_cumprod = 1`` (diffusers' ``prev_timestep = -1`` with ``final_alpha_cumprod = 1``; the
+    log-linear interpolation of ``alphas_cumprod`` extended to ``t = -1`` reaches it exactly). Times never
+    increase along the run.
+    """
 
     alpha: np.ndarray = field(repr=False)
     sigma: np.ndarray = field(repr=False)
@@ -34,6 +46,9 @@ class StepGrid:
         t = np.asarray(self.times, dtype=np.float64)
         if not (a.shape == s.shape == t.shape):
             raise ValueError(f"alpha, sigma, times need one length, got {a.size}, {s.size}, {t.size}")
+        if not np.all(np.isfinite(t)):
+            raise ValueError(f"times must be finite at every node (the clean end too: use the schedule's "
+                             f"clean_time()), got {t.tolist()}")
         if np.any(a < 0) or np.any(s < 0):
             raise ValueError("alpha and sigma must be >= 0")
         if np.any(s[:-1] <= 0):
@@ -41,6 +56,8 @@ class StepGrid:
         edm = np.divide(s, a, out=np.full_like(s, np.inf), where=a > 0)
         if np.any(np.diff(edm) >= 0):
             raise ValueError(f"noise levels must strictly decrease along the run, got sigma/alpha={edm.tolist()}")
+        if np.any(np.diff(t) > 0):
+            raise ValueError(f"times must not increase along the run, got {t.tolist()}")
         for arr in (a, s, t):
             arr.setflags(write=False)
         object.__setattr__(self, "alpha", a)
@@ -101,7 +118,7 @@ class StepGrid:
         return float(np.interp(-math.log(s), log_s, self.abscissae(variable)[:-1][finite]))
 
     @classmethod
-    def from_times(cls, schedule: NoiseSchedule, times, final_edm_sigma: float = 0.0) -> "StepGrid":
+    def from_times(cls, schedule: NoiseSchedule, times, final_edm_sigma: float = 0.0) -> StepGrid:
         """Grid at schedule times ``t_0 .. t_{N-1}`` (descending noise), ending at ``final_edm_sigma``."""
         t = as_float_vector("times", times)
         end = as_real("final_edm_sigma", final_edm_sigma)
@@ -112,7 +129,7 @@ class StepGrid:
                    schedule.family, beta)
 
     @classmethod
-    def from_edm_sigmas(cls, schedule: NoiseSchedule, edm_sigmas) -> "StepGrid":
+    def from_edm_sigmas(cls, schedule: NoiseSchedule, edm_sigmas) -> StepGrid:
         """Grid from a k-diffusion style sigma list ``sigma~_0 > ... > sigma~_N`` (last usually 0).
 
         Only the sigmas are known here, so on a discrete VP schedule each step's training timestep is recovered
@@ -126,7 +143,7 @@ class StepGrid:
             grid = grid.with_training_beta(schedule.training_beta(np.rint(times)))
         return grid
 
-    def with_training_beta(self, training_beta) -> "StepGrid":
+    def with_training_beta(self, training_beta) -> StepGrid:
         """This grid with the training beta of every step given by the host (e.g. the scheduler's own
         ``betas[timesteps[n]]``), as the official criterion reads it."""
         return dataclasses.replace(self, training_beta=as_float_vector("training_beta", training_beta))
@@ -136,7 +153,7 @@ class StepGrid:
         if edm_sigma < 0:
             raise ValueError(f"final_edm_sigma must be >= 0, got {edm_sigma}")
         if edm_sigma == 0.0:
-            return 1.0, 0.0, math.nan
+            return 1.0, 0.0, float(schedule.clean_time())
         t_end = float(schedule.time_from_edm_sigma(edm_sigma))
         a_end, s_end = schedule.alpha_sigma(t_end)
         return float(a_end), float(s_end), t_end

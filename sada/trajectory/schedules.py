@@ -47,6 +47,22 @@ class NoiseSchedule:
     def time_from_edm_sigma(self, edm_sigma):  # pragma: no cover - interface
         raise NotImplementedError
 
+    def clean_time(self) -> float:
+        """The schedule time of the clean end (``sigma = 0``), the last node of a grid that ends there.
+
+        By default the exact inverse at ``sigma~ = 0``; a schedule whose times do not reach the clean end must
+        override this (a grid never holds a NaN time: :class:`~sada.trajectory.grid.StepGrid` refuses one).
+        """
+        try:
+            t = float(np.asarray(self.time_from_edm_sigma(0.0), dtype=np.float64))
+        except ValueError as exc:
+            raise ValueError(f"{type(self).__name__} has no time at the clean end (sigma = 0): {exc}; "
+                             f"override clean_time()") from None
+        if not math.isfinite(t):
+            raise ValueError(f"{type(self).__name__} has no finite time at the clean end (sigma = 0), got {t}; "
+                             f"override clean_time()")
+        return t
+
     def edm_sigma(self, t):
         """``sigma~(t) = sigma_t / alpha_t`` (``inf`` where ``alpha_t = 0``)."""
         alpha, sigma = self.alpha_sigma(t)
@@ -92,7 +108,7 @@ class DiscreteVPSchedule(NoiseSchedule):
         object.__setattr__(self, "alphas_cumprod", acp)
 
     @classmethod
-    def from_betas(cls, betas) -> "DiscreteVPSchedule":
+    def from_betas(cls, betas) -> DiscreteVPSchedule:
         """From training betas: ``alphas_cumprod = cumprod(1 - betas)``."""
         b = as_float_vector("betas", betas, min_len=2)
         if np.any(b <= 0) or np.any(b >= 1):
@@ -101,7 +117,7 @@ class DiscreteVPSchedule(NoiseSchedule):
 
     @classmethod
     def from_beta_schedule(cls, beta_schedule: str = "scaled_linear", num_train_timesteps: int = 1000,
-                           beta_start: float = 0.00085, beta_end: float = 0.012) -> "DiscreteVPSchedule":
+                           beta_start: float = 0.00085, beta_end: float = 0.012) -> DiscreteVPSchedule:
         """The diffusers beta schedules: ``linear``, ``scaled_linear`` (Stable Diffusion), ``squaredcos_cap_v2``."""
         n = as_int("num_train_timesteps", num_train_timesteps, minimum=2)
         b0, b1 = as_real("beta_start", beta_start), as_real("beta_end", beta_end)
@@ -130,6 +146,13 @@ class DiscreteVPSchedule(NoiseSchedule):
     @property
     def zero_terminal_snr(self) -> bool:
         return bool(self.alphas_cumprod[-1] == 0.0)
+
+    def clean_time(self) -> float:
+        """``-1.0``: the step before training timestep 0, where ``alphas_cumprod = 1`` (the ``1.0`` that
+        :attr:`betas` prepends; diffusers' ``prev_timestep = -1`` with ``final_alpha_cumprod = 1``). The log-linear
+        interpolation of ``alphas_cumprod`` extended from ``t = 0`` to ``t = -1`` reaches ``1`` exactly there; the
+        training timesteps themselves (``0 .. T-1``) never reach ``sigma = 0``."""
+        return -1.0
 
     def _acp(self, t):
         """``alphas_cumprod`` at (fractional) ``t``: log-linear between integers; linear on a last segment that ends
