@@ -24,6 +24,9 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	HYPOTHESIS_PROFILE=ci $(BIN)/python -m pytest -q
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet -d $$(mktemp -d)
 
@@ -39,4 +42,4 @@ else
 endif
 
 lab-docs: $(STAMP)
-	$(BIN)/python -m benchmarks.lab.experiments > docs/lab-results.md
+	$(BIN)/python -m benchmarks.lab.experiments > docs/results/lab-results.md
