@@ -5,13 +5,16 @@ wheel does not ship (it holds the training script, the metrics and the model wei
 checkout installed with ``make install`` the folder is on the environment's path, so ``sada bench`` works; from a
 plain ``pip install`` of the wheel, this command says where to find it.
 """
+
 from __future__ import annotations
 
 __all__ = ["main"]
 
-HARNESS_MISSING = ("sada: the demo and benchmark commands belong to the benchmark harness in the repository's "
-                   "benchmarks/ folder, which the installed package does not ship. Run them from a checkout of the "
-                   "repository: `make install`, then `sada --help` or `python -m benchmarks --help`.")
+HARNESS_MISSING = (
+    "sada: the demo and benchmark commands belong to the benchmark harness in the repository's "
+    "benchmarks/ folder, which the installed package does not ship. Run them from a checkout of the "
+    "repository: `make install`, then `sada --help` or `python -m benchmarks --help`."
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,10 +13,19 @@ Warnings: every warning sada emits is a :class:`SADAWarning` (a ``UserWarning``)
 them with one rule (``warnings.filterwarnings("ignore", category=sada.errors.SADAWarning)``);
 :class:`ExactRunWarning` marks a run (or part of one) that computes every step exactly.
 """
+
 from __future__ import annotations
 
-__all__ = ["AlreadyEnabledError", "ConfigError", "ExactRunWarning", "IncompatibleHookError", "PruningFallbackWarning",
-           "RunTooShortError", "SADADeprecationWarning", "SADAWarning"]
+__all__ = [
+    "AlreadyEnabledError",
+    "ConfigError",
+    "ExactRunWarning",
+    "IncompatibleHookError",
+    "PruningFallbackWarning",
+    "RunTooShortError",
+    "SADADeprecationWarning",
+    "SADAWarning",
+]
 
 
 class ConfigError(ValueError):

@@ -15,6 +15,7 @@ with the multistep estimate wherever the engine found its error acceptable, at m
 row, never one of the last two steps. Each sample has its own counter, so in per-sample mode sample ``i``'s decisions depend
 only on its own flags. :class:`AdaptiveDiffusionPolicy` is the baseline of Ye et al. (2024).
 """
+
 from __future__ import annotations
 
 from enum import IntEnum
@@ -132,8 +133,10 @@ class ErrorControlPolicy(_Policy):
     def __init__(self, config: SADAConfig | ErrorControl, num_steps: int, batch_size: int = 1):
         schedule = config.schedule if isinstance(config, SADAConfig) else config
         if isinstance(schedule, StepSchedule) or not isinstance(getattr(schedule, "max_interval", None), int):
-            raise TypeError(f"ErrorControlPolicy runs an ErrorControl (or another schedule-free part with an int "
-                            f"max_interval), got {type(schedule).__name__}")
+            raise TypeError(
+                f"ErrorControlPolicy runs an ErrorControl (or another schedule-free part with an int "
+                f"max_interval), got {type(schedule).__name__}"
+            )
         super().__init__(schedule, num_steps, batch_size)
 
     def is_node(self, step: int) -> bool:
@@ -208,9 +211,12 @@ class AdaptiveDiffusionPolicy:
         self.distances.append(d)
         out = np.full(self.batch_size, Decision.COMPUTE, dtype=np.int8)
         if step >= 3 and len(self.distances) >= 3:
-            window = self.decisions[step + 1 - self.max_skip_steps: step + 1]
-            forced = np.all(window != Decision.COMPUTE, axis=0) if step + 1 >= self.max_skip_steps \
+            window = self.decisions[step + 1 - self.max_skip_steps : step + 1]
+            forced = (
+                np.all(window != Decision.COMPUTE, axis=0)
+                if step + 1 >= self.max_skip_steps
                 else np.zeros(self.batch_size, bool)
+            )
             d_new, d_prev, d_prev2 = (self.distances[-k] for k in (1, 2, 3))
             skip = kernels.adaptive_diffusion_skip(d_new, d_prev, d_prev2, self.threshold)
             out[skip & ~forced] = Decision.SKIP_AM

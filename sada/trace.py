@@ -3,6 +3,7 @@
 ``trace.summary()`` reads e.g. ``computed 28/50 steps (1.79x), AM 10, Lagrange 12``. A recorded
 trace's ``decisions`` can be handed back to an engine (``replay=``) to reproduce a run exactly.
 """
+
 from __future__ import annotations
 
 import json
@@ -72,8 +73,10 @@ class Trace:
         def fmt(v: float) -> str:
             return f"{v:g}"
 
-        text = (f"computed {fmt(computed)}/{fmt(total)} steps ({self.speedup():.2f}x), "
-                f"AM {fmt(c['am'] / per)}, Lagrange {fmt(c['lagrange'] / per)}")
+        text = (
+            f"computed {fmt(computed)}/{fmt(total)} steps ({self.speedup():.2f}x), "
+            f"AM {fmt(c['am'] / per)}, Lagrange {fmt(c['lagrange'] / per)}"
+        )
         if per > 1:
             text += f" (mean over {per} samples)"
         if self.extras.get("history_bytes"):
@@ -84,15 +87,22 @@ class Trace:
         pruning = self.extras.get("pruning")
         if pruning and pruning["token_fraction"]:
             fractions = list(pruning["token_fraction"].values())
-            text += (f"; pruned blocks computed {100 * float(np.mean(fractions)):.0f}% of their tokens on "
-                     f"{len(fractions)} steps, caches {pruning['cache_bytes'] / 2**20:.2f} MiB")
+            text += (
+                f"; pruned blocks computed {100 * float(np.mean(fractions)):.0f}% of their tokens on "
+                f"{len(fractions)} steps, caches {pruning['cache_bytes'] / 2**20:.2f} MiB"
+            )
         return text
 
     def to_dict(self) -> dict:
-        return {"num_steps": self.num_steps, "batch_size": self.batch_size, "steps_done": self.steps_done,
-                "decisions": self.decisions.tolist(),
-                "criterion": [[None if np.isnan(v) else float(v) for v in row] for row in self.criterion],
-                "notes": self.notes, "extras": self.extras}
+        return {
+            "num_steps": self.num_steps,
+            "batch_size": self.batch_size,
+            "steps_done": self.steps_done,
+            "decisions": self.decisions.tolist(),
+            "criterion": [[None if np.isnan(v) else float(v) for v in row] for row in self.criterion],
+            "notes": self.notes,
+            "extras": self.extras,
+        }
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())

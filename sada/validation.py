@@ -3,6 +3,7 @@
 Every public function of sada validates its inputs at the boundary and raises a ``ValueError``/``TypeError`` that
 names the offending argument and value; these are the checks they share.
 """
+
 from __future__ import annotations
 
 import numbers

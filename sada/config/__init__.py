@@ -1,5 +1,6 @@
 """The validated settings of a SADA run: a skip schedule, numerics and token pruning (:class:`SADAConfig`),
 the authors' presets, and the rule that fits a configuration to a run's step count."""
+
 from sada.config.core import DEFAULT_SCHEDULE, ResolvedNumerics, SADAConfig
 from sada.config.enums import Abscissa, AmNoise, LagrangeTarget, Mode, Reduce, SampleScaling, Variant
 from sada.config.parts import MIN_ACC_START, ErrorControl, Numerics, StepSchedule, TokenPruning
@@ -14,8 +15,26 @@ from sada.config.presets import (
 )
 
 __all__ = [
-    "Abscissa", "AmNoise", "DEFAULT_SCHEDULE", "ErrorControl", "LagrangeTarget", "MIN_ACC_START", "Mode", "Numerics",
-    "PRESETS", "Reduce", "ResolvedNumerics", "SADAConfig", "SampleScaling", "StepSchedule", "TokenPruning", "Variant",
-    "early_multistep", "error_controlled_preset", "fit_for_run", "fit_step_schedule", "preset",
+    "Abscissa",
+    "AmNoise",
+    "DEFAULT_SCHEDULE",
+    "ErrorControl",
+    "LagrangeTarget",
+    "MIN_ACC_START",
+    "Mode",
+    "Numerics",
+    "PRESETS",
+    "Reduce",
+    "ResolvedNumerics",
+    "SADAConfig",
+    "SampleScaling",
+    "StepSchedule",
+    "TokenPruning",
+    "Variant",
+    "early_multistep",
+    "error_controlled_preset",
+    "fit_for_run",
+    "fit_step_schedule",
+    "preset",
     "step_error_tolerance",
 ]

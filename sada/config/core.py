@@ -10,6 +10,7 @@ Flat keywords are a shorthand routed to the part they belong to::
 Every default that depends on the run (the numerics variant on a grid, the criterion, the multistep abscissa and
 target) is resolved in one place, :meth:`SADAConfig.resolve`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -63,9 +64,15 @@ class SADAConfig:
     reduce: Reduce
     name: str = field(default="custom", compare=False)
 
-    def __init__(self, schedule: StepSchedule | ErrorControl | None = None, numerics: Numerics | None = None,
-                 pruning: TokenPruning | None = None, reduce: Reduce | str = Reduce.SAMPLE, name: str = "custom",
-                 **fields):
+    def __init__(
+        self,
+        schedule: StepSchedule | ErrorControl | None = None,
+        numerics: Numerics | None = None,
+        pruning: TokenPruning | None = None,
+        reduce: Reduce | str = Reduce.SAMPLE,
+        name: str = "custom",
+        **fields,
+    ):
         fields = renamed_fields(fields, stacklevel=3)  # deprecated field names, with a warning
         unknown = set(fields) - SCHEDULE_FIELDS - NUMERICS_FIELDS - PRUNING_FIELDS
         if unknown:
@@ -76,18 +83,28 @@ class SADAConfig:
                 raise TypeError(f"{part} must be a {cls.__name__}, got {type(value).__name__}")
         numerics = (numerics or Numerics()).replace(**{k: v for k, v in fields.items() if k in NUMERICS_FIELDS})
         pruning = (pruning or TokenPruning()).replace(**{k: v for k, v in fields.items() if k in PRUNING_FIELDS})
-        schedule = _schedule_with(schedule, {k: v for k, v in fields.items() if k in SCHEDULE_FIELDS}, numerics,
-                                  pruning.enabled)
+        schedule = _schedule_with(
+            schedule, {k: v for k, v in fields.items() if k in SCHEDULE_FIELDS}, numerics, pruning.enabled
+        )
         if numerics.mode == Mode.PAPER and not isinstance(schedule, StepSchedule):
-            raise ValueError("mode='paper' runs the official algorithm, which is written in step indices: it needs a "
-                             "StepSchedule, not ErrorControl")
+            raise ValueError(
+                "mode='paper' runs the official algorithm, which is written in step indices: it needs a "
+                "StepSchedule, not ErrorControl"
+            )
         if numerics.step_error_rms is not None and not isinstance(schedule, StepSchedule):
-            raise ValueError(f"step_error_rms={numerics.step_error_rms!r} is the step schedule's error veto; "
-                             "ErrorControl has its own tolerance (ErrorControl(tolerance=...))")
+            raise ValueError(
+                f"step_error_rms={numerics.step_error_rms!r} is the step schedule's error veto; "
+                "ErrorControl has its own tolerance (ErrorControl(tolerance=...))"
+            )
         if not isinstance(name, str):
             raise TypeError(f"name must be a string, got {name!r}")
-        for key, value in (("schedule", schedule), ("numerics", numerics), ("pruning", pruning),
-                           ("reduce", choice(Reduce, "reduce", reduce, optional=False)), ("name", name)):
+        for key, value in (
+            ("schedule", schedule),
+            ("numerics", numerics),
+            ("pruning", pruning),
+            ("reduce", choice(Reduce, "reduce", reduce, optional=False)),
+            ("name", name),
+        ):
             object.__setattr__(self, key, value)
 
     # ------------------------------------------------------------------ derived
@@ -115,18 +132,27 @@ class SADAConfig:
         paper_numerics = grid.family == "flow" or grid.training_beta is not None
         criterion = num.criterion or (Mode.PAPER if paper_numerics or num.mode == Mode.PAPER else Mode.CORRECTED)
         paper = num.mode == Mode.PAPER
-        target = num.lagrange_target or (LagrangeTarget.X0_OVER_ALPHA if paper and scaling == SampleScaling.EDM
-                                         else LagrangeTarget.X0)
+        target = num.lagrange_target or (
+            LagrangeTarget.X0_OVER_ALPHA if paper and scaling == SampleScaling.EDM else LagrangeTarget.X0
+        )
         return ResolvedNumerics(
-            estimator=_variant(grid, num.mode, "mode"), criterion=_variant(grid, criterion, "criterion"),
+            estimator=_variant(grid, num.mode, "mode"),
+            criterion=_variant(grid, criterion, "criterion"),
             am_noise=num.am_noise or (AmNoise.REUSE if paper else AmNoise.EXTRAPOLATE),
-            abscissa=num.abscissa or (Abscissa.INDEX if paper else Abscissa.SIGMA), lagrange_target=target)
+            abscissa=num.abscissa or (Abscissa.INDEX if paper else Abscissa.SIGMA),
+            lagrange_target=target,
+        )
 
     # ------------------------------------------------------------------ copies
     def replace(self, **changes) -> SADAConfig:
         """A validated copy with ``changes`` (parts, ``reduce``, ``name``, or flat fields routed to their part)."""
-        current = {"schedule": self.schedule, "numerics": self.numerics, "pruning": self.pruning,
-                   "reduce": self.reduce, "name": self.name}
+        current = {
+            "schedule": self.schedule,
+            "numerics": self.numerics,
+            "pruning": self.pruning,
+            "reduce": self.reduce,
+            "name": self.name,
+        }
         changes = renamed_fields(changes, stacklevel=3)
         flat = {k: v for k, v in changes.items() if k not in current}
         parts = {**current, **{k: v for k, v in changes.items() if k in current}}
@@ -152,16 +178,21 @@ class SADAConfig:
         n = int_field("num_steps", num_steps, minimum=2)
         if not isinstance(self.schedule, StepSchedule):
             if n < MIN_ACC_START + 3:
-                raise ValueError(f"a run of num_steps={n} is too short for SADA (need num_steps >= "
-                                 f"{MIN_ACC_START + 3})")
+                raise ValueError(
+                    f"a run of num_steps={n} is too short for SADA (need num_steps >= {MIN_ACC_START + 3})"
+                )
             return self
         return self.replace(schedule=fit_step_schedule(self.schedule, n))
 
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict:
-        return {"schedule": {"kind": self.schedule.kind, **self.schedule.to_dict()},
-                "numerics": self.numerics.to_dict(), "pruning": self.pruning.to_dict(),
-                "reduce": str(self.reduce), "name": self.name}
+        return {
+            "schedule": {"kind": self.schedule.kind, **self.schedule.to_dict()},
+            "numerics": self.numerics.to_dict(),
+            "pruning": self.pruning.to_dict(),
+            "reduce": str(self.reduce),
+            "name": self.name,
+        }
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -181,9 +212,12 @@ class SADAConfig:
             schedule = SCHEDULES[kind](**_tuples(schedule))
         numerics = data.pop("numerics", None)
         pruning = data.pop("pruning", None)
-        return cls(schedule=schedule, numerics=Numerics(**numerics) if isinstance(numerics, dict) else numerics,
-                   pruning=TokenPruning(**_tuples(pruning)) if isinstance(pruning, dict) else pruning,
-                   **_tuples(data))
+        return cls(
+            schedule=schedule,
+            numerics=Numerics(**numerics) if isinstance(numerics, dict) else numerics,
+            pruning=TokenPruning(**_tuples(pruning)) if isinstance(pruning, dict) else pruning,
+            **_tuples(data),
+        )
 
     @classmethod
     def from_json(cls, text: str) -> SADAConfig:
@@ -208,20 +242,30 @@ def _schedule_with(schedule, fields: dict, numerics: Numerics, prunes_tokens: bo
     computed step would refresh and nothing would be pruned."""
     step_only, error_only = set(fields) & STEP_FIELDS, set(fields) & ERROR_FIELDS
     if step_only and error_only:
-        raise ValueError(f"fields {sorted(step_only)} belong to a StepSchedule and {sorted(error_only)} to "
-                         "ErrorControl: a config has one schedule")
+        raise ValueError(
+            f"fields {sorted(step_only)} belong to a StepSchedule and {sorted(error_only)} to "
+            "ErrorControl: a config has one schedule"
+        )
     if schedule is None:
-        if step_only or numerics.mode == Mode.PAPER or numerics.step_error_rms is not None or \
-                (prunes_tokens and not error_only):
-            kind: type[StepSchedule] | type[ErrorControl] = StepSchedule  # the paper's numerics, the error veto and token pruning belong to the step schedule
+        if (
+            step_only
+            or numerics.mode == Mode.PAPER
+            or numerics.step_error_rms is not None
+            or (prunes_tokens and not error_only)
+        ):
+            kind: type[StepSchedule] | type[ErrorControl] = (
+                StepSchedule  # the paper's numerics, the error veto and token pruning belong to the step schedule
+            )
         elif error_only:
             kind = ErrorControl
         else:
             kind = DEFAULT_SCHEDULE
         return kind(**fields)
     if not isinstance(schedule, tuple(SCHEDULES.values())):
-        raise TypeError(f"schedule must be one of {[c.__name__ for c in SCHEDULES.values()]} (sada.config.core."
-                        f"SCHEDULES), got {type(schedule).__name__}")
+        raise TypeError(
+            f"schedule must be one of {[c.__name__ for c in SCHEDULES.values()]} (sada.config.core."
+            f"SCHEDULES), got {type(schedule).__name__}"
+        )
     wrong = step_only if isinstance(schedule, ErrorControl) else error_only
     if wrong:
         raise ValueError(f"fields {sorted(wrong)} do not belong to this config's {type(schedule).__name__}")
@@ -245,5 +289,7 @@ def _variant(grid, mode: Mode, field_name: str) -> Variant:
         return Variant.PAPER_FLOW
     if grid.training_beta is not None:
         return Variant.PAPER_VP
-    raise ConfigError(f"{field_name}='paper' needs a discrete VP grid (training betas) or a rectified-flow grid; "
-                     f"got a {grid.family!r} grid: use {field_name}='corrected'")
+    raise ConfigError(
+        f"{field_name}='paper' needs a discrete VP grid (training betas) or a rectified-flow grid; "
+        f"got a {grid.family!r} grid: use {field_name}='corrected'"
+    )

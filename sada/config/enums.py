@@ -1,4 +1,5 @@
 """The named variants of a configuration (string enums: ``Mode.PAPER == "paper"``, JSON-friendly)."""
+
 from __future__ import annotations
 
 from enum import Enum

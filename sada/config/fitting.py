@@ -3,6 +3,7 @@
 Imported by :mod:`sada.config.core` (``SADAConfig.fit_steps``) and :mod:`sada.config.presets`; it depends on the
 config parts only, so the config package has no import cycle.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -18,8 +19,10 @@ AUTHORS_50: dict[str, dict[str, Any]] = {
     "sdxl": dict(acc_range=(10, 47), lagrange_int=4, lagrange_step=24, lagrange_term=4),
     "flux": dict(acc_range=(10, 47), lagrange_int=4, lagrange_step=20, lagrange_term=3),
 }
-_SHORT = {25: dict(acc_range=(8, 22), lagrange_int=4, lagrange_step=12, lagrange_term=2),
-          15: dict(acc_range=(7, 12), lagrange_int=3, lagrange_step=9, lagrange_term=2)}
+_SHORT = {
+    25: dict(acc_range=(8, 22), lagrange_int=4, lagrange_step=12, lagrange_term=2),
+    15: dict(acc_range=(7, 12), lagrange_int=3, lagrange_step=9, lagrange_term=2),
+}
 
 
 def _schedule_fields(schedule: StepSchedule) -> tuple:
@@ -43,8 +46,10 @@ def fit_step_schedule(schedule: StepSchedule, n: int) -> StepSchedule:
     end = min(int(round(schedule.acc_range[1] * n / ref)), n - 2)
     if end <= max(start, MIN_ACC_START):
         if n - 2 <= MIN_ACC_START:
-            raise RunTooShortError(f"a run of num_steps={n} is too short for SADA: skipping starts after step "
-                             f"{MIN_ACC_START} and the last step always runs; need num_steps >= {MIN_ACC_START + 3}")
+            raise RunTooShortError(
+                f"a run of num_steps={n} is too short for SADA: skipping starts after step "
+                f"{MIN_ACC_START} and the last step always runs; need num_steps >= {MIN_ACC_START + 3}"
+            )
         start, end = 0, n - 2
     changes = {"num_steps": n, "acc_range": (start, end)}
     term, interval = schedule.lagrange_term, schedule.lagrange_int

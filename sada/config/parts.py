@@ -8,6 +8,7 @@
 Every invalid field raises ``ValueError`` (``TypeError`` for a wrong type) naming the field, the value and the
 allowed range.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,8 +20,17 @@ from dataclasses import dataclass
 from sada.config.enums import Abscissa, AmNoise, LagrangeTarget, Mode, choice
 from sada.errors import SADADeprecationWarning
 
-__all__ = ["MIN_ACC_START", "RENAMED", "StepSchedule", "ErrorControl", "Numerics", "TokenPruning", "int_field", "real_field",
-           "renamed_fields"]
+__all__ = [
+    "MIN_ACC_START",
+    "RENAMED",
+    "StepSchedule",
+    "ErrorControl",
+    "Numerics",
+    "TokenPruning",
+    "int_field",
+    "real_field",
+    "renamed_fields",
+]
 
 # The official code never skips before step 3: its step estimate needs three drift nodes (docs/paper-mode.md).
 MIN_ACC_START = 3
@@ -70,8 +80,11 @@ def renamed_fields(fields: dict, owner: str | None = None, stacklevel: int = 3) 
         if old in out:
             if new in out:
                 raise ValueError(f"{old!r} is the deprecated name of {new!r}: pass only {new!r}")
-            warnings.warn(f"sada: the config field {old!r} is renamed {new!r}; the old name is accepted until the "
-                          "next release", SADADeprecationWarning, stacklevel=stacklevel)
+            warnings.warn(
+                f"sada: the config field {old!r} is renamed {new!r}; the old name is accepted until the next release",
+                SADADeprecationWarning,
+                stacklevel=stacklevel,
+            )
             out[new] = out.pop(old)
     return out
 
@@ -110,7 +123,9 @@ class _Part:
         out = {}
         for f in dataclasses.fields(self):  # type: ignore[arg-type]  # every concrete part is a dataclass
             value = getattr(self, f.name)
-            out[f.name] = list(value) if isinstance(value, tuple) else (str(value) if hasattr(value, "value") else value)
+            out[f.name] = (
+                list(value) if isinstance(value, tuple) else (str(value) if hasattr(value, "value") else value)
+            )
         return out
 
 
@@ -142,8 +157,10 @@ class StepSchedule(_Part):
     def __post_init__(self):
         start, end = _pair("acc_range", self.acc_range, 0)
         if end <= max(start, MIN_ACC_START):
-            raise ValueError(f"acc_range end must be > max(start, {MIN_ACC_START}) = {max(start, MIN_ACC_START)}, "
-                             f"got acc_range={tuple(self.acc_range)!r}")
+            raise ValueError(
+                f"acc_range end must be > max(start, {MIN_ACC_START}) = {max(start, MIN_ACC_START)}, "
+                f"got acc_range={tuple(self.acc_range)!r}"
+            )
         object.__setattr__(self, "acc_range", (start, end))
         int_field("max_interval", self.max_interval, minimum=0)
         term = int_field("lagrange_term", self.lagrange_term, minimum=0, maximum=8)
@@ -156,13 +173,17 @@ class StepSchedule(_Part):
                 raise ValueError(f"lagrange_step must lie in [{self.acc_start}, {end}) (inside acc_range), got {step}")
             newest_needed = 1 + interval * (term - 1)
             if newest_needed > step + 1:
-                raise ValueError(f"lagrange_step={step} is too early: {term} nodes every {interval} steps are only "
-                                 f"stored by step {newest_needed}; need lagrange_step >= {newest_needed - 1}")
+                raise ValueError(
+                    f"lagrange_step={step} is too early: {term} nodes every {interval} steps are only "
+                    f"stored by step {newest_needed}; need lagrange_step >= {newest_needed - 1}"
+                )
         if self.num_steps is not None:
             n = int_field("num_steps", self.num_steps, minimum=2)
             if end > n - 2:
-                raise ValueError(f"acc_range end must be <= num_steps - 2 = {n - 2} so the last step runs the "
-                                 f"network, got acc_range={self.acc_range!r} for num_steps={n}")
+                raise ValueError(
+                    f"acc_range end must be <= num_steps - 2 = {n - 2} so the last step runs the "
+                    f"network, got acc_range={self.acc_range!r} for num_steps={n}"
+                )
 
     @property
     def acc_start(self) -> int:
@@ -230,10 +251,12 @@ class ErrorControl(_Part):
         """Why this schedule never skips for a solver of ``solver_order`` (None when it can)."""
         if self.certifies(solver_order):
             return None
-        return (f"the solver is of order {solver_order} and the error control's extrapolation of degree "
-                f"{self.history - 1} (history={self.history}) cannot certify a skip: every step computes (no acceleration); "
-                f"ErrorControl(history={solver_order + 1}) allows skips, a solver of order <= {self.history - 1} "
-                "(DPM-Solver++ 2M, Euler, Heun) is accelerated by the default")
+        return (
+            f"the solver is of order {solver_order} and the error control's extrapolation of degree "
+            f"{self.history - 1} (history={self.history}) cannot certify a skip: every step computes (no acceleration); "
+            f"ErrorControl(history={solver_order + 1}) allows skips, a solver of order <= {self.history - 1} "
+            "(DPM-Solver++ 2M, Euler, Heun) is accelerated by the default"
+        )
 
     def __post_init__(self):
         object.__setattr__(self, "tolerance", real_field("tolerance", self.tolerance))
@@ -278,8 +301,10 @@ class Numerics(_Part):
         if self.step_error_rms is not None:
             object.__setattr__(self, "step_error_rms", real_field("step_error_rms", self.step_error_rms))
             if self.mode != Mode.CORRECTED:
-                raise ValueError("step_error_rms needs mode='corrected' (its error estimate uses the corrected "
-                                 "estimator's noise history)")
+                raise ValueError(
+                    "step_error_rms needs mode='corrected' (its error estimate uses the corrected "
+                    "estimator's noise history)"
+                )
 
 
 @dataclass(frozen=True)
@@ -307,8 +332,11 @@ class TokenPruning(_Part):
         int_field("max_downsample", self.max_downsample, minimum=0, maximum=8)
         if not isinstance(self.prune_blocks, (tuple, list)):
             raise TypeError(f"prune_blocks must be a tuple of block indices, got {self.prune_blocks!r}")
-        object.__setattr__(self, "prune_blocks", tuple(int_field(f"prune_blocks[{i}]", b, minimum=0)
-                                                       for i, b in enumerate(self.prune_blocks)))
+        object.__setattr__(
+            self,
+            "prune_blocks",
+            tuple(int_field(f"prune_blocks[{i}]", b, minimum=0) for i, b in enumerate(self.prune_blocks)),
+        )
         object.__setattr__(self, "anchor_stride", _pair("anchor_stride", self.anchor_stride, 1, 16))
         if self.refresh_interval is not None:
             int_field("refresh_interval", self.refresh_interval, minimum=1)

@@ -8,6 +8,7 @@
   tested against;
 * :mod:`sada.torch_backend.engine` -- the same engine on tensors (any device and dtype).
 """
+
 from sada.engine.contract import SamplingEngine, StepSequence
 
 __all__ = ["SamplingEngine", "StepSequence"]

@@ -18,6 +18,7 @@ for their second evaluation of step ``n`` at noise level ``edm_sigma``.
 provides: ``_begin(step, x)`` (row decisions), ``_synthesise(step, x)``, ``_record(step, x, output)`` and
 ``_stage_output(step, edm_sigma, x)``. It works on any array namespace (numpy, torch, ...).
 """
+
 from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
@@ -133,12 +134,12 @@ class StepSequence:
         if output is None or output.shape[0] != rows:
             output = self._scatter(xp, compute, x, output)
         if output.shape != x.shape:
-            raise ValueError(f"step {step}: output shape {tuple(output.shape)} must equal the sample shape "
-                             f"{tuple(x.shape)}")
+            raise ValueError(
+                f"step {step}: output shape {tuple(output.shape)} must equal the sample shape {tuple(x.shape)}"
+            )
         if not compute.all():
             synthesised = xp.astype(self._synthesise(step, x), output.dtype)
-            output = synthesised if not compute.any() else \
-                xp.where(_row_mask(xp, compute, output), output, synthesised)
+            output = synthesised if not compute.any() else xp.where(_row_mask(xp, compute, output), output, synthesised)
         self._record(step, x, output)
         self._planned = None
         return output
@@ -175,8 +176,10 @@ class StepSequence:
         n = int(compute.sum())
         got = 0 if partial is None else partial.shape[0]
         if got != n:
-            raise ValueError(f"got outputs for {got} rows, expected the {n} planned rows "
-                             f"{np.flatnonzero(compute).tolist()} (or a full batch of {x.shape[0]})")
+            raise ValueError(
+                f"got outputs for {got} rows, expected the {n} planned rows "
+                f"{np.flatnonzero(compute).tolist()} (or a full batch of {x.shape[0]})"
+            )
         from array_api_compat import device
 
         full = xp.zeros(x.shape, dtype=x.dtype if partial is None else partial.dtype, device=device(x))
@@ -193,8 +196,8 @@ def _put_rows(xp, full, rows: np.ndarray, values):
     except TypeError:  # namespaces that forbid item assignment: rebuild by concatenation
         parts = [None] * full.shape[0]
         for i, r in enumerate(rows.tolist()):
-            parts[r] = values[i:i + 1]
+            parts[r] = values[i : i + 1]
         for r in range(full.shape[0]):
             if parts[r] is None:
-                parts[r] = full[r:r + 1]
+                parts[r] = full[r : r + 1]
         return xp.concat(parts, axis=0)

@@ -32,6 +32,7 @@ measures its residual against *its own* step estimate).
 The engine is a shell (rows, replay, the trace); the rule of the config's schedule part records, decides and
 estimates (:mod:`sada.engine.rules`: ``step_schedule``, ``paper_flow``, ``error_control``).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -51,8 +52,16 @@ __all__ = ["NumpyEngine"]
 class NumpyEngine(StepSequence):
     """Per-sample SADA on numpy arrays ``[batch, ...]``; see the module docstring for the protocol."""
 
-    def __init__(self, config: SADAConfig, grid: StepGrid, kind: str, batch_size: int, replay=None,
-                 sample_scaling: str = "schedule", solver_order: int = 2):
+    def __init__(
+        self,
+        config: SADAConfig,
+        grid: StepGrid,
+        kind: str,
+        batch_size: int,
+        replay=None,
+        sample_scaling: str = "schedule",
+        solver_order: int = 2,
+    ):
         self._configure(config, grid, kind, sample_scaling)
         self.batch_size = as_int("batch_size", batch_size, minimum=1)
         self.solver_order = as_int("solver_order", solver_order, minimum=1)
@@ -62,8 +71,17 @@ class NumpyEngine(StepSequence):
         self.policy = make_policy(self.config, self.num_steps, self.batch_size)
         self.trace = Trace(self.num_steps, self.batch_size)
         cls = rule_class("numpy", self.config.schedule, self.settings)
-        self.rule = cls(self.config, self.settings, grid, self.kind, self.batch_size, SampleScaling(sample_scaling),
-                        self.solver_order, self.policy, self.trace)
+        self.rule = cls(
+            self.config,
+            self.settings,
+            grid,
+            self.kind,
+            self.batch_size,
+            SampleScaling(sample_scaling),
+            self.solver_order,
+            self.policy,
+            self.trace,
+        )
         note = self.rule.uncertified_note()
         if note is not None and not self.config.never_skips:
             self.trace.note(0, note)
@@ -100,8 +118,9 @@ class NumpyEngine(StepSequence):
         return self.trace
 
     def _stage_output(self, step: int, edm_sigma: float, x) -> np.ndarray:
-        raise NotImplementedError("the numpy engine drives one evaluation per step; two-stage solvers use the "
-                                  "torch engine")
+        raise NotImplementedError(
+            "the numpy engine drives one evaluation per step; two-stage solvers use the torch engine"
+        )
 
     # ---------------------------------------------------------------- internals
     def _check_x(self, x, name: str = "x") -> np.ndarray:

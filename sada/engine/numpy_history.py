@@ -3,6 +3,7 @@
 Rows are pushed independently (only the rows that ran the network, in the corrected numerics), so every sample
 keeps its own history when the batch makes different decisions.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -11,6 +11,7 @@ hold no state. Equation numbers are the paper's (arXiv 2507.17135).
   run's noise levels), the flow-matching velocity extrapolation;
 * :mod:`sada.kernels.criterion` -- Criterion 3.4 (step- and token-level) and AdaptiveDiffusion's rule.
 """
+
 from sada.kernels.criterion import (
     adaptive_diffusion_skip,
     flow_stability_product,
@@ -39,9 +40,24 @@ from sada.kernels.lagrange import (
 )
 
 __all__ = [
-    "adams_weights", "adaptive_diffusion_skip", "combine", "corrected_step_estimate", "divided_difference_weights",
-    "embedded_pair_weights", "equal_grid_extrapolation_weights", "flow_stability_product",
-    "flow_velocity_extrapolation", "lagrange_weights", "paper_step_estimate", "paper_step_weights", "paper_vp_drift",
-    "relative_rms", "sample_means", "second_difference", "stability_product", "stable_samples", "token_instability",
+    "adams_weights",
+    "adaptive_diffusion_skip",
+    "combine",
+    "corrected_step_estimate",
+    "divided_difference_weights",
+    "embedded_pair_weights",
+    "equal_grid_extrapolation_weights",
+    "flow_stability_product",
+    "flow_velocity_extrapolation",
+    "lagrange_weights",
+    "paper_step_estimate",
+    "paper_step_weights",
+    "paper_vp_drift",
+    "relative_rms",
+    "sample_means",
+    "second_difference",
+    "stability_product",
+    "stable_samples",
+    "token_instability",
     "token_scores",
 ]

@@ -1,4 +1,5 @@
 """The array namespace of the kernels' arguments (numpy, torch, array-api-strict, ...)."""
+
 from __future__ import annotations
 
 from array_api_compat import array_namespace, device

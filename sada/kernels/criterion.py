@@ -8,12 +8,22 @@ anti-aligned with the local curvature of the drift,
 The mean runs over each sample (or over the whole batch, as the official code does); over the channels alone it is
 the per-token map of section 3.5, where a token is unstable iff its mean is ``>= 0``.
 """
+
 from __future__ import annotations
 
 from sada.kernels._namespace import namespace
 
-__all__ = ["second_difference", "stability_product", "flow_stability_product", "sample_means", "stable_samples",
-           "token_scores", "token_instability", "relative_rms", "adaptive_diffusion_skip"]
+__all__ = [
+    "second_difference",
+    "stability_product",
+    "flow_stability_product",
+    "sample_means",
+    "stable_samples",
+    "token_scores",
+    "token_instability",
+    "relative_rms",
+    "adaptive_diffusion_skip",
+]
 
 
 def second_difference(f_n, f_prev, f_prev2):

@@ -10,6 +10,7 @@
 The multistep estimate of Theorem 3.7 is :func:`sada.kernels.lagrange.combine` of
 :func:`sada.kernels.lagrange.lagrange_weights` and the stored clean samples.
 """
+
 from __future__ import annotations
 
 import functools
@@ -18,8 +19,13 @@ import numpy as np
 
 from sada.kernels.lagrange import adams_weights, combine
 
-__all__ = ["paper_step_weights", "paper_vp_drift", "paper_step_estimate", "corrected_step_estimate",
-           "flow_velocity_extrapolation"]
+__all__ = [
+    "paper_step_weights",
+    "paper_vp_drift",
+    "paper_step_estimate",
+    "corrected_step_estimate",
+    "flow_velocity_extrapolation",
+]
 
 
 def paper_step_weights() -> np.ndarray:

@@ -4,6 +4,7 @@ Nodes ``t_0 .. t_{k-1}`` carry values ``x_i``; the interpolant is ``P(t) = sum_i
 basis ``l_i(t) = prod_{j != i} (t - t_j) / (t_i - t_j)`` (eq. 16 / A.12). Every kernel is vectorised over leading
 "row" axes: ``nodes`` is ``[..., k]``, so one call computes the weights of every sample of a batch.
 """
+
 from __future__ import annotations
 
 import functools
@@ -13,8 +14,14 @@ import numpy as np
 
 from sada.kernels._namespace import as_array, namespace
 
-__all__ = ["lagrange_weights", "adams_weights", "divided_difference_weights", "embedded_pair_weights",
-           "equal_grid_extrapolation_weights", "combine"]
+__all__ = [
+    "lagrange_weights",
+    "adams_weights",
+    "divided_difference_weights",
+    "embedded_pair_weights",
+    "equal_grid_extrapolation_weights",
+    "combine",
+]
 
 
 def _off_diagonal(xp, k: int, like):

@@ -4,6 +4,7 @@ One function per theorem or criterion of the paper; every function validates its
 estimate) and says which equation it implements. Imports no torch. The engines call the same kernels, so the
 reference is the numerics themselves, not a copy of them.
 """
+
 from sada.reference.adams import adams_bashforth_coefficients, adams_coefficients, adams_moulton_coefficients
 from sada.reference.criterion import (
     REDUCTIONS,
@@ -36,11 +37,30 @@ from sada.reference.lagrange import (
 )
 
 __all__ = [
-    "REDUCTIONS", "adams_bashforth_coefficients", "adams_coefficients", "adams_moulton_coefficients",
-    "adaptive_diffusion_skip", "backward_difference", "corrected_step_estimate", "corrected_step_weights",
-    "embedded_pair_weights", "equal_grid_extrapolation_weights", "extrapolation_remainder_bound",
-    "flow_stability_product", "flow_velocity_extrapolation", "interpolation_error_bound", "is_stable",
-    "lagrange_basis_weights", "lagrange_estimate", "multistep_estimate", "node_polynomial", "paper_step_estimate",
-    "paper_step_weights", "paper_vp_drift", "second_difference", "second_divided_difference", "stability_product",
+    "REDUCTIONS",
+    "adams_bashforth_coefficients",
+    "adams_coefficients",
+    "adams_moulton_coefficients",
+    "adaptive_diffusion_skip",
+    "backward_difference",
+    "corrected_step_estimate",
+    "corrected_step_weights",
+    "embedded_pair_weights",
+    "equal_grid_extrapolation_weights",
+    "extrapolation_remainder_bound",
+    "flow_stability_product",
+    "flow_velocity_extrapolation",
+    "interpolation_error_bound",
+    "is_stable",
+    "lagrange_basis_weights",
+    "lagrange_estimate",
+    "multistep_estimate",
+    "node_polynomial",
+    "paper_step_estimate",
+    "paper_step_weights",
+    "paper_vp_drift",
+    "second_difference",
+    "second_divided_difference",
+    "stability_product",
     "token_instability_map",
 ]

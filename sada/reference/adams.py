@@ -6,6 +6,7 @@ the end point ``b`` the method is Adams-Moulton (implicit); when they do not it 
 (explicit). ``p`` nodes give local truncation error ``O(h^(p+1))``, i.e. a method of order ``p``.
 The formula is the kernel :func:`sada.kernels.adams_weights`.
 """
+
 from __future__ import annotations
 
 import numpy as np

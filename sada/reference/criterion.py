@@ -10,6 +10,7 @@ extrapolation error is anti-aligned with the local curvature of the drift,
 (the official code), over each sample, or over channels only (the per-token map of section 3.5).
 The formulas are the kernels of :mod:`sada.kernels.criterion`.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -34,8 +35,9 @@ REDUCTIONS = ("sample", "batch")
 
 def second_difference(f_n, f_prev, f_prev2) -> np.ndarray:
     """The curvature term of eq. (13): ``f_n - 2 f_{n-1} + f_{n-2}`` (~ h^2 f'' on a uniform grid)."""
-    return kernels.second_difference(finite_array("f_n", f_n), finite_array("f_prev", f_prev),
-                                     finite_array("f_prev2", f_prev2))
+    return kernels.second_difference(
+        finite_array("f_n", f_n), finite_array("f_prev", f_prev), finite_array("f_prev2", f_prev2)
+    )
 
 
 def second_divided_difference(values, nodes) -> np.ndarray:
@@ -57,8 +59,9 @@ def stability_product(x_next, x_hat_next, curvature) -> np.ndarray:
     residual_shape = np.shape(x_next)
     curv = finite_array("curvature", curvature)
     if residual_shape != curv.shape or np.shape(x_hat_next) != curv.shape:
-        raise ValueError(f"x_next {residual_shape}, x_hat_next {np.shape(x_hat_next)} and curvature {curv.shape} "
-                         "must have one shape")
+        raise ValueError(
+            f"x_next {residual_shape}, x_hat_next {np.shape(x_hat_next)} and curvature {curv.shape} must have one shape"
+        )
     return kernels.stability_product(finite_array("x_next", x_next), finite_array("x_hat_next", x_hat_next), curv)
 
 
@@ -68,8 +71,9 @@ def flow_stability_product(v_n, v_prev, v_prev2) -> np.ndarray:
     It has no residual factor; stable iff ``mean(M_n) <= 0``, i.e. the velocity's second difference
     is non-negative on average.
     """
-    return kernels.flow_stability_product(finite_array("v_n", v_n), finite_array("v_prev", v_prev),
-                                          finite_array("v_prev2", v_prev2))
+    return kernels.flow_stability_product(
+        finite_array("v_n", v_n), finite_array("v_prev", v_prev), finite_array("v_prev2", v_prev2)
+    )
 
 
 def is_stable(product, reduce: str = "batch") -> np.ndarray:

@@ -14,6 +14,7 @@ Two variants of the step-wise estimator (Theorem 3.5):
 
 The formulas are the kernels of :mod:`sada.kernels.estimators`.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -88,8 +89,9 @@ def corrected_step_estimate(x_tilde, eps_history, sigma_nodes, sigma_next: float
     nodes = distinct_nodes("sigma_nodes", sigma_nodes)
     if nodes.size != eps.shape[0] or nodes.size > 4:
         raise ValueError(f"got {eps.shape[0]} noise predictions for {nodes.size} sigma nodes (1 to 4)")
-    return kernels.corrected_step_estimate(finite_array("x_tilde", x_tilde), eps, nodes,
-                                           as_real("sigma_next", sigma_next))
+    return kernels.corrected_step_estimate(
+        finite_array("x_tilde", x_tilde), eps, nodes, as_real("sigma_next", sigma_next)
+    )
 
 
 def multistep_estimate(values, abscissae, at: float) -> np.ndarray:

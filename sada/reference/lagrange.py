@@ -5,6 +5,7 @@ interpolant is ``P(t) = sum_i x_i * l_i(t)`` with the Lagrange basis
 ``l_i(t) = prod_{j != i} (t - t_j) / (t_i - t_j)`` (eq. 16 / A.12, A.21-A.22). The formulas are the kernels of
 :mod:`sada.kernels.lagrange`; these functions validate their arguments and compute in float64 numpy.
 """
+
 from __future__ import annotations
 
 import math

@@ -6,12 +6,15 @@ dynamic shapes one more dynamic-shape graph, and with ``mode="reduce-overhead"``
 SADA therefore decides in *lockstep* for a compiled network: every row of the batch computes or every row skips,
 so the network always sees the full batch (:class:`sada.torch_backend.engine.SADAEngine` ``lockstep=True``).
 """
+
 from __future__ import annotations
 
 __all__ = ["is_compiled", "resolve_lockstep", "LOCKSTEP_NOTE"]
 
-LOCKSTEP_NOTE = ("the denoiser is torch.compile'd: batch-level decisions (every row computes or every row skips, "
-                 "so the compiled network always sees the full batch)")
+LOCKSTEP_NOTE = (
+    "the denoiser is torch.compile'd: batch-level decisions (every row computes or every row skips, "
+    "so the compiled network always sees the full batch)"
+)
 
 
 def is_compiled(network) -> bool:

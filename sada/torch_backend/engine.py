@@ -21,6 +21,7 @@ Host synchronisation: ``plan`` moves one ``[groups, 2]`` float tensor (criterion
 sample, plus the rule's per-row error test if it has one) to the host, because the decision must be known before the
 network runs. Nothing else blocks.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -89,10 +90,19 @@ class SADAEngine(StepSequence):
             on, e.g. :data:`sada.torch_backend.compiled.LOCKSTEP_NOTE`).
     """
 
-    def __init__(self, config: SADAConfig, grid: StepGrid, kind: str, groups: np.ndarray | list[int] | None = None,
-                 history_dtype: torch.dtype | None = None, replay: np.ndarray | None = None,
-                 sample_scaling: str = "schedule", solver_order: int = 2, lockstep: bool = False,
-                 lockstep_note: str | None = None):
+    def __init__(
+        self,
+        config: SADAConfig,
+        grid: StepGrid,
+        kind: str,
+        groups: np.ndarray | list[int] | None = None,
+        history_dtype: torch.dtype | None = None,
+        replay: np.ndarray | None = None,
+        sample_scaling: str = "schedule",
+        solver_order: int = 2,
+        lockstep: bool = False,
+        lockstep_note: str | None = None,
+    ):
         self._configure(config, grid, kind, sample_scaling)
         if not isinstance(lockstep, bool):
             raise TypeError(f"lockstep must be a bool, got {lockstep!r}")
@@ -101,16 +111,21 @@ class SADAEngine(StepSequence):
         self.set_solver_order(solver_order)
         self.lockstep = lockstep
         self.lockstep_note = lockstep_note or LOCKSTEP_NOTE
-        self.rule = rule_class("torch", self.config.schedule, self.settings)(self.config, self.settings, grid,
-                                                                             self.kind, sample_scaling)
+        self.rule = rule_class("torch", self.config.schedule, self.settings)(
+            self.config, self.settings, grid, self.kind, sample_scaling
+        )
         used = (self.estimator, self.criterion) if self.rule.uses_criterion else (self.estimator,)
         if Variant.PAPER_FLOW in used and kind != "flow_velocity":
             raise ValueError(f"the paper's flow-matching variant needs kind='flow_velocity', got {kind!r}")
         # a never-skipping configuration without token pruning is a pass-through (no history, no criterion, no host
         # transfer), so a disabled configuration costs nothing but the hook calls
         observes = not self.config.never_skips or self.config.prunes_tokens
-        self._options = (None if groups is None else np.asarray(groups, dtype=np.int64), history_dtype,
-                         None if replay is None else np.asarray(replay, dtype=np.int8), observes)
+        self._options = (
+            None if groups is None else np.asarray(groups, dtype=np.int64),
+            history_dtype,
+            None if replay is None else np.asarray(replay, dtype=np.int8),
+            observes,
+        )
         self._run: _Run | None = None
         self._warned_uncertified = False
         self.policy: SkipPolicy | ErrorControlPolicy = None
@@ -157,8 +172,13 @@ class SADAEngine(StepSequence):
         if groups.shape != (rows,) or groups.min() < 0 or set(np.unique(groups)) != set(range(groups.max() + 1)):
             raise ValueError(f"groups must map each of the {rows} rows to samples 0..G-1, got {groups.tolist()}")
         dtype = history_dtype or (torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype)
-        run = _Run((tuple(x.shape), x.dtype, x.device), groups, torch.as_tensor(groups, device=x.device), dtype,
-                   np.zeros(rows, np.int8))
+        run = _Run(
+            (tuple(x.shape), x.dtype, x.device),
+            groups,
+            torch.as_tensor(groups, device=x.device),
+            dtype,
+            np.zeros(rows, np.int8),
+        )
         if replay is not None and replay.shape != (self.num_steps, run.num_samples):
             raise ValueError(f"replay must have shape ({self.num_steps}, {run.num_samples}), got {replay.shape}")
         self._run = run
@@ -187,8 +207,10 @@ class SADAEngine(StepSequence):
         if step == 0 or self._run is None or self._run.signature != signature:
             if step != 0:
                 previous = None if self._run is None else self._run.signature
-                raise ValueError(f"step {step}: the sample changed shape/dtype/device mid-run "
-                                 f"({previous} -> {signature}); start at step 0")
+                raise ValueError(
+                    f"step {step}: the sample changed shape/dtype/device mid-run "
+                    f"({previous} -> {signature}); start at step 0"
+                )
             self.reset(x)
         run = self._run
         if step != run.step or not 0 <= step < self.num_steps:
@@ -260,15 +282,18 @@ class SADAEngine(StepSequence):
         rows, g = x_next.shape[0], run.num_samples
         product = rule.product(step, x_next) if rule.uses_criterion else None
         nan_row = torch.full((rows,), float("nan"), dtype=run.dtype, device=x_next.device)
-        per_row = nan_row if product is None else \
-            torch.where(row_mask(rule.criterion_rows(rows), nan_row), kernels.sample_means(product), nan_row)
+        per_row = (
+            nan_row
+            if product is None
+            else torch.where(row_mask(rule.criterion_rows(rows), nan_row), kernels.sample_means(product), nan_row)
+        )
         summed = torch.zeros(g, 2, dtype=run.dtype, device=x_next.device)
         summed.index_add_(0, run.group_index, torch.stack([per_row, (~run.finite).to(run.dtype)], dim=1))
         deciding = step + 1 < self.num_steps
         test = rule.error_test(step, x_next, per_row) if deciding else None
         payload = summed.flatten() if test is None else torch.cat([summed.flatten(), test])
         host = payload.cpu().numpy()  # the one device -> host transfer of the step
-        test = None if test is None else host[2 * g:]
+        test = None if test is None else host[2 * g :]
         host = host[: 2 * g].reshape(g, 2)
         means, bad = host[:, 0] / np.bincount(run.groups, minlength=g), host[:, 1] > 0
         bad_rows = bad[run.groups]
@@ -297,5 +322,8 @@ class SADAEngine(StepSequence):
         new = [int(s) for s in np.flatnonzero(bad) if int(s) not in self._run.noted_bad]
         if new:
             self._run.noted_bad.update(new)
-            self.trace.note(step, f"non-finite model output in samples {new}: not used for extrapolation; they "
-                                  "compute until their history refills (noted once per sample)")
+            self.trace.note(
+                step,
+                f"non-finite model output in samples {new}: not used for extrapolation; they "
+                "compute until their history refills (noted once per sample)",
+            )

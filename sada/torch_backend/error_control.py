@@ -14,6 +14,7 @@ test that allows the skip compares two local errors in the same units:
 The step may be skipped when ``e <= tolerance * s``. Both are ratios of RMS norms of the same predictions, so the
 test is invariant to the data's scale; it needs no step index, so it adapts to any step count and spacing.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -15,6 +15,7 @@ Everything else -- projections, norms, rotary embeddings, the output projection 
 code. A processor that does not reach this function (another attention backend, xformers, a custom
 processor) is detected on the refresh call and reported, never silently mixed.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -64,13 +65,14 @@ class KVContext:
             del self.caches[k]
 
     def nbytes(self) -> int:
-        return sum(e.key.numel() * e.key.element_size() + e.value.numel() * e.value.element_size()
-                   for e in self.caches.values())
+        return sum(
+            e.key.numel() * e.key.element_size() + e.value.numel() * e.value.element_size()
+            for e in self.caches.values()
+        )
 
     # ------------------------------------------------------------------ the two kinds of call
     @contextlib.contextmanager
-    def record(self, key: str, block: torch.nn.Module, spec: BlockSpec, rows: torch.Tensor, total: int,
-               tokens: int):
+    def record(self, key: str, block: torch.nn.Module, spec: BlockSpec, rows: torch.Tensor, total: int, tokens: int):
         """Run the block on all ``tokens`` of batch rows ``rows`` (of ``total``) and cache its self-attention K/V.
 
         Yields a list that holds, after the block ran, the reasons the K/V could not be captured (empty on
@@ -84,14 +86,20 @@ class KVContext:
                 return func(**kw)
             text = k.shape[-2] - tokens
             if text < 0 or (att.layout == "image") != (text == 0) or k.shape[0] != rows.numel():
-                problems.append(f"{att.attr}'s keys {tuple(k.shape)} do not match {rows.numel()} rows x {tokens} "
-                                f"image tokens ({att.layout})")
+                problems.append(
+                    f"{att.attr}'s keys {tuple(k.shape)} do not match {rows.numel()} rows x {tokens} "
+                    f"image tokens ({att.layout})"
+                )
                 return func(**kw)
             image = slice(0, tokens) if att.layout == "image_text" else slice(text, text + tokens)
             entry = self.caches.get((key, att.attr))
             shape = (total,) + tuple(k.shape[1:-2]) + (tokens, k.shape[-1])
-            if entry is None or tuple(entry.key.shape) != shape or entry.key.dtype != k.dtype \
-                    or entry.key.device != k.device:
+            if (
+                entry is None
+                or tuple(entry.key.shape) != shape
+                or entry.key.dtype != k.dtype
+                or entry.key.device != k.device
+            ):
                 entry = self.caches[(key, att.attr)] = _Entry(k.new_zeros(shape), v.new_zeros(shape), text)
             entry.text = text
             at = rows.to(k.device)
@@ -111,16 +119,22 @@ class KVContext:
         def handle(att: SelfAttention, func, kw):
             entry = self.caches.get((key, att.attr))
             if entry is None:
-                raise RuntimeError(f"sada: block {key} ({spec.name}.{att.attr}) has no cached keys/values: "
-                                   "a pruned call must follow a refresh")
+                raise RuntimeError(
+                    f"sada: block {key} ({spec.name}.{att.attr}) has no cached keys/values: "
+                    "a pruned call must follow a refresh"
+                )
             if kw.get("attn_mask") is not None or kw.get("is_causal"):
-                raise RuntimeError(f"sada: {spec.name}.{att.attr} got an attention mask on a pruned call; "
-                                   "context-keeping pruning supports unmasked self-attention only")
+                raise RuntimeError(
+                    f"sada: {spec.name}.{att.attr} got an attention mask on a pruned call; "
+                    "context-keeping pruning supports unmasked self-attention only"
+                )
             k, v = kw["key"], kw["value"]
             text = k.shape[-2] - kept
             if text != entry.text or k.shape[0] != idx.shape[0]:
-                raise RuntimeError(f"sada: {spec.name}.{att.attr} keys {tuple(k.shape)} do not match {idx.shape[0]} "
-                                   f"rows x {kept} kept tokens + {entry.text} text tokens")
+                raise RuntimeError(
+                    f"sada: {spec.name}.{att.attr} keys {tuple(k.shape)} do not match {idx.shape[0]} "
+                    f"rows x {kept} kept tokens + {entry.text} text tokens"
+                )
             image = slice(0, kept) if att.layout == "image_text" else slice(text, text + kept)
             at = rows.to(k.device)
             full_k = _merge(entry.key, at, idx, k, image, att.layout, text)
@@ -154,6 +168,7 @@ class KVContext:
                 state["att"], state["calls"] = att, 0
                 state["tap"] = _Tap(on_sdpa)
                 state["tap"].__enter__()
+
             return hook
 
         def post(module, args, output):
@@ -180,12 +195,21 @@ class KVContext:
             calls = seen.get(att.attr, 0)
             if calls != 1:
                 processor = type(getattr(getattr(block, att.attr), "processor", None)).__name__
-                problems.append(f"{att.attr} made {calls} calls to torch scaled_dot_product_attention (processor "
-                                f"{processor}); context-keeping pruning needs the native SDPA path")
+                problems.append(
+                    f"{att.attr} made {calls} calls to torch scaled_dot_product_attention (processor "
+                    f"{processor}); context-keeping pruning needs the native SDPA path"
+                )
 
 
-def _merge(cache: torch.Tensor, rows: torch.Tensor, idx: torch.Tensor, fresh: torch.Tensor, image: slice,
-           layout: str, text: int) -> torch.Tensor:
+def _merge(
+    cache: torch.Tensor,
+    rows: torch.Tensor,
+    idx: torch.Tensor,
+    fresh: torch.Tensor,
+    image: slice,
+    layout: str,
+    text: int,
+) -> torch.Tensor:
     """Full key (or value) tensor for the pruned rows: cached image entries with the kept tokens' fresh ones
     scattered in (and written back to the cache), joined with the fresh text entries in the layout's order."""
     part = fresh[..., image, :]
@@ -197,5 +221,5 @@ def _merge(cache: torch.Tensor, rows: torch.Tensor, idx: torch.Tensor, fresh: to
     if text == 0:
         return full
     if layout == "image_text":
-        return torch.cat([full, fresh[..., image.stop:, :]], dim=-2)
-    return torch.cat([fresh[..., :image.start, :], full], dim=-2)
+        return torch.cat([full, fresh[..., image.stop :, :]], dim=-2)
+    return torch.cat([fresh[..., : image.start, :], full], dim=-2)

@@ -4,6 +4,7 @@
 latents have moved evenly (the third-order rule of :func:`sada.reference.adaptive_diffusion_skip`), and on
 a skipped step reuse the last computed model output unchanged -- no correction.
 """
+
 from __future__ import annotations
 
 import numpy as np

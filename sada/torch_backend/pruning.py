@@ -19,15 +19,14 @@ Batches: every row keeps its own token set, padded to one size with its own next
 (real, distinct tokens) so the block runs on a dense ``[rows, K, D]`` tensor. Blocks with a positional
 table without batch axis (Flux, CogVideoX) use the union of the rows' sets.
 """
+
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from sada.config import SADAConfig, StepSchedule
 from sada.errors import PruningFallbackWarning
@@ -43,6 +42,7 @@ from sada.torch_backend.pruning_blocks import (
     replace_image_output,
 )
 from sada.torch_backend.rows import slice_rows
+from sada.torch_backend.token_map import anchor_mask, pool_token_map
 
 __all__ = ["PRUNABLE_BLOCKS", "anchor_mask", "pool_token_map", "TokenPruner", "find_blocks"]
 
@@ -67,70 +67,12 @@ def pruning_settings(config: SADAConfig) -> PruningSettings:
     else:  # schedule-free: any step after the history is built may be pruned
         start, end = schedule.history, 10**9
     refresh = config.pruning.refresh_interval
-    return PruningSettings(start, end, schedule.max_interval if refresh is None else refresh,
-                           (int(config.pruning.anchor_stride[0]), int(config.pruning.anchor_stride[1])))
-
-
-def anchor_mask(shape: tuple[int, ...], stride: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
-    """One random anchor per full ``stride`` window of a ``(h, w)`` grid, of every frame of a ``(f, h, w)``
-    grid, or of a 1-D token sequence; tokens of incomplete border windows are never anchors. Returns a flat
-    boolean mask."""
-    if len(stride) != 2 or min(stride) < 1:
-        raise ValueError(f"stride must be a pair of positive ints, got {stride!r}")
-    if not 1 <= len(shape) <= 3 or min(shape) < 1:
-        raise ValueError(f"shape must be (tokens,), (h, w) or (frames, h, w) of positive sizes, got {shape!r}")
-    sy, sx = stride
-    if len(shape) == 3:
-        return torch.cat([anchor_mask(tuple(shape[1:]), stride, generator) for _ in range(shape[0])])
-    if len(shape) == 1:
-        n, win = shape[0], sy * sx
-        full = n // win
-        mask = torch.zeros(n, dtype=torch.bool)
-        offsets = torch.randint(0, win, (full,), generator=generator)
-        mask[torch.arange(full) * win + offsets] = True
-        return mask
-    h, w = shape
-    gh, gw = h // sy, w // sx
-    mask = torch.zeros(h, w, dtype=torch.bool)
-    pick = torch.randint(0, sy * sx, (gh, gw), generator=generator)
-    rows = torch.arange(gh)[:, None] * sy + pick // sx
-    cols = torch.arange(gw)[None, :] * sx + pick % sx
-    mask[rows, cols] = True
-    return mask.flatten()
-
-
-def pool_token_map(unstable: torch.Tensor, tokens: int) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """Bring a per-sample map of unstable latent tokens ``[S, H, W]``, ``[S, F, H, W]`` (video) or ``[S, L]``
-    to a block's ``tokens``.
-
-    Returns ``(unstable fraction per block token [S, tokens], grid shape)``: the fraction of unstable latent
-    tokens pooled over each block token's window (the official rule marks a pooled token unstable when
-    the fraction exceeds 0.25).
-    """
-    if not isinstance(unstable, torch.Tensor) or unstable.ndim not in (2, 3, 4):
-        raise ValueError(f"token map must be a [S, L], [S, H, W] or [S, F, H, W] tensor, got "
-                         f"{getattr(unstable, 'shape', type(unstable).__name__)}")
-    if not isinstance(tokens, int) or tokens < 1:
-        raise ValueError(f"tokens must be a positive int, got {tokens!r}")
-    unstable = unstable.float()
-    if unstable.ndim == 2:
-        if unstable.shape[1] != tokens:
-            raise ValueError(f"token map has {unstable.shape[1]} tokens, block has {tokens}")
-        return unstable, (tokens,)
-    if unstable.ndim == 4:
-        f, h, w = unstable.shape[1:]
-        for ft in (1, 2, 4):
-            for fs in (1, 2, 4, 8):
-                if f % ft == 0 and h % fs == 0 and w % fs == 0 and (f // ft) * (h // fs) * (w // fs) == tokens:
-                    pooled = F.avg_pool3d(unstable[:, None], (ft, fs, fs))[:, 0]
-                    return pooled.flatten(1), (f // ft, h // fs, w // fs)
-        raise ValueError(f"a block with {tokens} tokens is not a downsampling of the {f}x{h}x{w} latent video")
-    h, w = unstable.shape[1:]
-    factor = math.isqrt(h * w // tokens) if tokens <= h * w else 0
-    if factor < 1 or (h // factor) * (w // factor) != tokens:
-        raise ValueError(f"a block with {tokens} tokens is not a square downsampling of the {h}x{w} latent")
-    pooled = F.avg_pool2d(unstable[:, None], factor)[:, 0] if factor > 1 else unstable
-    return pooled.flatten(1), (h // factor, w // factor)
+    return PruningSettings(
+        start,
+        end,
+        schedule.max_interval if refresh is None else refresh,
+        (int(config.pruning.anchor_stride[0]), int(config.pruning.anchor_stride[1])),
+    )
 
 
 def find_blocks(denoiser: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
@@ -190,19 +132,23 @@ class TokenPruner:
         if computed.dtype != bool or computed.ndim != 1:
             raise ValueError(f"computed must be a 1-D boolean array, got {computed.dtype} {computed.shape}")
         if unstable is not None and (not isinstance(unstable, torch.Tensor) or unstable.shape[0] != computed.size):
-            raise ValueError(f"unstable must be a tensor with one map per sample ({computed.size}), got "
-                             f"{getattr(unstable, 'shape', type(unstable).__name__)}")
+            raise ValueError(
+                f"unstable must be a tensor with one map per sample ({computed.size}), got "
+                f"{getattr(unstable, 'shape', type(unstable).__name__)}"
+            )
         cfg = self.settings
         samples = computed.size
         if self.last_refresh is None or self.last_refresh.size != samples:
-            self.last_refresh = np.full(samples, -10**9)
+            self.last_refresh = np.full(samples, -(10**9))
             self.prev_computed = np.ones(samples, bool)
             self.caches.clear()
             self.kv.reset()
         in_range = cfg.acc_start <= step < cfg.acc_end
         modes = np.full(samples, "full", dtype=object)
         if in_range:
-            due = (~self.prev_computed) | (step - self.last_refresh >= max(cfg.refresh_interval, 1)) | (unstable is None)
+            due = (
+                (~self.prev_computed) | (step - self.last_refresh >= max(cfg.refresh_interval, 1)) | (unstable is None)
+            )
             modes[:] = np.where(due, "refresh", "prune")
             self.last_refresh = np.where(computed & due, step, self.last_refresh)
         else:
@@ -294,8 +240,10 @@ class TokenPruner:
             args, kwargs = (), bind_inputs(module, args, kwargs)
         hidden = args[0] if args else kwargs.get("hidden_states")
         if not isinstance(hidden, torch.Tensor) or hidden.ndim != 3:
-            raise ValueError(f"sada: block {key} needs hidden_states [rows, tokens, dim], got "
-                             f"{getattr(hidden, 'shape', type(hidden).__name__)}")
+            raise ValueError(
+                f"sada: block {key} needs hidden_states [rows, tokens, dim], got "
+                f"{getattr(hidden, 'shape', type(hidden).__name__)}"
+            )
         rows, tokens = hidden.shape[:2]
         active = self.active_rows if self.active_rows is not None else torch.arange(rows)
         total = self.total_rows or rows
@@ -359,8 +307,9 @@ class TokenPruner:
             return
         cache = self.caches.get(key)
         if cache is None or cache.shape[1:] != image_out.shape[1:] or cache.shape[0] < total:
-            cache = self.caches[key] = torch.zeros((total,) + tuple(image_out.shape[1:]), dtype=image_out.dtype,
-                                                   device=image_out.device)
+            cache = self.caches[key] = torch.zeros(
+                (total,) + tuple(image_out.shape[1:]), dtype=image_out.dtype, device=image_out.device
+            )
         sel = np.flatnonzero(refresh_mask)
         cache[active_rows[sel]] = image_out[torch.as_tensor(sel, device=image_out.device)].detach()
 
@@ -377,8 +326,11 @@ def _slice(spec, args: tuple, kwargs: dict, sub: torch.Tensor, rows: int):
 def _merge(outputs: dict, rows: int):
     """Reassemble the row groups' outputs into one batch in the original row order."""
     parts = list(outputs.values())
-    if len(parts) == 1 and parts[0][0].numel() == rows and bool((parts[0][0] == torch.arange(rows,
-                                                                 device=parts[0][0].device)).all()):
+    if (
+        len(parts) == 1
+        and parts[0][0].numel() == rows
+        and bool((parts[0][0] == torch.arange(rows, device=parts[0][0].device)).all())
+    ):
         return parts[0][1]
     template = parts[0][1]
 

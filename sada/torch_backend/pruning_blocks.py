@@ -9,6 +9,7 @@ for every row of a call (positional tables without a batch axis).
 Nothing here runs diffusers code; :func:`context_unsupported` inspects a block instance for structures the
 context-keeping path cannot handle (the pruner then falls back to whole-block pruning, with a warning).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -16,8 +17,18 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["BlockSpec", "SelfAttention", "TokenInput", "BLOCK_SPECS", "block_spec", "context_unsupported",
-           "image_output", "replace_image_output", "bind_inputs", "gather_token_inputs"]
+__all__ = [
+    "BlockSpec",
+    "SelfAttention",
+    "TokenInput",
+    "BLOCK_SPECS",
+    "block_spec",
+    "context_unsupported",
+    "image_output",
+    "replace_image_output",
+    "bind_inputs",
+    "gather_token_inputs",
+]
 
 LAYOUTS = ("image", "image_text", "text_image")
 
@@ -62,18 +73,33 @@ class BlockSpec:
 
 
 _FLUX_ROPE = TokenInput("image_rotary_emb", axis=0, batched=False, text_first=True)
-BLOCK_SPECS = {spec.name: spec for spec in (
-    BlockSpec("BasicTransformerBlock", None, (SelfAttention("attn1", "image"),)),
-    BlockSpec("JointTransformerBlock", 1, (SelfAttention("attn", "image_text"), SelfAttention("attn2", "image"))),
-    BlockSpec("FluxTransformerBlock", 1, (SelfAttention("attn", "text_image"),), (_FLUX_ROPE,)),
-    BlockSpec("FluxSingleTransformerBlock", 1, (SelfAttention("attn", "text_image"),), (_FLUX_ROPE,)),
-    BlockSpec("CogVideoXBlock", 0, (SelfAttention("attn1", "text_image"),),
-              (TokenInput("image_rotary_emb", axis=0, batched=False),)),
-    BlockSpec("WanTransformerBlock", None, (SelfAttention("attn1", "image"),),
-              (TokenInput("rotary_emb", axis=1, batched=True), TokenInput("temb", axis=1, batched=True, ndim=4))),
-    BlockSpec("LTXVideoTransformerBlock", None, (SelfAttention("attn1", "image"),),
-              (TokenInput("image_rotary_emb", axis=1, batched=True), TokenInput("temb", axis=1, batched=True))),
-)}
+BLOCK_SPECS = {
+    spec.name: spec
+    for spec in (
+        BlockSpec("BasicTransformerBlock", None, (SelfAttention("attn1", "image"),)),
+        BlockSpec("JointTransformerBlock", 1, (SelfAttention("attn", "image_text"), SelfAttention("attn2", "image"))),
+        BlockSpec("FluxTransformerBlock", 1, (SelfAttention("attn", "text_image"),), (_FLUX_ROPE,)),
+        BlockSpec("FluxSingleTransformerBlock", 1, (SelfAttention("attn", "text_image"),), (_FLUX_ROPE,)),
+        BlockSpec(
+            "CogVideoXBlock",
+            0,
+            (SelfAttention("attn1", "text_image"),),
+            (TokenInput("image_rotary_emb", axis=0, batched=False),),
+        ),
+        BlockSpec(
+            "WanTransformerBlock",
+            None,
+            (SelfAttention("attn1", "image"),),
+            (TokenInput("rotary_emb", axis=1, batched=True), TokenInput("temb", axis=1, batched=True, ndim=4)),
+        ),
+        BlockSpec(
+            "LTXVideoTransformerBlock",
+            None,
+            (SelfAttention("attn1", "image"),),
+            (TokenInput("image_rotary_emb", axis=1, batched=True), TokenInput("temb", axis=1, batched=True)),
+        ),
+    )
+}
 
 
 def block_spec(block) -> BlockSpec:
@@ -108,10 +134,15 @@ def image_output(spec: BlockSpec, out):
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"sada: {spec.name} should return a tensor, got {type(out).__name__}")
         return out
-    if not isinstance(out, tuple) or len(out) <= spec.image_output or not isinstance(out[spec.image_output],
-                                                                                     torch.Tensor):
-        raise TypeError(f"sada: {spec.name} should return a tuple with the image stream at index "
-                        f"{spec.image_output}, got {type(out).__name__}")
+    if (
+        not isinstance(out, tuple)
+        or len(out) <= spec.image_output
+        or not isinstance(out[spec.image_output], torch.Tensor)
+    ):
+        raise TypeError(
+            f"sada: {spec.name} should return a tuple with the image stream at index "
+            f"{spec.image_output}, got {type(out).__name__}"
+        )
     return out[spec.image_output]
 
 
@@ -119,7 +150,7 @@ def replace_image_output(spec: BlockSpec, out, image: torch.Tensor):
     if spec.image_output is None:
         return image
     i = spec.image_output
-    return tuple(out[:i]) + (image,) + tuple(out[i + 1:])
+    return tuple(out[:i]) + (image,) + tuple(out[i + 1 :])
 
 
 _SIGNATURES: dict[type, inspect.Signature] = {}
@@ -171,8 +202,9 @@ def _gather_one(entry: TokenInput, t: torch.Tensor, idx: torch.Tensor, tokens: i
         return t
     text = length - tokens if entry.text_first else 0
     if text < 0 or (not entry.text_first and length != tokens):
-        raise ValueError(f"sada: {entry.name} has {length} positions along axis {axis}, the block has {tokens} "
-                         f"image tokens")
+        raise ValueError(
+            f"sada: {entry.name} has {length} positions along axis {axis}, the block has {tokens} image tokens"
+        )
     idx = idx.to(t.device)
     if not entry.batched:
         if idx.shape[0] > 1 and not bool((idx == idx[:1]).all()):

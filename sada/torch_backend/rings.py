@@ -5,6 +5,7 @@ abscissa (a noise level or step index). Rows are pushed independently, so every 
 history even when the batch makes different decisions. Weights are computed on the host by the kernels of
 :mod:`sada.kernels` and applied here by :func:`sada.kernels.combine`.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -55,8 +56,12 @@ class TensorRing:
 
     def push(self, rows: np.ndarray, key: float, value: torch.Tensor) -> None:
         """Store ``value[b]`` with abscissa ``key`` for every row ``b`` where ``rows`` is true."""
-        if self.values is None or self.values.shape[1:] != value.shape or self.values.dtype != value.dtype \
-                or self.values.device != value.device:
+        if (
+            self.values is None
+            or self.values.shape[1:] != value.shape
+            or self.values.dtype != value.dtype
+            or self.values.device != value.device
+        ):
             self.values = torch.zeros((self.depth,) + tuple(value.shape), dtype=value.dtype, device=value.device)
             self.keys = np.full((self.depth, value.shape[0]), np.nan)
             self.count = np.zeros(value.shape[0], dtype=np.int64)

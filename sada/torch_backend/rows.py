@@ -5,6 +5,7 @@ the batch is sliced to those rows, the module runs on the dense sub-batch, and e
 output is scattered into a zero-filled full-batch tensor. Tuples, lists, dicts and diffusers'
 ``BaseOutput`` containers are traversed.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,8 +30,9 @@ def map_tensors(obj, fn):
     if isinstance(obj, (tuple, list)):
         return type(obj)(map_tensors(v, fn) for v in obj)
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.replace(obj, **{f.name: map_tensors(getattr(obj, f.name), fn)
-                                           for f in dataclasses.fields(obj)})
+        return dataclasses.replace(
+            obj, **{f.name: map_tensors(getattr(obj, f.name), fn) for f in dataclasses.fields(obj)}
+        )
     return obj
 
 
@@ -54,5 +56,11 @@ def scatter_rows(partial, rows: torch.Tensor, batch: int):
 
 def zeros_like_rows(template, batch: int):
     """A zero output shaped like ``template`` (a previous output of the module) for ``batch`` rows."""
-    return map_tensors(template, lambda t: torch.zeros((batch,) + tuple(t.shape[1:]), dtype=t.dtype, device=t.device)
-                       if t.ndim else torch.zeros_like(t))
+    return map_tensors(
+        template,
+        lambda t: (
+            torch.zeros((batch,) + tuple(t.shape[1:]), dtype=t.dtype, device=t.device)
+            if t.ndim
+            else torch.zeros_like(t)
+        ),
+    )

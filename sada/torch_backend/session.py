@@ -15,6 +15,7 @@ The session owns, once for every adapter (a hand-written loop, k-diffusion, diff
 
 It lives in the torch layer because it builds the torch engine; ``sada.adapters.loop`` re-exports it.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -42,8 +43,9 @@ class WarnOnce:
     def __init__(self):
         self.seen: set[str] = set()
 
-    def __call__(self, message: str, category: type = ExactRunWarning, key: str | None = None,
-                 stacklevel: int = 3) -> bool:
+    def __call__(
+        self, message: str, category: type = ExactRunWarning, key: str | None = None, stacklevel: int = 3
+    ) -> bool:
         if not (isinstance(category, type) and issubclass(category, SADAWarning)):
             raise TypeError(f"category must be a SADAWarning subclass, got {category!r}")
         key = message if key is None else key
@@ -55,8 +57,10 @@ class WarnOnce:
 
 
 def _format_counts(computed: float, am: float, lagrange: float, total: float, per: int) -> str:
-    text = (f"computed {computed / per:g}/{total / per:g} steps ({total / max(computed, 1):.2f}x), "
-            f"AM {am / per:g}, Lagrange {lagrange / per:g}")
+    text = (
+        f"computed {computed / per:g}/{total / per:g} steps ({total / max(computed, 1):.2f}x), "
+        f"AM {am / per:g}, Lagrange {lagrange / per:g}"
+    )
     return text + (f" (mean over {per} samples)" if per > 1 else "")
 
 
@@ -68,12 +72,14 @@ def network_summary(trace: Trace, ran: np.ndarray) -> str:
     d, ran = trace.decisions[:steps], np.asarray(ran, bool)[:steps]
     per = trace.batch_size
     planned = d == Decision.COMPUTE
-    own_head = _format_counts(planned.sum(), (d == Decision.SKIP_AM).sum(), (d == Decision.SKIP_LAGRANGE).sum(),
-                              d.size, per)
+    own_head = _format_counts(
+        planned.sum(), (d == Decision.SKIP_AM).sum(), (d == Decision.SKIP_LAGRANGE).sum(), d.size, per
+    )
     full = trace.summary()
-    tail = full[len(own_head):] if full.startswith(own_head) else ""
-    head = _format_counts(ran.sum(), ((d == Decision.SKIP_AM) & ~ran).sum(),
-                          ((d == Decision.SKIP_LAGRANGE) & ~ran).sum(), d.size, per)
+    tail = full[len(own_head) :] if full.startswith(own_head) else ""
+    head = _format_counts(
+        ran.sum(), ((d == Decision.SKIP_AM) & ~ran).sum(), ((d == Decision.SKIP_LAGRANGE) & ~ran).sum(), d.size, per
+    )
     ignored = int(np.sum(~planned & ran))
     if ignored:
         head += f"; {ignored / per:g} planned skips ran the network anyway"
@@ -108,10 +114,21 @@ class SADASession:
     skip is not an error: every step computes, and :meth:`summary` says so.
     """
 
-    def __init__(self, grid: StepGrid | NoiseSchedule, kind: str, config: SADAConfig | None = None, *,
-                 times: np.ndarray | list[float] | None = None, groups: list[int] | None = None,
-                 sample_scaling: str = "schedule", replay: np.ndarray | None = None, solver_order: int = 2,
-                 lockstep: bool | None = False, network=None, engine_factory=None):
+    def __init__(
+        self,
+        grid: StepGrid | NoiseSchedule,
+        kind: str,
+        config: SADAConfig | None = None,
+        *,
+        times: np.ndarray | list[float] | None = None,
+        groups: list[int] | None = None,
+        sample_scaling: str = "schedule",
+        replay: np.ndarray | None = None,
+        solver_order: int = 2,
+        lockstep: bool | None = False,
+        network=None,
+        engine_factory=None,
+    ):
         if isinstance(grid, NoiseSchedule):
             if times is None:
                 raise ValueError("pass times= (the steps' schedule times) when grid is a schedule")
@@ -123,8 +140,10 @@ class SADASession:
         if sample_scaling not in SCALINGS:
             raise ValueError(f"sample_scaling must be 'schedule' or 'edm', got {sample_scaling!r}")
         if isinstance(solver_order, bool) or not isinstance(solver_order, (int, np.integer)) or solver_order < 1:
-            raise ValueError(f"solver_order must be a positive int (1 for Euler/DDIM, 2 for DPM-Solver++ 2M or "
-                             f"Heun, ...), got {solver_order!r}")
+            raise ValueError(
+                f"solver_order must be a positive int (1 for Euler/DDIM, 2 for DPM-Solver++ 2M or "
+                f"Heun, ...), got {solver_order!r}"
+            )
         if engine_factory is not None and not callable(engine_factory):
             raise TypeError(f"engine_factory must be callable as engine_factory(grid, kind), got {engine_factory!r}")
         self.grid, self.kind, self.sample_scaling = grid, kind, sample_scaling
@@ -143,9 +162,16 @@ class SADASession:
                 self.note = f"{grid.num_steps} steps: below the skipping range, ran exactly"
                 self.too_short_reason = str(exc)
             else:
-                self.engine = SADAEngine(fitted, grid, kind, groups=groups, replay=replay,
-                                         sample_scaling=sample_scaling, solver_order=int(solver_order),
-                                         lockstep=self.lockstep)
+                self.engine = SADAEngine(
+                    fitted,
+                    grid,
+                    kind,
+                    groups=groups,
+                    replay=replay,
+                    sample_scaling=sample_scaling,
+                    solver_order=int(solver_order),
+                    lockstep=self.lockstep,
+                )
         self._next: int | None = None  # the step the run expects next (None: no run started)
         self._planned: tuple[int, np.ndarray] | None = None
         self._ran: np.ndarray | None = None
@@ -220,8 +246,9 @@ class SADASession:
         if self._next is None:
             raise ValueError(f"step {step}: no run has started; a run starts at step 0 and goes one step at a time")
         if step != self._next:
-            raise ValueError(f"step {step}: the run expects step {self._next} next (steps go one at a time; "
-                             f"step 0 starts a new run)")
+            raise ValueError(
+                f"step {step}: the run expects step {self._next} next (steps go one at a time; step 0 starts a new run)"
+            )
 
     def plan(self, step: int, x: torch.Tensor, *, edm_sigma: float | None = None) -> np.ndarray:
         """Start ``step``: the boolean mask of the rows that must run the network. ``x`` in the host's scaling."""
@@ -236,8 +263,7 @@ class SADASession:
         self._planned, self._next = (step, compute), step + 1
         return compute.copy()
 
-    def complete(self, step: int, x: torch.Tensor, computed, *, edm_sigma: float | None = None,
-                 record: bool = True):
+    def complete(self, step: int, x: torch.Tensor, computed, *, edm_sigma: float | None = None, record: bool = True):
         """The full model output for ``step``: ``computed`` (the planned rows' outputs in order, or the full batch;
         ``None`` when no row computes) plus synthesised outputs for the rest. ``record``: count the rows of
         ``computed`` as network rows (an adapter that counts at its network call passes ``False``)."""
@@ -250,8 +276,10 @@ class SADASession:
             self.record_rows(step, np.ones(compute.size, bool) if computed.shape[0] == compute.size else compute)
         if self.engine is None:
             if computed is None or computed.shape[0] != x.shape[0]:
-                raise ValueError(f"step {step} computes every row (the run is too short to skip): pass the outputs "
-                                 f"of all {x.shape[0]} rows")
+                raise ValueError(
+                    f"step {step} computes every row (the run is too short to skip): pass the outputs "
+                    f"of all {x.shape[0]} rows"
+                )
             return computed
         return self.engine.complete(step, self.canonical(x, step, edm_sigma), computed)
 

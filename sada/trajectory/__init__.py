@@ -3,6 +3,7 @@
 Everything SADA does is stated in these terms, so a host only has to declare its schedule and the
 kind of output its network predicts.
 """
+
 from sada.trajectory.grid import StepGrid
 from sada.trajectory.parameterization import (
     PREDICTION_KINDS,
@@ -26,7 +27,21 @@ from sada.trajectory.schedules import (
 )
 
 __all__ = [
-    "BETA_SCHEDULES", "PREDICTION_KINDS", "DiscreteVPSchedule", "EDMSchedule", "NoiseSchedule",
-    "RectifiedFlowSchedule", "StepGrid", "check_kind", "combine", "convert", "drift", "edm_drift",
-    "karras_sigmas", "split", "synthesise_output", "to_eps", "to_x0",
+    "BETA_SCHEDULES",
+    "PREDICTION_KINDS",
+    "DiscreteVPSchedule",
+    "EDMSchedule",
+    "NoiseSchedule",
+    "RectifiedFlowSchedule",
+    "StepGrid",
+    "check_kind",
+    "combine",
+    "convert",
+    "drift",
+    "edm_drift",
+    "karras_sigmas",
+    "split",
+    "synthesise_output",
+    "to_eps",
+    "to_x0",
 ]

@@ -7,6 +7,7 @@ node, plus what the estimators derive from them (EDM sigma, log-SNR, the paper's
 Every node has a finite time, the clean end included: the schedule's own
 :meth:`~sada.trajectory.schedules.NoiseSchedule.clean_time` (rectified flow and VE: ``0.0``; discrete VP: ``-1.0``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,8 +48,10 @@ class StepGrid:
         if not (a.shape == s.shape == t.shape):
             raise ValueError(f"alpha, sigma, times need one length, got {a.size}, {s.size}, {t.size}")
         if not np.all(np.isfinite(t)):
-            raise ValueError(f"times must be finite at every node (the clean end too: use the schedule's "
-                             f"clean_time()), got {t.tolist()}")
+            raise ValueError(
+                f"times must be finite at every node (the clean end too: use the schedule's "
+                f"clean_time()), got {t.tolist()}"
+            )
         if np.any(a < 0) or np.any(s < 0):
             raise ValueError("alpha and sigma must be >= 0")
         if np.any(s[:-1] <= 0):
@@ -125,8 +128,7 @@ class StepGrid:
         alpha, sigma = schedule.alpha_sigma(t)
         a_end, s_end, t_end = cls._end_point(schedule, end)
         beta = schedule.training_beta(t) if isinstance(schedule, DiscreteVPSchedule) else None
-        return cls(np.append(alpha, a_end), np.append(sigma, s_end), np.append(t, t_end),
-                   schedule.family, beta)
+        return cls(np.append(alpha, a_end), np.append(sigma, s_end), np.append(t, t_end), schedule.family, beta)
 
     @classmethod
     def from_edm_sigmas(cls, schedule: NoiseSchedule, edm_sigmas) -> StepGrid:

@@ -15,6 +15,7 @@ solver must be handed so that it recovers a chosen ``x0`` estimate from the *rea
 The functions use only ``+ - * /`` on their array arguments, so they work unchanged on numpy arrays,
 torch tensors and Python floats. ``alpha``/``sigma`` may be scalars or arrays broadcastable to ``x``.
 """
+
 from __future__ import annotations
 
 import math

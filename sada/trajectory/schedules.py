@@ -12,6 +12,7 @@ probability-flow ODE is the same for all of them: ``d(x/alpha)/d(sigma~) = eps``
 * :class:`EDMSchedule` -- variance exploding / EDM: ``alpha = 1``, ``sigma = t``.
 * :class:`RectifiedFlowSchedule` -- ``x_t = (1 - t) x0 + t eps`` for ``t`` in [0, 1].
 """
+
 from __future__ import annotations
 
 import math
@@ -56,11 +57,13 @@ class NoiseSchedule:
         try:
             t = float(np.asarray(self.time_from_edm_sigma(0.0), dtype=np.float64))
         except ValueError as exc:
-            raise ValueError(f"{type(self).__name__} has no time at the clean end (sigma = 0): {exc}; "
-                             f"override clean_time()") from None
+            raise ValueError(
+                f"{type(self).__name__} has no time at the clean end (sigma = 0): {exc}; override clean_time()"
+            ) from None
         if not math.isfinite(t):
-            raise ValueError(f"{type(self).__name__} has no finite time at the clean end (sigma = 0), got {t}; "
-                             f"override clean_time()")
+            raise ValueError(
+                f"{type(self).__name__} has no finite time at the clean end (sigma = 0), got {t}; override clean_time()"
+            )
         return t
 
     def edm_sigma(self, t):
@@ -100,8 +103,10 @@ class DiscreteVPSchedule(NoiseSchedule):
     def __post_init__(self):
         acp = as_float_vector("alphas_cumprod", self.alphas_cumprod, min_len=2)
         if np.any(acp[:-1] <= 0) or acp[-1] < 0 or np.any(acp > 1):
-            raise ValueError(f"alphas_cumprod must lie in (0, 1] (the last entry may be 0: zero terminal SNR), "
-                             f"got range [{acp.min():.3g}, {acp.max():.3g}]")
+            raise ValueError(
+                f"alphas_cumprod must lie in (0, 1] (the last entry may be 0: zero terminal SNR), "
+                f"got range [{acp.min():.3g}, {acp.max():.3g}]"
+            )
         if np.any(np.diff(acp) >= 0):
             raise ValueError("alphas_cumprod must be strictly decreasing")
         acp.setflags(write=False)
@@ -116,8 +121,13 @@ class DiscreteVPSchedule(NoiseSchedule):
         return cls(np.cumprod(1.0 - b))
 
     @classmethod
-    def from_beta_schedule(cls, beta_schedule: str = "scaled_linear", num_train_timesteps: int = 1000,
-                           beta_start: float = 0.00085, beta_end: float = 0.012) -> DiscreteVPSchedule:
+    def from_beta_schedule(
+        cls,
+        beta_schedule: str = "scaled_linear",
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.00085,
+        beta_end: float = 0.012,
+    ) -> DiscreteVPSchedule:
         """The diffusers beta schedules: ``linear``, ``scaled_linear`` (Stable Diffusion), ``squaredcos_cap_v2``."""
         n = as_int("num_train_timesteps", num_train_timesteps, minimum=2)
         b0, b1 = as_real("beta_start", beta_start), as_real("beta_end", beta_end)
@@ -126,8 +136,10 @@ class DiscreteVPSchedule(NoiseSchedule):
         elif beta_schedule == "scaled_linear":
             betas = np.linspace(math.sqrt(b0), math.sqrt(b1), n) ** 2
         elif beta_schedule == "squaredcos_cap_v2":
+
             def abar(u):
                 return math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
+
             betas = np.array([min(1 - abar((i + 1) / n) / abar(i / n), 0.999) for i in range(n)])
         else:
             raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, got {beta_schedule!r}")

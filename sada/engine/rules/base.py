@@ -17,6 +17,7 @@ a flow grid, paper
 A rule registers itself with :func:`register_rule` for its backend and config part type (optionally only for some
 resolved numerics); :func:`rule_class` returns the class an engine builds (docs/architecture.md, "Adding a skip rule").
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -87,8 +88,9 @@ def rule_class(backend: str, schedule, settings) -> type:
         if isinstance(schedule, part) and (when is None or when(settings)):
             return cls
     known = sorted({p.__name__ for p, _, _ in _REGISTRY.get(backend, [])})
-    raise TypeError(f"no {backend} skip rule is registered for a {type(schedule).__name__} schedule "
-                    f"(registered: {known})")
+    raise TypeError(
+        f"no {backend} skip rule is registered for a {type(schedule).__name__} schedule (registered: {known})"
+    )
 
 
 def registered_rules(backend: str) -> list[tuple[type, type]]:

@@ -1,6 +1,7 @@
 """Schedule-free SADA in float64 numpy (:class:`~sada.config.ErrorControl`), the oracle of
 :mod:`sada.torch_backend.rules.error_control`: per sample, the embedded-pair error of the extrapolated clean sample
 against ``tolerance * h^p`` times the solver's ``p``-th divided difference (docs/theory.md)."""
+
 from __future__ import annotations
 
 from collections import deque
@@ -57,11 +58,13 @@ class NumpyErrorControlRule(NumpyRule):
             if len(recent) == recent.maxlen:
                 keys = np.array([k for k, _ in recent])
                 values = np.stack([v for _, v in recent])
-                high, low = embedded_pair_weights(keys[:schedule.history], at)
-                divided = kernels.divided_difference_weights(keys[:p + 1])
-                ratios[b] = kernels.relative_rms(kernels.combine(high - low, values[:schedule.history])[None],
-                                                 kernels.combine(divided, values[:p + 1])[None])[0]
-        limit = schedule.tolerance * h ** p
+                high, low = embedded_pair_weights(keys[: schedule.history], at)
+                divided = kernels.divided_difference_weights(keys[: p + 1])
+                ratios[b] = kernels.relative_rms(
+                    kernels.combine(high - low, values[: schedule.history])[None],
+                    kernels.combine(divided, values[: p + 1])[None],
+                )[0]
+        limit = schedule.tolerance * h**p
         self.trace.extras.setdefault("error_ratio", {})[step + 1] = (ratios / limit).tolist()
         can_skip = np.where(np.isfinite(ratios), ratios <= limit, False) & self.certified
         return self.policy.decide(step, None, can_skip=can_skip)

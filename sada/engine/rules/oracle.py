@@ -3,6 +3,7 @@
 Deliberately plain (a deque of per-step dicts, per-row loops) unlike the torch rules' ring buffers, so the parity
 tests compare two independent implementations of each rule.
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -34,8 +35,9 @@ class NumpyRule:
 
     uses_criterion = True
 
-    def __init__(self, config, settings, grid, kind: str, batch_size: int, sample_scaling: str, solver_order: int,
-                 policy, trace):
+    def __init__(
+        self, config, settings, grid, kind: str, batch_size: int, sample_scaling: str, solver_order: int, policy, trace
+    ):
         self.config, self.settings, self.grid, self.kind = config, settings, grid, kind
         self.batch_size, self.solver_order = batch_size, solver_order
         self.sample_scaling = SampleScaling(sample_scaling)
@@ -59,8 +61,7 @@ class NumpyRule:
         alpha, sigma = self.grid.alpha[step], self.grid.sigma[step]
         return {"x": x.copy(), "used": output.copy(), "raw": raw, "eps": to_eps(self.kind, output, x, alpha, sigma)}
 
-    def record_history(self, step: int, x: np.ndarray, output: np.ndarray, computed: np.ndarray,
-                       entry: dict) -> None:
+    def record_history(self, step: int, x: np.ndarray, output: np.ndarray, computed: np.ndarray, entry: dict) -> None:
         """The criterion's histories: the official drift, the velocities, the computed noise predictions."""
         alpha, sigma = self.grid.alpha[step], self.grid.sigma[step]
         variants = (self.settings.estimator, self.settings.criterion)
@@ -88,8 +89,9 @@ class NumpyRule:
         weights = np.empty((keys.shape[1], 3))
         for b in range(keys.shape[1]):
             nodes = keys[:, b]
-            weights[b] = lagrange_basis_weights(nodes, end) if start is None else \
-                corrected_step_weights_on(nodes, start, end)
+            weights[b] = (
+                lagrange_basis_weights(nodes, end) if start is None else corrected_step_weights_on(nodes, start, end)
+            )
         return weights
 
     def corrected_x_tilde_hat(self, step: int) -> np.ndarray:
@@ -117,7 +119,8 @@ class NumpyRule:
         if not np.all(self.eps_nodes.full()):
             return None
         ring = self.eps_nodes
-        curvature = np.stack([second_divided_difference(ring.values[:, b], ring.keys[:, b])
-                              for b in range(self.batch_size)])
+        curvature = np.stack(
+            [second_divided_difference(ring.values[:, b], ring.keys[:, b]) for b in range(self.batch_size)]
+        )
         x_tilde_next = x_next / self.grid.alpha[step + 1]
         return stability_product(x_tilde_next, self.corrected_x_tilde_hat(step), curvature)

@@ -1,6 +1,7 @@
 """The paper's flow-matching rule in float64 numpy (``mode="paper"`` on a rectified-flow grid), the oracle of
 :mod:`sada.torch_backend.rules.paper_flow`: the step schedule decides from ``-Delta^2 v`` and a skipped step receives
 the velocity extrapolation ``2 v_n - v_{n-1}`` (``v_n`` with a one-step history); no clean-sample nodes."""
+
 from __future__ import annotations
 
 import numpy as np

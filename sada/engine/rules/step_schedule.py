@@ -2,6 +2,7 @@
 :mod:`sada.torch_backend.rules.step_schedule`: Criterion 3.4 decides, a skipped step receives the Adams-Moulton step
 estimate or, in the multistep regime, the Lagrange extrapolation of the stored nodes; ``Numerics.step_error_rms``
 vetoes skips whose embedded-pair error estimate is larger."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -125,8 +126,10 @@ class NumpyStepScheduleRule(NumpyRule):
     def _multistep_estimate(self, step: int) -> np.ndarray:
         ring = self.nodes
         if not np.all(ring.full()):
-            raise ValueError(f"step {step}: the multistep estimate needs {self.config.schedule.lagrange_term} stored "
-                             f"nodes in every row")
+            raise ValueError(
+                f"step {step}: the multistep estimate needs {self.config.schedule.lagrange_term} stored "
+                f"nodes in every row"
+            )
         at = self.abscissae[step]
         weights = np.stack([lagrange_basis_weights(ring.keys[:, b], at) for b in range(self.batch_size)])
         scale = self.grid.alpha[step] if self.settings.lagrange_target == "x0_over_alpha" else 1.0

@@ -1,5 +1,6 @@
 """The torch engine's skip rules, one module per rule (:mod:`sada.engine.rules.base` describes the protocol and the
 registry). Importing this package registers them."""
+
 from sada.torch_backend.rules import error_control, paper_flow, step_schedule  # noqa: F401  (registration)
 from sada.torch_backend.rules.base import TorchRule
 from sada.torch_backend.rules.error_control import ErrorControlRule

@@ -1,4 +1,5 @@
 """What every torch skip rule shares: the run's grid, numerics and policy, and the per-run reset."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,8 +23,11 @@ class TorchRule:
         self.config, self.settings, self.grid, self.kind = config, settings, grid, kind
         self.edm, self.log_snr = grid.edm_sigma, grid.log_snr
         # the official Euler path, v-prediction: the step estimate's clean sample uses the solver's actual x_{n+1}
-        self.estimate_from_next_sample = settings.estimator == Variant.PAPER_VP and kind == "v_prediction" \
+        self.estimate_from_next_sample = (
+            settings.estimator == Variant.PAPER_VP
+            and kind == "v_prediction"
             and SampleScaling(sample_scaling) == SampleScaling.EDM
+        )
         self.policy: SkipPolicy = None  # this rule's policy (the step schedule's; error control's subclasses it)
         self.trace: Trace = None
         self.history: CriterionHistory = None

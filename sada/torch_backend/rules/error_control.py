@@ -4,6 +4,7 @@ embedded-pair error is within ``tolerance`` of the host solver's own local error
 (:class:`sada.torch_backend.error_control.RecentPredictions` holds the predictions and computes both).
 
 Criterion 3.4 is computed only when token pruning needs its token map."""
+
 from __future__ import annotations
 
 import math
@@ -53,7 +54,7 @@ class ErrorControlRule(TorchRule):
         finite = np.isfinite(test)
         log_snr = self.log_snr
         h = float(log_snr[step + 2] - log_snr[step + 1]) if step + 2 <= self.grid.num_steps else np.inf
-        limit = self.config.schedule.tolerance * h ** self.recent.order
+        limit = self.config.schedule.tolerance * h**self.recent.order
         self.trace.extras.setdefault("error_ratio", {})[step + 1] = (test / limit).tolist()
         return finite & (np.where(finite, test, np.inf) <= limit) & self.certified
 

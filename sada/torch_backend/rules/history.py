@@ -7,6 +7,7 @@ Which histories are kept depends on the resolved numerics (the estimator and the
 * ``paper-flow``: the raw velocity history (duplicates on skipped steps) and the criterion product ``-Delta^2 v``;
 * ``corrected``: each row's last three computed noise predictions at their EDM sigmas and the Adams step estimate.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -50,8 +51,7 @@ class CriterionHistory:
 
     def nbytes(self) -> int:
         held = [self.raw, self.paper_x_hat, self.corrected_x_hat, self.curvature]
-        return sum(r.nbytes() for r in self.rings()) + sum(t.numel() * t.element_size() for t in held
-                                                            if t is not None)
+        return sum(r.nbytes() for r in self.rings()) + sum(t.numel() * t.element_size() for t in held if t is not None)
 
     def record(self, step: int, h: torch.Tensor, out: torch.Tensor, computed: np.ndarray) -> None:
         """Push what step ``step`` produced (``h``, ``out`` in the history dtype)."""
@@ -65,8 +65,9 @@ class CriterionHistory:
             if self.paper_ready.any():
                 f1, f2 = self.drift.values[0], self.drift.values[1]
                 self.paper_x_hat = kernels.paper_step_estimate(h, f_n, f1, f2, num_steps)
-                self.curvature = kernels.second_difference(f_n, f1, f2) \
-                    if self.settings.criterion == Variant.PAPER_VP else None
+                self.curvature = (
+                    kernels.second_difference(f_n, f1, f2) if self.settings.criterion == Variant.PAPER_VP else None
+                )
             self.drift.push(np.ones_like(computed), step, f_n)
         if Variant.PAPER_FLOW in self.variants:
             v = self.velocity

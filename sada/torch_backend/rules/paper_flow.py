@@ -1,6 +1,7 @@
 """The paper's flow-matching rule on tensors (``mode="paper"`` on a rectified-flow grid, :class:`Variant.PAPER_FLOW`):
 Criterion 3.4 as ``-Delta^2 v`` on the raw velocity history, and a skipped step receives the official velocity
 extrapolation ``2 v_n - v_{n-1}`` (or ``v_n`` with a one-step history). No clean-sample nodes are stored."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,8 +31,9 @@ class PaperFlowRule(TorchRule):
             return torch.zeros_like(x)
         h = x.to(self.dtype)
         both = v.full(x.shape[0])
-        out = torch.where(self.mask(both, h), kernels.flow_velocity_extrapolation(v.values[0], v.values[1]),
-                          v.values[0])
+        out = torch.where(
+            self.mask(both, h), kernels.flow_velocity_extrapolation(v.values[0], v.values[1]), v.values[0]
+        )
         return out.to(x.dtype)
 
     def stage_output(self, step, edm_sigma, x, decisions):

@@ -2,6 +2,7 @@
 receives the Adams-Moulton step estimate (Theorem 3.5/3.6) or, in the multistep regime, the Lagrange extrapolation of
 the stored clean-sample nodes (Theorem 3.7); with ``Numerics.step_error_rms`` an embedded-pair error estimate vetoes
 skips. Both numerics: ``corrected`` (real noise levels) and the official ``paper-vp`` path."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,7 +31,9 @@ class StepScheduleRule(TorchRule):
         self.abscissae = self.grid.abscissae(self.settings.abscissa)
 
     def nbytes(self) -> int:
-        held = self.nodes.nbytes() + (0 if self.estimate is None else self.estimate.numel() * self.estimate.element_size())
+        held = self.nodes.nbytes() + (
+            0 if self.estimate is None else self.estimate.numel() * self.estimate.element_size()
+        )
         return super().nbytes() + held
 
     def invalidate(self, rows):
