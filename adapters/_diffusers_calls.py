@@ -2,6 +2,7 @@
 
 Used by the hooks (:mod:`sada.adapters._diffusers_hooks`); nothing here holds state.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -13,8 +14,9 @@ from sada.torch_backend.rows import slice_rows
 __all__ = ["UNBATCHED_ARGUMENTS", "forward_params", "timestep_of", "batch_of", "slice_call"]
 
 # keyword arguments that never carry the batch (tables shared by all rows), whatever their first dimension
-UNBATCHED_ARGUMENTS = frozenset({"image_rotary_emb", "rotary_emb", "freqs_cis", "img_ids", "txt_ids",
-                                 "rotary_embedding", "position_ids"})
+UNBATCHED_ARGUMENTS = frozenset(
+    {"image_rotary_emb", "rotary_emb", "freqs_cis", "img_ids", "txt_ids", "rotary_embedding", "position_ids"}
+)
 _NAMED = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
 

@@ -6,6 +6,7 @@ is not the one the current run expects), completes every step through a :class:`
 result; the denoiser hook asks :meth:`Controller.rows_mask` which rows of its batch must run and reports the rows
 that entered the network (:meth:`Controller.note_rows`), which the next scheduler call attributes to its step.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -54,8 +55,15 @@ class Run:
 class Controller:
     """State of one enabled pipeline: config, scheduler capabilities, the current run and token pruning."""
 
-    def __init__(self, pipe, config: SADAConfig, info: SchedulerInfo, engine_factory=None, pruner=None,
-                 lockstep: bool | None = None):
+    def __init__(
+        self,
+        pipe,
+        config: SADAConfig,
+        info: SchedulerInfo,
+        engine_factory=None,
+        pruner=None,
+        lockstep: bool | None = None,
+    ):
         self.pipe = pipe
         self.lockstep = lockstep  # None: automatic (on when a denoiser is torch.compile'd)
         self.config = config
@@ -103,9 +111,16 @@ class Controller:
             self.last_note, self.last_session = self.run.note, None
             return self.run
         grid, calls = info.grid_for_run(scheduler, pos)
-        session = SADASession(grid, info.kind, self.config, groups=_duplicated_halves(sample),
-                              sample_scaling=info.scaling, solver_order=info.order, engine_factory=self.engine_factory,
-                              **self._lockstep_arguments())
+        session = SADASession(
+            grid,
+            info.kind,
+            self.config,
+            groups=_duplicated_halves(sample),
+            sample_scaling=info.scaling,
+            solver_order=info.order,
+            engine_factory=self.engine_factory,
+            **self._lockstep_arguments(),
+        )
         self.run = Run(session, grid, info, calls, note=session.note, offset=offset)
         self.last_note, self.last_session = session.note, session
         if self.pruner is not None:
@@ -127,8 +142,13 @@ class Controller:
             return original(model_output, timestep, sample, *args, **kwargs)
         run = self.run
         first_call = getattr(scheduler, "step_index", 0) is None
-        if run is None or run.done or first_call or run.pos >= len(run.timesteps) \
-                or abs(float(timestep) - run.timesteps[run.pos]) > 1e-4 * max(1.0, abs(float(timestep))):
+        if (
+            run is None
+            or run.done
+            or first_call
+            or run.pos >= len(run.timesteps)
+            or abs(float(timestep) - run.timesteps[run.pos]) > 1e-4 * max(1.0, abs(float(timestep)))
+        ):
             call_args = _bound_arguments(original, model_output, timestep, sample, args, kwargs)
             run = self.start_run(scheduler, timestep, sample, call_args)
         session = run.session
@@ -150,8 +170,12 @@ class Controller:
 
     def _advance(self, run: Run, scheduler, result):
         run.pos += 1
-        if run.engine is not None and run.info.two_stage and not run.second_stage \
-                and not scheduler.state_in_first_order:
+        if (
+            run.engine is not None
+            and run.info.two_stage
+            and not run.second_stage
+            and not scheduler.state_in_first_order
+        ):
             run.second_stage = True
             return result
         run.second_stage = False

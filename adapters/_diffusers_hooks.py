@@ -11,6 +11,7 @@
 
 Hooks and wrappers are shared by the pipelines whose components they sit on (``controllers``).
 """
+
 from __future__ import annotations
 
 import contextvars
@@ -28,8 +29,20 @@ from sada.adapters._diffusers_controller import Controller
 from sada.adapters._diffusers_scheduler import describe_scheduler
 from sada.torch_backend.rows import map_tensors, scatter_rows, zeros_like_rows
 
-__all__ = ["HOOK_NAME", "RUNNING", "SkipHook", "BlockHook", "StepWrapper", "ProgressBarOwner", "active", "attach",
-           "detach", "wrap_scheduler", "unwrap_scheduler", "follow_scheduler"]
+__all__ = [
+    "HOOK_NAME",
+    "RUNNING",
+    "SkipHook",
+    "BlockHook",
+    "StepWrapper",
+    "ProgressBarOwner",
+    "active",
+    "attach",
+    "detach",
+    "wrap_scheduler",
+    "unwrap_scheduler",
+    "follow_scheduler",
+]
 
 HOOK_NAME = "sada"
 DENOISERS = ("unet", "transformer", "transformer_2")
@@ -72,7 +85,7 @@ class StepWrapper:
                 return self.original(*args, **kwargs)
             if len(args) < 3:  # model_output / timestep / sample passed by keyword
                 names = ("model_output", "timestep", "sample")
-                args = args + tuple(kwargs.pop(n) for n in names[len(args):] if n in kwargs)
+                args = args + tuple(kwargs.pop(n) for n in names[len(args) :] if n in kwargs)
             return controller.scheduler_step(self.original, *args, **kwargs)
 
         step._sada_wrapper = self
@@ -151,9 +164,16 @@ class BlockHook(ModelHook):
         ctl = active(self.controllers)
         hidden = args[0] if args else kwargs.get("hidden_states")
         run = None if ctl is None else ctl.run
-        if ctl is None or ctl.pruner is None or run is None or run.engine is None or hidden is None \
-                or hidden.ndim != 3 or kwargs.get("attention_mask") is not None \
-                or not _prunes(ctl, self.role, self.index, hidden.shape[1]):
+        if (
+            ctl is None
+            or ctl.pruner is None
+            or run is None
+            or run.engine is None
+            or hidden is None
+            or hidden.ndim != 3
+            or kwargs.get("attention_mask") is not None
+            or not _prunes(ctl, self.role, self.index, hidden.shape[1])
+        ):
             return original(*args, **kwargs)
         return ctl.pruner.run_block(self.key, module, original, args, kwargs)
 
@@ -210,8 +230,10 @@ def wrap_scheduler(scheduler, controller: Controller) -> StepWrapper:
     wrapper = getattr(current, "_sada_wrapper", None)
     if wrapper is None:
         if current is not None:
-            raise RuntimeError(f"sada: {type(scheduler).__name__}.step is already replaced on this instance by "
-                               "something else; remove that first")
+            raise RuntimeError(
+                f"sada: {type(scheduler).__name__}.step is already replaced on this instance by "
+                "something else; remove that first"
+            )
         wrapper = StepWrapper(scheduler)
         scheduler.step = wrapper.function
     for other in wrapper.controllers:

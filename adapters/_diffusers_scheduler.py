@@ -11,6 +11,7 @@
 * whether it injects noise (SDE / ancestral variants, ``stochastic_sampling``, a configured ``eta > 0``; per call
   ``eta > 0`` or ``s_churn > 0``): then SADA computes every step exactly and warns once.
 """
+
 from __future__ import annotations
 
 import copy
@@ -26,13 +27,29 @@ __all__ = ["SchedulerInfo", "describe_scheduler", "step_noise_reason"]
 
 # schedulers whose update adds fresh noise at every step (matched on the class and its bases)
 NOISE_INJECTING = {
-    "DDPMScheduler", "DDPMParallelScheduler", "DDPMWuerstchenScheduler", "EulerAncestralDiscreteScheduler",
-    "KDPM2AncestralDiscreteScheduler", "DPMSolverSDEScheduler", "LCMScheduler", "TCDScheduler",
-    "CosineDPMSolverMultistepScheduler", "FlowMatchLCMScheduler", "SASolverScheduler", "ScoreSdeVeScheduler",
-    "CMStochasticIterativeScheduler", "UnCLIPScheduler", "RePaintScheduler", "KarrasVeScheduler",
+    "DDPMScheduler",
+    "DDPMParallelScheduler",
+    "DDPMWuerstchenScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "KDPM2AncestralDiscreteScheduler",
+    "DPMSolverSDEScheduler",
+    "LCMScheduler",
+    "TCDScheduler",
+    "CosineDPMSolverMultistepScheduler",
+    "FlowMatchLCMScheduler",
+    "SASolverScheduler",
+    "ScoreSdeVeScheduler",
+    "CMStochasticIterativeScheduler",
+    "UnCLIPScheduler",
+    "RePaintScheduler",
+    "KarrasVeScheduler",
 }
-PREDICTIONS = {"epsilon": "epsilon", "v_prediction": "v_prediction", "sample": "sample",
-               "flow_prediction": "flow_velocity"}
+PREDICTIONS = {
+    "epsilon": "epsilon",
+    "v_prediction": "v_prediction",
+    "sample": "sample",
+    "flow_prediction": "flow_velocity",
+}
 
 
 @dataclass(frozen=True)
@@ -58,15 +75,16 @@ class SchedulerInfo:
             sig = np.append(sig[0::2], sig[-1])
         if self.family == "flow":
             times, end = sig[:-1], float(sig[-1])
-            grid = StepGrid.from_times(RectifiedFlowSchedule(), times,
-                                       final_edm_sigma=end / (1.0 - end) if end > 0 else 0.0)
+            grid = StepGrid.from_times(
+                RectifiedFlowSchedule(), times, final_edm_sigma=end / (1.0 - end) if end > 0 else 0.0
+            )
             return grid, calls
         vp = DiscreteVPSchedule(scheduler.alphas_cumprod.double().cpu().numpy())
         grid = StepGrid.from_edm_sigmas(vp, sig) if sig is not None else StepGrid.from_times(vp, first_stage)
         # the training beta at the scheduler's own timestep of every step, from its own table (never recovered
         # from float32 sigmas), as the official criterion reads it
         betas = scheduler.betas.double().cpu().numpy()
-        return grid.with_training_beta(betas[np.asarray(first_stage[:grid.num_steps]).astype(np.int64)]), calls
+        return grid.with_training_beta(betas[np.asarray(first_stage[: grid.num_steps]).astype(np.int64)]), calls
 
 
 def _class_names(scheduler) -> set[str]:
@@ -85,8 +103,9 @@ def _probe(scheduler, name: str):
     try:
         probe.set_timesteps(12, **kwargs)
     except Exception as exc:  # noqa: BLE001 - any failure means we cannot plan on it
-        raise ValueError(f"sada: scheduler {name} could not be probed (set_timesteps(12) raised "
-                         f"{type(exc).__name__}: {exc})") from exc
+        raise ValueError(
+            f"sada: scheduler {name} could not be probed (set_timesteps(12) raised {type(exc).__name__}: {exc})"
+        ) from exc
     return probe
 
 
@@ -98,19 +117,25 @@ def describe_scheduler(scheduler) -> SchedulerInfo:
             raise ValueError(f"sada: {name} has no {attr!r}: not a diffusers scheduler")
     params = [p for p in inspect.signature(scheduler.step).parameters if p != "self"]
     if params[:3] != ["model_output", "timestep", "sample"]:
-        raise ValueError(f"sada: {name}.step takes ({', '.join(params[:5])}, ...); SADA supports schedulers whose "
-                         "step(model_output, timestep, sample, ...) makes one solver update")
+        raise ValueError(
+            f"sada: {name}.step takes ({', '.join(params[:5])}, ...); SADA supports schedulers whose "
+            "step(model_output, timestep, sample, ...) makes one solver update"
+        )
     noise = _noise_injection(scheduler, name)
     if noise is not None:  # every step is computed exactly: nothing else about it matters
         return SchedulerInfo(name, "vp", "schedule", "epsilon", hasattr(scheduler, "state_in_first_order"), noise)
     if _config(scheduler, "sigma_data") is not None:
-        raise ValueError(f"sada: {name} uses EDM preconditioning (sigma_data={_config(scheduler, 'sigma_data')}); "
-                         "its model output is not one of epsilon / v / sample / flow velocity, which SADA needs")
+        raise ValueError(
+            f"sada: {name} uses EDM preconditioning (sigma_data={_config(scheduler, 'sigma_data')}); "
+            "its model output is not one of epsilon / v / sample / flow velocity, which SADA needs"
+        )
     for setting in ("clip_sample", "thresholding"):
         if _config(scheduler, setting):
-            raise ValueError(f"sada: {name} has {setting}=True: the solver clips the predicted clean sample at every "
-                             f"step, a nonlinearity SADA's estimates do not model (up to 65% error measured); set "
-                             f"{setting}=False (the Stable Diffusion configurations use False)")
+            raise ValueError(
+                f"sada: {name} has {setting}=True: the solver clips the predicted clean sample at every "
+                f"step, a nonlinearity SADA's estimates do not model (up to 65% error measured); set "
+                f"{setting}=False (the Stable Diffusion configurations use False)"
+            )
     prediction = _config(scheduler, "prediction_type", "epsilon")
     flow = bool(_config(scheduler, "use_flow_sigmas")) or not hasattr(scheduler, "alphas_cumprod")
     if flow and not hasattr(scheduler, "sigmas"):
@@ -118,8 +143,9 @@ def describe_scheduler(scheduler) -> SchedulerInfo:
     if flow and not hasattr(scheduler, "alphas_cumprod"):
         prediction = "flow_prediction"  # FlowMatch schedulers: the model predicts the velocity
     if prediction not in PREDICTIONS:
-        raise ValueError(f"sada: prediction_type={prediction!r} of {name} is not supported; supported: "
-                         f"{sorted(PREDICTIONS)}")
+        raise ValueError(
+            f"sada: prediction_type={prediction!r} of {name} is not supported; supported: {sorted(PREDICTIONS)}"
+        )
     probe = _probe(scheduler, name)
     timesteps = np.asarray(probe.timesteps.double().cpu().numpy())
     two_stage = hasattr(probe, "state_in_first_order")
@@ -127,16 +153,27 @@ def describe_scheduler(scheduler) -> SchedulerInfo:
         sig = probe.sigmas.double().cpu().numpy()
         interpolated = getattr(probe, "sigmas_interpol", None) is not None  # KDPM2: the midpoint is elsewhere
         if interpolated or sig.size < 4 or not np.array_equal(sig[1:-1:2], sig[2:-1:2]):
-            raise ValueError(f"sada: {name} evaluates the model twice per step at interpolated noise levels; SADA "
-                             "supports one evaluation per step or Heun's pair (the corrector at the next level)")
+            raise ValueError(
+                f"sada: {name} evaluates the model twice per step at interpolated noise levels; SADA "
+                "supports one evaluation per step or Heun's pair (the corrector at the next level)"
+            )
     elif np.any(np.diff(timesteps) >= 0):
-        raise ValueError(f"sada: {name} visits repeated or increasing timesteps ({timesteps[:6].tolist()} ...), e.g. "
-                         "Runge-Kutta warm-up steps; SADA needs one evaluation per timestep along the schedule")
+        raise ValueError(
+            f"sada: {name} visits repeated or increasing timesteps ({timesteps[:6].tolist()} ...), e.g. "
+            "Runge-Kutta warm-up steps; SADA needs one evaluation per timestep along the schedule"
+        )
     scaling = "schedule"
     if not flow and float(probe.init_noise_sigma) > 1.0 + 1e-3:
         scaling = "edm"
-    return SchedulerInfo(name, "flow" if flow else "vp", scaling, PREDICTIONS[prediction], two_stage, None,
-                         _solver_order(scheduler, two_stage))
+    return SchedulerInfo(
+        name,
+        "flow" if flow else "vp",
+        scaling,
+        PREDICTIONS[prediction],
+        two_stage,
+        None,
+        _solver_order(scheduler, two_stage),
+    )
 
 
 def _solver_order(scheduler, two_stage: bool) -> int:

@@ -7,6 +7,7 @@ samplers themselves (``k_diffusion/sampling.py``) need only torch, scipy, torchs
 ``append_dims``. :func:`load_sampling` imports the samplers from a ``pip install --no-deps k-diffusion torchsde
 torchdiffeq trampoline`` install, stubbing torchvision only while ``utils.py`` is imported.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -32,6 +33,7 @@ def load_sampling():
         return None
     try:
         import k_diffusion.sampling as sampling  # a complete install
+
         return sampling
     except ImportError:
         for name in [m for m in sys.modules if m == "k_diffusion" or m.startswith("k_diffusion.")]:

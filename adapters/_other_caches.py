@@ -18,6 +18,7 @@ from measurement (docs/howto-diffusers.md, "Combining with other caches"):
 :func:`check_at_run` at the first scheduler step of every pipeline call (a cache enabled after SADA). Both raise
 :class:`sada.errors.IncompatibleHookError` naming the hook and what to do.
 """
+
 from __future__ import annotations
 
 import functools
@@ -27,8 +28,15 @@ import torch
 from sada.errors import IncompatibleHookError
 from sada.torch_backend.compiled import is_compiled
 
-__all__ = ["COMPOSABLE", "LOCKSTEP_ONLY", "REFUSED", "BindableForward", "check_at_enable", "check_at_run",
-           "find_other_caches"]
+__all__ = [
+    "COMPOSABLE",
+    "LOCKSTEP_ONLY",
+    "REFUSED",
+    "BindableForward",
+    "check_at_enable",
+    "check_at_run",
+    "find_other_caches",
+]
 
 SADA_HOOK = "sada"
 NETWORKS = ("unet", "transformer", "transformer_2", "controlnet")  # the modules SADA hooks (as the controller's)
@@ -41,9 +49,11 @@ COMPOSABLE = {
     "layerwise_casting": "layerwise casting",
     "peft_autocast_disable": "layerwise casting",
 }
-_RESIDUAL_REASON = ("compares each call's first-block residual with the previous call's and reuses that call's "
-                    "tail residuals; with per-sample decisions SADA passes partial batches whose rows change from "
-                    "call to call, so it would mix samples")
+_RESIDUAL_REASON = (
+    "compares each call's first-block residual with the previous call's and reuses that call's "
+    "tail residuals; with per-sample decisions SADA passes partial batches whose rows change from "
+    "call to call, so it would mix samples"
+)
 LOCKSTEP_ONLY = {
     "fbc_leader_block_hook": "FirstBlockCache",
     "fbc_block_hook": "FirstBlockCache",
@@ -51,24 +61,46 @@ LOCKSTEP_ONLY = {
 }
 _COUNTS_CALLS = "counts denoiser calls as sampling steps, and the steps SADA skips make no call"
 REFUSED = {
-    "mag_cache": ("MagCache", f"{_COUNTS_CALLS} (its step index and magnitude ratios drift) and it reuses the "
-                  "previous call's residuals (measured on the shipped MMDiT: 43.8 dB from the stock run alone, "
-                  "39.6 dB with SADA)"),
-    "faster_cache": ("FasterCache", "splits every call's batch into unconditional and conditional halves and "
-                     "reuses earlier calls' attention, which SADA's partial batches and skipped calls break "
-                     "(an AssertionError or a size mismatch inside FasterCache)"),
-    "pyramid_attention_broadcast": ("PyramidAttentionBroadcast", f"{_COUNTS_CALLS} to decide which attention "
-                                    "outputs to reuse (measured: 52.8 dB alone, 45.8 dB with SADA)"),
-    "taylorseer_cache": ("TaylorSeer", f"{_COUNTS_CALLS} and extrapolates block outputs along that count "
-                         "(measured: 51.4 dB alone, 42.9 dB with SADA)"),
-    "sea_cache": ("SeaCache", "reuses the previous call's residuals by step index, which SADA's skipped steps and "
-                  "partial batches desynchronise"),
-    "text_kv_cache": ("the text K/V cache", "keys its cache on the address of encoder_hidden_states; SADA's "
-                      "row-sliced copies are new tensors whose address can come back holding other rows"),
+    "mag_cache": (
+        "MagCache",
+        f"{_COUNTS_CALLS} (its step index and magnitude ratios drift) and it reuses the "
+        "previous call's residuals (measured on the shipped MMDiT: 43.8 dB from the stock run alone, "
+        "39.6 dB with SADA)",
+    ),
+    "faster_cache": (
+        "FasterCache",
+        "splits every call's batch into unconditional and conditional halves and "
+        "reuses earlier calls' attention, which SADA's partial batches and skipped calls break "
+        "(an AssertionError or a size mismatch inside FasterCache)",
+    ),
+    "pyramid_attention_broadcast": (
+        "PyramidAttentionBroadcast",
+        f"{_COUNTS_CALLS} to decide which attention outputs to reuse (measured: 52.8 dB alone, 45.8 dB with SADA)",
+    ),
+    "taylorseer_cache": (
+        "TaylorSeer",
+        f"{_COUNTS_CALLS} and extrapolates block outputs along that count (measured: 51.4 dB alone, 42.9 dB with SADA)",
+    ),
+    "sea_cache": (
+        "SeaCache",
+        "reuses the previous call's residuals by step index, which SADA's skipped steps and "
+        "partial batches desynchronise",
+    ),
+    "text_kv_cache": (
+        "the text K/V cache",
+        "keys its cache on the address of encoder_hidden_states; SADA's "
+        "row-sliced copies are new tensors whose address can come back holding other rows",
+    ),
     "cp_": ("context parallelism", "has not been verified with SADA's partial batches"),
 }
-_PREFIXES = {"mag_cache_": "mag_cache", "faster_cache_": "faster_cache", "sea_cache_": "sea_cache",
-             "text_kv_cache_": "text_kv_cache", "cp_input---": "cp_", "cp_output---": "cp_"}
+_PREFIXES = {
+    "mag_cache_": "mag_cache",
+    "faster_cache_": "faster_cache",
+    "sea_cache_": "sea_cache",
+    "text_kv_cache_": "text_kv_cache",
+    "cp_input---": "cp_",
+    "cp_output---": "cp_",
+}
 
 
 def find_other_caches(module) -> list[tuple[str, str]]:
@@ -98,28 +130,39 @@ def _refusal(role: str, name: str, where: str, lockstep: bool) -> str | None:
     if name in COMPOSABLE:
         return None
     if name == "cache-dit-after":
-        return (f"sada: cache-dit was enabled on the {role} ({where}) after SADA: it replaces the forward that "
-                "carries SADA's hook (for some models with its own patched copy, so SADA's hook is bypassed) and its "
-                "disable_cache restores the forward it saved. Call cache_dit.disable_cache(pipe) and "
-                "sada.adapters.diffusers.disable(pipe), then enable cache-dit first and SADA second, with "
-                "lockstep=True")
-    remove = ("remove it (cache_dit.disable_cache(pipe))" if name == "cache-dit" else
-              f"remove it ({role}.disable_cache() for a model with diffusers' CacheMixin, or "
-              f"HookRegistry.check_if_exists_or_initialize({role}).remove_hook({name!r}, recurse=True))")
+        return (
+            f"sada: cache-dit was enabled on the {role} ({where}) after SADA: it replaces the forward that "
+            "carries SADA's hook (for some models with its own patched copy, so SADA's hook is bypassed) and its "
+            "disable_cache restores the forward it saved. Call cache_dit.disable_cache(pipe) and "
+            "sada.adapters.diffusers.disable(pipe), then enable cache-dit first and SADA second, with "
+            "lockstep=True"
+        )
+    remove = (
+        "remove it (cache_dit.disable_cache(pipe))"
+        if name == "cache-dit"
+        else f"remove it ({role}.disable_cache() for a model with diffusers' CacheMixin, or "
+        f"HookRegistry.check_if_exists_or_initialize({role}).remove_hook({name!r}, recurse=True))"
+    )
     if name in LOCKSTEP_ONLY:
         if lockstep:
             return None
-        return (f"sada: {LOCKSTEP_ONLY[name]} is on the {role} ({where}): it {_RESIDUAL_REASON}. Enable SADA with "
-                f"lockstep=True (batch-level decisions: every call holds every row) to combine them, or {remove}")
+        return (
+            f"sada: {LOCKSTEP_ONLY[name]} is on the {role} ({where}): it {_RESIDUAL_REASON}. Enable SADA with "
+            f"lockstep=True (batch-level decisions: every call holds every row) to combine them, or {remove}"
+        )
     family = _family(name)
     if family in REFUSED:
         label, reason = REFUSED[family]
-        return (f"sada: {label} (hook {name!r} on the {role}, at {where}) does not compose with SADA: it {reason}. "
-                f"Use one of the two: {remove} and keep SADA, or disable SADA")
-    return (f"sada: the {role} carries the diffusers hook {name!r} (at {where}), which sada does not know to compose "
-            f"with its skipped calls and partial batches; {remove} before the pipeline call, or disable SADA. Hooks "
-            f"known to compose: {sorted(set(COMPOSABLE.values()))}; with lockstep=True also "
-            f"{sorted(set(LOCKSTEP_ONLY.values()))}")
+        return (
+            f"sada: {label} (hook {name!r} on the {role}, at {where}) does not compose with SADA: it {reason}. "
+            f"Use one of the two: {remove} and keep SADA, or disable SADA"
+        )
+    return (
+        f"sada: the {role} carries the diffusers hook {name!r} (at {where}), which sada does not know to compose "
+        f"with its skipped calls and partial batches; {remove} before the pipeline call, or disable SADA. Hooks "
+        f"known to compose: {sorted(set(COMPOSABLE.values()))}; with lockstep=True also "
+        f"{sorted(set(LOCKSTEP_ONLY.values()))}"
+    )
 
 
 def _check(modules, lockstep: bool) -> None:
@@ -169,8 +212,9 @@ def check_at_run(controller) -> None:
     pipe = getattr(controller, "pipe", None)
     if pipe is None:
         raise TypeError(f"controller must be a diffusers adapter Controller, got {type(controller).__name__}")
-    modules = [(name, getattr(pipe, name)) for name in NETWORKS
-               if isinstance(getattr(pipe, name, None), torch.nn.Module)]
+    modules = [
+        (name, getattr(pipe, name)) for name in NETWORKS if isinstance(getattr(pipe, name, None), torch.nn.Module)
+    ]
     lockstep = controller.lockstep
     on = lockstep if lockstep is not None else any(is_compiled(m) for _, m in modules)
     _check(modules, on)

@@ -22,6 +22,7 @@ SADA expects simply runs the network (so an exception mid-call leaves nothing be
 pipeline's components (``Pipeline(**other.components)``) may share the denoiser and the scheduler: each enabled
 pipeline keeps its own state, and the shared hook serves the pipeline whose call is running.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -72,8 +73,9 @@ class SADAHookConfig:
         if self.config is not None and not isinstance(self.config, SADAConfig):
             raise TypeError(f"config must be a SADAConfig, got {type(self.config).__name__}")
         if self.engine_factory is not None and not callable(self.engine_factory):
-            raise TypeError(f"engine_factory must be callable as engine_factory(grid, kind), got "
-                            f"{self.engine_factory!r}")
+            raise TypeError(
+                f"engine_factory must be callable as engine_factory(grid, kind), got {self.engine_factory!r}"
+            )
         resolve_lockstep(self.lockstep, None)  # validates it
 
 
@@ -113,7 +115,9 @@ class SADAHandle:
 
 
 def _denoiser_modules(pipe) -> list[tuple[str, torch.nn.Module]]:
-    found = [(name, getattr(pipe, name)) for name in DENOISERS if isinstance(getattr(pipe, name, None), torch.nn.Module)]
+    found = [
+        (name, getattr(pipe, name)) for name in DENOISERS if isinstance(getattr(pipe, name, None), torch.nn.Module)
+    ]
     if not found:
         raise TypeError(f"sada: {type(pipe).__name__} has no denoiser to accelerate (looked for {list(DENOISERS)})")
     controlnet = getattr(pipe, "controlnet", None)
@@ -131,16 +135,22 @@ def _check_pruning(config: SADAConfig, modules) -> list:
     blocks = find_blocks(denoiser)
     if role == "unet":
         if pruning.prune_blocks:
-            raise ValueError(f"prune_blocks={pruning.prune_blocks} selects transformer blocks of a DiT; this pipeline's "
-                             f"denoiser is a U-Net: use max_downsample to choose its blocks by resolution")
+            raise ValueError(
+                f"prune_blocks={pruning.prune_blocks} selects transformer blocks of a DiT; this pipeline's "
+                f"denoiser is a U-Net: use max_downsample to choose its blocks by resolution"
+            )
         return [(role, i, name, block) for i, (name, block) in enumerate(blocks)]
     if pruning.max_downsample:
-        raise ValueError(f"max_downsample={pruning.max_downsample} selects U-Net blocks by resolution; this pipeline's "
-                         f"denoiser is a transformer with {len(blocks)} prunable blocks: use prune_blocks")
+        raise ValueError(
+            f"max_downsample={pruning.max_downsample} selects U-Net blocks by resolution; this pipeline's "
+            f"denoiser is a transformer with {len(blocks)} prunable blocks: use prune_blocks"
+        )
     unknown = [i for i in pruning.prune_blocks if i >= len(blocks)]
     if unknown:
-        raise ValueError(f"prune_blocks has indices {unknown} but {type(denoiser).__name__} has {len(blocks)} "
-                         f"prunable blocks (0..{len(blocks) - 1})")
+        raise ValueError(
+            f"prune_blocks has indices {unknown} but {type(denoiser).__name__} has {len(blocks)} "
+            f"prunable blocks (0..{len(blocks) - 1})"
+        )
     return [(role, i, name, block) for i, (name, block) in enumerate(blocks) if i in pruning.prune_blocks]
 
 
@@ -160,8 +170,10 @@ def enable(pipe, config: SADAConfig | None = None, *, engine_factory=None, locks
     if not isinstance(config, SADAConfig):
         raise TypeError(f"config must be a SADAConfig, got {type(config).__name__}")
     if getattr(pipe, "_sada_handle", None) is not None:
-        raise AlreadyEnabledError("sada is already enabled on this pipeline: use handle.configure(config) to change "
-                                  "the config, or disable(pipe) (remove_sada(pipe)) first")
+        raise AlreadyEnabledError(
+            "sada is already enabled on this pipeline: use handle.configure(config) to change "
+            "the config, or disable(pipe) (remove_sada(pipe)) first"
+        )
     if getattr(pipe, "scheduler", None) is None:
         raise TypeError(f"sada: {type(pipe).__name__} has no scheduler")
     if engine_factory is not None and not callable(engine_factory):
@@ -170,13 +182,17 @@ def enable(pipe, config: SADAConfig | None = None, *, engine_factory=None, locks
     modules = _denoiser_modules(pipe)
     resolve_lockstep(lockstep, None)  # validates it
     if config.prunes_tokens and any(is_compiled(m) for _, m in modules):
-        raise ValueError("sada: token pruning hooks blocks inside the denoiser, which torch.compile traces; "
-                         "enable pruning on the uncompiled denoiser (or disable pruning for a compiled one)")
+        raise ValueError(
+            "sada: token pruning hooks blocks inside the denoiser, which torch.compile traces; "
+            "enable pruning on the uncompiled denoiser (or disable pruning for a compiled one)"
+        )
     blocks = _check_pruning(config, modules)
     current = pipe.scheduler.__dict__.get("step")
     if current is not None and getattr(current, "_sada_wrapper", None) is None:
-        raise RuntimeError(f"sada: {type(pipe.scheduler).__name__}.step is already replaced on this instance by "
-                           "something else; remove that first")
+        raise RuntimeError(
+            f"sada: {type(pipe.scheduler).__name__}.step is already replaced on this instance by "
+            "something else; remove that first"
+        )
     # validated: now change things, undoing them all if anything fails
     pruner = TokenPruner(config) if config.prunes_tokens else None
     controller = Controller(pipe, config, info, engine_factory, pruner, lockstep)
@@ -244,8 +260,10 @@ def _pipeline_of(module_or_pipe, hook_config: SADAHookConfig):
     if host is not None:
         return host
     if hook_config.scheduler is None:
-        raise TypeError(f"sada: apply_sada on a bare {type(module_or_pipe).__name__} needs the scheduler that drives "
-                        "it: SADAHookConfig(scheduler=pipe.scheduler), or pass the pipeline")
+        raise TypeError(
+            f"sada: apply_sada on a bare {type(module_or_pipe).__name__} needs the scheduler that drives "
+            "it: SADAHookConfig(scheduler=pipe.scheduler), or pass the pipeline"
+        )
     role = "transformer" if "Transformer" in type(module_or_pipe).__name__ else "unet"
     return _ModuleHost(role, module_or_pipe, hook_config.scheduler)
 
@@ -266,8 +284,7 @@ def apply_sada(module_or_pipe, config: SADAHookConfig | SADAConfig | None = None
     if not isinstance(hook_config, SADAHookConfig):
         raise TypeError(f"config must be a SADAHookConfig or a SADAConfig, got {type(config).__name__}")
     pipe = _pipeline_of(module_or_pipe, hook_config)
-    handle = enable(pipe, hook_config.config, engine_factory=hook_config.engine_factory,
-                    lockstep=hook_config.lockstep)
+    handle = enable(pipe, hook_config.config, engine_factory=hook_config.engine_factory, lockstep=hook_config.lockstep)
     if isinstance(pipe, _ModuleHost):
         pipe.module._sada_host = pipe
     return handle
@@ -278,8 +295,10 @@ def remove_sada(module_or_pipe) -> None:
     if isinstance(module_or_pipe, torch.nn.Module):
         host = module_or_pipe.__dict__.get("_sada_host")
         if host is None:
-            raise RuntimeError(f"sada was not applied to this {type(module_or_pipe).__name__} (apply_sada(module, "
-                               "...)); to remove it from a pipeline, pass the pipeline")
+            raise RuntimeError(
+                f"sada was not applied to this {type(module_or_pipe).__name__} (apply_sada(module, "
+                "...)); to remove it from a pipeline, pass the pipeline"
+            )
         disable(host)
         del module_or_pipe._sada_host
         return

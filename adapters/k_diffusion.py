@@ -23,6 +23,7 @@ Each call's sigma is mapped to its step in the run's sigma schedule; a new run s
 comes again or sigma increases. Conditioning in ``extra_args`` -- tensors, and lists / tuples / dicts of them at any
 depth, as CompVis- and ComfyUI-style hosts pass it -- is sliced with the rows that run the model.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -73,8 +74,9 @@ def _as_sigmas(sigmas) -> np.ndarray:
     rising = np.flatnonzero(np.diff(sig) >= 0)
     if rising.size:
         i = int(rising[0])
-        raise ValueError(f"{need}; got {sig.size} entries, entry {i + 1} ({sig[i + 1]:.6g}) is not below entry {i} "
-                         f"({sig[i]:.6g})")
+        raise ValueError(
+            f"{need}; got {sig.size} entries, entry {i + 1} ({sig[i + 1]:.6g}) is not below entry {i} ({sig[i]:.6g})"
+        )
     if sig[-1] < 0:
         raise ValueError(f"{need}; got {sig.size} entries, the last is {sig[-1]:.6g}")
     return sig
@@ -94,8 +96,15 @@ def _schedule_for(model, sigmas: np.ndarray) -> NoiseSchedule:
 class SADADenoiser:
     """A k-diffusion denoiser with SADA; see :func:`wrap`."""
 
-    def __init__(self, model, sigmas, config: SADAConfig | None = None, schedule: NoiseSchedule | None = None,
-                 sampler=None, lockstep: bool | None = None):
+    def __init__(
+        self,
+        model,
+        sigmas,
+        config: SADAConfig | None = None,
+        schedule: NoiseSchedule | None = None,
+        sampler=None,
+        lockstep: bool | None = None,
+    ):
         if not callable(model):
             raise TypeError(f"model must be callable as model(x, sigma, **extra_args), got {type(model).__name__}")
         if config is not None and not isinstance(config, SADAConfig):
@@ -122,9 +131,15 @@ class SADADenoiser:
         schedule = self._schedule_arg if self._schedule_arg is not None else _schedule_for(self.inner_model, sig)
         self.sigmas, self.schedule, self._sigmas_arg = sig, schedule, sigmas
         self.grid = StepGrid.from_edm_sigmas(schedule, sig)
-        self.session = SADASession(self.grid, "sample", self.config, sample_scaling="edm",
-                                   solver_order=ORDERS.get(self.sampler, 2), lockstep=self._lockstep_arg,
-                                   network=self.inner_model)
+        self.session = SADASession(
+            self.grid,
+            "sample",
+            self.config,
+            sample_scaling="edm",
+            solver_order=ORDERS.get(self.sampler, 2),
+            lockstep=self._lockstep_arg,
+            network=self.inner_model,
+        )
         self._expected = None
 
     def sample(self, sampler: Callable, x: torch.Tensor, sigmas=None, **kwargs):
@@ -168,7 +183,9 @@ class SADADenoiser:
         self.calls += int(idx.numel())
         if step is not None:
             self.session.record_rows(step, idx.cpu().numpy())
-        return self.inner_model(x.index_select(0, idx), sigma.index_select(0, idx), **slice_rows(extra, idx, x.shape[0]))
+        return self.inner_model(
+            x.index_select(0, idx), sigma.index_select(0, idx), **slice_rows(extra, idx, x.shape[0])
+        )
 
     def _match(self, s: float):
         k = int(np.argmin(np.abs(self.sigmas[:-1] - s)))
@@ -187,19 +204,28 @@ class SADADenoiser:
             self._exact(f"{name} injects noise, which breaks the ODE assumption")
             return
         if self._match(s) != 0:
-            self._exact(f"the first call's sigma={s:.6g} is not the first of the planned schedule "
-                        f"({self.sigmas[0]:.6g}); declare the sampler's sigmas with denoiser.sample(sampler, x, "
-                        "sigmas) or denoiser.set_sigmas(sigmas)")
+            self._exact(
+                f"the first call's sigma={s:.6g} is not the first of the planned schedule "
+                f"({self.sigmas[0]:.6g}); declare the sampler's sigmas with denoiser.sample(sampler, x, "
+                "sigmas) or denoiser.set_sigmas(sigmas)"
+            )
             return
         if name is None:
-            self._warn("the k-diffusion sampler was not declared (pass sampler=K.sample_... to wrap, or call "
-                       "denoiser.sample(K.sample_..., x)); assuming a deterministic sampler with one model evaluation "
-                       "per step (a call off the sigma schedule falls back to exact compute)", SADAWarning,
-                       key="undeclared")
+            self._warn(
+                "the k-diffusion sampler was not declared (pass sampler=K.sample_... to wrap, or call "
+                "denoiser.sample(K.sample_..., x)); assuming a deterministic sampler with one model evaluation "
+                "per step (a call off the sigma schedule falls back to exact compute)",
+                SADAWarning,
+                key="undeclared",
+            )
         elif name not in SINGLE_STAGE | TWO_STAGE:
-            self._warn(f"sampler {name!r} is not in the tested list {sorted(SINGLE_STAGE | TWO_STAGE)}; assuming "
-                       "one deterministic evaluation per step (falls back to exact compute if its calls do not "
-                       "follow the sigma schedule)", SADAWarning, key=f"unknown:{name}")
+            self._warn(
+                f"sampler {name!r} is not in the tested list {sorted(SINGLE_STAGE | TWO_STAGE)}; assuming "
+                "one deterministic evaluation per step (falls back to exact compute if its calls do not "
+                "follow the sigma schedule)",
+                SADAWarning,
+                key=f"unknown:{name}",
+            )
 
     def _exact(self, reason: str) -> None:
         self._mode, self._reason = "exact", reason
@@ -210,8 +236,11 @@ class SADADenoiser:
         sigma = torch.as_tensor(sigma, device=x.device, dtype=x.dtype)
         sigma = sigma.expand(x.shape[0]) if sigma.ndim == 0 else sigma
         s = float(sigma[0])
-        new_run = self._expected is None or (self._prev_sigma is not None and s > self._prev_sigma * (1 + 1e-6)) \
+        new_run = (
+            self._expected is None
+            or (self._prev_sigma is not None and s > self._prev_sigma * (1 + 1e-6))
             or (self._match(s) == 0 and self._stage2_of is None)
+        )
         self._prev_sigma = s
         if new_run:
             self._start_run(s)
@@ -248,8 +277,15 @@ class SADADenoiser:
         return self.session.complete_stage(k, s, x, outputs)
 
 
-def wrap(model: Callable[..., torch.Tensor], sigmas: torch.Tensor | np.ndarray, config: SADAConfig | None = None,
-         *, schedule: NoiseSchedule | None = None, sampler=None, lockstep: bool | None = None) -> SADADenoiser:
+def wrap(
+    model: Callable[..., torch.Tensor],
+    sigmas: torch.Tensor | np.ndarray,
+    config: SADAConfig | None = None,
+    *,
+    schedule: NoiseSchedule | None = None,
+    sampler=None,
+    lockstep: bool | None = None,
+) -> SADADenoiser:
     """Wrap a k-diffusion denoiser ``model(x, sigma, **extra_args) -> denoised`` with SADA.
 
     Args:

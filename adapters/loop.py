@@ -19,6 +19,7 @@ the default ``"schedule"`` means ``x = alpha x0 + sigma eps`` of the declared sc
 
 The session itself is :class:`sada.torch_backend.session.SADASession`, the one every adapter composes.
 """
+
 from __future__ import annotations
 
 from sada.torch_backend.session import SADASession

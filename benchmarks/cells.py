@@ -4,6 +4,7 @@ A cell is named ``backend/model/sampler/spacing/steps``, e.g. ``diffusers/unet/d
 ``diffusers/mmdit/flow_euler/shift3/25``, ``k-diffusion/unet/lms/karras/15``; ``--cells`` selects cells by
 shell-style patterns over these names (``'*/unet/*/karras/50'``).
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -17,11 +18,18 @@ SEED_SETS = {"heldout": 1000, "tuning": 0}
 
 # backend -> model -> sampler -> spacings
 _MATRIX = {
-    "diffusers": {"unet": {"dpmpp_2m": ("trailing", "karras"), "euler": ("trailing", "karras"),
-                           "heun": ("trailing", "karras")},
-                  "mmdit": {"flow_euler": ("shift1", "shift3")}},
-    "k-diffusion": {"unet": {"euler": ("karras", "exponential"), "heun": ("karras", "exponential"),
-                             "dpmpp_2m": ("karras", "exponential"), "lms": ("karras", "exponential")}},
+    "diffusers": {
+        "unet": {"dpmpp_2m": ("trailing", "karras"), "euler": ("trailing", "karras"), "heun": ("trailing", "karras")},
+        "mmdit": {"flow_euler": ("shift1", "shift3")},
+    },
+    "k-diffusion": {
+        "unet": {
+            "euler": ("karras", "exponential"),
+            "heun": ("karras", "exponential"),
+            "dpmpp_2m": ("karras", "exponential"),
+            "lms": ("karras", "exponential"),
+        }
+    },
 }
 TWO_STAGE_SAMPLERS = {"heun"}
 
@@ -39,11 +47,11 @@ class Cell:
     def __post_init__(self):
         samplers = _MATRIX.get(self.backend, {}).get(self.model)
         if samplers is None:
-            raise ValueError(f"no cells for backend={self.backend!r}, model={self.model!r}; "
-                             f"backends {sorted(_MATRIX)}")
+            raise ValueError(f"no cells for backend={self.backend!r}, model={self.model!r}; backends {sorted(_MATRIX)}")
         if self.spacing not in samplers.get(self.sampler, ()):
-            raise ValueError(f"no cell {self.backend}/{self.model}/{self.sampler}/{self.spacing}; samplers and "
-                             f"spacings: {samplers}")
+            raise ValueError(
+                f"no cell {self.backend}/{self.model}/{self.sampler}/{self.spacing}; samplers and spacings: {samplers}"
+            )
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 4:
             raise ValueError(f"steps must be an int >= 4, got {self.steps!r}")
 
@@ -88,14 +96,25 @@ class Cell:
         return cls(*parts[:4], int(parts[4]))
 
 
-FULL_MATRIX = tuple(Cell(backend, model, sampler, spacing, steps)
-                    for backend, models in _MATRIX.items() for model, samplers in models.items()
-                    for sampler, spacings in samplers.items() for spacing in spacings for steps in STEP_COUNTS)
+FULL_MATRIX = tuple(
+    Cell(backend, model, sampler, spacing, steps)
+    for backend, models in _MATRIX.items()
+    for model, samplers in models.items()
+    for sampler, spacings in samplers.items()
+    for spacing in spacings
+    for steps in STEP_COUNTS
+)
 # the main job's subset: the shipped models' recommended samplers at the two most used step counts; the U-Net on its
 # shipped (trailing) spacing and on the Karras sigmas most users pick
-DEFAULT_CELLS = tuple(Cell.parse(n) for n in ("diffusers/unet/dpmpp_2m/trailing/50", "diffusers/unet/dpmpp_2m/karras/50",
-                                              "diffusers/mmdit/flow_euler/shift1/50",
-                                              "diffusers/mmdit/flow_euler/shift1/25"))
+DEFAULT_CELLS = tuple(
+    Cell.parse(n)
+    for n in (
+        "diffusers/unet/dpmpp_2m/trailing/50",
+        "diffusers/unet/dpmpp_2m/karras/50",
+        "diffusers/mmdit/flow_euler/shift1/50",
+        "diffusers/mmdit/flow_euler/shift1/25",
+    )
+)
 
 
 def select_cells(patterns=None, full: bool = False) -> list[Cell]:

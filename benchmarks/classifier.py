@@ -3,6 +3,7 @@
 The network is trained by :func:`train_classifier` (driven by ``python -m benchmarks.train --model classifier``) and
 shipped as ``benchmarks/assets/digits-classifier/{config.json,model.safetensors}``. Load it with :func:`load_classifier`.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,9 @@ class DigitCNN(nn.Module):
         def block(cin: int, cout: int) -> nn.Sequential:
             return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
-        self.body = nn.Sequential(block(1, w), block(w, w), nn.MaxPool2d(2),
-                                  block(w, 2 * w), block(2 * w, 2 * w), nn.MaxPool2d(2))
+        self.body = nn.Sequential(
+            block(1, w), block(w, w), nn.MaxPool2d(2), block(w, 2 * w), block(2 * w, 2 * w), nn.MaxPool2d(2)
+        )
         self.fc = nn.Linear(2 * w * (IMAGE_SIZE // 4) ** 2, feature_dim)
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(feature_dim, num_classes)
@@ -59,7 +61,7 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Random integer shifts of up to 1 pixel (background -1 fills the border)."""
     pad = F.pad(x, (1, 1, 1, 1), value=-1.0)
     dx, dy = torch.randint(0, 3, (2,), generator=gen).tolist()
-    return pad[:, :, dy:dy + IMAGE_SIZE, dx:dx + IMAGE_SIZE]
+    return pad[:, :, dy : dy + IMAGE_SIZE, dx : dx + IMAGE_SIZE]
 
 
 @torch.no_grad()
@@ -67,15 +69,26 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     """Top-1 accuracy of ``model`` on ``(x, y)`` in eval mode."""
     was_training = model.training
     model.eval()
-    correct = sum((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum().item()
-                  for i in range(0, len(x), batch_size))
+    correct = sum(
+        (model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum().item()
+        for i in range(0, len(x), batch_size)
+    )
     model.train(was_training)
     return correct / max(1, len(x))
 
 
-def train_classifier(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
-                     steps: int = 1500, batch_size: int = 128, lr: float = 2e-3, seed: int = 0,
-                     out: str | Path | None = None, log_every: int = 50) -> tuple[DigitCNN, dict]:
+def train_classifier(
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_test: torch.Tensor,
+    y_test: torch.Tensor,
+    steps: int = 1500,
+    batch_size: int = 128,
+    lr: float = 2e-3,
+    seed: int = 0,
+    out: str | Path | None = None,
+    log_every: int = 50,
+) -> tuple[DigitCNN, dict]:
     """Train :class:`DigitCNN` with AdamW + warmup + cosine; save to ``out`` (if not None; never the shipped bundle
     by default). Returns (model, stats)."""
     if steps < 1 or batch_size < 1 or lr <= 0:
@@ -97,12 +110,22 @@ def train_classifier(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch
         loss.backward()
         opt.step()
         if log_every and (step % log_every == 0 or step == steps - 1):
-            print(f"[classifier] step {step:5d}/{steps} loss {loss.item():.4f} lr {cur:.2e} "
-                  f"elapsed {time.time() - t0:.1f}s", flush=True)
+            print(
+                f"[classifier] step {step:5d}/{steps} loss {loss.item():.4f} lr {cur:.2e} "
+                f"elapsed {time.time() - t0:.1f}s",
+                flush=True,
+            )
     model.eval()
-    stats = {"train_accuracy": accuracy(model, x_train, y_train), "test_accuracy": accuracy(model, x_test, y_test),
-             "final_loss": loss.item(), "train_seconds": round(time.time() - t0, 1), "steps": steps,
-             "batch_size": batch_size, "n_train": len(x_train), "n_test": len(x_test)}
+    stats = {
+        "train_accuracy": accuracy(model, x_train, y_train),
+        "test_accuracy": accuracy(model, x_test, y_test),
+        "final_loss": loss.item(),
+        "train_seconds": round(time.time() - t0, 1),
+        "steps": steps,
+        "batch_size": batch_size,
+        "n_train": len(x_train),
+        "n_test": len(x_test),
+    }
     print(f"[classifier] train acc {stats['train_accuracy']:.4f}  test acc {stats['test_accuracy']:.4f}", flush=True)
     if out is not None:
         save_classifier(model, out, stats)
@@ -115,8 +138,12 @@ def save_classifier(model: DigitCNN, path: str | Path, stats: dict | None = None
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    cfg = {"class_name": "benchmarks.classifier.DigitCNN", "input": "[B,1,16,16] float in [-1,1]",
-           "config": model.config, "stats": stats or {}}
+    cfg = {
+        "class_name": "benchmarks.classifier.DigitCNN",
+        "input": "[B,1,16,16] float in [-1,1]",
+        "config": model.config,
+        "stats": stats or {},
+    }
     (path / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(path / "model.safetensors"))
 
@@ -127,8 +154,10 @@ def load_classifier(path: str | Path | None = None, device: str | torch.device =
 
     path = Path(path) if path is not None else DEFAULT_PATH
     if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
-        raise FileNotFoundError(f"{path} does not hold config.json and model.safetensors "
-                                "(train with `python -m benchmarks.train --model classifier`)")
+        raise FileNotFoundError(
+            f"{path} does not hold config.json and model.safetensors "
+            "(train with `python -m benchmarks.train --model classifier`)"
+        )
     cfg = json.loads((path / "config.json").read_text())
     model = DigitCNN(**cfg["config"])
     model.load_state_dict(load_file(str(path / "model.safetensors")))

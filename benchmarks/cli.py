@@ -1,6 +1,7 @@
 """The ``sada`` command: ``demo`` (the reference SADA sampler on a closed-form mixture ODE, seconds),
 ``bench`` (SADA against plain samplers on the shipped digit models) and ``bench-report`` (markdown from a
 stored ``results.json``, e.g. the generated part of docs/benchmarks.md)."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,11 +10,13 @@ import time
 
 __all__ = ["main"]
 
-BENCH_TIME = ("Expected run time on 2 CPU cores: the default cells about 11 minutes on a first run in one process "
-              "(the ODE references are computed once and cached, ~5 minutes of it); `make bench` runs the two "
-              "micro-batches in two processes (accelerate launch, --threads 1): 8.7 minutes on a first run. --full "
-              "--groups main --methods SADA in two processes: 43 minutes; every variant and the control take "
-              "longer (not measured); add --threads 1 on a machine shared with other jobs.")
+BENCH_TIME = (
+    "Expected run time on 2 CPU cores: the default cells about 11 minutes on a first run in one process "
+    "(the ODE references are computed once and cached, ~5 minutes of it); `make bench` runs the two "
+    "micro-batches in two processes (accelerate launch, --threads 1): 8.7 minutes on a first run. --full "
+    "--groups main --methods SADA in two processes: 43 minutes; every variant and the control take "
+    "longer (not measured); add --threads 1 on a machine shared with other jobs."
+)
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -29,6 +32,7 @@ def _int_at_least(minimum: int):
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
         return value
+
     parse.__name__ = f"integer >= {minimum}"
     return parse
 
@@ -38,8 +42,11 @@ def _demo(args) -> int:
 
     start = time.perf_counter()
     problem = make_problem(args.schedule, args.solver, args.steps, batch=args.batch, dim=args.dim, seed=args.seed)
-    print(f"SADA reference sampler on a {problem.distribution.num_components}-component Gaussian mixture "
-          f"in {problem.distribution.dim} dimensions: {problem.label}, batch {args.batch}", flush=True)
+    print(
+        f"SADA reference sampler on a {problem.distribution.num_components}-component Gaussian mixture "
+        f"in {problem.distribution.dim} dimensions: {problem.label}, batch {args.batch}",
+        flush=True,
+    )
     done = [0]
 
     def progress(name):
@@ -51,9 +58,11 @@ def _demo(args) -> int:
     for row in rows:
         if row["method"] in ("SADA default (SADAConfig())", "SADA corrected", "SADA paper"):
             saved = 1 - 1 / row["speedup"]
-            print(f"{row['method']}: {row['nfe']:.1f} network evaluations per sample instead of "
-                  f"{rows[0]['nfe']:.0f} ({saved:.0%} saved, {row['speedup']:.2f}x), RMS error vs the plain "
-                  f"sampler {row['rms']:.1e}")
+            print(
+                f"{row['method']}: {row['nfe']:.1f} network evaluations per sample instead of "
+                f"{rows[0]['nfe']:.0f} ({saved:.0%} saved, {row['speedup']:.2f}x), RMS error vs the plain "
+                f"sampler {row['rms']:.1e}"
+            )
     print(f"finished in {time.perf_counter() - start:.1f} s")
     return 0
 
@@ -76,9 +85,18 @@ def _bench(args) -> int:
 
     repeats = args.repeats if args.repeats is not None else (0 if args.full else 1)
     start = time.perf_counter()
-    run_benchmark(cells=cells, seed_set=args.seed_set, num_seeds=args.seeds, batch=args.batch, groups=args.groups,
-                  methods_filter=args.methods, repeats=repeats, out=args.out,
-                  cache_dir=False if args.no_cache else args.cache, reference_steps=args.reference_steps)
+    run_benchmark(
+        cells=cells,
+        seed_set=args.seed_set,
+        num_seeds=args.seeds,
+        batch=args.batch,
+        groups=args.groups,
+        methods_filter=args.methods,
+        repeats=repeats,
+        out=args.out,
+        cache_dir=False if args.no_cache else args.cache,
+        reference_steps=args.reference_steps,
+    )
     print(f"results in {args.out}/results.md ({time.perf_counter() - start:.0f} s)")
     return 0
 
@@ -103,12 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sada", description=__doc__, formatter_class=_Formatter)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser(
-        "demo", formatter_class=_Formatter, help="SADA vs the plain sampler on a closed-form mixture ODE (seconds)",
+        "demo",
+        formatter_class=_Formatter,
+        help="SADA vs the plain sampler on a closed-form mixture ODE (seconds)",
         description="SADA's float64 reference sampler against the plain sampler on a closed-form Gaussian-mixture "
-                    "ODE.\n\nMethods: baseline (no SADA), SADA default (SADAConfig(), what the adapters run when given "
-                    "no config), SADA paper, SADA corrected, corrected + error control "
-                    "and ablations (reuse noise, step-index nodes, corrected criterion, no multistep).\n"
-                    "Expected run time: 2-5 seconds.")
+        "ODE.\n\nMethods: baseline (no SADA), SADA default (SADAConfig(), what the adapters run when given "
+        "no config), SADA paper, SADA corrected, corrected + error control "
+        "and ablations (reuse noise, step-index nodes, corrected criterion, no multistep).\n"
+        "Expected run time: 2-5 seconds.",
+    )
     demo.add_argument("--schedule", choices=["vp", "ve", "flow"], default="vp", help="noise schedule")
     demo.add_argument("--solver", choices=["euler", "dpmpp_2m"], default="dpmpp_2m", help="ODE solver")
     demo.add_argument("--steps", type=int, choices=[50, 25, 15], default=50, help="sampling steps")
@@ -117,55 +138,92 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=_int_at_least(0), default=0, help="seed of the mixture and the noise")
     demo.set_defaults(func=_demo)
     bench = sub.add_parser(
-        "bench", formatter_class=_Formatter, help="SADA vs plain samplers on the shipped digit models (the main job)",
+        "bench",
+        formatter_class=_Formatter,
+        help="SADA vs plain samplers on the shipped digit models (the main job)",
         description="SADA against plain samplers on the shipped digit models, every method from the same noise and "
-                    "labels, scored against a converged solution of the same ODE (and against the full run).\n\n"
-                    "Methods per cell: baseline (the full run); SADA (the adapter's default configuration); SADA "
-                    "paper (the authors' preset, 50/25/15 steps); SADA step-indexed (the previous release's "
-                    "error-vetoed step schedule); plain grids at each variant's evaluation count (U-Net: trailing, karras, same ends; MMDiT: shift 1, shift 3, same "
-                    "ends; k-diffusion: karras, exponential, uniform t). Groups: control = SADA with skipping "
-                    "disabled; tolerance = schedule-free SADA (ErrorControl) with its tolerance swept; peer / "
-                    "ablation / pareto (diffusers cells) = AdaptiveDiffusion, diffusers cache hooks, token pruning, "
-                    "ablations and knob sweeps.\n" + BENCH_TIME)
-    bench.add_argument("--cells", nargs="+", metavar="PATTERN",
-                       help="cells backend/model/sampler/spacing/steps by shell pattern, e.g. '*/unet/*/karras/50'; "
-                            "none given: the main job's cells (see --list-cells)")
-    bench.add_argument("--full", action="store_true", help="every cell of the matrix (64: both models, every sampler "
-                       "and spacing, 15/25/50/100 steps)")
+        "labels, scored against a converged solution of the same ODE (and against the full run).\n\n"
+        "Methods per cell: baseline (the full run); SADA (the adapter's default configuration); SADA "
+        "paper (the authors' preset, 50/25/15 steps); SADA step-indexed (the previous release's "
+        "error-vetoed step schedule); plain grids at each variant's evaluation count (U-Net: trailing, karras, same ends; MMDiT: shift 1, shift 3, same "
+        "ends; k-diffusion: karras, exponential, uniform t). Groups: control = SADA with skipping "
+        "disabled; tolerance = schedule-free SADA (ErrorControl) with its tolerance swept; peer / "
+        "ablation / pareto (diffusers cells) = AdaptiveDiffusion, diffusers cache hooks, token pruning, "
+        "ablations and knob sweeps.\n" + BENCH_TIME,
+    )
+    bench.add_argument(
+        "--cells",
+        nargs="+",
+        metavar="PATTERN",
+        help="cells backend/model/sampler/spacing/steps by shell pattern, e.g. '*/unet/*/karras/50'; "
+        "none given: the main job's cells (see --list-cells)",
+    )
+    bench.add_argument(
+        "--full",
+        action="store_true",
+        help="every cell of the matrix (64: both models, every sampler and spacing, 15/25/50/100 steps)",
+    )
     bench.add_argument("--list-cells", action="store_true", help="print the selected cells and exit")
-    bench.add_argument("--seed-set", choices=["heldout", "tuning"], default="heldout",
-                       help="heldout: seeds 1000.. (reporting); tuning: seeds 0.. (for tuning runs)")
+    bench.add_argument(
+        "--seed-set",
+        choices=["heldout", "tuning"],
+        default="heldout",
+        help="heldout: seeds 1000.. (reporting); tuning: seeds 0.. (for tuning runs)",
+    )
     bench.add_argument("--seeds", type=_int_at_least(1), default=32, help="number of seeds (labels = seed %% 10)")
     bench.add_argument("--batch", type=_int_at_least(1), default=16, help="seeds per micro-batch")
-    bench.add_argument("--groups", nargs="+", default=["main", "control"], choices=list(GROUPS),
-                       help="method groups to run")
+    bench.add_argument(
+        "--groups", nargs="+", default=["main", "control"], choices=list(GROUPS), help="method groups to run"
+    )
     bench.add_argument("--methods", nargs="+", metavar="NAME", help="run only these methods (the baseline always runs)")
-    bench.add_argument("--repeats", type=_int_at_least(0), default=None,
-                       help="timed rounds of wall-clock per method on one micro-batch; none given: 1, or 0 with --full")
-    bench.add_argument("--threads", type=_int_at_least(1), default=None,
-                       help="torch threads per process (results are bit-reproducible for a fixed count; on a shared "
-                            "machine use 1); none given: torch's default")
+    bench.add_argument(
+        "--repeats",
+        type=_int_at_least(0),
+        default=None,
+        help="timed rounds of wall-clock per method on one micro-batch; none given: 1, or 0 with --full",
+    )
+    bench.add_argument(
+        "--threads",
+        type=_int_at_least(1),
+        default=None,
+        help="torch threads per process (results are bit-reproducible for a fixed count; on a shared "
+        "machine use 1); none given: torch's default",
+    )
     bench.add_argument("--out", default="sada-bench-out", help="output folder")
-    bench.add_argument("--cache", default=None, help="folder of the ODE reference cache; none given: "
-                       "$SADA_BENCH_CACHE or ~/.cache/sada-bench")
+    bench.add_argument(
+        "--cache",
+        default=None,
+        help="folder of the ODE reference cache; none given: $SADA_BENCH_CACHE or ~/.cache/sada-bench",
+    )
     bench.add_argument("--no-cache", action="store_true", help="compute the ODE references without the cache")
-    bench.add_argument("--reference-steps", type=_int_at_least(8), default=None,
-                       help="solver steps of the ODE reference; none given: 500 for the U-Net, 1000 for the MMDiT")
+    bench.add_argument(
+        "--reference-steps",
+        type=_int_at_least(8),
+        default=None,
+        help="solver steps of the ODE reference; none given: 500 for the U-Net, 1000 for the MMDiT",
+    )
     bench.set_defaults(func=_bench)
     report = sub.add_parser(
-        "bench-report", formatter_class=_Formatter, help="markdown of a stored bench results.json",
+        "bench-report",
+        formatter_class=_Formatter,
+        help="markdown of a stored bench results.json",
         description="Render the markdown report of a stored results.json (stdout), or with --update regenerate a "
-                    "docs page from it:\n  sada bench-report sada-bench-out/results.json --update docs/benchmarks.md\n"
-                    "  sada bench-report bench-full/results.json --matrix --update docs/results/benchmark-matrix.md\n"
-                    "Expected run time: about a second.")
+        "docs page from it:\n  sada bench-report sada-bench-out/results.json --update docs/benchmarks.md\n"
+        "  sada bench-report bench-full/results.json --matrix --update docs/results/benchmark-matrix.md\n"
+        "Expected run time: about a second.",
+    )
     report.add_argument("results", help="results.json written by sada bench")
     report.add_argument("--docs", action="store_true", help="the docs page's section (main cells only)")
-    report.add_argument("--matrix", action="store_true",
-                        help="the full-matrix page's section (every cell's table and Pareto plot)")
-    report.add_argument("--update", metavar="PAGE",
-                        help="regenerate PAGE's generated section (docs tables), store the results as "
-                             "results/bench-results.json beside PAGE and copy the plots into results/img/ (--matrix: "
-                             "PAGE lives in the results folder: bench-matrix-results.json and img/ beside it)")
+    report.add_argument(
+        "--matrix", action="store_true", help="the full-matrix page's section (every cell's table and Pareto plot)"
+    )
+    report.add_argument(
+        "--update",
+        metavar="PAGE",
+        help="regenerate PAGE's generated section (docs tables), store the results as "
+        "results/bench-results.json beside PAGE and copy the plots into results/img/ (--matrix: "
+        "PAGE lives in the results folder: bench-matrix-results.json and img/ beside it)",
+    )
     report.set_defaults(func=_bench_report)
     return parser
 

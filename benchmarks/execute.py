@@ -4,6 +4,7 @@
 denoiser, and runs a :class:`~benchmarks.methods.Method` on a list of seeds, counting the rows that enter
 the network (network evaluations, whatever the method) with a forward pre-hook on its first layer.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -112,8 +113,9 @@ class CellRunner:
             grid = method.grid
             pipe = self.pipe(grid.overrides)
             custom = grid.timesteps is not None or grid.sigmas is not None
-            images = self.model.sample(pipe, labels, seeds, None if custom else grid.steps,
-                                       timesteps=grid.timesteps, sigmas=grid.sigmas)
+            images = self.model.sample(
+                pipe, labels, seeds, None if custom else grid.steps, timesteps=grid.timesteps, sigmas=grid.sigmas
+            )
             return images, None, None
         pipe = self.pipe(self.full_grid.overrides)
         with self._apply(method, pipe) as handle:
@@ -141,6 +143,7 @@ class CellRunner:
 
             def factory(grid, kind):
                 return AdaptiveDiffusionEngine(grid, kind, method.params["threshold"], method.params["max_skip_steps"])
+
             with sada_diffusers.enabled(pipe, engine_factory=factory) as handle:
                 yield handle
         elif method.kind == "diffusers-hook":
@@ -161,9 +164,14 @@ def _diffusers_cache_hook(pipe, model, params):
     module = getattr(pipe, model.denoiser_role)
     name = params["hook"]
     if name == "taylorseer":
-        hooks.apply_taylorseer_cache(module, hooks.TaylorSeerCacheConfig(
-            cache_interval=params["interval"], disable_cache_before_step=params["warmup"],
-            taylor_factors_dtype=torch.float32))
+        hooks.apply_taylorseer_cache(
+            module,
+            hooks.TaylorSeerCacheConfig(
+                cache_interval=params["interval"],
+                disable_cache_before_step=params["warmup"],
+                taylor_factors_dtype=torch.float32,
+            ),
+        )
     elif name == "first_block_cache":
         hooks.apply_first_block_cache(module, hooks.FirstBlockCacheConfig(threshold=params["threshold"]))
     else:
@@ -181,8 +189,9 @@ def _diffusers_cache_hook(pipe, model, params):
         HookRegistry.check_if_exists_or_initialize(module).invalidate_child_registries_cache()
 
 
-def time_methods(runner: CellRunner, methods: list[Method], seeds, labels, repeats: int, progress,
-                 warm_up: bool = True) -> dict:
+def time_methods(
+    runner: CellRunner, methods: list[Method], seeds, labels, repeats: int, progress, warm_up: bool = True
+) -> dict:
     """Wall-clock of one micro-batch per method: a warm-up round (``warm_up``; skip it when every method has
     just run on these seeds), then ``repeats`` rounds that run every method once in turn, in alternating
     order (slow drifts of the machine and position effects hit all methods alike); the median per method."""
@@ -192,7 +201,7 @@ def time_methods(runner: CellRunner, methods: list[Method], seeds, labels, repea
     peaks = {m.name: 0 for m in methods}
     first = 0 if warm_up else 1
     for round_ in range(first, repeats + 1):
-        for method in (methods if round_ % 2 else methods[::-1]):
+        for method in methods if round_ % 2 else methods[::-1]:
             with PeakRSS() as mem:
                 start = time.perf_counter()
                 runner.run(method, seeds, labels)
@@ -201,5 +210,7 @@ def time_methods(runner: CellRunner, methods: list[Method], seeds, labels, repea
                 times[method.name].append(elapsed)
                 peaks[method.name] = max(peaks[method.name], mem.peak - mem.base)
             progress()
-    return {name: {"median_s": statistics.median(t), "times_s": t, "peak_rss_mib": peaks[name] / 2**20}
-            for name, t in times.items()}
+    return {
+        name: {"median_s": statistics.median(t), "times_s": t, "peak_rss_mib": peaks[name] / 2**20}
+        for name, t in times.items()
+    }

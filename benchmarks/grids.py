@@ -14,6 +14,7 @@ families and keeps the best at SADA's evaluation count:
 
 The full run of a cell (its baseline) is the cell's own family at the cell's step count.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,15 +24,26 @@ import numpy as np
 
 from benchmarks.cells import Cell
 
-__all__ = ["PlainGrid", "grid_families", "default_family", "plain_grid", "resolve_grid", "steps_around",
-           "same_grid"]
+__all__ = ["PlainGrid", "grid_families", "default_family", "plain_grid", "resolve_grid", "steps_around", "same_grid"]
 
-_FAMILIES = {"unet": ("trailing", "karras", "same ends"), "mmdit": ("shift 1", "shift 3", "same ends"),
-             "k-diffusion": ("karras", "exponential", "uniform t")}
-_SPACING_FAMILY = {"trailing": "trailing", "karras": "karras", "shift1": "shift 1", "shift3": "shift 3",
-                   "exponential": "exponential"}
-_OVERRIDES = {"trailing": (), "karras": (("use_karras_sigmas", True),), "shift 1": (("shift", 1.0),),
-              "shift 3": (("shift", 3.0),)}
+_FAMILIES = {
+    "unet": ("trailing", "karras", "same ends"),
+    "mmdit": ("shift 1", "shift 3", "same ends"),
+    "k-diffusion": ("karras", "exponential", "uniform t"),
+}
+_SPACING_FAMILY = {
+    "trailing": "trailing",
+    "karras": "karras",
+    "shift1": "shift 1",
+    "shift3": "shift 3",
+    "exponential": "exponential",
+}
+_OVERRIDES = {
+    "trailing": (),
+    "karras": (("use_karras_sigmas", True),),
+    "shift 1": (("shift", 1.0),),
+    "shift 3": (("shift", 3.0),),
+}
 
 
 @dataclass(frozen=True)
@@ -88,8 +100,12 @@ def plain_grid(cell: Cell, family: str, steps: int, model, denoiser=None) -> Pla
     full = plain_grid(cell, default_family(cell), cell.steps, model, denoiser)
     first, last = grid_span(cell, full, model)
     if cell.model == "mmdit":
-        return PlainGrid(family, steps, overrides=_OVERRIDES["shift 1"],
-                         sigmas=tuple(float(s) for s in np.linspace(first, last, steps)))
+        return PlainGrid(
+            family,
+            steps,
+            overrides=_OVERRIDES["shift 1"],
+            sigmas=tuple(float(s) for s in np.linspace(first, last, steps)),
+        )
     times = np.round(np.linspace(first, last, steps)).astype(int)
     if np.any(np.diff(times) >= 0):
         raise ValueError(f"{steps} integer timesteps do not fit between {first} and {last}")

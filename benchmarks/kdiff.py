@@ -6,6 +6,7 @@ the *nearest* training timestep of ``sigma`` (k-diffusion's ``quantize=True``), 
 classifier-free guidance happens inside (labels come in ``extra_args``, so SADA's partial batches slice
 them with the rows). The samplers come from :func:`sada.adapters.k_diffusion.load_sampling`.
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,7 +22,9 @@ class DigitsEpsDenoiser:
 
     def __init__(self, model, guidance: float | None = None):
         if getattr(model, "family", None) != "vp":
-            raise ValueError(f"the k-diffusion denoiser needs the VP (epsilon) U-Net, got {getattr(model, 'name', model)!r}")
+            raise ValueError(
+                f"the k-diffusion denoiser needs the VP (epsilon) U-Net, got {getattr(model, 'name', model)!r}"
+            )
         self.model = model
         self.guidance = model.guidance if guidance is None else float(guidance)
         abar = model.base_scheduler.alphas_cumprod.float()
@@ -49,7 +52,9 @@ class DigitsEpsDenoiser:
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, labels=None) -> torch.Tensor:
         if labels is None:
-            raise ValueError("pass the class labels in extra_args: sampler(denoiser, x, sigmas, extra_args={'labels': ...})")
+            raise ValueError(
+                "pass the class labels in extra_args: sampler(denoiser, x, sigmas, extra_args={'labels': ...})"
+            )
         sigma = torch.as_tensor(sigma, dtype=x.dtype).flatten().expand(x.shape[0])
         c_in = (1.0 / (sigma**2 + 1).sqrt()).view(-1, *([1] * (x.ndim - 1)))
         eps = self.model.guided_output(x * c_in, self.sigma_to_t(sigma).float(), labels, self.guidance)

@@ -9,6 +9,7 @@ of schedule-free SADA swept: its Pareto curve), and for diffusers cells the olde
 ``pareto`` (knobs swept), all relative to *SADA corrected* -- the authors' schedule with this project's corrected
 numerics and per-sample decisions.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -51,11 +52,21 @@ def main_methods(cell, full_grid) -> list[Method]:
     """Baseline and the three SADA variants of ``cell`` (a variant without a preset at this step count is
     returned with ``skipped`` set)."""
     steps, family = cell.steps, cell.family
-    out = [Method("baseline", "main", "plain", grid=full_grid, timed=True),
-           Method("SADA", "main", "sada", ADAPTER_DEFAULT, timed=True, curve="SADA")]
+    out = [
+        Method("baseline", "main", "plain", grid=full_grid, timed=True),
+        Method("SADA", "main", "sada", ADAPTER_DEFAULT, timed=True, curve="SADA"),
+    ]
     if steps in (50, 25, 15):  # token pruning off: the step-skipping method (pruning is a peer-group row)
-        out.append(Method("SADA paper", "main", "sada", preset(family, steps).replace(max_downsample=0, prune_blocks=()),
-                          timed=True, curve="SADA paper"))
+        out.append(
+            Method(
+                "SADA paper",
+                "main",
+                "sada",
+                preset(family, steps).replace(max_downsample=0, prune_blocks=()),
+                timed=True,
+                curve="SADA paper",
+            )
+        )
     else:
         out.append(Method("SADA paper", "main", "sada", skipped=f"no authors' preset at {steps} steps"))
     try:
@@ -68,8 +79,12 @@ def main_methods(cell, full_grid) -> list[Method]:
 
 def tolerance_methods() -> list[Method]:
     """Schedule-free SADA at every tolerance of :data:`TOLERANCES` (the adapter default's other settings)."""
-    return [Method(f"SADA, tolerance {t:g}", "tolerance", "sada", SADAConfig(schedule=ErrorControl(tolerance=t)),
-                   curve="SADA") for t in TOLERANCES]
+    return [
+        Method(
+            f"SADA, tolerance {t:g}", "tolerance", "sada", SADAConfig(schedule=ErrorControl(tolerance=t)), curve="SADA"
+        )
+        for t in TOLERANCES
+    ]
 
 
 def _legacy_methods(cell) -> list[Method]:
@@ -84,14 +99,32 @@ def _legacy_methods(cell) -> list[Method]:
     out = [
         Method("SADA corrected", "peer", "sada", sada, curve="SADA corrected"),
         Method("SADA corrected + token pruning", "peer", "sada", sada.replace(**prune)),
-        Method("AdaptiveDiffusion", "peer", "adaptive", params=dict(threshold=0.01, max_skip_steps=4),
-               curve="AdaptiveDiffusion"),
+        Method(
+            "AdaptiveDiffusion",
+            "peer",
+            "adaptive",
+            params=dict(threshold=0.01, max_skip_steps=4),
+            curve="AdaptiveDiffusion",
+        ),
     ]
     if cell.model == "mmdit":
-        out.append(Method("diffusers TaylorSeer", "peer", "diffusers-hook", curve="TaylorSeer",
-                          params=dict(hook="taylorseer", interval=3, warmup=steps // 5)))
-        out.append(Method("diffusers FirstBlockCache", "peer", "diffusers-hook",
-                          params=dict(hook="first_block_cache", threshold=0.05)))
+        out.append(
+            Method(
+                "diffusers TaylorSeer",
+                "peer",
+                "diffusers-hook",
+                curve="TaylorSeer",
+                params=dict(hook="taylorseer", interval=3, warmup=steps // 5),
+            )
+        )
+        out.append(
+            Method(
+                "diffusers FirstBlockCache",
+                "peer",
+                "diffusers-hook",
+                params=dict(hook="first_block_cache", threshold=0.05),
+            )
+        )
     out += [
         Method("ablation: corrected criterion", "ablation", "sada", sada.replace(criterion="corrected")),
         Method("ablation: paper estimate (reduce per sample)", "ablation", "sada", paper.replace(reduce="sample")),
@@ -99,25 +132,64 @@ def _legacy_methods(cell) -> list[Method]:
         Method("ablation: no multistep tail", "ablation", "sada", sada.replace(lagrange_term=0)),
         Method("ablation: multistep on step index", "ablation", "sada", sada.replace(abscissa="index")),
         Method("ablation: multistep on log-SNR", "ablation", "sada", sada.replace(abscissa="lambda")),
-        Method(f"ablation: error-controlled schedule (multistep from {early.schedule.lagrange_step}), no error control",
-               "ablation", "sada", early, curve="SADA corrected"),
+        Method(
+            f"ablation: error-controlled schedule (multistep from {early.schedule.lagrange_step}), no error control",
+            "ablation",
+            "sada",
+            early,
+            curve="SADA corrected",
+        ),
     ]
     if cell.sampler == "euler":
-        out.append(Method("ablation: Euler multistep on x0/alpha (official)", "ablation", "sada",
-                          sada.replace(lagrange_target="x0_over_alpha")))
+        out.append(
+            Method(
+                "ablation: Euler multistep on x0/alpha (official)",
+                "ablation",
+                "sada",
+                sada.replace(lagrange_target="x0_over_alpha"),
+            )
+        )
     for interval in (2, 3):
         if lag % interval == 0:
-            out.append(Method(f"SADA corrected, multistep every {interval}", "pareto", "sada",
-                              sada.replace(lagrange_int=interval), curve="SADA corrected"))
+            out.append(
+                Method(
+                    f"SADA corrected, multistep every {interval}",
+                    "pareto",
+                    "sada",
+                    sada.replace(lagrange_int=interval),
+                    curve="SADA corrected",
+                )
+            )
     for start in range(early.schedule.lagrange_step + sada.schedule.lagrange_int, lag, sada.schedule.lagrange_int):
-        out.append(Method(f"SADA corrected, multistep from step {start}", "pareto", "sada",
-                          sada.replace(lagrange_step=start), curve="SADA corrected"))
+        out.append(
+            Method(
+                f"SADA corrected, multistep from step {start}",
+                "pareto",
+                "sada",
+                sada.replace(lagrange_step=start),
+                curve="SADA corrected",
+            )
+        )
     for factor in (0.3, 3.0):
-        out.append(Method(f"SADA step-indexed, error tolerance {tolerance * factor:.3g}", "pareto", "sada",
-                          early.replace(step_error_rms=tolerance * factor), curve="SADA step-indexed"))
+        out.append(
+            Method(
+                f"SADA step-indexed, error tolerance {tolerance * factor:.3g}",
+                "pareto",
+                "sada",
+                early.replace(step_error_rms=tolerance * factor),
+                curve="SADA step-indexed",
+            )
+        )
     for threshold in (0.005, 0.02, 0.05):
-        out.append(Method(f"AdaptiveDiffusion thr {threshold}", "pareto", "adaptive", curve="AdaptiveDiffusion",
-                          params=dict(threshold=threshold, max_skip_steps=4)))
+        out.append(
+            Method(
+                f"AdaptiveDiffusion thr {threshold}",
+                "pareto",
+                "adaptive",
+                curve="AdaptiveDiffusion",
+                params=dict(threshold=threshold, max_skip_steps=4),
+            )
+        )
     return out
 
 

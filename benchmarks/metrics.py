@@ -7,6 +7,7 @@
   *not* FID: the feature network is a small digit CNN, not Inception;
 * class accuracy: how often the classifier recognises the requested label in a sample.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,8 +19,9 @@ __all__ = ["psnr", "psnr_per_image", "ssim", "frechet_distance", "FeatureMetrics
 
 def _check(images: torch.Tensor, reference: torch.Tensor) -> None:
     if images.shape != reference.shape or images.ndim != 4:
-        raise ValueError(f"need two [N, C, H, W] batches of one shape, got {tuple(images.shape)} "
-                         f"and {tuple(reference.shape)}")
+        raise ValueError(
+            f"need two [N, C, H, W] batches of one shape, got {tuple(images.shape)} and {tuple(reference.shape)}"
+        )
 
 
 def psnr_per_image(images: torch.Tensor, reference: torch.Tensor) -> np.ndarray:
@@ -28,8 +30,9 @@ def psnr_per_image(images: torch.Tensor, reference: torch.Tensor) -> np.ndarray:
     from torchmetrics.functional.image import peak_signal_noise_ratio
 
     _check(images, reference)
-    values = peak_signal_noise_ratio(images.float().clamp(-1, 1), reference.float().clamp(-1, 1), data_range=2.0,
-                                     reduction="none", dim=(1, 2, 3))
+    values = peak_signal_noise_ratio(
+        images.float().clamp(-1, 1), reference.float().clamp(-1, 1), data_range=2.0, reduction="none", dim=(1, 2, 3)
+    )
     return torch.clamp(values, max=100.0).double().cpu().numpy()
 
 
@@ -44,8 +47,11 @@ def ssim(images: torch.Tensor, reference: torch.Tensor) -> float:
 
     _check(images, reference)
     kernel = min(11, images.shape[-1] - (1 - images.shape[-1] % 2))
-    return float(structural_similarity_index_measure(images.float().clamp(-1, 1), reference.float().clamp(-1, 1),
-                                                     data_range=2.0, kernel_size=kernel))
+    return float(
+        structural_similarity_index_measure(
+            images.float().clamp(-1, 1), reference.float().clamp(-1, 1), data_range=2.0, kernel_size=kernel
+        )
+    )
 
 
 def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:

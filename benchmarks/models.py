@@ -9,6 +9,7 @@ Besides the pipelines, :meth:`BenchModel.guided_output` calls the network direct
 on a doubled batch, unconditional rows first, as the pipelines do) for the ODE reference and the k-diffusion
 denoiser, and :meth:`BenchModel.noise` gives the exact start noise the pipelines draw for a list of seeds.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -22,8 +23,13 @@ __all__ = ["BenchModel", "SCHEDULERS", "DEFAULT_SCHEDULER", "load_model", "load_
 
 # sampler name -> diffusers scheduler class (per model family)
 SCHEDULERS = {
-    "unet": {"dpmpp_2m": "DPMSolverMultistepScheduler", "euler": "EulerDiscreteScheduler", "ddim": "DDIMScheduler",
-             "unipc": "UniPCMultistepScheduler", "heun": "HeunDiscreteScheduler"},
+    "unet": {
+        "dpmpp_2m": "DPMSolverMultistepScheduler",
+        "euler": "EulerDiscreteScheduler",
+        "ddim": "DDIMScheduler",
+        "unipc": "UniPCMultistepScheduler",
+        "heun": "HeunDiscreteScheduler",
+    },
     "mmdit": {"flow_euler": "FlowMatchEulerDiscreteScheduler"},
 }
 DEFAULT_SCHEDULER = {"unet": "dpmpp_2m", "mmdit": "flow_euler"}
@@ -33,9 +39,17 @@ def _pixel_vae(channels: int):
     from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
-    return AutoencoderKL(in_channels=channels, out_channels=channels, block_out_channels=(4,), latent_channels=channels,
-                         norm_num_groups=1, down_block_types=("DownEncoderBlock2D",),
-                         up_block_types=("UpDecoderBlock2D",), use_quant_conv=False, use_post_quant_conv=False)
+    return AutoencoderKL(
+        in_channels=channels,
+        out_channels=channels,
+        block_out_channels=(4,),
+        latent_channels=channels,
+        norm_num_groups=1,
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
 
 
 @dataclass
@@ -65,8 +79,10 @@ class BenchModel:
         """SHA-256 of the network weights, the label table and the training scheduler's config."""
         if self._fingerprint is None:
             digest = hashlib.sha256()
-            tensors = {**{f"net.{k}": v for k, v in self.network.state_dict().items()},
-                       **{f"table.{k}": v for k, v in self.table.items() if isinstance(v, torch.Tensor)}}
+            tensors = {
+                **{f"net.{k}": v for k, v in self.network.state_dict().items()},
+                **{f"table.{k}": v for k, v in self.table.items() if isinstance(v, torch.Tensor)},
+            }
             for key in sorted(tensors):
                 digest.update(key.encode())
                 digest.update(tensors[key].detach().float().contiguous().cpu().numpy().tobytes())
@@ -81,8 +97,10 @@ class BenchModel:
 
         sampler = sampler or DEFAULT_SCHEDULER[self.name]
         if sampler not in SCHEDULERS[self.name]:
-            raise ValueError(f"scheduler {sampler!r} is not available for the {self.name} model; "
-                             f"choose from {sorted(SCHEDULERS[self.name])}")
+            raise ValueError(
+                f"scheduler {sampler!r} is not available for the {self.name} model; "
+                f"choose from {sorted(SCHEDULERS[self.name])}"
+            )
         cls = getattr(diffusers, SCHEDULERS[self.name][sampler])
         return cls.from_config(self.base_scheduler.config, **config_overrides)
 
@@ -93,13 +111,28 @@ class BenchModel:
         sched = self.scheduler(sampler, **config_overrides)
         vae = _pixel_vae(self.meta.get("channels", 1))
         if self.name == "unet":
-            pipe = diffusers.StableDiffusionPipeline(unet=self.network, vae=vae, scheduler=sched, text_encoder=None,
-                                                     tokenizer=None, safety_checker=None, feature_extractor=None,
-                                                     requires_safety_checker=False)
+            pipe = diffusers.StableDiffusionPipeline(
+                unet=self.network,
+                vae=vae,
+                scheduler=sched,
+                text_encoder=None,
+                tokenizer=None,
+                safety_checker=None,
+                feature_extractor=None,
+                requires_safety_checker=False,
+            )
         else:
-            pipe = diffusers.StableDiffusion3Pipeline(transformer=self.network, vae=vae, scheduler=sched,
-                                                      text_encoder=None, tokenizer=None, text_encoder_2=None,
-                                                      tokenizer_2=None, text_encoder_3=None, tokenizer_3=None)
+            pipe = diffusers.StableDiffusion3Pipeline(
+                transformer=self.network,
+                vae=vae,
+                scheduler=sched,
+                text_encoder=None,
+                tokenizer=None,
+                text_encoder_2=None,
+                tokenizer_2=None,
+                text_encoder_3=None,
+                tokenizer_3=None,
+            )
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
@@ -112,8 +145,9 @@ class BenchModel:
         return labels
 
     @torch.no_grad()
-    def sample(self, pipe, labels, seeds, steps: int | None, guidance: float | None = None,
-               timesteps=None, sigmas=None) -> torch.Tensor:
+    def sample(
+        self, pipe, labels, seeds, steps: int | None, guidance: float | None = None, timesteps=None, sigmas=None
+    ) -> torch.Tensor:
         """Images ``[B, 1, 16, 16]`` (~[-1, 1]) for ``labels``; sample ``i`` starts from ``seeds[i]``'s noise.
 
         ``steps`` with the scheduler's own spacing, or a custom grid: ``timesteps`` (U-Net schedulers) or
@@ -124,9 +158,14 @@ class BenchModel:
             raise ValueError("give either steps or a custom grid (timesteps or sigmas), not both or neither")
         null = torch.full_like(labels, self.meta["null_label"])
         size = self.meta["image_size"]
-        common = dict(num_inference_steps=steps, height=size, width=size, output_type="latent",
-                      guidance_scale=self.guidance if guidance is None else guidance,
-                      generator=[torch.Generator().manual_seed(int(s)) for s in seeds])
+        common = dict(
+            num_inference_steps=steps,
+            height=size,
+            width=size,
+            output_type="latent",
+            guidance_scale=self.guidance if guidance is None else guidance,
+            generator=[torch.Generator().manual_seed(int(s)) for s in seeds],
+        )
         if timesteps is not None:
             common["timesteps"] = list(timesteps)
         if sigmas is not None:
@@ -135,8 +174,13 @@ class BenchModel:
         if self.name == "unet":
             return pipe(prompt_embeds=emb[labels], negative_prompt_embeds=emb[null], **common).images
         pooled = self.table["pooled"]
-        return pipe(prompt_embeds=emb[labels], pooled_prompt_embeds=pooled[labels], negative_prompt_embeds=emb[null],
-                    negative_pooled_prompt_embeds=pooled[null], **common).images
+        return pipe(
+            prompt_embeds=emb[labels],
+            pooled_prompt_embeds=pooled[labels],
+            negative_prompt_embeds=emb[null],
+            negative_pooled_prompt_embeds=pooled[null],
+            **common,
+        ).images
 
     def noise(self, seeds) -> torch.Tensor:
         """The unit-variance start noise ``[B, C, H, W]`` the pipelines draw: one generator per seed."""
@@ -144,8 +188,9 @@ class BenchModel:
         if not seeds or any(isinstance(s, bool) or int(s) != s or s < 0 for s in seeds):
             raise ValueError(f"seeds must be a non-empty list of non-negative ints, got {seeds!r}")
         c, size = self.meta.get("channels", 1), self.meta["image_size"]
-        return torch.cat([torch.randn((1, c, size, size), generator=torch.Generator().manual_seed(int(s)))
-                          for s in seeds])
+        return torch.cat(
+            [torch.randn((1, c, size, size), generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+        )
 
     @torch.no_grad()
     def guided_output(self, x: torch.Tensor, model_time, labels, guidance: float | None = None) -> torch.Tensor:
@@ -167,8 +212,12 @@ class BenchModel:
             out = self.network(rows, t, encoder_hidden_states=torch.cat([emb[null], emb[labels]])).sample
         else:
             pooled = self.table["pooled"]
-            out = self.network(hidden_states=rows, encoder_hidden_states=torch.cat([emb[null], emb[labels]]),
-                               pooled_projections=torch.cat([pooled[null], pooled[labels]]), timestep=t).sample
+            out = self.network(
+                hidden_states=rows,
+                encoder_hidden_states=torch.cat([emb[null], emb[labels]]),
+                pooled_projections=torch.cat([pooled[null], pooled[labels]]),
+                timestep=t,
+            ).sample
         uncond, cond = out.chunk(2)
         return uncond + g * (cond - uncond)
 

@@ -9,6 +9,7 @@ own process (layerwise casting cannot be removed from a model). Refused combinat
 ``apply_*`` function inside a ``cache_context("cond")`` (the SD3 pipeline sets none). Docs: docs/howto-diffusers.md,
 "Combining with other caches".
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,31 +25,54 @@ ORDERS = ("cache-only", "sada-first", "cache-first")
 
 def _caches(net, hooks, steps: int) -> dict:
     def calibrated_mag(pipe, sample):
-        hooks.apply_mag_cache(net, hooks.MagCacheConfig(mag_ratios=_calibrate_mag(net, hooks, steps, sample),
-                                                        num_inference_steps=steps))
+        hooks.apply_mag_cache(
+            net, hooks.MagCacheConfig(mag_ratios=_calibrate_mag(net, hooks, steps, sample), num_inference_steps=steps)
+        )
 
     def timestep(pipe):
         return lambda: pipe.scheduler.timesteps[pipe.scheduler.step_index or 0]
 
     def cache_dit_on(pipe, sample):
         import cache_dit
-        cache_dit.enable_cache(pipe, cache_config=cache_dit.DBCacheConfig(
-            Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=0.08))
+
+        cache_dit.enable_cache(
+            pipe,
+            cache_config=cache_dit.DBCacheConfig(
+                Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=0.08
+            ),
+        )
 
     return {
         "mag": calibrated_mag,
-        "pab": lambda pipe, sample: hooks.apply_pyramid_attention_broadcast(net, hooks.PyramidAttentionBroadcastConfig(
-            spatial_attention_block_skip_range=2, spatial_attention_timestep_skip_range=(100, 800),
-            current_timestep_callback=timestep(pipe))),
-        "taylorseer": lambda pipe, sample: hooks.apply_taylorseer_cache(net, hooks.TaylorSeerCacheConfig(
-            cache_interval=3, disable_cache_before_step=5, taylor_factors_dtype=torch.float32)),
-        "faster": lambda pipe, sample: hooks.apply_faster_cache(net, hooks.FasterCacheConfig(
-            spatial_attention_block_skip_range=2, current_timestep_callback=timestep(pipe),
-            attention_weight_callback=lambda _: 0.3, tensor_format="BCHW")),
-        "group_offload": lambda pipe, sample: net.enable_group_offload(torch.device("cpu"), offload_type="block_level",
-                                                                       num_blocks_per_group=1),
-        "layerwise_cast": lambda pipe, sample: net.enable_layerwise_casting(storage_dtype=torch.bfloat16,
-                                                                           compute_dtype=torch.float32),
+        "pab": lambda pipe, sample: hooks.apply_pyramid_attention_broadcast(
+            net,
+            hooks.PyramidAttentionBroadcastConfig(
+                spatial_attention_block_skip_range=2,
+                spatial_attention_timestep_skip_range=(100, 800),
+                current_timestep_callback=timestep(pipe),
+            ),
+        ),
+        "taylorseer": lambda pipe, sample: hooks.apply_taylorseer_cache(
+            net,
+            hooks.TaylorSeerCacheConfig(
+                cache_interval=3, disable_cache_before_step=5, taylor_factors_dtype=torch.float32
+            ),
+        ),
+        "faster": lambda pipe, sample: hooks.apply_faster_cache(
+            net,
+            hooks.FasterCacheConfig(
+                spatial_attention_block_skip_range=2,
+                current_timestep_callback=timestep(pipe),
+                attention_weight_callback=lambda _: 0.3,
+                tensor_format="BCHW",
+            ),
+        ),
+        "group_offload": lambda pipe, sample: net.enable_group_offload(
+            torch.device("cpu"), offload_type="block_level", num_blocks_per_group=1
+        ),
+        "layerwise_cast": lambda pipe, sample: net.enable_layerwise_casting(
+            storage_dtype=torch.bfloat16, compute_dtype=torch.float32
+        ),
         "cache_dit": cache_dit_on,
     }
 
@@ -110,9 +134,13 @@ def main(argv: list[str]) -> None:
         _calibrate_mag(net, hooks, STEPS, sample)  # before SADA is enabled on the shared network
     pipe = model.pipeline("flow_euler", shift=1.0)
     rows = {"evals": 0, "blocks": 0}
-    counters = [net.pos_embed.register_forward_pre_hook(lambda m, a: rows.__setitem__("evals", rows["evals"] + len(a[0])))]
-    counters += [b.norm1.register_forward_pre_hook(lambda m, a: rows.__setitem__("blocks", rows["blocks"] + len(a[0])))
-                 for b in net.transformer_blocks]
+    counters = [
+        net.pos_embed.register_forward_pre_hook(lambda m, a: rows.__setitem__("evals", rows["evals"] + len(a[0])))
+    ]
+    counters += [
+        b.norm1.register_forward_pre_hook(lambda m, a: rows.__setitem__("blocks", rows["blocks"] + len(a[0])))
+        for b in net.transformer_blocks
+    ]
     handle = None
     try:
         if argv[1] == "sada-first":
@@ -129,9 +157,11 @@ def main(argv: list[str]) -> None:
         for c in counters:
             c.remove()
     full = 2 * len(seeds) * STEPS
-    print(f"{argv[0]} {argv[1]}: PSNR vs stock {psnr(out, stock):.2f} dB, evaluations {rows['evals'] / full:.2f}, "
-          f"blocks {rows['blocks'] / (full * len(net.transformer_blocks)):.2f}"
-          + (f" | {handle.summary()}" if handle is not None else ""))
+    print(
+        f"{argv[0]} {argv[1]}: PSNR vs stock {psnr(out, stock):.2f} dB, evaluations {rows['evals'] / full:.2f}, "
+        f"blocks {rows['blocks'] / (full * len(net.transformer_blocks)):.2f}"
+        + (f" | {handle.summary()}" if handle is not None else "")
+    )
 
 
 if __name__ == "__main__":

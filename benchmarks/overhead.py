@@ -15,6 +15,7 @@ Weights of histories that every row shares are memoised across runs by exact bit
 count reuses them). ``--cold`` clears the memo before every run, so each measured run pays for every weight set:
 the cost of the first image on a new grid.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,7 +34,7 @@ __all__ = ["MODELS", "CONFIGS", "measure", "main"]
 
 # model -> (grid family, prediction kind, solver order, latent shape per sample); the shipped models' settings
 MODELS = {
-    "unet": ("vp", "epsilon", 2, (1, 16, 16)),       # DPM-Solver++ 2M on SD's scaled-linear betas, trailing
+    "unet": ("vp", "epsilon", 2, (1, 16, 16)),  # DPM-Solver++ 2M on SD's scaled-linear betas, trailing
     "mmdit": ("flow", "flow_velocity", 1, (1, 16, 16)),  # flow Euler, shift 1
 }
 # configuration name -> factory(model name, steps)
@@ -59,15 +60,17 @@ class GaussianStub:
 
     def __init__(self, kind: str, shape: tuple, seed: int = 0, spread: float = 0.5):
         g = torch.Generator().manual_seed(seed)
-        self.kind, self.mean, self.var = kind, torch.randn(shape, generator=g) * 0.5, spread ** 2
+        self.kind, self.mean, self.var = kind, torch.randn(shape, generator=g) * 0.5, spread**2
 
     def __call__(self, x: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
-        gain = alpha * self.var / (alpha ** 2 * self.var + sigma ** 2)
+        gain = alpha * self.var / (alpha**2 * self.var + sigma**2)
         x0 = self.mean + gain * (x - alpha * self.mean)
         return synthesise_output(self.kind, x0, x, alpha, sigma)
 
 
-def run_once(engine: SADAEngine, grid: StepGrid, stub: GaussianStub, x: torch.Tensor) -> tuple[list[float], torch.Tensor]:
+def run_once(
+    engine: SADAEngine, grid: StepGrid, stub: GaussianStub, x: torch.Tensor
+) -> tuple[list[float], torch.Tensor]:
     """One sampling run (first-order solver in the schedule scaling); returns ``[wall, thread CPU]`` seconds of
     every step (``finish`` counted in the last)."""
     times = []
@@ -92,8 +95,16 @@ def run_once(engine: SADAEngine, grid: StepGrid, stub: GaussianStub, x: torch.Te
     return times, x
 
 
-def measure(model: str, config_name: str, steps: int = 50, batch: int = 16, repeats: int = 5,
-            device: str = "cpu", dtype: torch.dtype = torch.float32, cold: bool = False) -> dict:
+def measure(
+    model: str,
+    config_name: str,
+    steps: int = 50,
+    batch: int = 16,
+    repeats: int = 5,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    cold: bool = False,
+) -> dict:
     """Median / mean host microseconds per step of ``config_name`` on ``model``-shaped latents; ``cold``: every run
     computes its weights afresh (the memo of shared weights is cleared before it)."""
     if model not in MODELS:
@@ -123,36 +134,58 @@ def measure(model: str, config_name: str, steps: int = 50, batch: int = 16, repe
     us = np.asarray(per_step)[:, 0] * 1e6
     cpu_us = np.asarray(per_step)[:, 1] * 1e6
     latent_bytes = int(np.prod(shape)) * torch.empty(0, dtype=dtype).element_size()
-    return {"model": model, "config": config_name, "steps": steps, "batch": batch, "repeats": repeats, "cold": cold,
-            "median_us": float(np.median(us)), "mean_us": float(us.mean()), "p90_us": float(np.percentile(us, 90)),
-            "median_cpu_us": float(np.median(cpu_us)),
-            "speedup": trace.speedup(), "history_bytes": int(history),
-            "latent_copies_per_sample": history / (batch * latent_bytes)}
+    return {
+        "model": model,
+        "config": config_name,
+        "steps": steps,
+        "batch": batch,
+        "repeats": repeats,
+        "cold": cold,
+        "median_us": float(np.median(us)),
+        "mean_us": float(us.mean()),
+        "p90_us": float(np.percentile(us, 90)),
+        "median_cpu_us": float(np.median(cpu_us)),
+        "speedup": trace.speedup(),
+        "history_bytes": int(history),
+        "latent_copies_per_sample": history / (batch * latent_bytes),
+    }
 
 
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.overhead", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="mmdit,unet", help=f"comma-separated, from {sorted(MODELS)}")
-    parser.add_argument("--configs", default="default,step-schedule,paper,error-controlled", help=f"from {sorted(CONFIGS)}")
+    parser.add_argument(
+        "--configs", default="default,step-schedule,paper,error-controlled", help=f"from {sorted(CONFIGS)}"
+    )
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--cold", action="store_true",
-                        help="clear the memo of shared weights before every run (the first image on a new grid)")
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="clear the memo of shared weights before every run (the first image on a new grid)",
+    )
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = []
-    print(f"{'model':6} {'config':17} {'median us/step':>14} {'mean':>8} {'p90':>8} {'CPU median':>10} "
-          f"{'NFE ratio':>9} {'latents/sample':>14}")
+    print(
+        f"{'model':6} {'config':17} {'median us/step':>14} {'mean':>8} {'p90':>8} {'CPU median':>10} "
+        f"{'NFE ratio':>9} {'latents/sample':>14}"
+    )
     for model in args.models.split(","):
         for config in args.configs.split(","):
-            r = measure(model.strip(), config.strip(), args.steps, args.batch, args.repeats, args.device, cold=args.cold)
+            r = measure(
+                model.strip(), config.strip(), args.steps, args.batch, args.repeats, args.device, cold=args.cold
+            )
             rows.append(r)
-            print(f"{r['model']:6} {r['config']:17} {r['median_us']:14.0f} {r['mean_us']:8.0f} {r['p90_us']:8.0f} "
-                  f"{r['median_cpu_us']:10.0f} {r['speedup']:9.2f} {r['latent_copies_per_sample']:14.1f}", flush=True)
+            print(
+                f"{r['model']:6} {r['config']:17} {r['median_us']:14.0f} {r['mean_us']:8.0f} {r['p90_us']:8.0f} "
+                f"{r['median_cpu_us']:10.0f} {r['speedup']:9.2f} {r['latent_copies_per_sample']:14.1f}",
+                flush=True,
+            )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

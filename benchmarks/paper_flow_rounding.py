@@ -9,6 +9,7 @@ two outputs against each other and against the converged ODE solution of the ben
 
     python -m benchmarks.paper_flow_rounding --seeds 16 --steps 50
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,7 +30,9 @@ def _engine_factory(official: bool):
         def make(grid, kind):
             cls = OfficialRounding if official else SADAEngine
             return cls(config, grid, kind, history_dtype=torch.float32)
+
         return make
+
     return factory
 
 
@@ -69,8 +72,10 @@ def main(argv=None) -> int:
     print(f"evaluation ratio: deterministic zero {sa:.3f}x, official rounding {sb:.3f}x")
     print(f"steps whose decision differs: {differ} of {da.shape[0]}")
     print(f"PSNR deterministic vs official: {psnr_per_image(a, b).mean():.2f} dB")
-    print(f"PSNR vs ODE solution: deterministic {psnr_per_image(a, reference).mean():.2f} dB, "
-          f"official {psnr_per_image(b, reference).mean():.2f} dB")
+    print(
+        f"PSNR vs ODE solution: deterministic {psnr_per_image(a, reference).mean():.2f} dB, "
+        f"official {psnr_per_image(b, reference).mean():.2f} dB"
+    )
     return 0
 
 

@@ -8,6 +8,7 @@ diffusers adapter sees an ordinary pipeline. Calls default to the model's recomm
 ``output_type="latent"``: the models work in pixel space, so the "latents" are the images, ``[1, 16, 16]`` each in
 about ``[-1, 1]`` (the pipelines' VAE is an untrained placeholder that is never used to decode).
 """
+
 from __future__ import annotations
 
 import inspect
@@ -66,9 +67,15 @@ def _digit_pipeline(base: type) -> type:
         kwargs.setdefault("output_type", "latent")
         return base.__call__(self, *args, **kwargs)
 
-    cls = type(f"Digits{base.__name__}", (base,), {
-        "encode_prompt": encode_prompt, "__call__": __call__,
-        "__doc__": f"{base.__name__} for the shipped digit models: a prompt is a digit (benchmarks.pipelines)."})
+    cls = type(
+        f"Digits{base.__name__}",
+        (base,),
+        {
+            "encode_prompt": encode_prompt,
+            "__call__": __call__,
+            "__doc__": f"{base.__name__} for the shipped digit models: a prompt is a digit (benchmarks.pipelines).",
+        },
+    )
     _CLASSES[base.__name__] = cls
     return cls
 

@@ -1,5 +1,6 @@
 """Per-cell figures: sample grids (ODE solution on top) and the Pareto plot (NFE vs PSNR against the ODE
 solution, plain grids as curves, SADA variants as points)."""
+
 from __future__ import annotations
 
 from pathlib import Path

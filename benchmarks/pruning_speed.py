@@ -15,6 +15,7 @@ blocks keeping context, and with whole-block pruning, and reports PSNR against t
 against a converged solution of the same ODE (a ``reference-steps`` run of the same pipeline from the
 same noise; cached in ``--reference-file`` when given).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,24 +49,35 @@ def _block_case(kind: str, tokens: int, batch: int):
         block = BasicTransformerBlock(320, 8, 40, cross_attention_dim=768).eval()
         return block, (torch.randn(batch, tokens, 320),), {"encoder_hidden_states": torch.randn(batch, 77, 768)}
     block = JointTransformerBlock(512, 8, 64, context_pre_only=False, qk_norm="rms_norm").eval()
-    return block, (), dict(hidden_states=torch.randn(batch, tokens, 512),
-                           encoder_hidden_states=torch.randn(batch, 77, 512), temb=torch.randn(batch, 512))
+    return (
+        block,
+        (),
+        dict(
+            hidden_states=torch.randn(batch, tokens, 512),
+            encoder_hidden_states=torch.randn(batch, 77, 512),
+            temb=torch.randn(batch, 512),
+        ),
+    )
 
 
 def block_benchmark(kinds, tokens: int, batch: int, repeats: int) -> None:
     from sada import SADAConfig
     from sada.torch_backend.pruning import TokenPruner
 
-    side = int(round(tokens ** 0.5))
+    side = int(round(tokens**0.5))
     config = SADAConfig(acc_range=(0, 40), max_downsample=1, lagrange_term=0)
-    mib = 1 / 2 ** 20
-    print(f"{tokens} image tokens, batch {batch}, {torch.get_num_threads()} threads, median of {repeats} interleaved "
-          "calls; ctx = pruned with context (K/V cache), whole = whole-block pruning (no context)")
+    mib = 1 / 2**20
+    print(
+        f"{tokens} image tokens, batch {batch}, {torch.get_num_threads()} threads, median of {repeats} interleaved "
+        "calls; ctx = pruned with context (K/V cache), whole = whole-block pruning (no context)"
+    )
     for kind in kinds:
         block, args, kwargs = _block_case(kind, tokens, batch)
         print(f"\n{type(block).__name__} ({kind})\n")
-        print("| unstable | tokens computed | full (ms) | pruned ctx (ms) | saved | pruned whole (ms) | saved | "
-              "K/V cache (MiB) | output cache (MiB) |")
+        print(
+            "| unstable | tokens computed | full (ms) | pruned ctx (ms) | saved | pruned whole (ms) | saved | "
+            "K/V cache (MiB) | output cache (MiB) |"
+        )
         print("|---|---|---|---|---|---|---|---|---|")
         with torch.no_grad():
             for fraction in FRACTIONS:
@@ -82,9 +94,11 @@ def block_benchmark(kinds, tokens: int, batch: int, repeats: int) -> None:
                 full, ctx, whole = _interleaved_medians([lambda: block(*args, **kwargs)] + runs, repeats)
                 stats = pruners[0].stats
                 computed = stats["tokens_in"] / stats["tokens_total"]
-                print(f"| {fraction:.0%} | {computed:.0%} | {full:.1f} | {ctx:.1f} | {1 - ctx / full:.0%} "
-                      f"| {whole:.1f} | {1 - whole / full:.0%} | {pruners[0].kv_cache_bytes() * mib:.2f} | "
-                      f"{pruners[0].output_cache_bytes() * mib:.2f} |")
+                print(
+                    f"| {fraction:.0%} | {computed:.0%} | {full:.1f} | {ctx:.1f} | {1 - ctx / full:.0%} "
+                    f"| {whole:.1f} | {1 - whole / full:.0%} | {pruners[0].kv_cache_bytes() * mib:.2f} | "
+                    f"{pruners[0].output_cache_bytes() * mib:.2f} |"
+                )
 
 
 def fidelity_benchmark(samples: int, reference_steps: int, reference_file: str | None, guidance: float) -> None:
@@ -104,28 +118,37 @@ def fidelity_benchmark(samples: int, reference_steps: int, reference_file: str |
     refs = torch.load(reference_file, weights_only=True) if exists else {}  # tensors and a key string: no pickle
     if refs.get("key") != key:
         start = time.perf_counter()
-        refs = {"key": key, "full": model.sample(pipe, labels, seeds, 50, guidance),
-                "converged": model.sample(pipe, labels, seeds, reference_steps, guidance)}
+        refs = {
+            "key": key,
+            "full": model.sample(pipe, labels, seeds, 50, guidance),
+            "converged": model.sample(pipe, labels, seeds, reference_steps, guidance),
+        }
         print(f"references computed in {time.perf_counter() - start:.0f} s")
         if reference_file:
             torch.save(refs, reference_file)
     full, converged = refs["full"], refs["converged"]
-    print(f"MMDiT, {samples} samples, CFG {guidance}; full 50-step run vs {reference_steps}-step run: "
-          f"{psnr(full, converged):.2f} dB\n")
+    print(
+        f"MMDiT, {samples} samples, CFG {guidance}; full 50-step run vs {reference_steps}-step run: "
+        f"{psnr(full, converged):.2f} dB\n"
+    )
     flux = sada.preset("flux", 50).replace(mode="corrected", reduce="sample", max_downsample=0)
     # the authors' step schedule with corrected numerics: what a pruning config that names no schedule gets
     default = sada.SADAConfig(schedule=sada.config.StepSchedule(), mode="corrected", reduce="sample")
     blocks = (0, 1, 2, 3)
-    runs = [("flux preset: SADA", flux, True),
-            ("flux preset: + pruning, context", flux.replace(prune_blocks=blocks), True),
-            ("flux preset: + pruning, whole-block", flux.replace(prune_blocks=blocks), False),
-            ("flux preset: + pruning, context, max_fix=64", flux.replace(prune_blocks=blocks, max_fix=64), True),
-            ("flux preset: + pruning, whole-block, max_fix=64", flux.replace(prune_blocks=blocks, max_fix=64), False),
-            ("step schedule: SADA", default, True),
-            ("step schedule: + pruning, context", default.replace(prune_blocks=blocks), True),
-            ("step schedule: + pruning, whole-block", default.replace(prune_blocks=blocks), False)]
-    print("| run | PSNR vs 50-step (dB) | PSNR vs converged (dB) | computed steps | tokens computed on pruned "
-          "blocks | cache (KiB) | wall (s) |")
+    runs = [
+        ("flux preset: SADA", flux, True),
+        ("flux preset: + pruning, context", flux.replace(prune_blocks=blocks), True),
+        ("flux preset: + pruning, whole-block", flux.replace(prune_blocks=blocks), False),
+        ("flux preset: + pruning, context, max_fix=64", flux.replace(prune_blocks=blocks, max_fix=64), True),
+        ("flux preset: + pruning, whole-block, max_fix=64", flux.replace(prune_blocks=blocks, max_fix=64), False),
+        ("step schedule: SADA", default, True),
+        ("step schedule: + pruning, context", default.replace(prune_blocks=blocks), True),
+        ("step schedule: + pruning, whole-block", default.replace(prune_blocks=blocks), False),
+    ]
+    print(
+        "| run | PSNR vs 50-step (dB) | PSNR vs converged (dB) | computed steps | tokens computed on pruned "
+        "blocks | cache (KiB) | wall (s) |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, config, context in runs:
         with sada_diffusers.enabled(pipe, config) as handle:
@@ -139,9 +162,12 @@ def fidelity_benchmark(samples: int, reference_steps: int, reference_file: str |
         info = trace.extras.get("pruning", {})
         fractions = list(info.get("token_fraction", {}).values())
         tokens = f"{np.mean(fractions):.0%}" if fractions else "-"
-        print(f"| {name} | {psnr(out, full):.2f} | {psnr(out, converged):.2f} | "
-              f"{trace.network_evaluations() / samples:.1f}/50 | {tokens} | {info.get('cache_bytes', 0) / 1024:.0f} "
-              f"| {wall:.0f} |", flush=True)
+        print(
+            f"| {name} | {psnr(out, full):.2f} | {psnr(out, converged):.2f} | "
+            f"{trace.network_evaluations() / samples:.1f}/50 | {tokens} | {info.get('cache_bytes', 0) / 1024:.0f} "
+            f"| {wall:.0f} |",
+            flush=True,
+        )
 
 
 def main(argv=None) -> int:
@@ -158,11 +184,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.mode == "fidelity":
         if args.samples < 1 or args.reference_steps < 100:
-            parser.error(f"need --samples >= 1 and --reference-steps >= 100, got {args.samples}, "
-                         f"{args.reference_steps}")
+            parser.error(
+                f"need --samples >= 1 and --reference-steps >= 100, got {args.samples}, {args.reference_steps}"
+            )
         fidelity_benchmark(args.samples, args.reference_steps, args.reference_file, args.guidance)
         return 0
-    side = int(round(args.tokens ** 0.5))
+    side = int(round(args.tokens**0.5))
     if side * side != args.tokens or args.tokens < 256:
         parser.error(f"--tokens must be a square number >= 256, got {args.tokens}")
     if args.batch < 1 or args.repeats < 1:

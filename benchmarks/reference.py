@@ -28,6 +28,7 @@ References are cached per micro-batch under ``cache_dir`` keyed by everything th
 (model weights hash, seeds, labels, guidance, start, solver, grid, steps, torch version, thread count);
 a stored file is used only when its key matches exactly, so a cache hit returns what a recomputation would.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,8 +40,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["ReferenceSpec", "probability_flow_solve", "reference_grid", "reference_images", "default_cache_dir",
-           "START_CONVENTIONS"]
+__all__ = [
+    "ReferenceSpec",
+    "probability_flow_solve",
+    "reference_grid",
+    "reference_images",
+    "default_cache_dir",
+    "START_CONVENTIONS",
+]
 
 START_CONVENTIONS = {"unet": ("vp", "edm"), "mmdit": ("flow",)}
 DEFAULT_STEPS = {"unet": 500, "mmdit": 1000}
@@ -69,8 +76,9 @@ class ReferenceSpec:
         if self.model not in START_CONVENTIONS:
             raise ValueError(f"model must be one of {sorted(START_CONVENTIONS)}, got {self.model!r}")
         if self.start not in START_CONVENTIONS[self.model]:
-            raise ValueError(f"start for {self.model} must be one of {START_CONVENTIONS[self.model]}, "
-                             f"got {self.start!r}")
+            raise ValueError(
+                f"start for {self.model} must be one of {START_CONVENTIONS[self.model]}, got {self.start!r}"
+            )
         if self.order not in (1, 2, 3):
             raise ValueError(f"order must be 1, 2 or 3, got {self.order!r}")
         if self.steps is None:
@@ -168,13 +176,20 @@ def _solve_chunk(model, spec: ReferenceSpec, seeds, labels, progress) -> torch.T
 
 
 def _key_fields(model, spec: ReferenceSpec, seeds, labels) -> dict:
-    return {"spec": asdict(spec), "model_sha256": model.fingerprint(), "seeds": [int(s) for s in seeds],
-            "labels": [int(v) for v in labels], "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "version": 1}
+    return {
+        "spec": asdict(spec),
+        "model_sha256": model.fingerprint(),
+        "seeds": [int(s) for s in seeds],
+        "labels": [int(v) for v in labels],
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "version": 1,
+    }
 
 
-def reference_images(model, spec: ReferenceSpec, seeds, labels, cache_dir: str | Path | None = None,
-                     on_compute=None, progress=None) -> torch.Tensor:
+def reference_images(
+    model, spec: ReferenceSpec, seeds, labels, cache_dir: str | Path | None = None, on_compute=None, progress=None
+) -> torch.Tensor:
     """Reference images ``[B, C, H, W]`` (float32) for ``seeds``/``labels``, computed as one batch or read
     from the cache (``cache_dir``; ``None``: :func:`default_cache_dir`; ``False``: no cache).
 
@@ -183,8 +198,9 @@ def reference_images(model, spec: ReferenceSpec, seeds, labels, cache_dir: str |
     """
     seeds, labels = list(seeds), list(labels)
     if not seeds or len(seeds) != len(labels):
-        raise ValueError(f"need a non-empty list of seeds and one label per seed, got {len(seeds)} seeds, "
-                         f"{len(labels)} labels")
+        raise ValueError(
+            f"need a non-empty list of seeds and one label per seed, got {len(seeds)} seeds, {len(labels)} labels"
+        )
     fields = _key_fields(model, spec, seeds, labels)
     key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
     path = None

@@ -5,6 +5,7 @@
 Generated files live apart from the hand-written pages, in the ``results/`` folder of the docs
 (:data:`RESULTS_DIR`): the stored JSON, the figures (``results/img/``), the matrix page and the lab's page. The
 hand-written ``docs/benchmarks.md`` keeps its generated sections between markers."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,18 @@ from benchmarks.cells import DEFAULT_CELLS
 from benchmarks.methods import SADA_VARIANTS
 from benchmarks.stats import GOALS, MAX_LOSS_DB
 
-__all__ = ["render_markdown", "render_matrix_summary", "render_file", "update_docs", "results_folder", "DOCS_BEGIN",
-           "MATRIX_BEGIN", "SUMMARY_BEGIN", "DOCS_END", "RESULTS_DIR"]
+__all__ = [
+    "render_markdown",
+    "render_matrix_summary",
+    "render_file",
+    "update_docs",
+    "results_folder",
+    "DOCS_BEGIN",
+    "MATRIX_BEGIN",
+    "SUMMARY_BEGIN",
+    "DOCS_END",
+    "RESULTS_DIR",
+]
 
 DOCS_BEGIN = "<!-- begin generated: sada bench-report docs/results/bench-results.json --docs -->"
 MATRIX_BEGIN = "<!-- begin generated: sada bench-report docs/results/bench-matrix-results.json --matrix -->"
@@ -44,8 +55,10 @@ def _delta(peer: dict) -> str:
 def _references(results: dict) -> list[str]:
     lines = ["| reference | solver | convergence check | seeds | agreement min / mean (dB) |", "|---|---|---|---|---|"]
     for key, ref in sorted(results.get("references", {}).items()):
-        lines.append(f"| {key} | {ref['reference']} | {ref['check']} | {ref['seeds'][0]}-{ref['seeds'][-1]} | "
-                     f"{_num(ref['psnr_min'], 1)} / {_num(ref['psnr_mean'], 1)} |")
+        lines.append(
+            f"| {key} | {ref['reference']} | {ref['check']} | {ref['seeds'][0]}-{ref['seeds'][-1]} | "
+            f"{_num(ref['psnr_min'], 1)} / {_num(ref['psnr_mean'], 1)} |"
+        )
     return lines
 
 
@@ -56,8 +69,11 @@ def _goal_text(steps: int) -> str:
 
 def _goals(results: dict) -> list[str]:
     goals = results.get("goals", [])
-    lines = ["| goal | variant | cells | met | evaluation ratio (min - max) | dB vs best plain grid at equal NFE "
-             "(min - max) |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| goal | variant | cells | met | evaluation ratio (min - max) | dB vs best plain grid at equal NFE "
+        "(min - max) |",
+        "|---|---|---|---|---|---|",
+    ]
     for steps in GOALS:  # the goals' own order: 50, 25, 15, 100 steps
         for variant in SADA_VARIANTS:
             rows = [g for g in goals if g["steps"] == steps and g["variant"] == variant]
@@ -65,22 +81,29 @@ def _goals(results: dict) -> list[str]:
                 continue
             met = sum(1 for g in rows if g.get("met"))
             ratios, deltas = [g["ratio"] for g in rows], [g["delta"] for g in rows]
-            lines.append(f"| {_goal_text(steps)} | {variant} | {len(rows)} | {met} | {min(ratios):.2f}x - "
-                         f"{max(ratios):.2f}x | {_num(min(deltas), 2, True)} - {_num(max(deltas), 2, True)} |")
+            lines.append(
+                f"| {_goal_text(steps)} | {variant} | {len(rows)} | {met} | {min(ratios):.2f}x - "
+                f"{max(ratios):.2f}x | {_num(min(deltas), 2, True)} - {_num(max(deltas), 2, True)} |"
+            )
     for variant in SADA_VARIANTS:
         rows = [g for g in goals if g["variant"] == variant]
         if not rows:
             continue
         worst = min(rows, key=lambda g: g["delta"])
         ok = sum(1 for g in rows if g["no_loss"])
-        lines.append(f"| never more than {MAX_LOSS_DB} dB below the best plain grid at equal NFE, any cell | {variant} | "
-                     f"{len(rows)} | {ok} | | worst {_num(worst['delta'], 2, True)} ({worst['cell']}) |")
+        lines.append(
+            f"| never more than {MAX_LOSS_DB} dB below the best plain grid at equal NFE, any cell | {variant} | "
+            f"{len(rows)} | {ok} | | worst {_num(worst['delta'], 2, True)} ({worst['cell']}) |"
+        )
     return lines
 
 
 def _matrix(results: dict, variant: str) -> list[str]:
-    lines = [f"| cell | full run vs ODE | {variant} NFE (ratio) | {variant} vs ODE | best plain grid at equal NFE | "
-             "its PSNR vs ODE | difference (dB, ± 2 s.e.) | goal met |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"| cell | full run vs ODE | {variant} NFE (ratio) | {variant} vs ODE | best plain grid at equal NFE | "
+        "its PSNR vs ODE | difference (dB, ± 2 s.e.) | goal met |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     goals = {(g["cell"], g["variant"]): g for g in results.get("goals", [])}
     for cell in results["cells"]:
         base = next(r for r in cell["rows"] if r["method"] == "baseline")
@@ -92,9 +115,11 @@ def _matrix(results: dict, variant: str) -> list[str]:
             continue
         peer, goal = entry["peer"], goals.get((cell["name"], variant), {})
         met = "" if "met" not in goal else ("yes" if goal["met"] else "no")
-        lines.append(f"| {cell['name']} | {_num(base['PSNR vs ODE'])} | {_num(entry['NFE'], 1)} "
-                     f"({cell['baseline_nfe'] / entry['NFE']:.2f}x) | {_num(entry['psnr_ode'])} | "
-                     f"{peer.get('name', '')} | {_num(peer.get('psnr'))} | {_delta(peer)} | {met} |")
+        lines.append(
+            f"| {cell['name']} | {_num(base['PSNR vs ODE'])} | {_num(entry['NFE'], 1)} "
+            f"({cell['baseline_nfe'] / entry['NFE']:.2f}x) | {_num(entry['psnr_ode'])} | "
+            f"{peer.get('name', '')} | {_num(peer.get('psnr'))} | {_delta(peer)} | {met} |"
+        )
     return lines
 
 
@@ -112,8 +137,7 @@ def _pivot(results: dict, variant: str) -> list[str]:
         entry = cell["variants"].get(variant) or {}
         row = table.setdefault(cell["name"].rsplit("/", 1)[0], {})
         if "peer" in entry and entry["peer"]:
-            row[cell["steps"]] = (f"{cell['baseline_nfe'] / entry['NFE']:.2f}x, "
-                                  f"{_num(entry['peer']['delta'], 1, True)}")
+            row[cell["steps"]] = f"{cell['baseline_nfe'] / entry['NFE']:.2f}x, {_num(entry['peer']['delta'], 1, True)}"
         else:
             row[cell["steps"]] = "not run"
     lines = ["| configuration | " + " | ".join(f"{k} steps" for k in steps) + " |", "|---" * (len(steps) + 1) + "|"]
@@ -122,9 +146,20 @@ def _pivot(results: dict, variant: str) -> list[str]:
     return lines
 
 
-_DETAIL = (("NFE", 1), ("NFE ratio", 2), ("PSNR vs ODE", 2), ("SSIM vs ODE", 4), ("PSNR vs full run", 2),
-           ("SSIM vs full run", 4), ("Δ vs peer", 2), ("FD-digits", 2), ("accuracy", 3), ("wall s", 3),
-           ("wall/NFE", 2), ("SADA state MiB", 2))
+_DETAIL = (
+    ("NFE", 1),
+    ("NFE ratio", 2),
+    ("PSNR vs ODE", 2),
+    ("SSIM vs ODE", 4),
+    ("PSNR vs full run", 2),
+    ("SSIM vs full run", 4),
+    ("Δ vs peer", 2),
+    ("FD-digits", 2),
+    ("accuracy", 3),
+    ("wall s", 3),
+    ("wall/NFE", 2),
+    ("SADA state MiB", 2),
+)
 
 
 def _detail(cell: dict, timing: bool) -> list[str]:
@@ -154,17 +189,25 @@ def render_markdown(results: dict, docs: bool = False, matrix: bool = False) -> 
         raise ValueError("choose one of docs=True (the benchmarks page) and matrix=True (the matrix page)")
     s = results["settings"]
     out = [MATRIX_BEGIN if matrix else DOCS_BEGIN, ""] if docs or matrix else ["# sada bench results", ""]
-    out.append(f"Seeds {s['seeds'][0]}-{s['seeds'][-1]} ({s['seed_set']}, labels = seed % 10), batch {s['batch']}, "
-               f"torch threads per process: {s['torch_threads']}, processes: {s['world_size']}, torch {s['torch']}, "
-               f"diffusers {s.get('diffusers', '?')}; the run took {s.get('wall_s', 0) / 60:.1f} min.")
+    out.append(
+        f"Seeds {s['seeds'][0]}-{s['seeds'][-1]} ({s['seed_set']}, labels = seed % 10), batch {s['batch']}, "
+        f"torch threads per process: {s['torch_threads']}, processes: {s['world_size']}, torch {s['torch']}, "
+        f"diffusers {s.get('diffusers', '?')}; the run took {s.get('wall_s', 0) / 60:.1f} min."
+    )
     out += ["", "### ODE references", ""] + _references(results)
-    out += ["", "### Goals (held-out seeds: every SADA variant against the best plain grid at equal evaluations)",
-            ""] + _goals(results)
+    out += [
+        "",
+        "### Goals (held-out seeds: every SADA variant against the best plain grid at equal evaluations)",
+        "",
+    ] + _goals(results)
     ran = _variants_run(results)
     if matrix:
         for variant in ran:
-            out += ["", f"### {variant} at a glance (evaluation ratio, dB vs the best plain grid at equal NFE)",
-                    ""] + _pivot(results, variant)
+            out += [
+                "",
+                f"### {variant} at a glance (evaluation ratio, dB vs the best plain grid at equal NFE)",
+                "",
+            ] + _pivot(results, variant)
     for variant in ran:
         out += ["", f"### {variant}: every cell", ""] + _matrix(results, variant)
     default_names = {c.name for c in DEFAULT_CELLS}
@@ -177,9 +220,12 @@ def render_markdown(results: dict, docs: bool = False, matrix: bool = False) -> 
             out += ["", f"![Pareto, {cell['name']}](img/matrix-pareto-{cell['name'].replace('/', '-')}.png)"]
         elif docs:
             slug = cell["name"].replace("/", "-")
-            out += ["", f"![Pareto, {cell['name']}]({RESULTS_DIR}/img/bench-pareto-{slug}.png)",
-                    f"![Samples, {cell['name']}: ODE solution, full run, each SADA variant and its plain grid]"
-                    f"({RESULTS_DIR}/img/bench-grid-{slug}.png)"]
+            out += [
+                "",
+                f"![Pareto, {cell['name']}]({RESULTS_DIR}/img/bench-pareto-{slug}.png)",
+                f"![Samples, {cell['name']}: ODE solution, full run, each SADA variant and its plain grid]"
+                f"({RESULTS_DIR}/img/bench-grid-{slug}.png)",
+            ]
         else:
             traces = [f"- {r['method']}: {r['trace']}" for r in cell["rows"] if r.get("trace")]
             out += ["", "Traces:", ""] + traces if traces else []
@@ -193,11 +239,17 @@ def render_matrix_summary(results: dict) -> str:
     """The full matrix's goals table and per-variant pivots, for the benchmarks page (between
     :data:`SUMMARY_BEGIN` and :data:`DOCS_END`)."""
     s = results["settings"]
-    out = [SUMMARY_BEGIN, "", f"{len(results['cells'])} cells, seeds {s['seeds'][0]}-{s['seeds'][-1]} ({s['seed_set']}); "
-           f"every cell's table and Pareto plot: [Benchmark matrix]({RESULTS_DIR}/benchmark-matrix.md).", ""] \
-        + _goals(results)
+    out = [
+        SUMMARY_BEGIN,
+        "",
+        f"{len(results['cells'])} cells, seeds {s['seeds'][0]}-{s['seeds'][-1]} ({s['seed_set']}); "
+        f"every cell's table and Pareto plot: [Benchmark matrix]({RESULTS_DIR}/benchmark-matrix.md).",
+        "",
+    ] + _goals(results)
     for variant in _variants_run(results):
-        out += ["", f"{variant} (evaluation ratio, dB vs the best plain grid at equal NFE):", ""] + _pivot(results, variant)
+        out += ["", f"{variant} (evaluation ratio, dB vs the best plain grid at equal NFE):", ""] + _pivot(
+            results, variant
+        )
     return "\n".join(out + ["", DOCS_END]) + "\n"
 
 

@@ -4,6 +4,7 @@ Every method row carries its PSNR/SSIM against the ODE solution (the primary fid
 against the cell's full run (the paper's convention), FD-digits and class accuracy; every SADA variant
 its best plain grid at equal evaluations and the paired difference to it (:mod:`benchmarks.stats`).
 """
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,12 @@ def load_features() -> FeatureMetrics:
 
 
 def _method_row(name, method, entry, base, base_images, reference, labels, features) -> dict:
-    row = {"method": name, "group": method.group if method else "", "kind": method.kind if method else "",
-           "curve": method.curve if method else None}
+    row = {
+        "method": name,
+        "group": method.group if method else "",
+        "kind": method.kind if method else "",
+        "curve": method.curve if method else None,
+    }
     if method is not None and method.grid is not None:
         row.update({"family": method.grid.family, "grid_steps": method.grid.steps})
     if "skipped" in entry or "error" in entry:
@@ -56,17 +61,28 @@ def _method_row(name, method, entry, base, base_images, reference, labels, featu
     nfe = entry["rows"] / (2 * entry["n_samples"])
     base_nfe = base["rows"] / (2 * base["n_samples"])
     per_image = psnr_per_image(images, reference)
-    row.update({"NFE": nfe, "NFE ratio": base_nfe / nfe, "PSNR vs ODE": float(per_image.mean()),
-                "SSIM vs ODE": ssim(images, reference), "PSNR vs full run": float(psnr_per_image(images, base_images).mean()),
-                "SSIM vs full run": ssim(images, base_images), "FD-digits": features.fd_digits(images),
-                "accuracy": features.accuracy(images, labels[:n]), "trace": entry.get("trace"),
-                "bit-identical": bool(torch.equal(images, base_images)),
-                "psnr_ode_per_image": [round(float(v), 5) for v in per_image]})
+    row.update(
+        {
+            "NFE": nfe,
+            "NFE ratio": base_nfe / nfe,
+            "PSNR vs ODE": float(per_image.mean()),
+            "SSIM vs ODE": ssim(images, reference),
+            "PSNR vs full run": float(psnr_per_image(images, base_images).mean()),
+            "SSIM vs full run": ssim(images, base_images),
+            "FD-digits": features.fd_digits(images),
+            "accuracy": features.accuracy(images, labels[:n]),
+            "trace": entry.get("trace"),
+            "bit-identical": bool(torch.equal(images, base_images)),
+            "psnr_ode_per_image": [round(float(v), 5) for v in per_image],
+        }
+    )
     if entry.get("state_bytes") is not None:
         row["SADA state MiB"] = entry["state_bytes"] / 2**20
     timing, base_time = entry.get("timing") or {}, (base.get("timing") or {}).get("median_s")
     if timing:
-        row.update({"wall s": timing["median_s"], "times_s": timing["times_s"], "peak ΔRSS MiB": timing["peak_rss_mib"]})
+        row.update(
+            {"wall s": timing["median_s"], "times_s": timing["times_s"], "peak ΔRSS MiB": timing["peak_rss_mib"]}
+        )
         if base_time:
             row["wall speedup"] = base_time / timing["median_s"]
             row["wall/NFE"] = row["wall speedup"] / row["NFE ratio"]
@@ -81,16 +97,25 @@ def compute_cell(report: CellReport, labels, features: FeatureMetrics) -> dict:
     if "images" not in base:
         raise RuntimeError(f"{cell.name}: the baseline did not run: {base.get('error') or base.get('skipped')}")
     base_images = _images(base)
-    reference = report.reference[:base_images.shape[0]]
-    rows = [_method_row(name, methods.get(name), entry, base, base_images, reference, labels, features)
-            for name, entry in raw.items()]
+    reference = report.reference[: base_images.shape[0]]
+    rows = [
+        _method_row(name, methods.get(name), entry, base, base_images, reference, labels, features)
+        for name, entry in raw.items()
+    ]
     by_name = {r["method"]: r for r in rows}
     for (family, _), name in report.points.items():  # a grid run once for several families that give it
         row = by_name.get(name)
-        if row is not None and row.get("family") not in (None, family) and family not in row.setdefault("same grid as", []):
+        if (
+            row is not None
+            and row.get("family") not in (None, family)
+            and family not in row.setdefault("same grid as", [])
+        ):
             row["same grid as"].append(family)
-    plain = {point: by_name[name]["psnr_ode_per_image"] for point, name in report.points.items()
-             if "psnr_ode_per_image" in by_name.get(name, {})}
+    plain = {
+        point: by_name[name]["psnr_ode_per_image"]
+        for point, name in report.points.items()
+        if "psnr_ode_per_image" in by_name.get(name, {})
+    }
     variants = {}
     for variant in SADA_VARIANTS:
         row = by_name.get(variant)
@@ -104,10 +129,18 @@ def compute_cell(report: CellReport, labels, features: FeatureMetrics) -> dict:
         row["equal-NFE peer"] = peer.get("name")
         row["Δ vs peer"] = peer.get("delta")
         row["Δ 2se"] = peer.get("delta_2se")
-    return {"name": cell.name, "backend": cell.backend, "model": cell.model, "sampler": cell.sampler,
-            "spacing": cell.spacing, "steps": cell.steps, "baseline_nfe": by_name["baseline"]["NFE"],
-            "rows": rows, "variants": variants,
-            "plain_points": [{"family": f, "steps": k, "method": name} for (f, k), name in sorted(report.points.items())]}
+    return {
+        "name": cell.name,
+        "backend": cell.backend,
+        "model": cell.model,
+        "sampler": cell.sampler,
+        "spacing": cell.spacing,
+        "steps": cell.steps,
+        "baseline_nfe": by_name["baseline"]["NFE"],
+        "rows": rows,
+        "variants": variants,
+        "plain_points": [{"family": f, "steps": k, "method": name} for (f, k), name in sorted(report.points.items())],
+    }
 
 
 def write_report(results: dict, reports: list[CellReport], labels, out: Path, started: float | None = None) -> dict:

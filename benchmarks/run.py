@@ -7,6 +7,7 @@ are processed in fixed micro-batches of ``batch`` seeds (chunk ``i`` = seeds ``i
 ``accelerate launch`` the chunks are split across ranks and rank 0 merges them, so a sharded run produces
 exactly the images of a single-process run with the same per-process thread count.
 """
+
 from __future__ import annotations
 
 import time
@@ -70,8 +71,14 @@ def _run_method(runner, method: Method, chunks: dict, progress) -> dict:
         return {"error": f"{type(exc).__name__}: {exc}"}
     finally:
         counter.remove()
-    return {"images": images, "rows": counter.rows, "n_samples": sum(len(s) for s, _ in chunks.values()),
-            "trace": trace, "state_bytes": state, "timing": None}
+    return {
+        "images": images,
+        "rows": counter.rows,
+        "n_samples": sum(len(s) for s, _ in chunks.values()),
+        "trace": trace,
+        "state_bytes": state,
+        "timing": None,
+    }
 
 
 def _global_nfe(entry, world: int) -> float | None:
@@ -118,13 +125,28 @@ def _reference_check(model, spec: ReferenceSpec, chunk, reference: torch.Tensor,
 
     half = ReferenceSpec(spec.model, spec.start, spec.guidance, spec.order, spec.steps // 2)
     values = psnr_per_image(reference_images(model, half, *chunk, cache_dir, progress=progress), reference)
-    return {"reference": spec.describe(), "check": half.describe(), "seeds": [int(s) for s in chunk[0]],
-            "psnr_min": float(values.min()), "psnr_mean": float(values.mean())}
+    return {
+        "reference": spec.describe(),
+        "check": half.describe(),
+        "seeds": [int(s) for s in chunk[0]],
+        "psnr_min": float(values.min()),
+        "psnr_mean": float(values.mean()),
+    }
 
 
-def run_benchmark(cells=None, seed_set: str = "heldout", num_seeds: int = 32, batch: int = 16, groups=DEFAULT_GROUPS,
-                  methods_filter=None, repeats: int = 1, out: str | Path = "sada-bench-out", cache_dir=None,
-                  reference_steps: int | None = None, progress_bar: bool = True) -> dict:
+def run_benchmark(
+    cells=None,
+    seed_set: str = "heldout",
+    num_seeds: int = 32,
+    batch: int = 16,
+    groups=DEFAULT_GROUPS,
+    methods_filter=None,
+    repeats: int = 1,
+    out: str | Path = "sada-bench-out",
+    cache_dir=None,
+    reference_steps: int | None = None,
+    progress_bar: bool = True,
+) -> dict:
     """Run the benchmark on ``cells`` (default: the main job's subset); on rank 0 write ``results.json``,
     ``results.md`` and per-cell sample grids and Pareto plots under ``out``. Returns the results dict."""
     from tqdm.auto import tqdm
@@ -141,39 +163,58 @@ def run_benchmark(cells=None, seed_set: str = "heldout", num_seeds: int = 32, ba
     out.mkdir(parents=True, exist_ok=True)
     seeds = seed_list(seed_set, num_seeds)
     labels = [s % 10 for s in seeds]
-    all_chunks = {c: (seeds[i:i + batch], labels[i:i + batch]) for c, i in enumerate(range(0, len(seeds), batch))}
+    all_chunks = {c: (seeds[i : i + batch], labels[i : i + batch]) for c, i in enumerate(range(0, len(seeds), batch))}
     my_chunks = {c: v for c, v in all_chunks.items() if c % world == rank}
     started = time.perf_counter()
-    settings = {"seed_set": seed_set, "seeds": [seeds[0], seeds[-1]], "num_seeds": num_seeds, "batch": batch,
-                "groups": list(groups), "repeats": repeats, "world_size": world, "torch_threads": torch.get_num_threads(),
-                "torch": torch.__version__, "diffusers": _version("diffusers"), "cells": [c.name for c in cells]}
+    settings = {
+        "seed_set": seed_set,
+        "seeds": [seeds[0], seeds[-1]],
+        "num_seeds": num_seeds,
+        "batch": batch,
+        "groups": list(groups),
+        "repeats": repeats,
+        "world_size": world,
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "diffusers": _version("diffusers"),
+        "cells": [c.name for c in cells],
+    }
     results = {"settings": settings, "references": {}, "cells": []}
     models, references, reports = {}, {}, []
     quiet = not progress_bar or rank != 0
     for cell in cells:
         model = models.get(cell.model) or models.setdefault(cell.model, load_model(cell.model))
-        spec = ReferenceSpec(cell.model, cell.reference_start, model.guidance,
-                             steps=reference_steps or None)
+        spec = ReferenceSpec(cell.model, cell.reference_start, model.guidance, steps=reference_steps or None)
         ref_key = f"{cell.model}/{cell.reference_start}"
         if ref_key not in references:
-            bar = tqdm(total=len(my_chunks) * spec.steps + (spec.steps // 2 if 0 in my_chunks else 0),
-                       desc=f"ODE reference {ref_key}", unit="step", disable=quiet)
-            references[ref_key] = {c: reference_images(model, spec, *chunk, cache_dir, progress=bar.update)
-                                   for c, chunk in my_chunks.items()}
+            bar = tqdm(
+                total=len(my_chunks) * spec.steps + (spec.steps // 2 if 0 in my_chunks else 0),
+                desc=f"ODE reference {ref_key}",
+                unit="step",
+                disable=quiet,
+            )
+            references[ref_key] = {
+                c: reference_images(model, spec, *chunk, cache_dir, progress=bar.update)
+                for c, chunk in my_chunks.items()
+            }
             if 0 in my_chunks:
                 check = _reference_check(model, spec, all_chunks[0], references[ref_key][0], cache_dir, bar.update)
                 results["references"][ref_key] = check
                 if rank == 0:
-                    tqdm.write(f"reference {ref_key}: {check['reference']}; vs {check['check']} on seeds "
-                               f"{check['seeds'][0]}-{check['seeds'][-1]}: PSNR min {check['psnr_min']:.1f} dB, "
-                               f"mean {check['psnr_mean']:.1f} dB")
+                    tqdm.write(
+                        f"reference {ref_key}: {check['reference']}; vs {check['check']} on seeds "
+                        f"{check['seeds'][0]}-{check['seeds'][-1]}: PSNR min {check['psnr_min']:.1f} dB, "
+                        f"mean {check['psnr_mean']:.1f} dB"
+                    )
             bar.close()
         runner = CellRunner(cell, model)
         methods = methods_for(cell, runner.full_grid, groups, methods_filter)
         runnable = [m for m in methods if not m.skipped]
         bar = tqdm(total=len(runnable) * len(my_chunks), desc=cell.name, disable=quiet)
-        raw = {m.name: ({"skipped": m.skipped} if m.skipped else _run_method(runner, m, my_chunks, lambda: bar.update(1)))
-               for m in methods}
+        raw = {
+            m.name: ({"skipped": m.skipped} if m.skipped else _run_method(runner, m, my_chunks, lambda: bar.update(1)))
+            for m in methods
+        }
         nfes = {v: _global_nfe(raw.get(v), world) for v in SADA_VARIANTS if v in raw and "rows" in raw[v]}
         peers, points = _plain_peers(runner, nfes, methods[0])
         bar.total += len(peers) * len(my_chunks)
@@ -183,18 +224,33 @@ def run_benchmark(cells=None, seed_set: str = "heldout", num_seeds: int = 32, ba
         timed = [m for m in methods if m.timed and "images" in raw[m.name]]
         if repeats and timed and 0 in my_chunks:  # every timed method has just run on chunk 0: warm already
             bar.total += len(timed) * repeats
-            for name, timing in time_methods(runner, timed, *all_chunks[0], repeats, lambda: bar.update(1),
-                                             warm_up=False).items():
+            for name, timing in time_methods(
+                runner, timed, *all_chunks[0], repeats, lambda: bar.update(1), warm_up=False
+            ).items():
                 raw[name]["timing"] = timing
         bar.close()
         raw = _gather(raw, out / f".shard-{cell.slug}", rank, world, state)
         if rank == 0:
-            ref_images = _gather({"ref": {"images": references[ref_key]}}, out / f".ref-{cell.slug}", rank, world,
-                                 state, images_only=True)["ref"]["images"]
-            reports.append(CellReport(cell, methods, raw, points, torch.cat([ref_images[c] for c in sorted(ref_images)])))
+            ref_images = _gather(
+                {"ref": {"images": references[ref_key]}},
+                out / f".ref-{cell.slug}",
+                rank,
+                world,
+                state,
+                images_only=True,
+            )["ref"]["images"]
+            reports.append(
+                CellReport(cell, methods, raw, points, torch.cat([ref_images[c] for c in sorted(ref_images)]))
+            )
         elif world > 1:
-            _gather({"ref": {"images": references[ref_key]}}, out / f".ref-{cell.slug}", rank, world, state,
-                    images_only=True)
+            _gather(
+                {"ref": {"images": references[ref_key]}},
+                out / f".ref-{cell.slug}",
+                rank,
+                world,
+                state,
+                images_only=True,
+            )
     if rank == 0:
         write_report(results, reports, labels, out, started)
     return results

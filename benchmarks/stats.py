@@ -6,6 +6,7 @@ two plain runs that bracket ``m`` (floor and ceil of the step count) are interpo
 (running that fraction of the images with the larger step count). The family with the highest mean wins;
 the method's paired difference to it is the mean of the per-image differences +- 2 standard errors.
 """
+
 from __future__ import annotations
 
 import math
@@ -54,19 +55,31 @@ def equal_nfe_peer(nfe: float, method_psnr, plain: dict, nfe_of_steps) -> dict:
         n_low, n_high = nfe_of_steps(low), nfe_of_steps(high)
         weight = 0.0 if high == low else (nfe - n_low) / (n_high - n_low)
         values = (1 - weight) * np.asarray(plain[(family, low)]) + weight * np.asarray(plain[(family, high)])
-        candidates[family] = {"steps": sorted({low, high}), "weight": weight, "per_image": values,
-                              "psnr": float(values.mean())}
+        candidates[family] = {
+            "steps": sorted({low, high}),
+            "weight": weight,
+            "per_image": values,
+            "psnr": float(values.mean()),
+        }
     if not candidates:
         return {}
     family = max(candidates, key=lambda f: (candidates[f]["psnr"], f))
     best = candidates[family]
     delta, two_se = paired_difference(method_psnr, best["per_image"])
     steps = best["steps"]
-    label = f"{family}, {steps[0]} steps" if len(steps) == 1 else \
-        f"{family}, {steps[0]}-{steps[1]} steps at NFE {nfe:.1f}"
-    return {"family": family, "steps": steps, "weight": best["weight"], "name": label, "psnr": best["psnr"],
-            "delta": delta, "delta_2se": two_se,
-            "candidates": {f: round(c["psnr"], 4) for f, c in candidates.items()}}
+    label = (
+        f"{family}, {steps[0]} steps" if len(steps) == 1 else f"{family}, {steps[0]}-{steps[1]} steps at NFE {nfe:.1f}"
+    )
+    return {
+        "family": family,
+        "steps": steps,
+        "weight": best["weight"],
+        "name": label,
+        "psnr": best["psnr"],
+        "delta": delta,
+        "delta_2se": two_se,
+        "candidates": {f: round(c["psnr"], 4) for f, c in candidates.items()},
+    }
 
 
 def goal_rows(cells: list[dict], variants: tuple[str, ...]) -> list[dict]:
@@ -86,12 +99,26 @@ def goal_rows(cells: list[dict], variants: tuple[str, ...]) -> list[dict]:
                 continue
             peer = entry["peer"]
             ratio = cell["baseline_nfe"] / entry["NFE"]
-            row = {"cell": cell["name"], "steps": cell["steps"], "variant": variant, "NFE": entry["NFE"],
-                   "ratio": ratio, "psnr_ode": entry["psnr_ode"], "peer": peer["name"], "peer_psnr": peer["psnr"],
-                   "delta": peer["delta"], "delta_2se": peer["delta_2se"],
-                   "no_loss": peer["delta"] >= -MAX_LOSS_DB}
+            row = {
+                "cell": cell["name"],
+                "steps": cell["steps"],
+                "variant": variant,
+                "NFE": entry["NFE"],
+                "ratio": ratio,
+                "psnr_ode": entry["psnr_ode"],
+                "peer": peer["name"],
+                "peer_psnr": peer["psnr"],
+                "delta": peer["delta"],
+                "delta_2se": peer["delta_2se"],
+                "no_loss": peer["delta"] >= -MAX_LOSS_DB,
+            }
             if goal is not None:
-                row.update({"goal_ratio": goal[0], "goal_delta": goal[1],
-                            "met": bool(ratio >= goal[0] and peer["delta"] >= goal[1])})
+                row.update(
+                    {
+                        "goal_ratio": goal[0],
+                        "goal_delta": goal[1],
+                        "met": bool(ratio >= goal[0] and peer["delta"] >= goal[1]),
+                    }
+                )
             rows.append(row)
     return rows

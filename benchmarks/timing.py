@@ -10,6 +10,7 @@ and times baseline, SADA with skipping disabled, SADA (corrected) and the fewer-
 evaluation count, round-robin in one process. Images are meaningless (random weights): only NFE and time
 are reported.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,28 +21,74 @@ import time
 import torch
 
 SIZES = {
-    "tiny": dict(unet=dict(block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32, norm_num_groups=8,
-                           sample_size=8, in_channels=4, out_channels=4,
-                           down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                           up_block_types=("CrossAttnUpBlock2D", "UpBlock2D")),
-                 latent=8, text=(4, 32)),  # for the tests
-    "tiny-xl": dict(unet=dict(block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32,
-                              norm_num_groups=8, sample_size=8, in_channels=4, out_channels=4,
-                              down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                              up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), addition_embed_type="text_time",
-                              addition_time_embed_dim=8, projection_class_embeddings_input_dim=8 * 6 + 32),
-                    latent=8, text=(4, 32), pooled=32),  # the SDXL code path, for the tests
-    "sd-medium": dict(unet=dict(block_out_channels=(160, 320, 640, 640), layers_per_block=2, cross_attention_dim=768,
-                                attention_head_dim=8, sample_size=32, in_channels=4, out_channels=4),
-                      latent=32, text=(77, 768)),
-    "sdxl": dict(unet=dict(block_out_channels=(320, 640, 1280), layers_per_block=2, cross_attention_dim=2048,
-                           transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20),
-                           down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-                           up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-                           use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
-                           projection_class_embeddings_input_dim=2816, sample_size=128, in_channels=4,
-                           out_channels=4),
-                 latent=128, text=(77, 2048), pooled=1280),
+    "tiny": dict(
+        unet=dict(
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            cross_attention_dim=32,
+            norm_num_groups=8,
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        ),
+        latent=8,
+        text=(4, 32),
+    ),  # for the tests
+    "tiny-xl": dict(
+        unet=dict(
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            cross_attention_dim=32,
+            norm_num_groups=8,
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            addition_embed_type="text_time",
+            addition_time_embed_dim=8,
+            projection_class_embeddings_input_dim=8 * 6 + 32,
+        ),
+        latent=8,
+        text=(4, 32),
+        pooled=32,
+    ),  # the SDXL code path, for the tests
+    "sd-medium": dict(
+        unet=dict(
+            block_out_channels=(160, 320, 640, 640),
+            layers_per_block=2,
+            cross_attention_dim=768,
+            attention_head_dim=8,
+            sample_size=32,
+            in_channels=4,
+            out_channels=4,
+        ),
+        latent=32,
+        text=(77, 768),
+    ),
+    "sdxl": dict(
+        unet=dict(
+            block_out_channels=(320, 640, 1280),
+            layers_per_block=2,
+            cross_attention_dim=2048,
+            transformer_layers_per_block=(1, 2, 10),
+            attention_head_dim=(5, 10, 20),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=2816,
+            sample_size=128,
+            in_channels=4,
+            out_channels=4,
+        ),
+        latent=128,
+        text=(77, 2048),
+        pooled=1280,
+    ),
 }
 
 
@@ -54,18 +101,39 @@ def build_pipeline(size: str, device: str, dtype: torch.dtype):
     spec = SIZES[size]
     torch.manual_seed(0)
     unet = diffusers.UNet2DConditionModel(**spec["unet"]).to(device, dtype).eval().requires_grad_(False)
-    vae = diffusers.AutoencoderKL(block_out_channels=(4,), latent_channels=4, norm_num_groups=1, use_quant_conv=False,
-                                  use_post_quant_conv=False, down_block_types=("DownEncoderBlock2D",),
-                                  up_block_types=("UpDecoderBlock2D",)).to(device, dtype)
-    scheduler = diffusers.DPMSolverMultistepScheduler(beta_schedule="scaled_linear", beta_start=0.00085,
-                                                      beta_end=0.012, timestep_spacing="trailing", steps_offset=1)
+    vae = diffusers.AutoencoderKL(
+        block_out_channels=(4,),
+        latent_channels=4,
+        norm_num_groups=1,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+    ).to(device, dtype)
+    scheduler = diffusers.DPMSolverMultistepScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, timestep_spacing="trailing", steps_offset=1
+    )
     if "pooled" in spec:
-        pipe = diffusers.StableDiffusionXLPipeline(unet=unet, vae=vae, scheduler=scheduler, text_encoder=None,
-                                                   text_encoder_2=None, tokenizer=None, tokenizer_2=None)
+        pipe = diffusers.StableDiffusionXLPipeline(
+            unet=unet,
+            vae=vae,
+            scheduler=scheduler,
+            text_encoder=None,
+            text_encoder_2=None,
+            tokenizer=None,
+            tokenizer_2=None,
+        )
     else:
-        pipe = diffusers.StableDiffusionPipeline(unet=unet, vae=vae, scheduler=scheduler, text_encoder=None,
-                                                 tokenizer=None, safety_checker=None, feature_extractor=None,
-                                                 requires_safety_checker=False)
+        pipe = diffusers.StableDiffusionPipeline(
+            unet=unet,
+            vae=vae,
+            scheduler=scheduler,
+            text_encoder=None,
+            tokenizer=None,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -74,10 +142,16 @@ def _call(pipe, size: str, batch: int, steps: int, device: str, dtype: torch.dty
     spec = SIZES[size]
     g = torch.Generator().manual_seed(1)
     text = torch.randn((batch,) + spec["text"], generator=g).to(device, dtype)
-    kwargs = dict(prompt_embeds=text, negative_prompt_embeds=torch.zeros_like(text), num_inference_steps=steps,
-                  guidance_scale=5.0, output_type="latent", height=spec["latent"] * pipe.vae_scale_factor,
-                  width=spec["latent"] * pipe.vae_scale_factor,
-                  generator=[torch.Generator().manual_seed(i) for i in range(batch)])
+    kwargs = dict(
+        prompt_embeds=text,
+        negative_prompt_embeds=torch.zeros_like(text),
+        num_inference_steps=steps,
+        guidance_scale=5.0,
+        output_type="latent",
+        height=spec["latent"] * pipe.vae_scale_factor,
+        width=spec["latent"] * pipe.vae_scale_factor,
+        generator=[torch.Generator().manual_seed(i) for i in range(batch)],
+    )
     if "pooled" in spec:
         pooled = torch.randn(batch, spec["pooled"], generator=g).to(device, dtype)
         kwargs.update(pooled_prompt_embeds=pooled, negative_pooled_prompt_embeds=torch.zeros_like(pooled))
@@ -87,8 +161,15 @@ def _call(pipe, size: str, batch: int, steps: int, device: str, dtype: torch.dty
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune")
 
 
-def run_timing(size: str = "sd-medium", steps: int = 25, batch: int = 2, repeats: int = 3, device: str = "cpu",
-               dtype: torch.dtype = torch.float32, compile_mode: str | None = None) -> list[dict]:
+def run_timing(
+    size: str = "sd-medium",
+    steps: int = 25,
+    batch: int = 2,
+    repeats: int = 3,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    compile_mode: str | None = None,
+) -> list[dict]:
     """Rows ``method, NFE, median seconds, wall speedup, wall/NFE`` (all methods timed round-robin).
 
     ``compile_mode``: ``torch.compile`` the U-Net with this mode (``"reduce-overhead"``: CUDA graphs on a GPU)
@@ -106,8 +187,9 @@ def run_timing(size: str = "sd-medium", steps: int = 25, batch: int = 2, repeats
     family = "sdxl" if size == "sdxl" else "sd2"
     sada = preset(family, steps, mode="corrected", reduce="sample", max_downsample=0)
     counter = {"rows": 0}
-    hook = pipe.unet.conv_in.register_forward_pre_hook(lambda m, a: counter.__setitem__("rows", counter["rows"]
-                                                                                         + a[0].shape[0]))
+    hook = pipe.unet.conv_in.register_forward_pre_hook(
+        lambda m, a: counter.__setitem__("rows", counter["rows"] + a[0].shape[0])
+    )
 
     def method(config, n_steps):
         def call():
@@ -115,6 +197,7 @@ def run_timing(size: str = "sd-medium", steps: int = 25, batch: int = 2, repeats
                 return _call(pipe, size, batch, n_steps, device, dtype)
             with sada_diffusers.enabled(pipe, config, lockstep=lockstep):
                 return _call(pipe, size, batch, n_steps, device, dtype)
+
         return call
 
     def nfe(call):
@@ -122,8 +205,11 @@ def run_timing(size: str = "sd-medium", steps: int = 25, batch: int = 2, repeats
         call()
         return counter["rows"] / (2 * batch)
 
-    methods = {"baseline": method(None, steps), "SADA, skipping disabled": method(SADAConfig(max_interval=0), steps),
-               "SADA": method(sada, steps)}
+    methods = {
+        "baseline": method(None, steps),
+        "SADA, skipping disabled": method(SADAConfig(max_interval=0), steps),
+        "SADA": method(sada, steps),
+    }
     counts = {name: nfe(call) for name, call in methods.items()}  # also the warm-up
     k = int(round(counts["SADA"]))
     methods[f"fewer steps ({k})"] = method(None, k)
@@ -136,7 +222,7 @@ def run_timing(size: str = "sd-medium", steps: int = 25, batch: int = 2, repeats
     times = {name: [] for name in methods}
     names = list(methods)
     for r in range(repeats):
-        for name in (names if r % 2 else names[::-1]):
+        for name in names if r % 2 else names[::-1]:
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             start = time.perf_counter()
@@ -149,8 +235,17 @@ def run_timing(size: str = "sd-medium", steps: int = 25, batch: int = 2, repeats
     for name in names:
         t = statistics.median(times[name])
         speed, ratio = base / t, counts["baseline"] / counts[name]
-        rows.append({"method": name, "NFE": counts[name], "median_s": t, "times_s": times[name],
-                     "wall speedup": speed, "NFE speedup": ratio, "wall/NFE": speed / ratio})
+        rows.append(
+            {
+                "method": name,
+                "NFE": counts[name],
+                "median_s": t,
+                "times_s": times[name],
+                "wall speedup": speed,
+                "NFE speedup": ratio,
+                "wall/NFE": speed / ratio,
+            }
+        )
     return rows
 
 
@@ -162,20 +257,35 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--fp16", action="store_true", help="half-precision weights (GPU)")
-    p.add_argument("--compile", choices=[m for m in COMPILE_MODES if m], default=None,
-                   help="torch.compile the U-Net with this mode (reduce-overhead: CUDA graphs on a GPU)")
+    p.add_argument(
+        "--compile",
+        choices=[m for m in COMPILE_MODES if m],
+        default=None,
+        help="torch.compile the U-Net with this mode (reduce-overhead: CUDA graphs on a GPU)",
+    )
     p.add_argument("--json", help="also write the rows here")
     args = p.parse_args(argv)
     if args.batch < 1 or args.repeats < 1:
         raise SystemExit(f"--batch and --repeats must be >= 1, got {args.batch}, {args.repeats}")
-    rows = run_timing(args.size, args.steps, args.batch, args.repeats, args.device,
-                      torch.float16 if args.fp16 else torch.float32, args.compile)
-    print(f"{args.size} U-Net (random weights), {args.steps} DPM++ steps, batch {args.batch} (CFG: "
-          f"{2 * args.batch} rows), device {args.device}, compile {args.compile or 'off'}, median of {args.repeats}")
+    rows = run_timing(
+        args.size,
+        args.steps,
+        args.batch,
+        args.repeats,
+        args.device,
+        torch.float16 if args.fp16 else torch.float32,
+        args.compile,
+    )
+    print(
+        f"{args.size} U-Net (random weights), {args.steps} DPM++ steps, batch {args.batch} (CFG: "
+        f"{2 * args.batch} rows), device {args.device}, compile {args.compile or 'off'}, median of {args.repeats}"
+    )
     print("| method | NFE | wall s | NFE speedup | wall speedup | wall/NFE |\n|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['method']} | {r['NFE']:.1f} | {r['median_s']:.2f} | {r['NFE speedup']:.2f}x | "
-              f"{r['wall speedup']:.2f}x | {r['wall/NFE']:.2f} |")
+        print(
+            f"| {r['method']} | {r['NFE']:.1f} | {r['median_s']:.2f} | {r['NFE speedup']:.2f}x | "
+            f"{r['wall speedup']:.2f}x | {r['wall/NFE']:.2f} |"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

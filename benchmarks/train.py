@@ -11,6 +11,7 @@ classifier-free guidance). Reproduce the shipped weights with ``python -m benchm
 ``sada-train-out/``; nothing this module does by default writes into ``benchmarks/assets/``: pass
 ``--out benchmarks/assets`` to replace the shipped bundles).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,27 +30,55 @@ from benchmarks.classifier import ASSETS_DIR, IMAGE_SIZE, accuracy, load_classif
 
 DEFAULT_OUT = "sada-train-out"  # never the shipped benchmarks/assets/
 NUM_DIGITS = 10
-NULL_LABEL = 10          # label-table row used as the unconditional ("empty prompt") input for CFG
+NULL_LABEL = 10  # label-table row used as the unconditional ("empty prompt") input for CFG
 NUM_LABELS = 11
 UNET_DIR, MMDIT_DIR, CLASSIFIER_DIR = "digits-unet", "digits-mmdit", "digits-classifier"
 
 # Architecture / conditioning settings of the shipped models (kept here so that the CLI reproduces them).
 UNET_TOKENS, UNET_DIM = 4, 32
-UNET_CONFIG = dict(sample_size=IMAGE_SIZE, in_channels=1, out_channels=1, block_out_channels=(32, 64),
-                   layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-                   up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), norm_num_groups=8,
-                   cross_attention_dim=UNET_DIM, attention_head_dim=4)  # diffusers legacy name: 4 heads
+UNET_CONFIG = dict(
+    sample_size=IMAGE_SIZE,
+    in_channels=1,
+    out_channels=1,
+    block_out_channels=(32, 64),
+    layers_per_block=1,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    norm_num_groups=8,
+    cross_attention_dim=UNET_DIM,
+    attention_head_dim=4,
+)  # diffusers legacy name: 4 heads
 MMDIT_TOKENS, MMDIT_DIM, MMDIT_POOLED = 4, 64, 64
-MMDIT_CONFIG = dict(sample_size=IMAGE_SIZE, patch_size=2, in_channels=1, out_channels=1, num_layers=4,
-                    attention_head_dim=32, num_attention_heads=4, joint_attention_dim=MMDIT_DIM,
-                    caption_projection_dim=128, pooled_projection_dim=MMDIT_POOLED, pos_embed_max_size=8)
-DDPM_CONFIG = dict(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                   prediction_type="epsilon", clip_sample=False, timestep_spacing="trailing", steps_offset=1)
+MMDIT_CONFIG = dict(
+    sample_size=IMAGE_SIZE,
+    patch_size=2,
+    in_channels=1,
+    out_channels=1,
+    num_layers=4,
+    attention_head_dim=32,
+    num_attention_heads=4,
+    joint_attention_dim=MMDIT_DIM,
+    caption_projection_dim=128,
+    pooled_projection_dim=MMDIT_POOLED,
+    pos_embed_max_size=8,
+)
+DDPM_CONFIG = dict(
+    num_train_timesteps=1000,
+    beta_schedule="scaled_linear",
+    beta_start=0.00085,
+    beta_end=0.012,
+    prediction_type="epsilon",
+    clip_sample=False,
+    timestep_spacing="trailing",
+    steps_offset=1,
+)
 FLOW_CONFIG = dict(num_train_timesteps=1000, shift=1.0)
 # Per-model training defaults: steps, batch size, peak learning rate, recommended CFG scale for sampling.
-DEFAULTS = {"unet": dict(steps=550, batch_size=128, lr=2e-3, guidance=3.0),
-            "mmdit": dict(steps=1500, batch_size=128, lr=1e-3, guidance=3.0),
-            "classifier": dict(steps=1500, batch_size=128, lr=2e-3)}
+DEFAULTS = {
+    "unet": dict(steps=550, batch_size=128, lr=2e-3, guidance=3.0),
+    "mmdit": dict(steps=1500, batch_size=128, lr=1e-3, guidance=3.0),
+    "classifier": dict(steps=1500, batch_size=128, lr=2e-3),
+}
 LABEL_DROPOUT = 0.12
 
 
@@ -86,8 +115,15 @@ def _lr_at(step: int, steps: int, peak: float) -> float:
     return lr
 
 
-def train_diffusion(kind: str, steps: int | None = None, batch_size: int | None = None, lr: float | None = None,
-                    seed: int = 0, out: str | Path | None = None, log_every: int = 50) -> dict:
+def train_diffusion(
+    kind: str,
+    steps: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    seed: int = 0,
+    out: str | Path | None = None,
+    log_every: int = 50,
+) -> dict:
     """Train the ``unet`` (epsilon) or ``mmdit`` (flow matching) model with EMA; save the EMA bundle under ``out``
     (required: the shipped bundles are never a default destination)."""
     from diffusers import DDPMScheduler, SD3Transformer2DModel, UNet2DConditionModel
@@ -95,8 +131,10 @@ def train_diffusion(kind: str, steps: int | None = None, batch_size: int | None 
     if kind not in ("unet", "mmdit"):
         raise ValueError(f"kind must be 'unet' or 'mmdit', got {kind!r}")
     if out is None:
-        raise ValueError("out must name the folder of the new bundle, got None (the shipped bundles under "
-                         f"{ASSETS_DIR} are never written by default)")
+        raise ValueError(
+            "out must name the folder of the new bundle, got None (the shipped bundles under "
+            f"{ASSETS_DIR} are never written by default)"
+        )
     d = DEFAULTS[kind]
     steps, batch_size, lr = steps or d["steps"], batch_size or d["batch_size"], lr or d["lr"]
     if steps < 1 or batch_size < 1 or lr <= 0:
@@ -129,8 +167,12 @@ def train_diffusion(kind: str, steps: int | None = None, batch_size: int | None 
             t = torch.sigmoid(torch.randn(batch_size, generator=gen))
             tt = t.view(-1, 1, 1, 1)
             xt, target = (1 - tt) * x0 + tt * noise, noise - x0
-            pred = net(hidden_states=xt, encoder_hidden_states=cond.embeddings[labels],
-                       pooled_projections=cond.pooled[labels], timestep=t * 1000).sample
+            pred = net(
+                hidden_states=xt,
+                encoder_hidden_states=cond.embeddings[labels],
+                pooled_projections=cond.pooled[labels],
+                timestep=t * 1000,
+            ).sample
         loss = F.mse_loss(pred, target)
         cur = _lr_at(step, steps, lr)
         for g in opt.param_groups:
@@ -145,12 +187,24 @@ def train_diffusion(kind: str, steps: int | None = None, batch_size: int | None 
                 pe.mul_(decay).add_(pm, alpha=1 - decay)
         smooth = loss.item() if smooth is None else 0.98 * smooth + 0.02 * loss.item()
         if log_every and (step % log_every == 0 or step == steps - 1):
-            print(f"[{kind}] step {step:5d}/{steps} loss {loss.item():.4f} (ema {smooth:.4f}) lr {cur:.2e} "
-                  f"elapsed {time.time() - t0:.1f}s", flush=True)
-    stats = {"steps": steps, "batch_size": batch_size, "peak_lr": lr, "seed": seed, "label_dropout": LABEL_DROPOUT,
-             "final_loss": round(loss.item(), 5), "final_loss_smoothed": round(smooth, 5),
-             "train_seconds": round(time.time() - t0, 1), "torch_threads": torch.get_num_threads(),
-             "n_params": n_params, "n_train_images": len(x_all)}
+            print(
+                f"[{kind}] step {step:5d}/{steps} loss {loss.item():.4f} (ema {smooth:.4f}) lr {cur:.2e} "
+                f"elapsed {time.time() - t0:.1f}s",
+                flush=True,
+            )
+    stats = {
+        "steps": steps,
+        "batch_size": batch_size,
+        "peak_lr": lr,
+        "seed": seed,
+        "label_dropout": LABEL_DROPOUT,
+        "final_loss": round(loss.item(), 5),
+        "final_loss_smoothed": round(smooth, 5),
+        "train_seconds": round(time.time() - t0, 1),
+        "torch_threads": torch.get_num_threads(),
+        "n_params": n_params,
+        "n_train_images": len(x_all),
+    }
     _save_bundle(kind, ema, Path(out), stats)
     return stats
 
@@ -167,26 +221,48 @@ def _save_bundle(kind: str, ema: nn.ModuleDict, out: Path, stats: dict) -> None:
     if kind == "unet":
         net.save_pretrained(out / "unet")
         DDPMScheduler(**DDPM_CONFIG).save_pretrained(out / "scheduler")
-        meta = {"kind": "unet2d-condition", "model_class": "UNet2DConditionModel", "model_subfolder": "unet",
-                "scheduler_class": "DDPMScheduler", "prediction_type": "epsilon",
-                "recommended_sampler": "DPMSolverMultistepScheduler.from_config(scheduler.config), 50 steps",
-                "num_tokens": UNET_TOKENS, "dim": UNET_DIM, "guidance": DEFAULTS["unet"]["guidance"]}
+        meta = {
+            "kind": "unet2d-condition",
+            "model_class": "UNet2DConditionModel",
+            "model_subfolder": "unet",
+            "scheduler_class": "DDPMScheduler",
+            "prediction_type": "epsilon",
+            "recommended_sampler": "DPMSolverMultistepScheduler.from_config(scheduler.config), 50 steps",
+            "num_tokens": UNET_TOKENS,
+            "dim": UNET_DIM,
+            "guidance": DEFAULTS["unet"]["guidance"],
+        }
     else:
         net.save_pretrained(out / "transformer")
         FlowMatchEulerDiscreteScheduler(**FLOW_CONFIG).save_pretrained(out / "scheduler")
         tensors["pooled"] = cond.pooled.detach().float().contiguous()
-        meta = {"kind": "sd3-mmdit", "model_class": "SD3Transformer2DModel", "model_subfolder": "transformer",
-                "scheduler_class": "FlowMatchEulerDiscreteScheduler", "prediction_type": "flow_velocity",
-                "flow_convention": "x_t=(1-t)*x0+t*noise, v=noise-x0, model timestep=t*1000",
-                "recommended_sampler": "FlowMatchEulerDiscreteScheduler, 50 steps",
-                "num_tokens": MMDIT_TOKENS, "dim": MMDIT_DIM, "pooled_dim": MMDIT_POOLED,
-                "guidance": DEFAULTS["mmdit"]["guidance"]}
+        meta = {
+            "kind": "sd3-mmdit",
+            "model_class": "SD3Transformer2DModel",
+            "model_subfolder": "transformer",
+            "scheduler_class": "FlowMatchEulerDiscreteScheduler",
+            "prediction_type": "flow_velocity",
+            "flow_convention": "x_t=(1-t)*x0+t*noise, v=noise-x0, model timestep=t*1000",
+            "recommended_sampler": "FlowMatchEulerDiscreteScheduler, 50 steps",
+            "num_tokens": MMDIT_TOKENS,
+            "dim": MMDIT_DIM,
+            "pooled_dim": MMDIT_POOLED,
+            "guidance": DEFAULTS["mmdit"]["guidance"],
+        }
     save_file(tensors, str(out / "label_embeddings.safetensors"))
     guidance = meta.pop("guidance")
-    meta = {**meta, "recommended_guidance_scale": guidance, "null_label": NULL_LABEL,
-            "num_labels": NUM_LABELS, "image_size": IMAGE_SIZE, "channels": 1, "value_range": [-1.0, 1.0],
-            "weights_dtype": "float16", "data": "sklearn load_digits, bilinear 8->16 px, 80% stratified split (seed 0)",
-            "training": stats}
+    meta = {
+        **meta,
+        "recommended_guidance_scale": guidance,
+        "null_label": NULL_LABEL,
+        "num_labels": NUM_LABELS,
+        "image_size": IMAGE_SIZE,
+        "channels": 1,
+        "value_range": [-1.0, 1.0],
+        "weights_dtype": "float16",
+        "data": "sklearn load_digits, bilinear 8->16 px, 80% stratified split (seed 0)",
+        "training": stats,
+    }
     (out / "sada_model.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
@@ -199,8 +275,9 @@ def _load_bundle(path, default_dir: str, cls_name: str, subfolder: str, sched_na
     if not meta_file.is_file():
         raise FileNotFoundError(f"{path} is not a sada model bundle (no sada_model.json)")
     meta = json.loads(meta_file.read_text())
-    model = getattr(diffusers, cls_name).from_pretrained(path, subfolder=subfolder, torch_dtype=dtype,
-                                                         local_files_only=True, use_safetensors=True)  # no pickle
+    model = getattr(diffusers, cls_name).from_pretrained(
+        path, subfolder=subfolder, torch_dtype=dtype, local_files_only=True, use_safetensors=True
+    )  # no pickle
     scheduler = getattr(diffusers, sched_name).from_pretrained(path, subfolder="scheduler", local_files_only=True)
     labels = {k: v.to(dtype) for k, v in load_file(str(path / "label_embeddings.safetensors")).items()}
     return model.eval().requires_grad_(False), scheduler, labels, meta
@@ -213,8 +290,9 @@ def load_unet_bundle(path: str | Path | None = None, dtype: torch.dtype = torch.
 
 def load_mmdit_bundle(path: str | Path | None = None, dtype: torch.dtype = torch.float32):
     """(SD3Transformer2DModel, FlowMatchEulerDiscreteScheduler, {"embeddings","pooled"}, metadata), loaded offline."""
-    return _load_bundle(path, MMDIT_DIR, "SD3Transformer2DModel", "transformer", "FlowMatchEulerDiscreteScheduler",
-                        dtype)
+    return _load_bundle(
+        path, MMDIT_DIR, "SD3Transformer2DModel", "transformer", "FlowMatchEulerDiscreteScheduler", dtype
+    )
 
 
 def _check_labels(labels) -> torch.Tensor:
@@ -258,8 +336,12 @@ def sample_mmdit(bundle, labels, steps: int = 50, guidance_scale: float | None =
     x = torch.randn((len(labels), 1, IMAGE_SIZE, IMAGE_SIZE), generator=torch.Generator().manual_seed(seed))
     x = x.to(emb.dtype)
     for t in sched.timesteps:
-        v_u, v_c = model(hidden_states=torch.cat([x, x]), encoder_hidden_states=ctx, pooled_projections=pool,
-                         timestep=t.expand(2 * len(labels))).sample.chunk(2)
+        v_u, v_c = model(
+            hidden_states=torch.cat([x, x]),
+            encoder_hidden_states=ctx,
+            pooled_projections=pool,
+            timestep=t.expand(2 * len(labels)),
+        ).sample.chunk(2)
         x = sched.step(v_u + g * (v_c - v_u), t, x).prev_sample
     return x
 
@@ -274,15 +356,23 @@ def save_grid(images: torch.Tensor, path: str | Path, ncol: int = 10, scale: int
     img = ((images.float().clamp(-1, 1) + 1) / 2)[:, 0]
     for i in range(b):
         r, c = divmod(i, ncol)
-        grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = img[i]
+        grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + c * (w + 1) : 1 + c * (w + 1) + w] = img[i]
     arr = (grid.repeat_interleave(scale, 0).repeat_interleave(scale, 1) * 255).round().byte().numpy()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr, mode="L").save(path)
 
 
-def evaluate_bundle(kind: str, path: str | Path | None = None, per_class: int = 20, steps: int = 50,
-                    guidance_scale: float | None = None, grid_path: str | Path | None = None, seed: int = 0,
-                    classifier_path: str | Path | None = None, record: bool = False) -> dict:
+def evaluate_bundle(
+    kind: str,
+    path: str | Path | None = None,
+    per_class: int = 20,
+    steps: int = 50,
+    guidance_scale: float | None = None,
+    grid_path: str | Path | None = None,
+    seed: int = 0,
+    classifier_path: str | Path | None = None,
+    record: bool = False,
+) -> dict:
     """Sample ``per_class`` images per digit with CFG, score them with the classifier against the requested label.
 
     Writes a 10x10 grid (row = class) to ``grid_path`` if given, and (``record``) the result into the
@@ -290,8 +380,9 @@ def evaluate_bundle(kind: str, path: str | Path | None = None, per_class: int = 
     default).
     """
     if kind not in ("unet", "mmdit") or per_class < 1 or steps < 1:
-        raise ValueError(f"kind must be 'unet' or 'mmdit'; per_class and steps must be >= 1, got {kind!r}, "
-                         f"{per_class}, {steps}")
+        raise ValueError(
+            f"kind must be 'unet' or 'mmdit'; per_class and steps must be >= 1, got {kind!r}, {per_class}, {steps}"
+        )
     if record and path is None:
         raise ValueError("record=True needs the bundle's path (the shipped bundles are never written by default)")
     bundle = (load_unet_bundle if kind == "unet" else load_mmdit_bundle)(path)
@@ -299,14 +390,22 @@ def evaluate_bundle(kind: str, path: str | Path | None = None, per_class: int = 
     clf = load_classifier(classifier_path)
     labels = torch.arange(NUM_DIGITS).repeat_interleave(per_class)
     t0 = time.time()
-    images = torch.cat([sampler(bundle, labels[i:i + 100], steps, guidance_scale, seed + i)
-                        for i in range(0, len(labels), 100)])
+    images = torch.cat(
+        [sampler(bundle, labels[i : i + 100], steps, guidance_scale, seed + i) for i in range(0, len(labels), 100)]
+    )
     acc = accuracy(clf, images.clamp(-1, 1), labels)
     with torch.no_grad():
         conf = clf(images.clamp(-1, 1)).softmax(1).gather(1, labels[:, None]).mean().item()
     g = bundle[3]["recommended_guidance_scale"] if guidance_scale is None else guidance_scale
-    res = {"samples": len(labels), "steps": steps, "guidance_scale": g, "seed": seed, "class_accuracy": round(acc, 4),
-           "mean_p_requested": round(conf, 4), "sample_seconds": round(time.time() - t0, 1)}
+    res = {
+        "samples": len(labels),
+        "steps": steps,
+        "guidance_scale": g,
+        "seed": seed,
+        "class_accuracy": round(acc, 4),
+        "mean_p_requested": round(conf, 4),
+        "sample_seconds": round(time.time() - t0, 1),
+    }
     print(f"[{kind}] eval {res}", flush=True)
     if grid_path is not None:
         pick = torch.cat([torch.arange(c * per_class, c * per_class + min(10, per_class)) for c in range(NUM_DIGITS)])
@@ -325,12 +424,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=None, help="training steps (default: per-model, see DEFAULTS)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=DEFAULT_OUT,
-                   help=f"output root (default: {DEFAULT_OUT}): new bundles go to OUT/digits-{{unet,mmdit,classifier}}, "
-                        f"--eval-only results to OUT/digits-{{unet,mmdit}}-eval.json; the shipped bundles are written "
-                        f"only when OUT is {ASSETS_DIR.name}/ itself")
-    p.add_argument("--bundles", default=None,
-                   help="--eval-only: root of the bundles to evaluate (default: the shipped benchmarks/assets)")
+    p.add_argument(
+        "--out",
+        default=DEFAULT_OUT,
+        help=f"output root (default: {DEFAULT_OUT}): new bundles go to OUT/digits-{{unet,mmdit,classifier}}, "
+        f"--eval-only results to OUT/digits-{{unet,mmdit}}-eval.json; the shipped bundles are written "
+        f"only when OUT is {ASSETS_DIR.name}/ itself",
+    )
+    p.add_argument(
+        "--bundles",
+        default=None,
+        help="--eval-only: root of the bundles to evaluate (default: the shipped benchmarks/assets)",
+    )
     p.add_argument("--eval-only", action="store_true", help="skip training; evaluate existing bundle(s) (read only)")
     p.add_argument("--no-eval", action="store_true", help="skip the post-training sample evaluation")
     p.add_argument("--img-dir", default=None, help="write sample grids OUT_IMG/digits-{unet,mmdit}-samples.png")
@@ -353,9 +458,17 @@ def main(argv: list[str] | None = None) -> None:
             if not a.eval_only:
                 x_tr, y_tr, x_te, y_te = load_digit_data(a.seed)
                 d = DEFAULTS["classifier"]
-                train_classifier(x_tr, y_tr, x_te, y_te, steps=a.steps or d["steps"],
-                                 batch_size=a.batch_size or d["batch_size"], lr=d["lr"], seed=a.seed,
-                                 out=root / CLASSIFIER_DIR)
+                train_classifier(
+                    x_tr,
+                    y_tr,
+                    x_te,
+                    y_te,
+                    steps=a.steps or d["steps"],
+                    batch_size=a.batch_size or d["batch_size"],
+                    lr=d["lr"],
+                    seed=a.seed,
+                    out=root / CLASSIFIER_DIR,
+                )
                 clf_dir = root / CLASSIFIER_DIR
             continue
         bundle = source / (UNET_DIR if kind == "unet" else MMDIT_DIR)
@@ -363,8 +476,9 @@ def main(argv: list[str] | None = None) -> None:
             train_diffusion(kind, a.steps, a.batch_size, seed=a.seed, out=bundle)
         if not a.no_eval:
             grid = Path(a.img_dir) / f"digits-{kind}-samples.png" if a.img_dir else None
-            res = evaluate_bundle(kind, bundle, guidance_scale=a.guidance, grid_path=grid, classifier_path=clf_dir,
-                                  record=not a.eval_only)  # a freshly trained bundle records its own evaluation
+            res = evaluate_bundle(
+                kind, bundle, guidance_scale=a.guidance, grid_path=grid, classifier_path=clf_dir, record=not a.eval_only
+            )  # a freshly trained bundle records its own evaluation
             if a.eval_only:
                 root.mkdir(parents=True, exist_ok=True)
                 report = root / f"digits-{kind}-eval.json"

@@ -12,6 +12,7 @@ interpolated between the two whole step counts around a fractional NFE)::
 ``tail`` is the number of last steps that always run the network (:attr:`sada.policy.ErrorControlPolicy.protected_tail`;
 the library uses 2, and this script sets it per variant to show why). Prints a markdown table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,12 @@ from sada.config import ErrorControl, SADAConfig
 
 __all__ = ["VARIANTS", "TUNING_CELLS", "run_variants", "roughness", "input_probe", "main"]
 
-TUNING_CELLS = ("diffusers/unet/dpmpp_2m/karras/50", "diffusers/unet/dpmpp_2m/karras/25",
-                "diffusers/mmdit/flow_euler/shift1/50", "diffusers/mmdit/flow_euler/shift1/25")
+TUNING_CELLS = (
+    "diffusers/unet/dpmpp_2m/karras/50",
+    "diffusers/unet/dpmpp_2m/karras/25",
+    "diffusers/mmdit/flow_euler/shift1/50",
+    "diffusers/mmdit/flow_euler/shift1/25",
+)
 # name -> (ErrorControl fields, protected tail)
 VARIANTS = {
     "previous default: tol 2, nodes 4, up to 4 skips, tail 1": (dict(tolerance=2.0, history=4, max_interval=4), 1),
@@ -94,8 +99,9 @@ def run_variants(cells=TUNING_CELLS, variants=None, num_seeds: int = 16, progres
         for name in cells:
             cell = Cell.parse(name)
             model = models.get(cell.model) or models.setdefault(cell.model, load_model(cell.model))
-            reference = reference_images(model, ReferenceSpec(cell.model, cell.reference_start, model.guidance),
-                                         seeds, labels)
+            reference = reference_images(
+                model, ReferenceSpec(cell.model, cell.reference_start, model.guidance), seeds, labels
+            )
             runner = CellRunner(cell, model)
 
             def evaluate(method):
@@ -113,9 +119,19 @@ def run_variants(cells=TUNING_CELLS, variants=None, num_seeds: int = 16, progres
                 nfe, value = evaluate(Method(variant, "tuning", "sada", SADAConfig(schedule=ErrorControl(**fields))))
                 ErrorControlPolicy.protected_tail = default_tail
                 plain, family = _best_plain(runner, evaluate, nfe, plain_cache)
-                rows.append({"cell": name, "variant": variant, "nfe": nfe, "ratio": cell.steps / nfe, "psnr": value,
-                             "full_run_psnr": full, "plain_psnr": plain, "plain_family": family,
-                             "delta": value - plain})
+                rows.append(
+                    {
+                        "cell": name,
+                        "variant": variant,
+                        "nfe": nfe,
+                        "ratio": cell.steps / nfe,
+                        "psnr": value,
+                        "full_run_psnr": full,
+                        "plain_psnr": plain,
+                        "plain_family": family,
+                        "delta": value - plain,
+                    }
+                )
                 bar.update(1)
     finally:
         ErrorControlPolicy.protected_tail = default_tail
@@ -125,7 +141,7 @@ def run_variants(cells=TUNING_CELLS, variants=None, num_seeds: int = 16, progres
 
 def _differences(values: list, order: int) -> float:
     """RMS of the ``order``-th backward difference of the newest ``order + 1`` tensors of ``values``."""
-    current = values[-(order + 1):]
+    current = values[-(order + 1) :]
     for _ in range(order):
         current = [b - a for a, b in zip(current[:-1], current[1:])]
     return float(current[0].pow(2).mean().sqrt())
@@ -173,8 +189,14 @@ def roughness(model_name: str, steps: int = 50, num_seeds: int = 16, every: int 
             x = x + float(ts[i + 1] - ts[i]) * v
         levels = ts[:steps]
     for i in range(every - 1, steps, every):
-        rows.append({"model": model_name, "step": i, "noise level": float(levels[i]),
-                     **{f"order {k}": _differences(predictions[: i + 1], k) for k in range(1, 5)}})
+        rows.append(
+            {
+                "model": model_name,
+                "step": i,
+                "noise level": float(levels[i]),
+                **{f"order {k}": _differences(predictions[: i + 1], k) for k in range(1, 5)},
+            }
+        )
     return rows
 
 
@@ -208,22 +230,32 @@ def input_probe(num_seeds: int = 16, sigma: float = 1.35, points: int = 20) -> l
 
 
 def render(rows: list[dict]) -> str:
-    lines = ["| cell (full run vs ODE) | variant | NFE (ratio) | PSNR vs ODE | best plain grid at equal NFE | difference (dB) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| cell (full run vs ODE) | variant | NFE (ratio) | PSNR vs ODE | best plain grid at equal NFE | difference (dB) |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['cell']} ({r['full_run_psnr']:.2f}) | {r['variant']} | {r['nfe']:.1f} ({r['ratio']:.2f}x) | "
-                     f"{r['psnr']:.2f} | {r['plain_psnr']:.2f} ({r['plain_family']}) | {r['delta']:+.2f} |")
+        lines.append(
+            f"| {r['cell']} ({r['full_run_psnr']:.2f}) | {r['variant']} | {r['nfe']:.1f} ({r['ratio']:.2f}x) | "
+            f"{r['psnr']:.2f} | {r['plain_psnr']:.2f} ({r['plain_family']}) | {r['delta']:+.2f} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv=None) -> list[dict]:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.tune_error_control", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.tune_error_control",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("--cells", nargs="+", default=list(TUNING_CELLS), help="diffusers cells")
     parser.add_argument("--seeds", type=int, default=16, help="tuning seeds 0..seeds-1")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (none: torch's default)")
-    parser.add_argument("--roughness", action="store_true",
-                        help="instead: backward differences of the predictions along a 50-step run of each model")
+    parser.add_argument(
+        "--roughness",
+        action="store_true",
+        help="instead: backward differences of the predictions along a 50-step run of each model",
+    )
     args = parser.parse_args(argv)
     if args.threads is not None:
         if args.threads < 1:
@@ -232,10 +264,15 @@ def main(argv=None) -> list[dict]:
     started = time.perf_counter()
     if args.roughness:
         rows = roughness("unet", num_seeds=args.seeds) + roughness("mmdit", num_seeds=args.seeds)
-        print("| model | step | sigma (U-Net) / t (MMDiT) | 1st difference | 2nd | 3rd | 4th |\n|---|---|---|---|---|---|---|")
+        print(
+            "| model | step | sigma (U-Net) / t (MMDiT) | 1st difference | 2nd | 3rd | 4th |\n|---|---|---|---|---|---|---|"
+        )
         for r in rows:
-            print(f"| {r['model']} | {r['step']} | {r['noise level']:.3f} | " +
-                  " | ".join(f"{r[f'order {k}']:.2e}" for k in range(1, 5)) + " |")
+            print(
+                f"| {r['model']} | {r['step']} | {r['noise level']:.3f} | "
+                + " | ".join(f"{r[f'order {k}']:.2e}" for k in range(1, 5))
+                + " |"
+            )
         probe = input_probe(num_seeds=args.seeds)
         print("\n| U-Net input moved (sigma 1.35) | 1st difference | 2nd | 3rd | 4th |\n|---|---|---|---|---|")
         for r in probe:

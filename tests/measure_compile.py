@@ -6,6 +6,7 @@ e.g. ``compiled inductor 50 sample 2 auto``. Prints the SADA summary, the row co
 wall time of a first (compiling) and a second pipeline call, and dynamo's counters (``unique_graphs``: the number
 of graphs compiled). ``auto`` is SADA's default (lockstep when compiled), ``off`` forces per-sample decisions.
 """
+
 import sys
 import time
 from collections import Counter
@@ -30,7 +31,8 @@ def main(argv):
     # hooks on the original module run outside dynamo's frame; in eager mode SADA's hook wraps forward, so count
     # at the first convolution instead
     (pipe.unet if mode == "compiled" else pipe.unet.conv_in).register_forward_pre_hook(
-        lambda m, a: seen.update([a[0].shape[0]]))
+        lambda m, a: seen.update([a[0].shape[0]])
+    )
     if mode == "compiled":
         pipe.unet = torch.compile(pipe.unet, backend=backend)
     torch._dynamo.reset()
@@ -38,8 +40,16 @@ def main(argv):
     pos, neg = fx.sd_embeds(batch, 0)
 
     def call():
-        return pipe(prompt_embeds=pos, negative_prompt_embeds=neg, num_inference_steps=steps, height=16, width=16,
-                    generator=torch.Generator().manual_seed(0), output_type="latent", guidance_scale=5.0).images
+        return pipe(
+            prompt_embeds=pos,
+            negative_prompt_embeds=neg,
+            num_inference_steps=steps,
+            height=16,
+            width=16,
+            generator=torch.Generator().manual_seed(0),
+            output_type="latent",
+            guidance_scale=5.0,
+        ).images
 
     lockstep = {"auto": None, "off": False, "on": True}[lock]
     # the authors' step schedule: its per-sample decisions differ within a batch, so partial batches reach the network

@@ -3,6 +3,7 @@ the unwrapped sampler, default ``SADAConfig()``, on the test module's closed-for
 
     .venv/bin/python -m tests.measure_kdiffusion_table
 """
+
 from sada.adapters import k_diffusion as kd
 from tests.test_k_diffusion_adapter import K, MixtureDenoiser, _noise, _rms, _sigmas
 

@@ -9,6 +9,7 @@ parity tests compare two independent implementations. The solver update itself i
 skipped step DPM's ``convert_model_output`` is replaced by the estimate (as the official patched step does), and
 Euler receives the model output whose clean-sample prediction is the estimate.
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -36,8 +37,19 @@ def _lagrange(nodes, at: float):
     return total
 
 
-def run_official(scheduler, denoise, latents, num_steps: int, *, solver: str, acc_range=(10, 47), max_interval=4,
-                 lagrange_term=4, lagrange_int=4, lagrange_step=24) -> OfficialRun:
+def run_official(
+    scheduler,
+    denoise,
+    latents,
+    num_steps: int,
+    *,
+    solver: str,
+    acc_range=(10, 47),
+    max_interval=4,
+    lagrange_term=4,
+    lagrange_int=4,
+    lagrange_step=24,
+) -> OfficialRun:
     """Sample with ``denoise(model_input, t) -> guided output`` and the official SADA decisions (batch-global)."""
     prediction = scheduler.config.prediction_type
     scheduler.set_timesteps(num_steps)
@@ -72,11 +84,14 @@ def run_official(scheduler, denoise, latents, num_steps: int, *, solver: str, ac
                 if prediction == "epsilon":
                     model_output = (x - x0) / sigma
                 else:
-                    model_output = (x / (sigma ** 2 + 1) - x0) / (sigma / (sigma ** 2 + 1) ** 0.5)
+                    model_output = (x / (sigma**2 + 1) - x0) / (sigma / (sigma**2 + 1) ** 0.5)
             else:
                 model_output = guided
-                x0 = x - sigma * guided if prediction == "epsilon" else \
-                    guided * (-sigma / (sigma ** 2 + 1) ** 0.5) + x / (sigma ** 2 + 1)
+                x0 = (
+                    x - sigma * guided
+                    if prediction == "epsilon"
+                    else guided * (-sigma / (sigma**2 + 1) ** 0.5) + x / (sigma**2 + 1)
+                )
             out = scheduler.step(model_output, t, x).prev_sample
         if skip:
             run.x0_used[n] = x0.clone()
@@ -114,11 +129,17 @@ def run_official(scheduler, denoise, latents, num_steps: int, *, solver: str, ac
                     estimate = _lagrange(list(nodes), n + 1.0)
                     estimate = estimate if solver == "dpm" else alpha1 * estimate
                 elif solver == "dpm":
-                    estimate = (x_hat_vp - s1 * guided) / alpha1 if prediction == "epsilon" else \
-                        alpha1 * x_hat_vp - s1 * guided
+                    estimate = (
+                        (x_hat_vp - s1 * guided) / alpha1
+                        if prediction == "epsilon"
+                        else alpha1 * x_hat_vp - s1 * guided
+                    )
                 else:
-                    estimate = x_hat - sigma1 * guided if prediction == "epsilon" else \
-                        -sigma1 / (sigma1 ** 2 + 1) ** 0.5 * guided + out / (sigma1 ** 2 + 1)
+                    estimate = (
+                        x_hat - sigma1 * guided
+                        if prediction == "epsilon"
+                        else -sigma1 / (sigma1**2 + 1) ** 0.5 * guided + out / (sigma1**2 + 1)
+                    )
         f_hist.append(f)
         skip, mode, x = skip_next, next_mode, out
     run.sample = x

@@ -1,4 +1,5 @@
 """Adams weights (Theorem B.2) and SADA's step estimators (Theorem 3.5) against known solutions."""
+
 import math
 from fractions import Fraction
 
@@ -41,9 +42,13 @@ def test_adams_bashforth_coefficients_known_values():
     np.testing.assert_allclose(adams_bashforth_coefficients(4) * 24, [55, -59, 37, -9], atol=1e-12)
 
 
-@given(st.lists(st.floats(-3, 3), min_size=1, max_size=5, unique=True).filter(
-    lambda xs: min((abs(a - b) for i, a in enumerate(xs) for b in xs[i + 1:]), default=1) > 0.1),
-    st.floats(-3, 3), st.floats(-3, 3))
+@given(
+    st.lists(st.floats(-3, 3), min_size=1, max_size=5, unique=True).filter(
+        lambda xs: min((abs(a - b) for i, a in enumerate(xs) for b in xs[i + 1 :]), default=1) > 0.1
+    ),
+    st.floats(-3, 3),
+    st.floats(-3, 3),
+)
 def test_adams_weights_integrate_polynomials_of_degree_below_node_count_exactly(nodes, a, b):
     k = len(nodes) - 1
     poly = np.polynomial.Polynomial(np.arange(1, k + 2) * 0.5)
@@ -54,7 +59,7 @@ def test_adams_weights_integrate_polynomials_of_degree_below_node_count_exactly(
 
 @given(st.lists(st.floats(0.1, 5), min_size=1, max_size=4, unique=True), st.floats(0.1, 5), st.floats(0.1, 5))
 def test_adams_weights_sum_to_the_interval_length(nodes, a, b):
-    if min((abs(x - y) for i, x in enumerate(nodes) for y in nodes[i + 1:]), default=1) < 0.05:
+    if min((abs(x - y) for i, x in enumerate(nodes) for y in nodes[i + 1 :]), default=1) < 0.05:
         return
     assert math.isclose(adams_coefficients(nodes, a, b).sum(), b - a, rel_tol=1e-7, abs_tol=1e-7 * 10 ** len(nodes))
 
@@ -86,7 +91,7 @@ def test_adams_moulton_local_truncation_error_shrinks_at_order_plus_one(order):
 
 @pytest.mark.parametrize("order", [1, 2, 3, 4])
 def test_non_uniform_adams_local_truncation_error_shrinks_at_order_plus_one(order):
-    ratios = np.array([1.0, 0.0, -0.7, -1.9, -2.6])[: order]  # fixed non-uniform pattern, scaled by h
+    ratios = np.array([1.0, 0.0, -0.7, -1.9, -2.6])[:order]  # fixed non-uniform pattern, scaled by h
     hs = np.array([0.2, 0.1, 0.05, 0.025])
     errs = []
     for h in hs:
@@ -136,14 +141,17 @@ def test_corrected_step_estimate_is_exact_when_eps_is_quadratic_in_sigma(s_next,
     assert abs(got[0] - x_tilde(s_next)) < 1e-10
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda: paper_step_estimate(np.zeros(2), [np.zeros(2)] * 2, 50), "f_n, f_\\(n-1\\), f_\\(n-2\\)"),
-    (lambda: paper_step_estimate(np.zeros(2), [np.zeros(2), np.zeros(2), np.full(2, np.nan)], 50), "NaN or Inf"),
-    (lambda: paper_vp_drift(np.zeros(2), np.zeros(2), -0.1, 0.5, 50), "beta and sigma must be > 0"),
-    (lambda: corrected_step_weights([1.0, 2.0, 3.0, 4.0, 5.0], 0.5), "1 to 4 nodes"),
-    (lambda: adams_moulton_coefficients(0), "order must be >= 1"),
-    (lambda: adams_coefficients([0.0, 1.0], "a", 1.0), "start must be a real number"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: paper_step_estimate(np.zeros(2), [np.zeros(2)] * 2, 50), "f_n, f_\\(n-1\\), f_\\(n-2\\)"),
+        (lambda: paper_step_estimate(np.zeros(2), [np.zeros(2), np.zeros(2), np.full(2, np.nan)], 50), "NaN or Inf"),
+        (lambda: paper_vp_drift(np.zeros(2), np.zeros(2), -0.1, 0.5, 50), "beta and sigma must be > 0"),
+        (lambda: corrected_step_weights([1.0, 2.0, 3.0, 4.0, 5.0], 0.5), "1 to 4 nodes"),
+        (lambda: adams_moulton_coefficients(0), "order must be >= 1"),
+        (lambda: adams_coefficients([0.0, 1.0], "a", 1.0), "start must be a real number"),
+    ],
+)
 def test_invalid_input_names_the_bad_value(call, message):
     with pytest.raises((ValueError, TypeError), match=message):
         call()
@@ -151,6 +159,7 @@ def test_invalid_input_names_the_bad_value(call, message):
 
 def test_multistep_estimate_extrapolates_polynomials_of_degree_below_node_count_exactly():
     from sada.reference import multistep_estimate
+
     nodes = [13.0, 17.0, 21.0, 25.0]
     cubic = np.polynomial.Polynomial([0.5, -0.1, 0.02, -0.001])
     for at in (26.0, 27.0, 28.0):

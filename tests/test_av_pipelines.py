@@ -4,6 +4,7 @@ For every pipeline: never-skip is a bit-exact pass-through, the default config r
 rows and stays close to the stock output, per-sample decisions respect the pipeline's batch layout, and a
 scheduler the adapter does not support is refused at ``enable``.
 """
+
 import pytest
 import torch
 
@@ -23,12 +24,12 @@ NAMES = sorted(fx.PIPELINES)
 # Relative RMS (||sada - stock|| / ||stock||) of the default config at 50 steps, measured on these tiny
 # random-weight pipelines (one thread); the bounds are about twice the measurement.
 REL_BOUND = {  # the default configuration (schedule-free ErrorControl), 50 steps, against the full run
-    "musicldm": 0.018,       # measured 0.0086
-    "audioldm2": 0.022,      # measured 0.0108
-    "ltx": 0.015,            # measured 0.0070
+    "musicldm": 0.018,  # measured 0.0086
+    "audioldm2": 0.022,  # measured 0.0108
+    "ltx": 0.015,  # measured 0.0070
     "hunyuan_video": 0.023,  # measured 0.0114
-    "cogvideox": 0.006,      # measured 0.0027 (CogVideoXDDIMScheduler: zero terminal SNR, v-prediction)
-    "wan": 0.03,             # measured 0.0152 (UniPC with flow sigmas and flow prediction)
+    "cogvideox": 0.006,  # measured 0.0027 (CogVideoXDDIMScheduler: zero terminal SNR, v-prediction)
+    "wan": 0.03,  # measured 0.0152 (UniPC with flow sigmas and flow prediction)
 }
 # Stable Audio ships an SDE solver (CosineDPMSolverMultistepScheduler adds noise at every step): computed exactly.
 ODE_PIPELINES = sorted(REL_BOUND)
@@ -64,8 +65,11 @@ def _rel(a, b):
 
 def _untouched(pipe, spec):
     denoiser = getattr(pipe, spec.denoiser)
-    return ("forward" not in denoiser.__dict__ and "step" not in pipe.scheduler.__dict__
-            and getattr(pipe, "_sada_handle", None) is None)
+    return (
+        "forward" not in denoiser.__dict__
+        and "step" not in pipe.scheduler.__dict__
+        and getattr(pipe, "_sada_handle", None) is None
+    )
 
 
 def test_registry_describes_every_pipeline_scheduler_and_latent_shape():
@@ -164,7 +168,7 @@ def test_per_sample_decisions_a_batch_of_two_equals_each_sample_run_alone(name):
 
     stock_both = spec.call(pipe, steps=10, seeds=seeds, embeds=embeds)
     for i, alone in enumerate(one_by_one(10)):  # the stock pipeline treats the samples independently
-        torch.testing.assert_close(stock_both[i:i + 1], alone, rtol=1e-5, atol=1e-5 * float(alone.abs().max()))
+        torch.testing.assert_close(stock_both[i : i + 1], alone, rtol=1e-5, atol=1e-5 * float(alone.abs().max()))
     with sada_d.enabled(pipe, SADAConfig(schedule=StepSchedule())) as handle:
         both = spec.call(pipe, steps=50, seeds=seeds, embeds=embeds)
         decisions = handle.trace.decisions.copy()
@@ -173,7 +177,7 @@ def test_per_sample_decisions_a_batch_of_two_equals_each_sample_run_alone(name):
     mixed = [n for n in range(50) if decisions[n, 0] != decisions[n, 1]]
     assert mixed, "the two samples never took different decisions"
     for i in range(2):
-        torch.testing.assert_close(both[i:i + 1], alone[i], rtol=1e-4, atol=1e-4 * float(alone[i].abs().max()))
+        torch.testing.assert_close(both[i : i + 1], alone[i], rtol=1e-4, atol=1e-4 * float(alone[i].abs().max()))
 
 
 @pytest.mark.parametrize("name", NAMES)

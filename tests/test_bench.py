@@ -1,4 +1,5 @@
 """The benchmark harness on the shipped models (tiny settings; the real numbers come from `sada bench`)."""
+
 import json
 import os
 import subprocess
@@ -12,12 +13,27 @@ pytest.importorskip("torchmetrics")
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "benchmarks" / "assets"
-pytestmark = pytest.mark.skipif(not (ASSETS / "digits-unet" / "sada_model.json").is_file(),
-                                reason="shipped models not present")
+pytestmark = pytest.mark.skipif(
+    not (ASSETS / "digits-unet" / "sada_model.json").is_file(), reason="shipped models not present"
+)
 CELL = "diffusers/unet/dpmpp_2m/trailing/15"
 METHODS = ["SADA", "SADA, skipping disabled"]
-ARGS = ["--cells", CELL, "--seeds", "2", "--batch", "1", "--reference-steps", "16", "--repeats", "1", "--methods", *METHODS,
-        "--threads", "1"]  # matmul round-off depends on the thread count; accelerate's workers run one each
+ARGS = [
+    "--cells",
+    CELL,
+    "--seeds",
+    "2",
+    "--batch",
+    "1",
+    "--reference-steps",
+    "16",
+    "--repeats",
+    "1",
+    "--methods",
+    *METHODS,
+    "--threads",
+    "1",
+]  # matmul round-off depends on the thread count; accelerate's workers run one each
 
 
 @pytest.fixture(autouse=True)
@@ -44,8 +60,12 @@ def _rows(folder: Path) -> dict:
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench-single")
-    subprocess.run([sys.executable, "-m", "benchmarks.cli", "bench", *ARGS, "--out", str(out), "--cache", str(out / "cache")],
-                   check=True, env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "benchmarks.cli", "bench", *ARGS, "--out", str(out), "--cache", str(out / "cache")],
+        check=True,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+        capture_output=True,
+    )
     return out
 
 
@@ -75,8 +95,17 @@ def test_the_same_configuration_run_twice_gives_identical_evaluations_and_psnr(s
     from benchmarks.cells import select_cells
     from benchmarks.run import run_benchmark
 
-    run_benchmark(cells=select_cells([CELL]), num_seeds=2, batch=1, methods_filter=METHODS, repeats=0, out=tmp_path,
-                  cache_dir=tmp_path / "cache", reference_steps=16, progress_bar=False)
+    run_benchmark(
+        cells=select_cells([CELL]),
+        num_seeds=2,
+        batch=1,
+        methods_filter=METHODS,
+        repeats=0,
+        out=tmp_path,
+        cache_dir=tmp_path / "cache",
+        reference_steps=16,
+        progress_bar=False,
+    )
     first, second = _rows(single), _rows(tmp_path)
     assert set(first) == set(second)
     for name in first:
@@ -87,10 +116,35 @@ def test_the_same_configuration_run_twice_gives_identical_evaluations_and_psnr(s
 def test_sharded_run_over_two_processes_merges_to_the_single_process_results(single, tmp_path):
     pytest.importorskip("accelerate")
     out = tmp_path / "sharded"
-    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "benchmarks.cli",
-                    "bench", *ARGS, "--repeats", "0", "--out", str(out), "--cache", str(out / "cache")],
-                   check=True, env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "benchmarks.cli",
+            "bench",
+            *ARGS,
+            "--repeats",
+            "0",
+            "--out",
+            str(out),
+            "--cache",
+            str(out / "cache"),
+        ],
+        check=True,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+        capture_output=True,
+    )
     one, two = _rows(single), _rows(out)
     assert set(one) == set(two)
     for name in one:
@@ -112,8 +166,9 @@ def test_reference_cache_returns_the_stored_images_only_for_an_exact_key(tmp_pat
     first = reference_images(model, spec, [1000], [0], tmp_path, on_compute=lambda: computed.append(1))
     again = reference_images(model, spec, [1000], [0], tmp_path, on_compute=lambda: computed.append(2))
     assert computed == [1] and torch.equal(first, again)
-    other = reference_images(model, ReferenceSpec("unet", "edm", 2.5, steps=8), [1000], [0], tmp_path,
-                             on_compute=lambda: computed.append(3))
+    other = reference_images(
+        model, ReferenceSpec("unet", "edm", 2.5, steps=8), [1000], [0], tmp_path, on_compute=lambda: computed.append(3)
+    )
     assert computed == [1, 3] and not torch.equal(first, other)
     assert len(list((tmp_path / "references").iterdir())) == 2
 
@@ -129,7 +184,7 @@ def test_bench_report_regenerates_a_page_section_from_a_run(single, tmp_path):
     assert all("psnr_ode_per_image" not in r for c in stored["cells"] for r in c["rows"])
     text = page.read_text()
     assert text.startswith("# Title\n\nprose\n\n") and text.endswith("\n\nmore prose\n") and "old numbers" not in text
-    section = text[text.index(DOCS_BEGIN):text.index(DOCS_END) + len(DOCS_END)] + "\n"
+    section = text[text.index(DOCS_BEGIN) : text.index(DOCS_END) + len(DOCS_END)] + "\n"
     assert section == render_file(tmp_path / "results" / "bench-results.json", docs=True)
     assert not (tmp_path / "bench-results.json").exists()  # generated files stay out of the hand-written pages' folder
     assert f"| {CELL} | " in section and "| baseline |" not in section  # not a main cell: no detail table
@@ -146,7 +201,7 @@ def test_bench_report_matrix_page_shows_every_cell_with_its_pareto_plot(single, 
     assert main(["bench-report", str(single / "results.json"), "--matrix", "--update", str(page)]) == 0
     assert not (tmp_path / "bench-results.json").exists()  # the benchmarks page's stored run is left alone
     text = page.read_text()
-    section = text[text.index(MATRIX_BEGIN):text.index(DOCS_END) + len(DOCS_END)] + "\n"
+    section = text[text.index(MATRIX_BEGIN) : text.index(DOCS_END) + len(DOCS_END)] + "\n"
     assert section == render_file(tmp_path / "bench-matrix-results.json", matrix=True)
     slug = CELL.replace("/", "-")
     rows = {r["method"]: r for r in _cell(single)["rows"]}
@@ -166,8 +221,18 @@ def test_matrix_update_also_regenerates_the_summary_on_the_benchmarks_page_besid
     (tmp_path / "results" / "matrix.md").write_text(f"{MATRIX_BEGIN}\n{DOCS_END}\n")
     bench = tmp_path / "benchmarks.md"
     bench.write_text(f"a\n{SUMMARY_BEGIN}\nold\n{DOCS_END}\nb\n{DOCS_BEGIN}\nkept\n{DOCS_END}\nc\n")
-    assert main(["bench-report", str(single / "results.json"), "--matrix", "--update",
-                 str(tmp_path / "results" / "matrix.md")]) == 0
+    assert (
+        main(
+            [
+                "bench-report",
+                str(single / "results.json"),
+                "--matrix",
+                "--update",
+                str(tmp_path / "results" / "matrix.md"),
+            ]
+        )
+        == 0
+    )
     data = json.loads((tmp_path / "results" / "bench-matrix-results.json").read_text())
     assert bench.read_text() == f"a\n{render_matrix_summary(data)}b\n{DOCS_BEGIN}\nkept\n{DOCS_END}\nc\n"
 
@@ -184,7 +249,7 @@ def test_docs_page_tables_are_the_rendering_of_the_stored_results():
 
     page = (ROOT / "docs" / "benchmarks.md").read_text()
     start = page.index(DOCS_BEGIN)
-    stored = page[start:page.index(DOCS_END, start) + len(DOCS_END)] + "\n"
+    stored = page[start : page.index(DOCS_END, start) + len(DOCS_END)] + "\n"
     assert stored == render_file(ROOT / "docs" / "results" / "bench-results.json", docs=True)
 
 
@@ -193,7 +258,7 @@ def test_benchmarks_page_matrix_summary_is_the_rendering_of_the_stored_full_run(
 
     page = (ROOT / "docs" / "benchmarks.md").read_text()
     start = page.index(SUMMARY_BEGIN)
-    stored = page[start:page.index(DOCS_END, start) + len(DOCS_END)] + "\n"
+    stored = page[start : page.index(DOCS_END, start) + len(DOCS_END)] + "\n"
     data = json.loads((ROOT / "docs" / "results" / "bench-matrix-results.json").read_text())
     assert stored == render_matrix_summary(data)
     assert "| diffusers/mmdit/flow_euler/shift1 |" in stored and "| k-diffusion/unet/lms/karras |" in stored
@@ -205,7 +270,7 @@ def test_matrix_page_is_the_rendering_of_the_stored_full_run():
 
     results = ROOT / "docs" / "results"
     page = (results / "benchmark-matrix.md").read_text()
-    stored = page[page.index(MATRIX_BEGIN):page.index(DOCS_END) + len(DOCS_END)] + "\n"
+    stored = page[page.index(MATRIX_BEGIN) : page.index(DOCS_END) + len(DOCS_END)] + "\n"
     assert stored == render_file(results / "bench-matrix-results.json", matrix=True)
     data = json.loads((results / "bench-matrix-results.json").read_text())
     assert [c["name"] for c in data["cells"]] == [c.name for c in FULL_MATRIX]

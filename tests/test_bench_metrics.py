@@ -1,4 +1,5 @@
 """The benchmark's image metrics against closed forms."""
+
 import numpy as np
 import pytest
 
@@ -47,8 +48,9 @@ def _gaussian_vp_problem(order, steps, c=0.5, sigma_max=14.6, sigma_min=0.03):
     alphas = 1 / np.sqrt(1 + edm**2)
     sigmas = edm * alphas
     x_t = torch.linspace(-2, 2, 7, dtype=torch.float64)  # VP state at sigma_max
-    out = probability_flow_solve(lambda x, i: alphas[i] * c**2 * x / (alphas[i] ** 2 * c**2 + sigmas[i] ** 2),
-                                 x_t, alphas, sigmas, order)
+    out = probability_flow_solve(
+        lambda x, i: alphas[i] * c**2 * x / (alphas[i] ** 2 * c**2 + sigmas[i] ** 2), x_t, alphas, sigmas, order
+    )
     x_hat_t = x_t / alphas[0]  # exact: x_hat(s) = x_hat_T sqrt((c^2 + s^2) / (c^2 + s_T^2)), then D at sigma_min
     exact = x_hat_t * c**2 / np.sqrt((c**2 + sigma_max**2) * (c**2 + sigma_min**2))
     return float((out - exact).abs().max())
@@ -80,8 +82,9 @@ def test_reference_solver_starts_a_flow_at_pure_noise():
     for n in (200, 400):
         t = np.linspace(1.0, t_min, n)
         alphas, sigmas = 1 - t, t
-        out = probability_flow_solve(lambda x, i: alphas[i] * c**2 * x / (alphas[i] ** 2 * c**2 + sigmas[i] ** 2),
-                                     x1, alphas, sigmas, 2)
+        out = probability_flow_solve(
+            lambda x, i: alphas[i] * c**2 * x / (alphas[i] ** 2 * c**2 + sigmas[i] ** 2), x1, alphas, sigmas, 2
+        )
         errors.append(float((out - exact).abs().max()))
     assert errors[1] < 2e-4 and errors[0] / errors[1] > 4.0
 
@@ -99,8 +102,13 @@ def test_reference_solver_rejects_a_grid_that_does_not_decrease():
 def test_equal_nfe_peer_interpolates_per_image_and_picks_the_best_family():
     from benchmarks.stats import equal_nfe_peer
 
-    plain = {("a", 10): [30.0, 32.0], ("a", 11): [31.0, 35.0], ("b", 10): [33.0, 33.0], ("b", 11): [33.0, 33.0],
-             ("c", 11): [50.0, 50.0]}  # c has no run at or below 10.25 evaluations: left out
+    plain = {
+        ("a", 10): [30.0, 32.0],
+        ("a", 11): [31.0, 35.0],
+        ("b", 10): [33.0, 33.0],
+        ("b", 11): [33.0, 33.0],
+        ("c", 11): [50.0, 50.0],
+    }  # c has no run at or below 10.25 evaluations: left out
     peer = equal_nfe_peer(10.25, [34.0, 35.0], plain, lambda steps: steps)
     assert peer["family"] == "b" and peer["steps"] == [10, 11] and peer["weight"] == pytest.approx(0.25)
     assert peer["candidates"] == {"a": 31.5, "b": 33.0}
@@ -124,11 +132,14 @@ def test_goal_rows_apply_the_goal_of_the_step_count():
 
     def cell(steps, nfe, delta):
         peer = {"name": "p", "psnr": 40.0, "delta": delta, "delta_2se": 0.1}
-        return {"name": f"c{steps}", "steps": steps, "baseline_nfe": float(steps),
-                "variants": {"SADA": {"NFE": nfe, "psnr_ode": 40 + delta, "peer": peer}}}
+        return {
+            "name": f"c{steps}",
+            "steps": steps,
+            "baseline_nfe": float(steps),
+            "variants": {"SADA": {"NFE": nfe, "psnr_ode": 40 + delta, "peer": peer}},
+        }
 
-    rows = goal_rows([cell(50, 24.0, 3.5), cell(50, 26.0, 5.0), cell(25, 13.0, 1.2), cell(15, 11.0, -0.31)],
-                     ("SADA",))
+    rows = goal_rows([cell(50, 24.0, 3.5), cell(50, 26.0, 5.0), cell(25, 13.0, 1.2), cell(15, 11.0, -0.31)], ("SADA",))
     assert [r["met"] for r in rows] == [True, False, True, False]  # 26 NFE at 50 steps is 1.92x < 2x
     assert [r["no_loss"] for r in rows] == [True, True, True, False]
     assert rows[2]["goal_ratio"] == 1.8 and rows[2]["goal_delta"] == 1.0

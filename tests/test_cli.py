@@ -1,5 +1,6 @@
 """The ``sada`` command line: bad arguments are argparse errors (exit 2, a message naming the option), never
 tracebacks; every subcommand's help shows defaults, methods and the expected run time."""
+
 import json
 
 import pytest
@@ -14,19 +15,22 @@ def _usage_error(capsys, argv) -> str:
     return capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv, option", [
-    (["demo", "--batch", "0"], "--batch"),  # was a ZeroDivisionError traceback
-    (["demo", "--batch", "-3"], "--batch"),
-    (["demo", "--dim", "0"], "--dim"),
-    (["demo", "--seed", "-1"], "--seed"),
-    (["demo", "--batch", "two"], "--batch"),
-    (["bench", "--seeds", "0"], "--seeds"),
-    (["bench", "--batch", "0"], "--batch"),
-    (["bench", "--threads", "0"], "--threads"),
-    (["bench", "--repeats", "-1"], "--repeats"),
-    (["bench", "--reference-steps", "3"], "--reference-steps"),
-    (["bench", "--seed-set", "test"], "--seed-set"),
-])
+@pytest.mark.parametrize(
+    "argv, option",
+    [
+        (["demo", "--batch", "0"], "--batch"),  # was a ZeroDivisionError traceback
+        (["demo", "--batch", "-3"], "--batch"),
+        (["demo", "--dim", "0"], "--dim"),
+        (["demo", "--seed", "-1"], "--seed"),
+        (["demo", "--batch", "two"], "--batch"),
+        (["bench", "--seeds", "0"], "--seeds"),
+        (["bench", "--batch", "0"], "--batch"),
+        (["bench", "--threads", "0"], "--threads"),
+        (["bench", "--repeats", "-1"], "--repeats"),
+        (["bench", "--reference-steps", "3"], "--reference-steps"),
+        (["bench", "--seed-set", "test"], "--seed-set"),
+    ],
+)
 def test_bad_arguments_are_usage_errors_naming_the_option(capsys, argv, option):
     err = _usage_error(capsys, argv)
     assert f"argument {option}" in err and "Traceback" not in err
@@ -53,11 +57,24 @@ def test_demo_help_shows_defaults_methods_and_run_time(capsys):
 
 def test_bench_help_shows_defaults_methods_and_run_time(capsys):
     text = " ".join(_help(capsys, ["bench"]).split())
-    for default in ("(default: 32)", "(default: 16)", "(default: heldout)", "(default: sada-bench-out)",
-                    "(default: ['main', 'control'])"):
+    for default in (
+        "(default: 32)",
+        "(default: 16)",
+        "(default: heldout)",
+        "(default: sada-bench-out)",
+        "(default: ['main', 'control'])",
+    ):
         assert default in text, default
-    for method in ("baseline", "SADA (the adapter's default configuration)", "SADA paper", "SADA step-indexed", "tolerance",
-                   "plain grids", "same ends", "karras"):
+    for method in (
+        "baseline",
+        "SADA (the adapter's default configuration)",
+        "SADA paper",
+        "SADA step-indexed",
+        "tolerance",
+        "plain grids",
+        "same ends",
+        "karras",
+    ):
         assert method in text, method
     assert "Expected run time on 2 CPU cores" in text and "8.7 minutes" in text and "43 minutes" in text
 
@@ -70,8 +87,12 @@ def test_bench_report_help_shows_run_time(capsys):
 def test_bench_lists_the_default_and_the_full_matrix(capsys):
     assert main(["bench", "--list-cells"]) == 0
     default = capsys.readouterr().out.split()
-    assert default == ["diffusers/unet/dpmpp_2m/trailing/50", "diffusers/unet/dpmpp_2m/karras/50",
-                       "diffusers/mmdit/flow_euler/shift1/50", "diffusers/mmdit/flow_euler/shift1/25"]
+    assert default == [
+        "diffusers/unet/dpmpp_2m/trailing/50",
+        "diffusers/unet/dpmpp_2m/karras/50",
+        "diffusers/mmdit/flow_euler/shift1/50",
+        "diffusers/mmdit/flow_euler/shift1/25",
+    ]
     assert main(["bench", "--full", "--list-cells"]) == 0
     full = capsys.readouterr().out.split()
     # U-Net diffusers 3 samplers x 2 spacings, MMDiT 1 x 2, k-diffusion 4 x 2; 4 step counts each

@@ -1,5 +1,6 @@
 """SADA with a ``torch.compile``d denoiser: lockstep decisions, bounded compilations, no graph break in the compiled
 region (tiny random-weight SD pipeline, batch 2 with classifier-free guidance = 4 rows, 20 steps, CPU)."""
+
 import numpy as np
 import pytest
 import torch
@@ -16,10 +17,13 @@ from tests import diffusers_fixtures as fx  # noqa: E402
 try:
     import torch._dynamo  # noqa: F401
     from torch._dynamo.utils import counters
+
     HAS_COMPILE = hasattr(torch, "compile")
 except Exception:  # pragma: no cover - builds without dynamo
     HAS_COMPILE = False
-needs_compile = pytest.mark.skipif(not HAS_COMPILE, reason="torch.compile (dynamo) is not available in this torch build")
+needs_compile = pytest.mark.skipif(
+    not HAS_COMPILE, reason="torch.compile (dynamo) is not available in this torch build"
+)
 
 STEPS, BATCH = 20, 2
 OUTPUT_TOLERANCE = 1e-4  # max |compiled - eager| on latents of scale ~1 (inductor fuses and reorders float32 ops)
@@ -27,8 +31,16 @@ OUTPUT_TOLERANCE = 1e-4  # max |compiled - eager| on latents of scale ~1 (induct
 
 def _call(pipe, steps=STEPS, batch=BATCH):
     pos, neg = fx.sd_embeds(batch, 0)
-    return pipe(prompt_embeds=pos, negative_prompt_embeds=neg, num_inference_steps=steps, height=16, width=16,
-                generator=torch.Generator().manual_seed(0), output_type="latent", guidance_scale=5.0).images
+    return pipe(
+        prompt_embeds=pos,
+        negative_prompt_embeds=neg,
+        num_inference_steps=steps,
+        height=16,
+        width=16,
+        generator=torch.Generator().manual_seed(0),
+        output_type="latent",
+        guidance_scale=5.0,
+    ).images
 
 
 def _rows_seen(pipe, compiled: bool):
@@ -40,15 +52,25 @@ def _rows_seen(pipe, compiled: bool):
     return seen, handle
 
 
-def _run(compiled: bool, backend: str = "inductor", reduce: str = "sample", lockstep=None, steps=STEPS, batch=BATCH,
-         schedule=None):
+def _run(
+    compiled: bool,
+    backend: str = "inductor",
+    reduce: str = "sample",
+    lockstep=None,
+    steps=STEPS,
+    batch=BATCH,
+    schedule=None,
+):
     pipe = fx.sd_pipeline()
     seen, hook = _rows_seen(pipe, compiled)
     if compiled:
         pipe.unet = torch.compile(pipe.unet, backend=backend)
     torch._dynamo.reset()
     counters.clear()
-    with torch.no_grad(), sada_d.enabled(pipe, SADAConfig(schedule=schedule, reduce=reduce), lockstep=lockstep) as handle:
+    with (
+        torch.no_grad(),
+        sada_d.enabled(pipe, SADAConfig(schedule=schedule, reduce=reduce), lockstep=lockstep) as handle,
+    ):
         out = _call(pipe, steps, batch)
     hook.remove()
     graphs = int(counters["stats"]["unique_graphs"])
@@ -75,7 +97,9 @@ def test_forced_per_sample_decisions_feed_partial_batches_and_recompile():
     two steps) fail the guards and compile a second graph; outputs still equal the eager per-sample run."""
     # the authors' step schedule: its per-sample decisions differ within this batch (the default's interleaving does not)
     eager, eager_trace, eager_rows, _ = _run(False, batch=8, steps=50, schedule=StepSchedule())
-    out, trace, rows, graphs = _run(True, backend="aot_eager", lockstep=False, batch=8, steps=50, schedule=StepSchedule())
+    out, trace, rows, graphs = _run(
+        True, backend="aot_eager", lockstep=False, batch=8, steps=50, schedule=StepSchedule()
+    )
     np.testing.assert_array_equal(trace.decisions, eager_trace.decisions)
     assert rows == eager_rows and len(set(rows)) >= 2  # partial batches reached the compiled network
     assert graphs >= 2
@@ -93,8 +117,9 @@ def test_skip_hook_stays_outside_the_compiled_region_without_graph_breaks():
         assert pipe.unet._diffusers_hook.get_hook("sada").params[:2] == ("sample", "timestep")  # the inner module's
         pos, _ = fx.sd_embeds(4, 0)
         torch._dynamo.reset()
-        explained = torch._dynamo.explain(pipe.unet._orig_mod)(torch.randn(4, 4, 16, 16), torch.tensor(500.0),
-                                                                encoder_hidden_states=pos)
+        explained = torch._dynamo.explain(pipe.unet._orig_mod)(
+            torch.randn(4, 4, 16, 16), torch.tensor(500.0), encoder_hidden_states=pos
+        )
     assert explained.graph_break_count == 0 and explained.graph_count == 1
     assert not hasattr(pipe.unet, "_diffusers_hook") and "forward" not in vars(pipe.unet._orig_mod)  # cleaned up
 

@@ -1,4 +1,5 @@
 """SADAConfig validation, JSON round trip, presets; fuzzed: only clear ValueError/TypeError ever escape."""
+
 import json
 
 import pytest
@@ -14,28 +15,31 @@ VE_GRID = StepGrid.from_edm_sigmas(EDMSchedule(), [80.0, 10.0, 1.0, 0.1, 0.0])
 FLOW_GRID = StepGrid.from_times(RectifiedFlowSchedule(), RectifiedFlowSchedule().timesteps(50))
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"mode": "fast"}, "mode must be one of"),
-    ({"reduce": "global"}, "reduce must be one of"),
-    ({"acc_range": (10, 5)}, "acc_range end must be >"),
-    ({"acc_range": (10,)}, "acc_range must be a pair"),
-    ({"acc_range": (-1, 40)}, r"acc_range\[0\] must be >= 0"),
-    ({"max_interval": -1}, "max_interval must be >= 0"),
-    ({"max_interval": 2.5}, "max_interval must be an integer"),
-    ({"lagrange_step": 26}, "lagrange_step must be a multiple of lagrange_int=4"),
-    ({"lagrange_int": 0}, "lagrange_int must be >= 2"),
-    ({"lagrange_step": 48}, r"lagrange_step must lie in \[10, 47\)"),
-    ({"acc_range": (0, 47), "lagrange_step": 8}, "lagrange_step=8 is too early"),
-    ({"num_steps": 30}, "acc_range end must be <= num_steps - 2 = 28"),
-    ({"abscissa": "time"}, "abscissa must be one of"),
-    ({"am_noise": "zero"}, "am_noise must be one of"),
-    ({"criterion": "strict"}, "criterion must be one of"),
-    ({"lagrange_target": "x0/alpha"}, "lagrange_target must be one of"),
-    ({"prune_blocks": (0, -1)}, r"prune_blocks\[1\] must be >= 0"),
-    ({"anchor_stride": (3,)}, "anchor_stride must be a pair"),
-    ({"max_fix": -1}, "max_fix must be >= 0"),
-    ({"max_interval": True}, "max_interval must be an integer"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"mode": "fast"}, "mode must be one of"),
+        ({"reduce": "global"}, "reduce must be one of"),
+        ({"acc_range": (10, 5)}, "acc_range end must be >"),
+        ({"acc_range": (10,)}, "acc_range must be a pair"),
+        ({"acc_range": (-1, 40)}, r"acc_range\[0\] must be >= 0"),
+        ({"max_interval": -1}, "max_interval must be >= 0"),
+        ({"max_interval": 2.5}, "max_interval must be an integer"),
+        ({"lagrange_step": 26}, "lagrange_step must be a multiple of lagrange_int=4"),
+        ({"lagrange_int": 0}, "lagrange_int must be >= 2"),
+        ({"lagrange_step": 48}, r"lagrange_step must lie in \[10, 47\)"),
+        ({"acc_range": (0, 47), "lagrange_step": 8}, "lagrange_step=8 is too early"),
+        ({"num_steps": 30}, "acc_range end must be <= num_steps - 2 = 28"),
+        ({"abscissa": "time"}, "abscissa must be one of"),
+        ({"am_noise": "zero"}, "am_noise must be one of"),
+        ({"criterion": "strict"}, "criterion must be one of"),
+        ({"lagrange_target": "x0/alpha"}, "lagrange_target must be one of"),
+        ({"prune_blocks": (0, -1)}, r"prune_blocks\[1\] must be >= 0"),
+        ({"anchor_stride": (3,)}, "anchor_stride must be a pair"),
+        ({"max_fix": -1}, "max_fix must be >= 0"),
+        ({"max_interval": True}, "max_interval must be an integer"),
+    ],
+)
 def test_every_bad_field_raises_naming_the_field_and_range(changes, message):
     with pytest.raises((ValueError, TypeError), match=message):
         SADAConfig(**changes)
@@ -44,10 +48,19 @@ def test_every_bad_field_raises_naming_the_field_and_range(changes, message):
 def test_defaults_are_resolved_in_one_place_for_a_grid_and_host():
     cfg = SADAConfig(acc_range=(10, 47))
     run = cfg.resolve(VP_GRID)
-    assert (cfg.numerics.mode, cfg.reduce, cfg.schedule.acc_start, cfg.schedule.acc_end) == \
-        ("corrected", "sample", 10, 47)
-    assert (run.estimator, run.criterion, run.abscissa, run.am_noise, run.lagrange_target) == \
-        ("corrected", "paper-vp", "sigma", "extrapolate", "x0")
+    assert (cfg.numerics.mode, cfg.reduce, cfg.schedule.acc_start, cfg.schedule.acc_end) == (
+        "corrected",
+        "sample",
+        10,
+        47,
+    )
+    assert (run.estimator, run.criterion, run.abscissa, run.am_noise, run.lagrange_target) == (
+        "corrected",
+        "paper-vp",
+        "sigma",
+        "extrapolate",
+        "x0",
+    )
     paper = SADAConfig(mode="paper", acc_range=(0, 40))
     on_vp = paper.resolve(VP_GRID, "edm")
     assert paper.schedule.acc_start == 3 and on_vp.abscissa == "index" and on_vp.am_noise == "reuse"
@@ -96,8 +109,16 @@ def test_unknown_keys_are_rejected():
 def test_presets_match_the_authors_settings():
     sd2 = preset("sd2")
     s = sd2.schedule
-    assert (s.acc_range, s.lagrange_int, s.lagrange_step, s.lagrange_term, sd2.pruning.max_fix, s.max_interval,
-            sd2.numerics.mode, sd2.reduce) == ((10, 47), 4, 24, 4, 5120, 4, "paper", "batch")
+    assert (
+        s.acc_range,
+        s.lagrange_int,
+        s.lagrange_step,
+        s.lagrange_term,
+        sd2.pruning.max_fix,
+        s.max_interval,
+        sd2.numerics.mode,
+        sd2.reduce,
+    ) == ((10, 47), 4, 24, 4, 5120, 4, "paper", "batch")
     assert preset("sdxl").pruning.max_fix == 10240 and preset("sdxl").pruning.max_downsample == 2
     assert (preset("flux").schedule.lagrange_step, preset("flux").schedule.lagrange_term) == (20, 3)
     s25 = preset("sd2", 25).schedule
@@ -116,12 +137,38 @@ def test_for_steps_checks_the_range_against_the_step_count():
     assert SADAConfig(tolerance=2.0).for_steps(25) == SADAConfig(tolerance=2.0)  # error control has no ranges
 
 
-anything = st.one_of(st.none(), st.booleans(), st.integers(-100, 100), st.floats(allow_nan=True),
-                     st.text(max_size=8), st.sampled_from(["paper", "corrected", "batch", "sample", "sigma", "reuse"]),
-                     st.tuples(st.integers(-5, 60), st.integers(-5, 60)), st.lists(st.integers(-5, 60), max_size=3))
-FIELDS = ["mode", "acc_range", "max_interval", "lagrange_term", "lagrange_int", "lagrange_step", "abscissa",
-          "am_noise", "criterion", "reduce", "num_steps", "max_fix", "max_downsample", "name", "lagrange_target",
-          "prune_blocks", "anchor_stride", "tolerance", "history", "step_error_rms"]
+anything = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-100, 100),
+    st.floats(allow_nan=True),
+    st.text(max_size=8),
+    st.sampled_from(["paper", "corrected", "batch", "sample", "sigma", "reuse"]),
+    st.tuples(st.integers(-5, 60), st.integers(-5, 60)),
+    st.lists(st.integers(-5, 60), max_size=3),
+)
+FIELDS = [
+    "mode",
+    "acc_range",
+    "max_interval",
+    "lagrange_term",
+    "lagrange_int",
+    "lagrange_step",
+    "abscissa",
+    "am_noise",
+    "criterion",
+    "reduce",
+    "num_steps",
+    "max_fix",
+    "max_downsample",
+    "name",
+    "lagrange_target",
+    "prune_blocks",
+    "anchor_stride",
+    "tolerance",
+    "history",
+    "step_error_rms",
+]
 
 
 @given(st.dictionaries(st.sampled_from(FIELDS), anything, max_size=6))
@@ -146,8 +193,13 @@ def test_error_controlled_preset_starts_the_multistep_regime_at_a_quarter_and_se
     from sada import error_controlled_preset
 
     cfg = error_controlled_preset("sd2", 50)
-    assert (cfg.numerics.mode, cfg.reduce, cfg.schedule.lagrange_step, cfg.schedule.lagrange_int,
-            cfg.schedule.acc_range) == ("corrected", "sample", 12, 4, (10, 47))
+    assert (
+        cfg.numerics.mode,
+        cfg.reduce,
+        cfg.schedule.lagrange_step,
+        cfg.schedule.lagrange_int,
+        cfg.schedule.acc_range,
+    ) == ("corrected", "sample", 12, 4, (10, 47))
     assert cfg.numerics.step_error_rms == pytest.approx(0.03) and cfg.pruning.max_downsample == 0
     short = error_controlled_preset("flux", 25)
     assert short.schedule.lagrange_step == 8 and short.numerics.step_error_rms == pytest.approx(0.06)
@@ -163,11 +215,14 @@ def test_early_multistep_never_moves_the_start_later_and_validates_num_steps():
         early_multistep(preset("sd2", 50), 0)
 
 
-@pytest.mark.parametrize("old, new, value, where", [
-    ("nodes", "history", 4, lambda c: c.schedule.history),
-    ("lagrange_nodes", "abscissa", "lambda", lambda c: c.numerics.abscissa),
-    ("error_tolerance", "step_error_rms", 0.05, lambda c: c.numerics.step_error_rms),
-])
+@pytest.mark.parametrize(
+    "old, new, value, where",
+    [
+        ("nodes", "history", 4, lambda c: c.schedule.history),
+        ("lagrange_nodes", "abscissa", "lambda", lambda c: c.numerics.abscissa),
+        ("error_tolerance", "step_error_rms", 0.05, lambda c: c.numerics.step_error_rms),
+    ],
+)
 def test_renamed_fields_accept_their_old_names_for_one_release(old, new, value, where):
     from sada.errors import SADADeprecationWarning
 

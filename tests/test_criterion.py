@@ -1,4 +1,5 @@
 """Criterion 3.4 and its variants (step-level, token-level, AdaptiveDiffusion)."""
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -33,8 +34,11 @@ def test_batch_reduction_is_one_global_decision_and_sample_reduction_is_per_samp
 @given(arrays(np.float64, (3, 2, 4), elements=st.floats(-5, 5)), st.floats(0.1, 2))
 def test_second_divided_difference_is_second_difference_over_2h2_on_uniform_nodes(values, h):
     nodes = [3.0, 3.0 + h, 3.0 + 2 * h]
-    np.testing.assert_allclose(second_divided_difference(values, nodes),
-                               second_difference(values[0], values[1], values[2]) / (2 * h * h), atol=1e-9)
+    np.testing.assert_allclose(
+        second_divided_difference(values, nodes),
+        second_difference(values[0], values[1], values[2]) / (2 * h * h),
+        atol=1e-9,
+    )
 
 
 def test_second_divided_difference_of_a_quadratic_is_half_its_second_derivative():
@@ -70,14 +74,17 @@ def test_adaptive_diffusion_rule():
     assert adaptive_diffusion_skip(1.005, 1.0, 1.005, 0.01)
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda: is_stable(np.zeros((2, 2)), "global"), "reduce must be one of"),
-    (lambda: stability_product(np.zeros(3), np.zeros(3), np.zeros(2)), "shape"),
-    (lambda: stability_product(np.zeros(2), np.array([0.0, np.nan]), np.zeros(2)), "NaN or Inf"),
-    (lambda: token_instability_map(np.zeros((1, 2, 3)), channel_axis=0), "channel_axis"),
-    (lambda: second_divided_difference([1.0, 2.0, 3.0], [0.0, 0.0, 1.0]), "pairwise distinct"),
-    (lambda: adaptive_diffusion_skip(1.0, 1.0, 1.0, -0.1), "threshold must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: is_stable(np.zeros((2, 2)), "global"), "reduce must be one of"),
+        (lambda: stability_product(np.zeros(3), np.zeros(3), np.zeros(2)), "shape"),
+        (lambda: stability_product(np.zeros(2), np.array([0.0, np.nan]), np.zeros(2)), "NaN or Inf"),
+        (lambda: token_instability_map(np.zeros((1, 2, 3)), channel_axis=0), "channel_axis"),
+        (lambda: second_divided_difference([1.0, 2.0, 3.0], [0.0, 0.0, 1.0]), "pairwise distinct"),
+        (lambda: adaptive_diffusion_skip(1.0, 1.0, 1.0, -0.1), "threshold must be >= 0"),
+    ],
+)
 def test_invalid_input_names_the_bad_value(call, message):
     with pytest.raises((ValueError, TypeError), match=message):
         call()

@@ -1,4 +1,5 @@
 """The diffusers adapter on tiny random-weight pipelines built offline (see tests/diffusers_fixtures.py)."""
+
 import numpy as np
 import pytest
 import torch
@@ -17,36 +18,69 @@ NEVER = SADAConfig(max_interval=0)
 
 def _sd_call(pipe, batch=2, steps=50, size=16, seed=0, **kw):
     pos, neg = fx.sd_embeds(batch, seed)
-    return pipe(prompt_embeds=pos, negative_prompt_embeds=neg, num_inference_steps=steps, height=size, width=size,
-                generator=torch.Generator().manual_seed(seed), output_type="latent", guidance_scale=5.0, **kw).images
+    return pipe(
+        prompt_embeds=pos,
+        negative_prompt_embeds=neg,
+        num_inference_steps=steps,
+        height=size,
+        width=size,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="latent",
+        guidance_scale=5.0,
+        **kw,
+    ).images
 
 
 def _sdxl_call(pipe, steps=50, seed=0):
     g = torch.Generator().manual_seed(seed)
     emb, pooled = torch.randn(2, 6, 32, generator=g), torch.randn(2, 32, generator=g)
-    return pipe(prompt_embeds=emb, pooled_prompt_embeds=pooled, negative_prompt_embeds=torch.zeros_like(emb),
-                negative_pooled_prompt_embeds=torch.zeros_like(pooled), num_inference_steps=steps, height=16,
-                width=16, generator=torch.Generator().manual_seed(seed), output_type="latent").images
+    return pipe(
+        prompt_embeds=emb,
+        pooled_prompt_embeds=pooled,
+        negative_prompt_embeds=torch.zeros_like(emb),
+        negative_pooled_prompt_embeds=torch.zeros_like(pooled),
+        num_inference_steps=steps,
+        height=16,
+        width=16,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="latent",
+    ).images
 
 
 def _sd3_call(pipe, steps=50, seed=0):
     g = torch.Generator().manual_seed(seed)
     emb, pooled = torch.randn(2, 6, 32, generator=g), torch.randn(2, 64, generator=g)
-    return pipe(prompt_embeds=emb, pooled_prompt_embeds=pooled, negative_prompt_embeds=torch.zeros_like(emb),
-                negative_pooled_prompt_embeds=torch.zeros_like(pooled), num_inference_steps=steps, height=16,
-                width=16, generator=torch.Generator().manual_seed(seed), output_type="latent").images
+    return pipe(
+        prompt_embeds=emb,
+        pooled_prompt_embeds=pooled,
+        negative_prompt_embeds=torch.zeros_like(emb),
+        negative_pooled_prompt_embeds=torch.zeros_like(pooled),
+        num_inference_steps=steps,
+        height=16,
+        width=16,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="latent",
+    ).images
 
 
 def _flux_call(pipe, steps=50, seed=0):
     g = torch.Generator().manual_seed(seed)
     emb, pooled = torch.randn(2, 6, 32, generator=g), torch.randn(2, 32, generator=g)
-    return pipe(prompt_embeds=emb, pooled_prompt_embeds=pooled, num_inference_steps=steps, height=16, width=16,
-                generator=torch.Generator().manual_seed(seed), output_type="latent").images
+    return pipe(
+        prompt_embeds=emb,
+        pooled_prompt_embeds=pooled,
+        num_inference_steps=steps,
+        height=16,
+        width=16,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="latent",
+    ).images
 
 
 def _dit_call(pipe, steps=50, seed=0):
-    images = pipe(class_labels=[0, 2], num_inference_steps=steps, generator=torch.Generator().manual_seed(seed),
-                  output_type="np").images  # DiTPipeline always decodes
+    images = pipe(
+        class_labels=[0, 2], num_inference_steps=steps, generator=torch.Generator().manual_seed(seed), output_type="np"
+    ).images  # DiTPipeline always decodes
     return torch.from_numpy(np.asarray(images))
 
 
@@ -97,8 +131,16 @@ def test_pipeline_never_skip_is_bit_identical_and_defaults_save_forward_rows(nam
     assert getattr(pipe, role).__dict__.get("forward") is own_forward and "step" not in pipe.scheduler.__dict__
 
 
-@pytest.mark.parametrize("scheduler_name", ["DPMSolverMultistepScheduler", "EulerDiscreteScheduler", "DDIMScheduler",
-                                            "UniPCMultistepScheduler", "HeunDiscreteScheduler"])
+@pytest.mark.parametrize(
+    "scheduler_name",
+    [
+        "DPMSolverMultistepScheduler",
+        "EulerDiscreteScheduler",
+        "DDIMScheduler",
+        "UniPCMultistepScheduler",
+        "HeunDiscreteScheduler",
+    ],
+)
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_unet_schedulers_and_prediction_types(scheduler_name, prediction_type):
     pipe = fx.sd_pipeline(scheduler_name, prediction_type)
@@ -116,10 +158,13 @@ def test_unet_schedulers_and_prediction_types(scheduler_name, prediction_type):
     assert torch.isfinite(fast).all() and rel < 0.05, rel
 
 
-@pytest.mark.parametrize("name, message", [
-    ("PNDMScheduler", "PNDMScheduler visits repeated or increasing timesteps"),
-    ("KDPM2DiscreteScheduler", "KDPM2DiscreteScheduler evaluates the model twice per step at interpolated"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("PNDMScheduler", "PNDMScheduler visits repeated or increasing timesteps"),
+        ("KDPM2DiscreteScheduler", "KDPM2DiscreteScheduler evaluates the model twice per step at interpolated"),
+    ],
+)
 def test_unsupported_scheduler_is_a_clear_error_at_enable_and_changes_nothing(name, message):
     pipe = fx.sd_pipeline()
     pipe.scheduler = getattr(diffusers, name).from_config(pipe.scheduler.config)
@@ -200,7 +245,9 @@ def test_per_sample_decisions_run_only_the_rows_that_need_the_network():
     pipe = fx.sd_pipeline()
     counter = fx.RowCounter(pipe.unet.conv_in)
     with sada_d.enabled(pipe, SADAConfig(schedule=StepSchedule())) as handle:
-        _sd_call(pipe, batch=3, seed=0)  # the authors' step schedule: with these weights the samples disagree at step 11
+        _sd_call(
+            pipe, batch=3, seed=0
+        )  # the authors' step schedule: with these weights the samples disagree at step 11
         d = handle.trace.decisions
     counter.remove()
     mixed = [n for n in range(50) if len(set(d[n])) > 1]
@@ -225,12 +272,15 @@ def test_img2img_runs_a_partial_schedule():
     assert handle.trace.num_steps == 35 and handle.trace.speedup() > 1.3
 
 
-@pytest.mark.parametrize("name, config", [
-    ("sd", SADAConfig(max_downsample=2)),            # the tiny U-Net's attention runs at half resolution
-    ("dit", SADAConfig(prune_blocks=(0, 1))),
-    ("sd3", SADAConfig(prune_blocks=(0, 1))),
-    ("flux", SADAConfig(prune_blocks=(0, 1))),       # rotary embeddings gathered with the tokens
-])
+@pytest.mark.parametrize(
+    "name, config",
+    [
+        ("sd", SADAConfig(max_downsample=2)),  # the tiny U-Net's attention runs at half resolution
+        ("dit", SADAConfig(prune_blocks=(0, 1))),
+        ("sd3", SADAConfig(prune_blocks=(0, 1))),
+        ("flux", SADAConfig(prune_blocks=(0, 1))),  # rotary embeddings gathered with the tokens
+    ],
+)
 def test_token_pruning_in_pipelines_prunes_tokens_and_reports_cache_memory(name, config):
     make, call, role = PIPELINES[name]
     pipe = make()

@@ -1,5 +1,6 @@
 """The diffusers adapter is invisible where it claims to be: stochastic step arguments, noise-injecting schedulers,
 unsupported settings, schedulers recognised by capability, shared components, lifecycle and step counts."""
+
 import inspect
 import warnings
 
@@ -21,8 +22,17 @@ NEVER = SADAConfig(max_interval=0)
 
 def _sd(pipe, steps=50, seed=0, batch=2, **kw):
     pos, neg = fx.sd_embeds(batch, seed)
-    return pipe(prompt_embeds=pos, negative_prompt_embeds=neg, num_inference_steps=steps, height=16, width=16,
-                generator=torch.Generator().manual_seed(seed), output_type="latent", guidance_scale=5.0, **kw).images
+    return pipe(
+        prompt_embeds=pos,
+        negative_prompt_embeds=neg,
+        num_inference_steps=steps,
+        height=16,
+        width=16,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="latent",
+        guidance_scale=5.0,
+        **kw,
+    ).images
 
 
 def _with_scheduler(name, **config):
@@ -43,13 +53,17 @@ def test_wrapped_step_keeps_the_schedulers_signature():
         assert {"eta", "generator"} <= set(inspect.signature(pipe.scheduler.step).parameters)
 
 
-@pytest.mark.parametrize("name, config, call", [
-    ("DDIMScheduler", {"clip_sample": False}, {"eta": 1.0}),
-    ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}, {}),
-    ("EulerAncestralDiscreteScheduler", {}, {}),
-])
+@pytest.mark.parametrize(
+    "name, config, call",
+    [
+        ("DDIMScheduler", {"clip_sample": False}, {"eta": 1.0}),
+        ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}, {}),
+        ("EulerAncestralDiscreteScheduler", {}, {}),
+    ],
+)
 def test_noise_injecting_settings_are_bit_identical_with_skipping_disabled_and_exact_with_one_warning(
-        name, config, call):
+    name, config, call
+):
     pipe = _with_scheduler(name, **config)
     stock = _sd(pipe, steps=30, **call)
     again = _sd(pipe, steps=30, seed=0, **call)
@@ -76,9 +90,17 @@ def test_flow_match_stochastic_sampling_is_exact_with_a_warning():
 
     def call():
         torch.manual_seed(5)  # the SD3 pipeline does not pass its generator to step(): its noise is global-RNG noise
-        return pipe(prompt_embeds=emb, pooled_prompt_embeds=pooled, negative_prompt_embeds=torch.zeros_like(emb),
-                    negative_pooled_prompt_embeds=torch.zeros_like(pooled), num_inference_steps=30, height=16,
-                    width=16, generator=torch.Generator().manual_seed(3), output_type="latent").images
+        return pipe(
+            prompt_embeds=emb,
+            pooled_prompt_embeds=pooled,
+            negative_prompt_embeds=torch.zeros_like(emb),
+            negative_pooled_prompt_embeds=torch.zeros_like(pooled),
+            num_inference_steps=30,
+            height=16,
+            width=16,
+            generator=torch.Generator().manual_seed(3),
+            output_type="latent",
+        ).images
 
     stock = call()
     assert torch.equal(call(), stock)
@@ -88,11 +110,14 @@ def test_flow_match_stochastic_sampling_is_exact_with_a_warning():
     assert torch.equal(out, stock) and handle.trace is None
 
 
-@pytest.mark.parametrize("name, config, message", [
-    ("EDMEulerScheduler", {}, "EDM preconditioning"),
-    ("DPMSolverMultistepScheduler", {"prediction_type": "sample_x0"}, "prediction_type='sample_x0'"),
-    ("DDIMScheduler", {"clip_sample": True}, "clip_sample=True: the solver clips the predicted clean sample"),
-])
+@pytest.mark.parametrize(
+    "name, config, message",
+    [
+        ("EDMEulerScheduler", {}, "EDM preconditioning"),
+        ("DPMSolverMultistepScheduler", {"prediction_type": "sample_x0"}, "prediction_type='sample_x0'"),
+        ("DDIMScheduler", {"clip_sample": True}, "clip_sample=True: the solver clips the predicted clean sample"),
+    ],
+)
 def test_unsupported_settings_fail_at_enable_naming_the_setting(name, config, message):
     pipe = fx.sd_pipeline()
     cls = getattr(diffusers, name)
@@ -114,11 +139,14 @@ def test_unknown_prune_blocks_fail_at_enable_and_leave_no_trace():
     handle.disable()
 
 
-@pytest.mark.parametrize("name, config", [
-    ("DEISMultistepScheduler", {}),
-    ("DDIMScheduler", {"rescale_betas_zero_snr": True, "prediction_type": "v_prediction", "clip_sample": False}),
-    ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
-])
+@pytest.mark.parametrize(
+    "name, config",
+    [
+        ("DEISMultistepScheduler", {}),
+        ("DDIMScheduler", {"rescale_betas_zero_snr": True, "prediction_type": "v_prediction", "clip_sample": False}),
+        ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    ],
+)
 def test_more_schedulers_by_capability_are_bit_identical_when_disabled_and_skip_when_enabled(name, config):
     pipe = _with_scheduler(name, **config)
     stock = _sd(pipe)
@@ -160,15 +188,24 @@ def test_a_scheduler_subclass_is_recognised():
 
 def test_dpm_solver_with_flow_sigmas_runs_on_the_flow_grid():
     pipe = fx.sd3_pipeline()
-    pipe.scheduler = diffusers.DPMSolverMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction",
-                                                           flow_shift=3.0)
+    pipe.scheduler = diffusers.DPMSolverMultistepScheduler(
+        use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=3.0
+    )
     g = torch.Generator().manual_seed(0)
     emb, pooled = torch.randn(2, 6, 32, generator=g), torch.randn(2, 64, generator=g)
 
     def call():
-        return pipe(prompt_embeds=emb, pooled_prompt_embeds=pooled, negative_prompt_embeds=torch.zeros_like(emb),
-                    negative_pooled_prompt_embeds=torch.zeros_like(pooled), num_inference_steps=50, height=16,
-                    width=16, generator=torch.Generator().manual_seed(3), output_type="latent").images
+        return pipe(
+            prompt_embeds=emb,
+            pooled_prompt_embeds=pooled,
+            negative_prompt_embeds=torch.zeros_like(emb),
+            negative_pooled_prompt_embeds=torch.zeros_like(pooled),
+            num_inference_steps=50,
+            height=16,
+            width=16,
+            generator=torch.Generator().manual_seed(3),
+            output_type="latent",
+        ).images
 
     stock = call()
     with sada_d.enabled(pipe, NEVER):
@@ -203,8 +240,7 @@ def test_pipelines_sharing_the_unet_and_the_scheduler_keep_their_own_state():
 def test_dit_summary_counts_images_not_guidance_copies():
     pipe = fx.dit_pipeline()
     with sada_d.enabled(pipe) as handle:
-        pipe(class_labels=[0, 2], num_inference_steps=50, generator=torch.Generator().manual_seed(0),
-             output_type="np")
+        pipe(class_labels=[0, 2], num_inference_steps=50, generator=torch.Generator().manual_seed(0), output_type="np")
     assert handle.trace.batch_size == 2 and "(mean over 2 samples)" in handle.summary()
 
 

@@ -1,6 +1,7 @@
 """Which diffusers schedulers ``enable`` accepts: every class in ``diffusers.schedulers`` whose name ends in
 ``Scheduler``, built from its default config and enabled on a tiny pipeline. The list in docs/howto-diffusers.md is
 this enumeration (the test compares them), and the messages the docs quote are ones the program prints."""
+
 import re
 import warnings
 from pathlib import Path
@@ -52,8 +53,7 @@ def _outcome(pipe, cls, name) -> tuple[str, str, str]:
     if info.noise:
         return name, "accepted, runs exactly", _one_line(info.noise)
     stages = "two evaluations per step" if info.two_stage else "one evaluation per step"
-    return name, "accepted", (f"{info.family} grid, {info.kind}, {info.scaling} scaling, order {info.order}, "
-                              f"{stages}")
+    return name, "accepted", (f"{info.family} grid, {info.kind}, {info.scaling} scaling, order {info.order}, {stages}")
 
 
 def table(rows) -> str:
@@ -73,8 +73,14 @@ def test_the_docs_list_of_schedulers_is_the_enumeration(rows):
     documented = text.split(BEGIN)[1].split(END)[0].strip()
     assert documented == table(rows), "regenerate with: python -m tests.test_diffusers_schedulers"
     accepted = {name for name, outcome, _ in rows if outcome == "accepted"}
-    assert {"DEISMultistepScheduler", "DPMSolverSinglestepScheduler", "DPMSolverMultistepScheduler",
-            "EulerDiscreteScheduler", "UniPCMultistepScheduler", "HeunDiscreteScheduler"} <= accepted
+    assert {
+        "DEISMultistepScheduler",
+        "DPMSolverSinglestepScheduler",
+        "DPMSolverMultistepScheduler",
+        "EulerDiscreteScheduler",
+        "UniPCMultistepScheduler",
+        "HeunDiscreteScheduler",
+    } <= accepted
 
 
 def test_every_error_message_the_docs_quote_is_one_the_program_prints(rows):

@@ -1,5 +1,6 @@
 """The diffusers adapter composes the session: what the summary says is what entered the network (issue 19 item 1),
 the running pipeline is known without stack frames, and the diffusers idiom (config, apply/remove, already enabled)."""
+
 import inspect
 from pathlib import Path
 
@@ -19,8 +20,16 @@ ADAPTERS = Path(__file__).resolve().parents[1] / "adapters"
 
 def _sd(pipe, steps=30, batch=2, seed=0):
     pos, neg = fx.sd_embeds(batch, seed)
-    return pipe(prompt_embeds=pos, negative_prompt_embeds=neg, num_inference_steps=steps, height=16, width=16,
-                generator=torch.Generator().manual_seed(seed), output_type="latent", guidance_scale=5.0).images
+    return pipe(
+        prompt_embeds=pos,
+        negative_prompt_embeds=neg,
+        num_inference_steps=steps,
+        height=16,
+        width=16,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="latent",
+        guidance_scale=5.0,
+    ).images
 
 
 def _computed_per_sample(summary: str) -> float:
@@ -87,6 +96,7 @@ def test_no_stack_frames_are_walked():
 def test_hook_classes_live_at_module_level():
     assert inspect.isclass(_diffusers_hooks.SkipHook) and inspect.isclass(_diffusers_hooks.BlockHook)
     from diffusers.hooks import ModelHook
+
     assert issubclass(_diffusers_hooks.SkipHook, ModelHook)
 
 

@@ -6,6 +6,7 @@ defines is the reader's own object (``pipe``, ``model``, ``sigmas``, ...); it is
 run says so in its first line, visibly in the page: ``# not run: <why>``; the test counts them and fails when a page
 has more than :data:`MAX_NOT_RUN`.
 """
+
 from __future__ import annotations
 
 import ast
@@ -44,8 +45,9 @@ def free_names(code: str, known) -> set[str]:
 
     def local(node):  # lambda and comprehension variables
         comprehensions = [c.target for c in ast.walk(node) if isinstance(c, ast.comprehension)]
-        return {a.arg for a in ast.walk(node) if isinstance(a, ast.arg)} | \
-            {n for t in comprehensions for n in names(t, ast.Store)}
+        return {a.arg for a in ast.walk(node) if isinstance(a, ast.arg)} | {
+            n for t in comprehensions for n in names(t, ast.Store)
+        }
 
     def reads(node):
         free.update(names(node, ast.Load) - bound - local(node))
@@ -140,8 +142,15 @@ def _loop(ns: dict) -> dict:
         return exact(x_rows, grid_of().alpha[n], grid_of().sigma[n])
 
     x = torch.randn(4, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * own.sigma[0]
-    return {"grid": own, "t": own.times, "model": model, "solver_step": ddim, "x": x, "my_model": my_model,
-            "my_solver_step": ddim}
+    return {
+        "grid": own,
+        "t": own.times,
+        "model": model,
+        "solver_step": ddim,
+        "x": x,
+        "my_model": my_model,
+        "my_solver_step": ddim,
+    }
 
 
 def setup_for(code: str, ns: dict) -> dict:
@@ -173,8 +182,14 @@ def one_torch_thread():
 
 def test_every_page_with_code_is_collected():
     with_code = {p.name for p in PAGES if blocks(p)}
-    assert {"README.md", "quickstart.md", "howto-loop.md", "howto-diffusers.md", "howto-k-diffusion.md",
-            "models.md"} <= with_code
+    assert {
+        "README.md",
+        "quickstart.md",
+        "howto-loop.md",
+        "howto-diffusers.md",
+        "howto-k-diffusion.md",
+        "models.md",
+    } <= with_code
 
 
 @pytest.mark.parametrize("page", [p for p in PAGES if blocks(p)], ids=lambda p: str(p.relative_to(ROOT)))
@@ -193,8 +208,9 @@ def test_snippets_run_as_written(page, capsys):
             with contextlib.redirect_stderr(io.StringIO()):
                 exec(compile(code, f"{name}[python block {i + 1}]", "exec"), ns)
         except Exception as exc:
-            raise AssertionError(f"{name}, python block {i + 1} fails as written: {type(exc).__name__}: {exc}\n"
-                                 f"{code}") from exc
+            raise AssertionError(
+                f"{name}, python block {i + 1} fails as written: {type(exc).__name__}: {exc}\n{code}"
+            ) from exc
     assert len(skipped) <= MAX_NOT_RUN, f"{name} has {len(skipped)} blocks marked '{NOT_RUN}': {skipped}"
     capsys.readouterr()
 

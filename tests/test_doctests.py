@@ -1,4 +1,5 @@
 """The kernels' docstring examples are tests: each one runs here and must print what its docstring says."""
+
 import doctest
 import importlib
 

@@ -1,5 +1,6 @@
 """The schedule-free default (``ErrorControl``): its settings, its interleaving, the protected tail, the order of its
 error scale, the routing of token pruning to the step schedule, and the weight cache of the torch engine."""
+
 import numpy as np
 import pytest
 import torch
@@ -55,18 +56,22 @@ def test_the_policy_refuses_a_skip_of_the_second_to_last_step_even_when_allowed(
     assert (policy.decisions[8:] == Decision.COMPUTE).all() and (policy.decisions[1:8] != Decision.COMPUTE).any()
 
 
-@pytest.mark.parametrize("nodes, solver_order, expected", [(3, 1, 1), (3, 2, 2), (3, 4, 2), (4, 3, 3), (5, 4, 4),
-                                                           (6, 2, 2)])
+@pytest.mark.parametrize(
+    "nodes, solver_order, expected", [(3, 1, 1), (3, 2, 2), (3, 4, 2), (4, 3, 3), (5, 4, 4), (6, 2, 2)]
+)
 def test_the_error_scale_order_is_the_solvers_capped_at_nodes_minus_one(nodes, solver_order, expected):
     assert ErrorControl(history=nodes).test_order(solver_order) == expected
     with pytest.raises(ValueError, match="solver_order must be an int >= 1, got 0"):
         ErrorControl().test_order(0)
 
 
-@pytest.mark.parametrize("nodes, solver_order, certified", [(3, 1, True), (3, 2, True), (3, 3, False), (3, 4, False),
-                                                            (5, 4, True), (4, 4, False)])
-def test_a_skip_is_certified_only_when_the_extrapolation_is_at_least_of_the_solvers_order(nodes, solver_order,
-                                                                                          certified):
+@pytest.mark.parametrize(
+    "nodes, solver_order, certified",
+    [(3, 1, True), (3, 2, True), (3, 3, False), (3, 4, False), (5, 4, True), (4, 4, False)],
+)
+def test_a_skip_is_certified_only_when_the_extrapolation_is_at_least_of_the_solvers_order(
+    nodes, solver_order, certified
+):
     schedule = ErrorControl(history=nodes)
     assert schedule.certifies(solver_order) is certified
     note = schedule.uncertified_note(solver_order)
@@ -104,6 +109,7 @@ def test_the_numpy_engine_applies_the_same_certification():
             out = stub(torch.as_tensor(x), a, sg).numpy() if compute.any() else None
             out = engine.complete(n, x, out if compute.all() else (out[compute] if out is not None else None))
             from sada.trajectory import to_eps, to_x0
+
             a1, s1 = float(grid.alpha[n + 1]), float(grid.sigma[n + 1])
             x = a1 * to_x0("epsilon", out, x, a, sg) + s1 * to_eps("epsilon", out, x, a, sg)
         assert bool((engine.policy.decisions != Decision.COMPUTE).any()) is skips, order
@@ -124,7 +130,7 @@ def test_cached_weights_follow_every_push_and_invalidation():
     recent = RecentPredictions(ErrorControl(), order=2)
 
     def quadratic(lam):
-        return torch.full((2, 1, 2, 2), 1.0 + 0.5 * lam - 0.25 * lam ** 2, dtype=torch.float64)
+        return torch.full((2, 1, 2, 2), 1.0 + 0.5 * lam - 0.25 * lam**2, dtype=torch.float64)
 
     for lam in (0.0, 0.5, 1.0):
         recent.push(np.ones(2, bool), lam, quadratic(lam))

@@ -1,5 +1,6 @@
 """The benchmark harness never writes into the shipped bundles by default and never unpickles what it reads back
 (issue 19, items 6 and 7)."""
+
 import hashlib
 import re
 from pathlib import Path
@@ -14,15 +15,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture
 def cheap_sampling(monkeypatch):
     """Sampling replaced by a constant image (the bundle and the classifier are still loaded for real)."""
+
     def sample(bundle, labels, steps=50, guidance_scale=None, seed=0):
         return torch.zeros(len(labels), 1, 16, 16)
+
     monkeypatch.setattr(train, "sample_unet", sample)
     monkeypatch.setattr(train, "sample_mmdit", sample)
 
@@ -58,6 +64,7 @@ def test_bundles_is_only_for_eval_only(capsys):
 
 class _Planted:
     """What an attacker writes into the output folder: unpickling it would run code."""
+
     ran = []
 
     def __reduce__(self):
@@ -88,14 +95,31 @@ def test_merged_results_are_bit_identical_to_the_ranks_own(tmp_path):
 
     folder = tmp_path / ".shard-cell"
     images1 = {1: torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(1))}
-    part1 = {"SADA": {"images": images1, "rows": 7, "n_samples": 2, "trace": "computed 3/5 steps",
-                      "state_bytes": 1234, "timing": {"median_s": 0.1 + 0.2, "times_s": [1 / 3]}},
-             "skipped": {"skipped": "not for this sampler"}}
+    part1 = {
+        "SADA": {
+            "images": images1,
+            "rows": 7,
+            "n_samples": 2,
+            "trace": "computed 3/5 steps",
+            "state_bytes": 1234,
+            "timing": {"median_s": 0.1 + 0.2, "times_s": [1 / 3]},
+        },
+        "skipped": {"skipped": "not for this sampler"},
+    }
     folder.mkdir()
     torch.save(part1, folder / "rank1.pt")
     images0 = {0: torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))}
-    part0 = {"SADA": {"images": dict(images0), "rows": np.int64(5), "n_samples": 2, "trace": None,
-                      "state_bytes": None, "timing": None}, "skipped": {"skipped": "not for this sampler"}}
+    part0 = {
+        "SADA": {
+            "images": dict(images0),
+            "rows": np.int64(5),
+            "n_samples": 2,
+            "trace": None,
+            "state_bytes": None,
+            "timing": None,
+        },
+        "skipped": {"skipped": "not for this sampler"},
+    }
     merged = _gather(part0, folder, 0, 2, _OneProcess())
     sada = merged["SADA"]
     assert torch.equal(sada["images"][0], images0[0]) and torch.equal(sada["images"][1], images1[1])

@@ -1,4 +1,5 @@
 """The k-diffusion adapter with the real k-diffusion samplers and the lab's closed-form mixture denoiser."""
+
 import warnings
 
 import numpy as np
@@ -29,7 +30,7 @@ class MixtureDenoiser:
 
     def __call__(self, x, sigma, **extra):
         self.calls += x.shape[0]
-        out = np.stack([MIX.denoise(x[i:i + 1].double().numpy(), float(sigma[i]))[0] for i in range(x.shape[0])])
+        out = np.stack([MIX.denoise(x[i : i + 1].double().numpy(), float(sigma[i]))[0] for i in range(x.shape[0])])
         return torch.tensor(out, dtype=x.dtype)
 
 
@@ -38,7 +39,9 @@ def _sigmas(n=50):
 
 
 def _noise(batch=4, seed=0):
-    return torch.randn(batch, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)) * float(_sigmas()[0])
+    return torch.randn(batch, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)) * float(
+        _sigmas()[0]
+    )
 
 
 DETERMINISTIC = ["sample_euler", "sample_heun", "sample_dpmpp_2m", "sample_dpm_2", "sample_lms"]
@@ -69,8 +72,10 @@ def _rms(a, b):
     return float(torch.sqrt(torch.mean((a - b) ** 2)))
 
 
-@pytest.mark.parametrize("name, tolerance", [("sample_euler", 2e-3), ("sample_heun", 3e-3), ("sample_dpmpp_2m", 2e-3),
-                                              ("sample_dpm_2", 3e-3)])
+@pytest.mark.parametrize(
+    "name, tolerance",
+    [("sample_euler", 2e-3), ("sample_heun", 3e-3), ("sample_dpmpp_2m", 2e-3), ("sample_dpm_2", 3e-3)],
+)
 def test_defaults_at_50_steps_cut_model_calls_1_6x_and_stay_close(name, tolerance):
     sampler = getattr(K, name)
     plain_model = MixtureDenoiser()
@@ -95,7 +100,7 @@ def test_per_sample_skip_paths_in_a_batch_equal_the_paths_alone():
     paths = [batch.trace.skip_path(i) for i in range(4)]
     for i in range(4):
         alone = kd.wrap(MixtureDenoiser(), _sigmas(), cfg, sampler=K.sample_dpmpp_2m)
-        K.sample_dpmpp_2m(alone, _noise(4)[i:i + 1], _sigmas(), disable=True)
+        K.sample_dpmpp_2m(alone, _noise(4)[i : i + 1], _sigmas(), disable=True)
         assert alone.trace.skip_path(0) == paths[i]
     assert len(set(map(tuple, paths))) > 1
 
@@ -108,8 +113,17 @@ def test_a_new_run_resets_itself_and_reuses_nothing():
     assert torch.equal(first, again)
 
 
-@pytest.mark.parametrize("name", ["sample_euler_ancestral", "sample_dpm_2_ancestral", "sample_dpmpp_2s_ancestral",
-                                  "sample_dpmpp_sde", "sample_dpmpp_2m_sde", "sample_dpmpp_3m_sde"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "sample_euler_ancestral",
+        "sample_dpm_2_ancestral",
+        "sample_dpmpp_2s_ancestral",
+        "sample_dpmpp_sde",
+        "sample_dpmpp_2m_sde",
+        "sample_dpmpp_3m_sde",
+    ],
+)
 def test_noise_injecting_samplers_run_exactly_with_a_single_warning(name):
     sampler = getattr(K, name)
     torch.manual_seed(3)
@@ -165,11 +179,16 @@ class NestedConditioningDenoiser(MixtureDenoiser):
 
 
 def test_nested_conditioning_is_sliced_with_the_rows_that_run():
-    cond = {"c_crossattn": [torch.arange(4.0)[:, None].expand(4, 3)], "c_concat": [torch.zeros(4, 2)],
-            "extra": {"scale": torch.ones(4)}, "shared": torch.ones(7)}
+    cond = {
+        "c_crossattn": [torch.arange(4.0)[:, None].expand(4, 3)],
+        "c_concat": [torch.zeros(4, 2)],
+        "extra": {"scale": torch.ones(4)},
+        "shared": torch.ones(7),
+    }
     model = NestedConditioningDenoiser()
-    wrapped = kd.wrap(model, _sigmas(), SADAConfig(schedule=StepSchedule(), criterion="corrected"),
-                      sampler=K.sample_dpmpp_2m)
+    wrapped = kd.wrap(
+        model, _sigmas(), SADAConfig(schedule=StepSchedule(), criterion="corrected"), sampler=K.sample_dpmpp_2m
+    )
     out = K.sample_dpmpp_2m(wrapped, _noise(4), _sigmas(), extra_args={"cond": cond}, disable=True)
     d = wrapped.trace.decisions
     assert torch.isfinite(out).all() and any(len(set(row)) > 1 for row in d)  # some steps ran a subset of rows
@@ -203,8 +222,9 @@ def _karras(n=30):
     return K.get_sigmas_karras(n, 0.03, 14.6, rho=7.0).double()
 
 
-@pytest.mark.parametrize("config", [SADAConfig(mode="paper"), SADAConfig(criterion="paper")],
-                         ids=["mode=paper", "criterion=paper"])
+@pytest.mark.parametrize(
+    "config", [SADAConfig(mode="paper"), SADAConfig(criterion="paper")], ids=["mode=paper", "criterion=paper"]
+)
 def test_a_config_the_grid_cannot_serve_raises_config_error_at_wrap(config):
     """Issue 19 item 3: a paper config on an EDM (Karras) grid used to run exactly with the error in the summary."""
     with pytest.raises(ConfigError, match="'paper' needs a discrete VP grid"):
@@ -247,8 +267,9 @@ def test_an_undeclared_sampler_warns_once_and_a_direct_call_on_other_sigmas_runs
 
 def test_the_summary_counts_the_rows_that_entered_the_model():
     model = MixtureDenoiser()
-    wrapped = kd.wrap(model, _sigmas(), SADAConfig(schedule=StepSchedule(), criterion="corrected"),
-                      sampler=K.sample_heun)
+    wrapped = kd.wrap(
+        model, _sigmas(), SADAConfig(schedule=StepSchedule(), criterion="corrected"), sampler=K.sample_heun
+    )
     K.sample_heun(wrapped, _noise(4), _sigmas(), disable=True)
     computed = float(wrapped.summary().split("/")[0].split()[-1])
     assert wrapped.trace.network_evaluations() == round(computed * 4)

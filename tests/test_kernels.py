@@ -3,6 +3,7 @@
 Running the same Hypothesis properties under the strict namespace proves that no framework-specific call slipped into
 a kernel; running them under torch proves the torch engine computes with the same formulas as the reference.
 """
+
 import math
 
 import numpy as np
@@ -33,7 +34,8 @@ def to_numpy(x):
 
 def distinct_nodes(k):
     return st.lists(st.floats(-3, 3), min_size=k, max_size=k, unique=True).filter(
-        lambda t: min(abs(a - b) for i, a in enumerate(t) for b in t[i + 1:]) > 0.2 if k > 1 else True)
+        lambda t: min(abs(a - b) for i, a in enumerate(t) for b in t[i + 1 :]) > 0.2 if k > 1 else True
+    )
 
 
 def coefficients(k):
@@ -95,10 +97,10 @@ def test_vectorised_rows_equal_one_call_per_row(xp):
 def test_combine_is_the_weighted_sum_over_the_history_axis(xp):
     rng = np.random.default_rng(1)
     values, shared, per_row = rng.normal(size=(3, 4, 5)), rng.normal(size=3), rng.normal(size=(4, 3))
-    np.testing.assert_allclose(to_numpy(kernels.combine(shared, arr(xp, values))),
-                               np.tensordot(shared, values, axes=1))
-    np.testing.assert_allclose(to_numpy(kernels.combine(per_row, arr(xp, values))),
-                               np.einsum("bk,kb...->b...", per_row, values))
+    np.testing.assert_allclose(to_numpy(kernels.combine(shared, arr(xp, values))), np.tensordot(shared, values, axes=1))
+    np.testing.assert_allclose(
+        to_numpy(kernels.combine(per_row, arr(xp, values))), np.einsum("bk,kb...->b...", per_row, values)
+    )
 
 
 def test_paper_step_weights_are_one_and_a_half_am3_minus_half_am2():
@@ -137,7 +139,9 @@ def test_flow_extrapolation_is_exact_for_velocity_linear_in_the_step_index(xp, a
 @given(data=st.data())
 def test_batch_decision_is_the_sign_of_the_mean_over_every_element(xp, data):
     rows = data.draw(st.integers(1, 4))
-    product = np.asarray(data.draw(st.lists(st.floats(-1, 1), min_size=rows * 6, max_size=rows * 6))).reshape(rows, 2, 3)
+    product = np.asarray(data.draw(st.lists(st.floats(-1, 1), min_size=rows * 6, max_size=rows * 6))).reshape(
+        rows, 2, 3
+    )
     means = kernels.sample_means(arr(xp, product))
     np.testing.assert_allclose(to_numpy(means), product.reshape(rows, -1).mean(axis=1), atol=1e-12)
     per_sample = to_numpy(kernels.stable_samples(means, "sample"))
@@ -171,7 +175,7 @@ def test_relative_rms_is_invariant_to_a_common_scale(xp, scale):
     one = to_numpy(kernels.relative_rms(arr(xp, d), arr(xp, r)))
     scaled = to_numpy(kernels.relative_rms(arr(xp, scale * d), arr(xp, scale * r)))
     np.testing.assert_allclose(one, scaled, rtol=1e-10)
-    np.testing.assert_allclose(one, np.sqrt((d ** 2).mean(1)) / np.sqrt((r ** 2).mean(1)))
+    np.testing.assert_allclose(one, np.sqrt((d**2).mean(1)) / np.sqrt((r**2).mean(1)))
 
 
 @pytest.mark.parametrize("xp", NAMESPACES)
@@ -194,9 +198,11 @@ def test_adams_weights_on_torch_tensors_warn_nothing():
     import subprocess
     import sys
 
-    code = ("import warnings, torch; warnings.simplefilter('error'); from sada import kernels; "
-            "w = kernels.adams_weights(torch.tensor([1.0, 0.0, -1.0], dtype=torch.float64), 0.0, 1.0) * 12; "
-            "print([round(v, 9) for v in w.tolist()])")
+    code = (
+        "import warnings, torch; warnings.simplefilter('error'); from sada import kernels; "
+        "w = kernels.adams_weights(torch.tensor([1.0, 0.0, -1.0], dtype=torch.float64), 0.0, 1.0) * 12; "
+        "print([round(v, 9) for v in w.tolist()])"
+    )
     done = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "[5.0, 8.0, -1.0]" in done.stdout

@@ -1,4 +1,5 @@
 """The synthetic ODE lab: exact trajectories, solver orders, and the reference SADA sampler."""
+
 import numpy as np
 import pytest
 
@@ -130,7 +131,7 @@ def test_per_sample_decisions_match_the_sample_run_alone():
     _, _, engine = run_sampler(problem, STEP)
     for i in range(4):
         single = make_problem("vp", "dpmpp_2m", 50, batch=4)
-        single.x_start = problem.x_start[i: i + 1]
+        single.x_start = problem.x_start[i : i + 1]
         _, _, alone = run_sampler(single, STEP)
         np.testing.assert_array_equal(engine.trace.decisions[:, i], alone.trace.decisions[:, 0])
     assert len({tuple(engine.trace.skip_path(i)) for i in range(4)}) > 1  # the samples really differ
@@ -142,7 +143,9 @@ def test_paper_flow_variant_skips_in_runs_and_stays_close():
     x, nfe, engine = run_sampler(problem, preset("flux", 50))
     assert nfe0 / nfe >= 1.6 and _rms(x, base) < 2e-2
     crit = engine.trace.criterion
-    skipped = engine.trace.decisions[1:] != Decision.COMPUTE  # skipped steps' criterion is exactly zero (docs/paper-mode.md)
+    skipped = (
+        engine.trace.decisions[1:] != Decision.COMPUTE
+    )  # skipped steps' criterion is exactly zero (docs/paper-mode.md)
     later = np.flatnonzero(skipped[:, 0]) + 1
     later = later[(later < 47) & (engine.trace.decisions[later - 1, 0] != Decision.COMPUTE)]
     assert np.allclose(crit[later, 0], 0.0, atol=1e-12)
@@ -192,8 +195,10 @@ def test_error_controlled_skipping_trades_evaluations_for_fidelity_monotonically
         x, nfe, engine = run_sampler(problem, SADAConfig(schedule=StepSchedule(), step_error_rms=tol))
         results.append((nfe, _rms(x, base)))
         if tol is not None:  # the embedded estimates are recorded per decision step and sample
-            assert engine.trace.extras["error_estimate"] and max(len(v) for v in
-                                                                engine.trace.extras["error_estimate"].values()) == 4
+            assert (
+                engine.trace.extras["error_estimate"]
+                and max(len(v) for v in engine.trace.extras["error_estimate"].values()) == 4
+            )
     nfes, errors = zip(*results)
     assert list(nfes) == sorted(nfes) and nfes[-1] > nfes[0]  # tighter tolerance: more evaluations
     assert errors[-1] < errors[0] / 2  # ... and a closer sample
@@ -209,8 +214,11 @@ def test_the_flow_reference_agrees_with_the_edm_reference_and_starts_at_pure_noi
     dist = random_mixture(8, 3, seed=2)
     x = np.random.default_rng(3).standard_normal((3, 8))
     t0 = 0.8
-    np.testing.assert_allclose(reference_flow_end(dist, x * t0, t0),
-                               reference_trajectory(dist, x * t0 / (1 - t0), [t0 / (1 - t0), 0.0])[-1], atol=1e-8)
+    np.testing.assert_allclose(
+        reference_flow_end(dist, x * t0, t0),
+        reference_trajectory(dist, x * t0 / (1 - t0), [t0 / (1 - t0), 0.0])[-1],
+        atol=1e-8,
+    )
     problem = make_problem("flow", "flow_euler", 25, batch=2, dim=8)
     assert problem.grid.times[0] == 1.0 and problem.grid.alpha[0] == 0.0
     rows = compare_methods(problem, methods={})
@@ -224,7 +232,11 @@ def test_the_demo_runs_the_librarys_default_config():
 
     assert METHODS["SADA default (SADAConfig())"](50) == SADAConfig()
     problem = make_problem("vp", "dpmpp_2m", 25, batch=2, dim=8)
-    rows = {r["method"]: r for r in compare_methods(problem, methods={"SADA default (SADAConfig())": METHODS[
-        "SADA default (SADAConfig())"]})}
+    rows = {
+        r["method"]: r
+        for r in compare_methods(
+            problem, methods={"SADA default (SADAConfig())": METHODS["SADA default (SADAConfig())"]}
+        )
+    }
     assert rows["SADA default (SADAConfig())"]["nfe"] < 25
     assert "fewer steps" in " ".join(rows)  # its equal-evaluation peer

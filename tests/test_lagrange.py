@@ -1,4 +1,5 @@
 """Properties of the Lagrange reference (Theorem 3.1, Theorem 3.7, Proposition B.1)."""
+
 import math
 
 import numpy as np
@@ -16,7 +17,8 @@ from sada.reference import (
 )
 
 distinct_nodes = st.lists(st.floats(-5, 5, allow_nan=False), min_size=1, max_size=6, unique=True).filter(
-    lambda xs: min((abs(a - b) for i, a in enumerate(xs) for b in xs[i + 1:]), default=1.0) > 0.05)
+    lambda xs: min((abs(a - b) for i, a in enumerate(xs) for b in xs[i + 1 :]), default=1.0) > 0.05
+)
 points = st.floats(-8, 8, allow_nan=False)
 
 
@@ -91,7 +93,7 @@ def test_interpolation_error_never_exceeds_the_theorem_3_7_bound(name, nodes, at
 def test_proposition_b1_extrapolation_residual_is_the_backward_difference(k, values):
     x = np.array(values[: k + 2])
     residual = x[k + 1] - equal_grid_extrapolation_weights(k) @ x[: k + 1]
-    assert math.isclose(residual, float(backward_difference(x, k + 1)), rel_tol=1e-9, abs_tol=1e-9 * 2 ** k * 10)
+    assert math.isclose(residual, float(backward_difference(x, k + 1)), rel_tol=1e-9, abs_tol=1e-9 * 2**k * 10)
 
 
 def test_backward_difference_of_known_sequence():
@@ -101,15 +103,18 @@ def test_backward_difference_of_known_sequence():
     assert backward_difference(squares, 3) == 0.0
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda: lagrange_basis_weights([1.0, 1.0], 0.5), "pairwise distinct"),
-    (lambda: lagrange_basis_weights([], 0.5), "at least 1"),
-    (lambda: lagrange_basis_weights([0.0, np.nan], 0.5), "finite"),
-    (lambda: lagrange_estimate([np.array([np.inf]), np.array([1.0])], [0, 1], 2), "NaN or Inf"),
-    (lambda: extrapolation_remainder_bound(2, -0.1, 1.0), "h must be > 0"),
-    (lambda: equal_grid_extrapolation_weights(-1), "k must be >= 0"),
-    (lambda: backward_difference([1.0, 2.0], 3), "order 3 needs"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: lagrange_basis_weights([1.0, 1.0], 0.5), "pairwise distinct"),
+        (lambda: lagrange_basis_weights([], 0.5), "at least 1"),
+        (lambda: lagrange_basis_weights([0.0, np.nan], 0.5), "finite"),
+        (lambda: lagrange_estimate([np.array([np.inf]), np.array([1.0])], [0, 1], 2), "NaN or Inf"),
+        (lambda: extrapolation_remainder_bound(2, -0.1, 1.0), "h must be > 0"),
+        (lambda: equal_grid_extrapolation_weights(-1), "k must be >= 0"),
+        (lambda: backward_difference([1.0, 2.0], 3), "order 3 needs"),
+    ],
+)
 def test_invalid_input_names_the_bad_value(call, message):
     with pytest.raises((ValueError, TypeError), match=message):
         call()

@@ -1,5 +1,6 @@
 """The library apart from its harness: the import rules of docs/architecture.md, checked on the source, and the wheel
 (library only, small, no weights) installed alone."""
+
 from __future__ import annotations
 
 import ast
@@ -75,8 +76,7 @@ def _layer(module: str) -> int | None:
 
 
 def test_every_library_module_has_a_layer():
-    unplaced = [m for m in map(_module_name, _library_files())
-                if _layer(m) is None and m not in ("sada", ENTRY_POINT)]
+    unplaced = [m for m in map(_module_name, _library_files()) if _layer(m) is None and m not in ("sada", ENTRY_POINT)]
     assert not unplaced, f"modules outside the layer table of docs/architecture.md: {unplaced}"
 
 
@@ -102,8 +102,9 @@ def test_the_numpy_layers_never_import_torch_or_a_host():
         if layer is None or layer > LAYERS["sada.engine"]:
             continue
         for imported, _ in _imports(path, module):
-            assert imported.split(".")[0] not in ("torch", "diffusers", "k_diffusion", "scipy"), \
+            assert imported.split(".")[0] not in ("torch", "diffusers", "k_diffusion", "scipy"), (
                 f"{module} imports {imported}"
+            )
 
 
 def test_the_entry_point_imports_the_harness_only_when_run():
@@ -126,8 +127,11 @@ def test_the_rule_catches_an_upward_import(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dist")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(out)], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-q", "-w", str(out)],
+        check=True,
+        capture_output=True,
+    )
     return next(out.glob("sada_diffusion-*.whl"))
 
 
@@ -143,8 +147,11 @@ def test_the_wheel_holds_the_library_only(wheel):
 
 def test_the_wheel_alone_runs_the_reference_and_the_torch_engine(wheel, tmp_path):
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+        check=True,
+        capture_output=True,
+    )
     code = """
 import numpy as np, torch, sys
 from sada import SADAConfig

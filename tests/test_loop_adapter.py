@@ -1,4 +1,5 @@
 """The custom-loop adapter, and the documentation examples that use it (executed verbatim)."""
+
 import re
 from pathlib import Path
 
@@ -32,7 +33,9 @@ def test_only_the_requested_rows_reach_the_network_and_never_skip_is_exact():
         x = x0.clone()
         with SADASession(GRID, "epsilon", config) as sada:
             for n in range(50):
-                x = 0.98 * x + 0.01 * sada.step(n, x, lambda rows_x, rows: (seen.append(len(rows)), torch.tanh(rows_x))[1])
+                x = 0.98 * x + 0.01 * sada.step(
+                    n, x, lambda rows_x, rows: (seen.append(len(rows)), torch.tanh(rows_x))[1]
+                )
         return x, sada
 
     plain = x0.clone()
@@ -62,11 +65,14 @@ def test_session_errors_are_clear():
 GRID30 = StepGrid.from_times(VP, VP.timesteps(30, "trailing"))
 
 
-@pytest.mark.parametrize("step, message", [
-    (30, r"step 30 is outside this run's 30 steps \(0\.\.29\)"),
-    (-1, r"step -1 is outside this run's 30 steps \(0\.\.29\)"),
-    (5, r"step 5: no run has started; a run starts at step 0"),
-])
+@pytest.mark.parametrize(
+    "step, message",
+    [
+        (30, r"step 30 is outside this run's 30 steps \(0\.\.29\)"),
+        (-1, r"step -1 is outside this run's 30 steps \(0\.\.29\)"),
+        (5, r"step 5: no run has started; a run starts at step 0"),
+    ],
+)
 def test_a_bad_step_index_says_what_is_wrong_with_the_step(step, message):
     """Issue 19 item 5: all three said "the sample changed shape/dtype/device mid-run (None -> ...)"."""
     with pytest.raises(ValueError, match=message) as info:

@@ -1,5 +1,6 @@
 """Latent-sized tensors the torch engine holds per sample (``trace.extras["latent_copies_per_sample"]``), per mode,
 on 50-step runs shaped like the shipped models (the stub network of ``benchmarks.overhead``)."""
+
 import pytest
 import torch
 
@@ -10,9 +11,14 @@ from sada.torch_backend.engine import SADAEngine
 
 # (model, config) -> latent copies per sample, as documented in docs/torch-engine.md ("Memory")
 EXPECTED = {
-    ("unet", "default"): 3, ("mmdit", "default"): 3, ("unet", "step-schedule"): 10, ("mmdit", "step-schedule"): 9,
-    ("unet", "paper"): 8, ("mmdit", "paper"): 2,
-    ("unet", "error-controlled"): 10, ("mmdit", "error-controlled"): 8,
+    ("unet", "default"): 3,
+    ("mmdit", "default"): 3,
+    ("unet", "step-schedule"): 10,
+    ("mmdit", "step-schedule"): 9,
+    ("unet", "paper"): 8,
+    ("mmdit", "paper"): 2,
+    ("unet", "error-controlled"): 10,
+    ("mmdit", "error-controlled"): 8,
 }
 
 
@@ -35,7 +41,9 @@ def _copies(config, family="vp", kind="epsilon", batch=2):
 
 
 def test_corrected_criterion_holds_at_most_8_latents_per_sample():
-    assert _copies(SADAConfig(schedule=StepSchedule(), criterion="corrected")) == 8  # 3 noise predictions, x~^, 4 multistep nodes
+    assert (
+        _copies(SADAConfig(schedule=StepSchedule(), criterion="corrected")) == 8
+    )  # 3 noise predictions, x~^, 4 multistep nodes
 
 
 def test_error_control_holds_its_recent_predictions_only():

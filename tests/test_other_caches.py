@@ -1,5 +1,6 @@
 """Other caches and hooks on the denoiser SADA hooks (adapters/_other_caches.py): every decision in both orders of
 enabling, and disabling in either order gives the stock pipeline back."""
+
 import warnings
 
 import pytest
@@ -27,15 +28,27 @@ def _call(pipe, batch=2, seed=0):
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*experimental.*")  # FasterCache's notice
-            return pipe(prompt_embeds=emb, pooled_prompt_embeds=pooled, num_inference_steps=STEPS, height=16,
-                        width=16, generator=torch.Generator().manual_seed(seed), output_type="latent").images
+            return pipe(
+                prompt_embeds=emb,
+                pooled_prompt_embeds=pooled,
+                num_inference_steps=STEPS,
+                height=16,
+                width=16,
+                generator=torch.Generator().manual_seed(seed),
+                output_type="latent",
+            ).images
     finally:
         _set_cache_context(net, None)
 
 
 def _hook_names(module):
-    return sorted({name for _, sub in module.named_modules()
-                   for name in getattr(getattr(sub, "_diffusers_hook", None), "_hook_order", ())})
+    return sorted(
+        {
+            name
+            for _, sub in module.named_modules()
+            for name in getattr(getattr(sub, "_diffusers_hook", None), "_hook_order", ())
+        }
+    )
 
 
 def _pipe_and_stock():
@@ -48,8 +61,10 @@ class TailRows:
 
     def __init__(self, net):
         self.tail = self.rows = 0
-        self.handles = [net.single_transformer_blocks[-1].norm.register_forward_pre_hook(self._tail),
-                        net.x_embedder.register_forward_pre_hook(self._rows)]
+        self.handles = [
+            net.single_transformer_blocks[-1].norm.register_forward_pre_hook(self._tail),
+            net.x_embedder.register_forward_pre_hook(self._rows),
+        ]
 
     def _tail(self, module, args):
         self.tail += args[0].shape[0]
@@ -68,24 +83,35 @@ def _mag(net):
 
 
 def _pab(net):
-    H.apply_pyramid_attention_broadcast(net, H.PyramidAttentionBroadcastConfig(
-        spatial_attention_block_skip_range=2, current_timestep_callback=lambda: 500))
+    H.apply_pyramid_attention_broadcast(
+        net,
+        H.PyramidAttentionBroadcastConfig(spatial_attention_block_skip_range=2, current_timestep_callback=lambda: 500),
+    )
 
 
 def _faster(net):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        H.apply_faster_cache(net, H.FasterCacheConfig(current_timestep_callback=lambda: 500,
-                                                      attention_weight_callback=lambda _: 0.3, tensor_format="BCHW"))
+        H.apply_faster_cache(
+            net,
+            H.FasterCacheConfig(
+                current_timestep_callback=lambda: 500, attention_weight_callback=lambda _: 0.3, tensor_format="BCHW"
+            ),
+        )
 
 
 def _taylor(net):
-    H.apply_taylorseer_cache(net, H.TaylorSeerCacheConfig(cache_interval=3, disable_cache_before_step=2,
-                                                          taylor_factors_dtype=torch.float32))
+    H.apply_taylorseer_cache(
+        net, H.TaylorSeerCacheConfig(cache_interval=3, disable_cache_before_step=2, taylor_factors_dtype=torch.float32)
+    )
 
 
-REFUSED = {"MagCache": (_mag, "mag_cache"), "PyramidAttentionBroadcast": (_pab, "pyramid_attention_broadcast"),
-           "FasterCache": (_faster, "faster_cache"), "TaylorSeer": (_taylor, "taylorseer_cache")}
+REFUSED = {
+    "MagCache": (_mag, "mag_cache"),
+    "PyramidAttentionBroadcast": (_pab, "pyramid_attention_broadcast"),
+    "FasterCache": (_faster, "faster_cache"),
+    "TaylorSeer": (_taylor, "taylorseer_cache"),
+}
 
 
 def _remove_all(net):
@@ -236,8 +262,10 @@ def test_group_offloading_composes_bit_identically_in_both_orders(sada_first):
 # --------------------------------------------------------------------------- cache-dit
 def _cache_dit_on(pipe):
     cache_dit = pytest.importorskip("cache_dit")
-    cache_dit.enable_cache(pipe, cache_config=cache_dit.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=0,
-                                                                      residual_diff_threshold=2.0))
+    cache_dit.enable_cache(
+        pipe,
+        cache_config=cache_dit.DBCacheConfig(Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=2.0),
+    )
 
 
 def test_cache_dit_without_lockstep_is_refused_in_both_orders():

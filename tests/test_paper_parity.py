@@ -5,6 +5,7 @@ decision at every step and hand the solver the official clean-sample estimate on
 rounding), for DPM-Solver++ and Euler, epsilon and v-prediction, every timestep spacing, on a closed-form mixture
 denoiser and on a tiny random-weight Stable Diffusion pipeline with classifier-free guidance.
 """
+
 import numpy as np
 import pytest
 import torch
@@ -27,8 +28,15 @@ NAMES = {Decision.COMPUTE: "compute", Decision.SKIP_AM: "am", Decision.SKIP_LAGR
 
 def _scheduler(solver, prediction, spacing):
     cls = getattr(diffusers, SCHEDULERS[solver])
-    return cls(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-               prediction_type=prediction, timestep_spacing=spacing, steps_offset=1)
+    return cls(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type=prediction,
+        timestep_spacing=spacing,
+        steps_offset=1,
+    )
 
 
 class MixtureUNet(torch.nn.Module):
@@ -82,8 +90,11 @@ class StepSpy:
                 spy.x0.append(sched.convert_model_output(model_output, sample=sample))
             else:
                 sigma = float(sched.sigmas[index])
-                spy.x0.append(sample - sigma * model_output if sched.config.prediction_type == "epsilon" else
-                              model_output * (-sigma / (sigma ** 2 + 1) ** 0.5) + sample / (sigma ** 2 + 1))
+                spy.x0.append(
+                    sample - sigma * model_output
+                    if sched.config.prediction_type == "epsilon"
+                    else model_output * (-sigma / (sigma**2 + 1) ** 0.5) + sample / (sigma**2 + 1)
+                )
             return spy.original(sched, model_output, timestep, sample, *args, **kwargs)
 
         scheduler_cls.step = step
@@ -106,18 +117,22 @@ def _library_run(pipe, call, solver):
 
 def _assert_same_run(official, decisions, x0_used, sample):
     first = next((n for n, (a, b) in enumerate(zip(official.decisions, decisions)) if a != b), None)
-    assert first is None, (f"decisions differ from step {first}: official {official.decisions[first:first + 6]}, "
-                           f"sada {decisions[first:first + 6]}")
+    assert first is None, (
+        f"decisions differ from step {first}: official {official.decisions[first : first + 6]}, "
+        f"sada {decisions[first : first + 6]}"
+    )
     assert official.x0_used, "the official run never skipped: nothing compared"
     for n, expected in official.x0_used.items():
         got = x0_used[n]
         rel = float((got.detach().double() - expected.detach().double()).norm() / expected.detach().double().norm())
         # float32 rounding (1e-5); a multistep estimate sums its nodes' rounding with the Lagrange weights
         nodes = [k for k in range(n) if k % 4 == 1][-4:]
-        amplification = float(np.abs(lagrange_basis_weights(nodes, n)).sum()) \
-            if official.decisions[n] == "lagrange" else 1.0
-        assert rel < 1e-5 * amplification, \
+        amplification = (
+            float(np.abs(lagrange_basis_weights(nodes, n)).sum()) if official.decisions[n] == "lagrange" else 1.0
+        )
+        assert rel < 1e-5 * amplification, (
             f"step {n} ({official.decisions[n]}): clean-sample estimate differs by {rel:.2e}"
+        )
 
 
 @pytest.mark.parametrize("spacing", ["linspace", "trailing", "leading"])
@@ -146,11 +161,21 @@ def test_paper_mode_makes_the_official_decisions_in_a_stable_diffusion_pipeline_
         uncond, text = out.chunk(2)
         return uncond + guidance * (text - uncond)
 
-    official = run_official(type(pipe.scheduler).from_config(pipe.scheduler.config), denoise, latents, 50, solver=solver)
+    official = run_official(
+        type(pipe.scheduler).from_config(pipe.scheduler.config), denoise, latents, 50, solver=solver
+    )
 
     def call():
-        return pipe(prompt_embeds=pos, negative_prompt_embeds=neg, latents=latents.clone(), num_inference_steps=50,
-                    guidance_scale=guidance, output_type="latent", height=16, width=16).images
+        return pipe(
+            prompt_embeds=pos,
+            negative_prompt_embeds=neg,
+            latents=latents.clone(),
+            num_inference_steps=50,
+            guidance_scale=guidance,
+            output_type="latent",
+            height=16,
+            width=16,
+        ).images
 
     decisions, x0_used, sample, _ = _library_run(pipe, call, solver)
     _assert_same_run(official, decisions, x0_used, sample)
@@ -159,8 +184,16 @@ def test_paper_mode_makes_the_official_decisions_in_a_stable_diffusion_pipeline_
 SPACINGS = ["linspace", "trailing", "leading"]
 
 
-@pytest.mark.parametrize("name", ["DPMSolverMultistepScheduler", "EulerDiscreteScheduler", "DDIMScheduler",
-                                  "UniPCMultistepScheduler", "HeunDiscreteScheduler"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "DPMSolverMultistepScheduler",
+        "EulerDiscreteScheduler",
+        "DDIMScheduler",
+        "UniPCMultistepScheduler",
+        "HeunDiscreteScheduler",
+    ],
+)
 @pytest.mark.parametrize("spacing", SPACINGS)
 def test_training_beta_of_every_step_is_the_hosts_beta_at_its_own_timestep(name, spacing):
     pipe = fx.sd_pipeline(name)
@@ -168,10 +201,18 @@ def test_training_beta_of_every_step_is_the_hosts_beta_at_its_own_timestep(name,
     grids = []
     with sada_d.enabled(pipe, sada.preset("sd2", 25, max_downsample=0)) as handle:
         pos, neg = fx.sd_embeds(1)
-        pipe(prompt_embeds=pos, negative_prompt_embeds=neg, num_inference_steps=25, output_type="latent",
-             height=16, width=16)
+        pipe(
+            prompt_embeds=pos,
+            negative_prompt_embeds=neg,
+            num_inference_steps=25,
+            output_type="latent",
+            height=16,
+            width=16,
+        )
         grids.append(handle._controller.run.grid)
     s = pipe.scheduler
-    first_stage = (s.timesteps[::2] if name == "HeunDiscreteScheduler" else s.timesteps).tolist()  # Heun: t0 t1 t1 t2 ..
+    first_stage = (
+        s.timesteps[::2] if name == "HeunDiscreteScheduler" else s.timesteps
+    ).tolist()  # Heun: t0 t1 t1 t2 ..
     expected = [float(s.betas[int(t)]) for t in first_stage]
     np.testing.assert_array_equal(grids[0].training_beta, expected)

@@ -1,4 +1,5 @@
 """The decision state machine (docs/paper-mode.md) and the AdaptiveDiffusion baseline policy."""
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -29,10 +30,22 @@ def test_all_stable_run_computes_21_steps():
 
 configs = st.builds(
     lambda start, span, interval, term, lag_int: SADAConfig(
-        acc_range=(start, start + span), max_interval=interval, lagrange_term=term, lagrange_int=lag_int,
-        lagrange_step=max(((start + span // 2) // lag_int) * lag_int, lag_int * term, (max(start, 3) // lag_int + 1) * lag_int)
-        if term else 4),
-    st.integers(0, 12), st.integers(20, 30), st.integers(1, 5), st.sampled_from([0, 2, 3]), st.sampled_from([2, 3, 4]))
+        acc_range=(start, start + span),
+        max_interval=interval,
+        lagrange_term=term,
+        lagrange_int=lag_int,
+        lagrange_step=max(
+            ((start + span // 2) // lag_int) * lag_int, lag_int * term, (max(start, 3) // lag_int + 1) * lag_int
+        )
+        if term
+        else 4,
+    ),
+    st.integers(0, 12),
+    st.integers(20, 30),
+    st.integers(1, 5),
+    st.sampled_from([0, 2, 3]),
+    st.sampled_from([2, 3, 4]),
+)
 
 
 def _valid(make):
@@ -47,8 +60,9 @@ def test_properties_of_the_state_machine(data, batch):
     cfg = _valid(lambda: data.draw(configs))
     if cfg is None or cfg.schedule.acc_end > 46:
         return
-    pattern = np.array(data.draw(st.lists(st.lists(st.booleans(), min_size=batch, max_size=batch), min_size=49,
-                                          max_size=49)))
+    pattern = np.array(
+        data.draw(st.lists(st.lists(st.booleans(), min_size=batch, max_size=batch), min_size=49, max_size=49))
+    )
     d = simulate(cfg, 50, pattern)
     for b in range(batch):
         skipped = d[:, b] != Decision.COMPUTE
@@ -58,7 +72,9 @@ def test_properties_of_the_state_machine(data, batch):
             longest = max(longest, run)
         assert longest <= cfg.schedule.max_interval  # never more than max_interval consecutive skips
         idx = np.flatnonzero(skipped)
-        assert np.all(idx >= cfg.schedule.acc_start + 1) and np.all(idx <= cfg.schedule.acc_end)  # no skip outside the range
+        assert np.all(idx >= cfg.schedule.acc_start + 1) and np.all(
+            idx <= cfg.schedule.acc_end
+        )  # no skip outside the range
         am = np.flatnonzero(d[:, b] == Decision.SKIP_AM)
         assert np.all(pattern[am - 1, b])  # an AM skip needs a stable decision step
 

@@ -1,5 +1,6 @@
 """Token-wise cache-assisted pruning with context: exactness against the stock diffusers blocks, token
 accounting, cache memory, fallbacks, cadence."""
+
 import functools
 
 import numpy as np
@@ -48,72 +49,151 @@ def _basic(norm_type="layer_norm"):
 
 def _joint(context_pre_only=False, dual=False):
     torch.manual_seed(0)
-    block = JointTransformerBlock(16, 2, 8, context_pre_only=context_pre_only, qk_norm="rms_norm",
-                                  use_dual_attention=dual).eval()
-    return block, (), dict(hidden_states=torch.randn(2, 64, 16), encoder_hidden_states=torch.randn(2, 5, 16),
-                           temb=torch.randn(2, 16))
+    block = JointTransformerBlock(
+        16, 2, 8, context_pre_only=context_pre_only, qk_norm="rms_norm", use_dual_attention=dual
+    ).eval()
+    return (
+        block,
+        (),
+        dict(
+            hidden_states=torch.randn(2, 64, 16), encoder_hidden_states=torch.randn(2, 5, 16), temb=torch.randn(2, 16)
+        ),
+    )
 
 
 @functools.cache
 def _flux():
     torch.manual_seed(0)
-    return diffusers.FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
-                                            attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
-                                            pooled_projection_dim=32, axes_dims_rope=(4, 6, 6))
+    return diffusers.FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        axes_dims_rope=(4, 6, 6),
+    )
 
 
 def _flux_block(single):
     model = _flux()
     ids = torch.stack([torch.zeros(64), torch.arange(64) // 8, torch.arange(64) % 8], dim=1)
-    call = lambda m: m(hidden_states=torch.randn(2, 64, 4), encoder_hidden_states=torch.randn(2, 5, 32),  # noqa: E731
-                       pooled_projections=torch.randn(2, 32), timestep=torch.tensor([0.5, 0.5]), img_ids=ids,
-                       txt_ids=torch.zeros(5, 3))
+
+    def call(m):
+        return m(
+            hidden_states=torch.randn(2, 64, 4),
+            encoder_hidden_states=torch.randn(2, 5, 32),  # noqa: E731
+            pooled_projections=torch.randn(2, 32),
+            timestep=torch.tensor([0.5, 0.5]),
+            img_ids=ids,
+            txt_ids=torch.zeros(5, 3),
+        )
+
     return _capture(model, model.single_transformer_blocks[0] if single else model.transformer_blocks[0], call)
 
 
 def _cogvideox():
     from diffusers.models.embeddings import get_3d_rotary_pos_embed
+
     torch.manual_seed(0)
-    model = diffusers.CogVideoXTransformer3DModel(num_attention_heads=2, attention_head_dim=16, in_channels=4,
-                                                  out_channels=4, num_layers=1, sample_width=8, sample_height=8,
-                                                  sample_frames=9, patch_size=2, text_embed_dim=32, time_embed_dim=16,
-                                                  use_rotary_positional_embeddings=True, max_text_seq_length=5)
+    model = diffusers.CogVideoXTransformer3DModel(
+        num_attention_heads=2,
+        attention_head_dim=16,
+        in_channels=4,
+        out_channels=4,
+        num_layers=1,
+        sample_width=8,
+        sample_height=8,
+        sample_frames=9,
+        patch_size=2,
+        text_embed_dim=32,
+        time_embed_dim=16,
+        use_rotary_positional_embeddings=True,
+        max_text_seq_length=5,
+    )
     rope = get_3d_rotary_pos_embed(16, ((0, 0), (4, 4)), (4, 4), 3)
-    call = lambda m: m(hidden_states=torch.randn(2, 3, 4, 8, 8), encoder_hidden_states=torch.randn(2, 5, 32),  # noqa
-                       timestep=torch.tensor([10, 10]), image_rotary_emb=rope)
+
+    def call(m):
+        return m(
+            hidden_states=torch.randn(2, 3, 4, 8, 8),
+            encoder_hidden_states=torch.randn(2, 5, 32),  # noqa
+            timestep=torch.tensor([10, 10]),
+            image_rotary_emb=rope,
+        )
+
     return _capture(model, model.transformer_blocks[0], call)
 
 
 def _wan(per_token_timestep=False):
     torch.manual_seed(0)
-    model = diffusers.WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=16,
-                                            in_channels=4, out_channels=4, text_dim=32, freq_dim=32, ffn_dim=64,
-                                            num_layers=1, rope_max_seq_len=32)
+    model = diffusers.WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=16,
+        in_channels=4,
+        out_channels=4,
+        text_dim=32,
+        freq_dim=32,
+        ffn_dim=64,
+        num_layers=1,
+        rope_max_seq_len=32,
+    )
     t = torch.randint(0, 1000, (2, 48)) if per_token_timestep else torch.tensor([10, 10])  # Wan 2.2 ti2v: [B, L]
-    call = lambda m: m(hidden_states=torch.randn(2, 4, 3, 8, 8), timestep=t,  # noqa: E731
-                       encoder_hidden_states=torch.randn(2, 5, 32))
+
+    def call(m):
+        return m(
+            hidden_states=torch.randn(2, 4, 3, 8, 8),
+            timestep=t,  # noqa: E731
+            encoder_hidden_states=torch.randn(2, 5, 32),
+        )
+
     return _capture(model, model.blocks[0], call)
 
 
 def _ltx():
     torch.manual_seed(0)
-    model = diffusers.LTXVideoTransformer3DModel(in_channels=8, out_channels=8, patch_size=1, patch_size_t=1,
-                                                 num_attention_heads=2, attention_head_dim=16, cross_attention_dim=32,
-                                                 num_layers=1, caption_channels=32)
-    call = lambda m: m(hidden_states=torch.randn(2, 48, 8), encoder_hidden_states=torch.randn(2, 5, 32),  # noqa
-                       timestep=torch.tensor([10, 10]), encoder_attention_mask=torch.ones(2, 5), num_frames=3,
-                       height=4, width=4)
+    model = diffusers.LTXVideoTransformer3DModel(
+        in_channels=8,
+        out_channels=8,
+        patch_size=1,
+        patch_size_t=1,
+        num_attention_heads=2,
+        attention_head_dim=16,
+        cross_attention_dim=32,
+        num_layers=1,
+        caption_channels=32,
+    )
+
+    def call(m):
+        return m(
+            hidden_states=torch.randn(2, 48, 8),
+            encoder_hidden_states=torch.randn(2, 5, 32),  # noqa
+            timestep=torch.tensor([10, 10]),
+            encoder_attention_mask=torch.ones(2, 5),
+            num_frames=3,
+            height=4,
+            width=4,
+        )
+
     return _capture(model, model.transformer_blocks[0], call)
 
 
 IMAGE, VIDEO = (8, 8), (3, 4, 4)
 CASES = {  # name -> (builder, token grid)
-    "unet-basic": (_basic, IMAGE), "pixart-basic": (lambda: _basic("ada_norm_single"), IMAGE),
-    "dit-basic": (lambda: _basic("ada_norm_zero"), IMAGE), "sd3-joint": (_joint, IMAGE),
+    "unet-basic": (_basic, IMAGE),
+    "pixart-basic": (lambda: _basic("ada_norm_single"), IMAGE),
+    "dit-basic": (lambda: _basic("ada_norm_zero"), IMAGE),
+    "sd3-joint": (_joint, IMAGE),
     "sd3-joint-last": (lambda: _joint(context_pre_only=True), IMAGE),
-    "sd35-joint-dual": (lambda: _joint(dual=True), IMAGE), "flux-double": (lambda: _flux_block(False), IMAGE),
-    "flux-single": (lambda: _flux_block(True), IMAGE), "cogvideox": (_cogvideox, VIDEO), "wan": (_wan, VIDEO),
-    "wan22-ti2v": (lambda: _wan(True), VIDEO), "ltx-video": (_ltx, VIDEO),
+    "sd35-joint-dual": (lambda: _joint(dual=True), IMAGE),
+    "flux-double": (lambda: _flux_block(False), IMAGE),
+    "flux-single": (lambda: _flux_block(True), IMAGE),
+    "cogvideox": (_cogvideox, VIDEO),
+    "wan": (_wan, VIDEO),
+    "wan22-ti2v": (lambda: _wan(True), VIDEO),
+    "ltx-video": (_ltx, VIDEO),
 }
 
 
@@ -323,8 +403,13 @@ def test_declared_output_structure_is_enforced():
     pruner = TokenPruner(CFG)
     _plan(pruner, 5, torch.ones(2, 8, 8, dtype=torch.bool))
     with pytest.raises(TypeError, match="JointTransformerBlock should return a tuple"):
-        pruner.run_block("j", "JointTransformerBlock", lambda hidden_states: hidden_states, (),
-                         {"hidden_states": torch.randn(2, 64, 16)})
+        pruner.run_block(
+            "j",
+            "JointTransformerBlock",
+            lambda hidden_states: hidden_states,
+            (),
+            {"hidden_states": torch.randn(2, 64, 16)},
+        )
 
 
 def test_a_bound_forward_given_with_the_class_name_uses_the_block_for_context():
@@ -342,7 +427,7 @@ def test_anchor_grid_has_one_token_per_full_window_in_images_and_every_video_fra
     assert int(mask.sum()) == 2 * 2
     for wy in range(2):
         for wx in range(2):
-            assert int(mask[3 * wy: 3 * wy + 3, 3 * wx: 3 * wx + 3].sum()) == 1
+            assert int(mask[3 * wy : 3 * wy + 3, 3 * wx : 3 * wx + 3].sum()) == 1
     assert not mask[6].any() and not mask[:, 6:].any()  # incomplete border windows hold no anchors
     assert int(anchor_mask((20,), (3, 3), torch.Generator().manual_seed(0)).sum()) == 2
     video = anchor_mask((3, 6, 6), (3, 3), torch.Generator().manual_seed(0)).reshape(3, 6, 6)
@@ -397,13 +482,37 @@ def test_refresh_cadence_follows_skips_and_max_interval():
     pruner = TokenPruner(CFG)
     unstable = torch.zeros(1, 4, 4, dtype=torch.bool)
     modes = []
-    for step, computed in [(1, True), (2, True), (3, True), (4, True), (5, True), (6, True), (7, False), (8, True),
-                           (9, True), (10, True), (11, True), (12, True)]:
+    for step, computed in [
+        (1, True),
+        (2, True),
+        (3, True),
+        (4, True),
+        (5, True),
+        (6, True),
+        (7, False),
+        (8, True),
+        (9, True),
+        (10, True),
+        (11, True),
+        (12, True),
+    ]:
         _plan(pruner, step, unstable, np.array([computed]))
         modes.append(pruner.modes[0] if computed else "skip")
     # acc_start = max(2, 3) = 3; refresh every max_interval = 4 computed steps and right after a skip
-    assert modes == ["full", "full", "refresh", "prune", "prune", "prune", "skip", "refresh", "prune", "prune",
-                     "prune", "refresh"]
+    assert modes == [
+        "full",
+        "full",
+        "refresh",
+        "prune",
+        "prune",
+        "prune",
+        "skip",
+        "refresh",
+        "prune",
+        "prune",
+        "prune",
+        "refresh",
+    ]
 
 
 def test_refresh_interval_is_the_skip_cap_by_default_and_its_own_field_when_set():

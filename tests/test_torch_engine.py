@@ -1,4 +1,5 @@
 """The torch engine against the float64 numpy reference, plus dtypes, memory, NaN handling, replay, groups."""
+
 import contextlib
 
 import numpy as np
@@ -31,11 +32,16 @@ def setups(draw):
     criterion = None if family == "ve" else draw(st.sampled_from([None, "paper", "corrected"]))
     flow_paper = family == "flow" and "paper" in (mode, criterion if criterion else "paper")
     kinds = ["flow_velocity"] if flow_paper else ["epsilon", "v_prediction", "sample", "flow_velocity"]
-    cfg = SADAConfig(mode=mode, criterion=criterion, reduce=draw(st.sampled_from(["batch", "sample"])),
-                     am_noise=draw(st.sampled_from([None, "reuse", "extrapolate"])),
-                     abscissa=draw(st.sampled_from([None, "index", "sigma", "t"])),
-                     lagrange_target=draw(st.sampled_from(["x0", "x0_over_alpha"])),
-                     step_error_rms=draw(st.sampled_from([None, 0.05, 1.0])) if mode == "corrected" else None, **BASE)
+    cfg = SADAConfig(
+        mode=mode,
+        criterion=criterion,
+        reduce=draw(st.sampled_from(["batch", "sample"])),
+        am_noise=draw(st.sampled_from([None, "reuse", "extrapolate"])),
+        abscissa=draw(st.sampled_from([None, "index", "sigma", "t"])),
+        lagrange_target=draw(st.sampled_from(["x0", "x0_over_alpha"])),
+        step_error_rms=draw(st.sampled_from([None, 0.05, 1.0])) if mode == "corrected" else None,
+        **BASE,
+    )
     return cfg, GRIDS[family], draw(st.sampled_from(kinds)), draw(st.integers(1, 4)), draw(st.integers(0, 2**16))
 
 
@@ -49,16 +55,27 @@ def test_float64_torch_engine_makes_the_reference_decisions_and_estimates(setup)
     np.testing.assert_allclose(eng.trace.criterion, ref.trace.criterion, rtol=1e-9, atol=1e-12)
 
 
-@given(family=st.sampled_from(sorted(GRIDS)), kind=st.sampled_from(["epsilon", "v_prediction", "flow_velocity"]),
-       tolerance=st.sampled_from([0.5, 50.0, 1e9]), nodes=st.integers(3, 5), order=st.integers(1, 4),
-       max_interval=st.integers(1, 4), reduce=st.sampled_from(["sample", "batch"]), batch=st.integers(1, 3),
-       seed=st.integers(0, 2**16))
+@given(
+    family=st.sampled_from(sorted(GRIDS)),
+    kind=st.sampled_from(["epsilon", "v_prediction", "flow_velocity"]),
+    tolerance=st.sampled_from([0.5, 50.0, 1e9]),
+    nodes=st.integers(3, 5),
+    order=st.integers(1, 4),
+    max_interval=st.integers(1, 4),
+    reduce=st.sampled_from(["sample", "batch"]),
+    batch=st.integers(1, 3),
+    seed=st.integers(0, 2**16),
+)
 def test_float64_torch_engine_makes_the_reference_error_control_decisions_and_estimates(
-        family, kind, tolerance, nodes, order, max_interval, reduce, batch, seed):
+    family, kind, tolerance, nodes, order, max_interval, reduce, batch, seed
+):
     cfg = SADAConfig(tolerance=tolerance, history=nodes, max_interval=max_interval, reduce=reduce)
     # a solver of higher order than the extrapolation: the torch engine says once that the run is exact
-    expect = pytest.warns(ExactRunWarning, match="cannot certify") if not cfg.schedule.certifies(order) \
+    expect = (
+        pytest.warns(ExactRunWarning, match="cannot certify")
+        if not cfg.schedule.certifies(order)
         else contextlib.nullcontext()
+    )
     with expect:
         ref, eng, records = drive_random(cfg, GRIDS[family], kind, batch, seed, solver_order=order)
     for n, (d_ref, d_t, s_ref, s_t) in enumerate(records):
@@ -104,6 +121,7 @@ def _torch_run(problem, config, dtype=torch.float64, **kw):
         def step(self, step, x, network):
             def net(x_rows, rows):
                 return torch.tensor(network(x_rows.double().numpy(), rows), dtype=dtype)
+
             return self.engine.step(step, torch.tensor(x, dtype=dtype), net).double().numpy()
 
         def finish(self, x):
@@ -140,13 +158,25 @@ def test_half_precision_inputs_are_accepted_with_float32_history(dtype):
 LATENT = (4, 8, 8)
 
 
-@pytest.mark.parametrize("config, tensors", [
-    (SADAConfig(criterion="corrected", **BASE), 3 + 1 + 3),        # eps ring + x~ estimate + 3 nodes
-    (SADAConfig(criterion="corrected", am_noise="extrapolate", lagrange_term=4, lagrange_step=24,
-                acc_range=(10, 27), lagrange_int=4), 3 + 1 + 4),
-    (SADAConfig(mode="paper", **BASE), 2 + 1 + 2 + 1 + 3),          # 2 drifts, raw, x^ + curvature, estimate, nodes
-    (SADAConfig(**BASE), 3 + 2 + 1 + 2 + 3),                        # default: corrected estimate + paper criterion
-])
+@pytest.mark.parametrize(
+    "config, tensors",
+    [
+        (SADAConfig(criterion="corrected", **BASE), 3 + 1 + 3),  # eps ring + x~ estimate + 3 nodes
+        (
+            SADAConfig(
+                criterion="corrected",
+                am_noise="extrapolate",
+                lagrange_term=4,
+                lagrange_step=24,
+                acc_range=(10, 27),
+                lagrange_int=4,
+            ),
+            3 + 1 + 4,
+        ),
+        (SADAConfig(mode="paper", **BASE), 2 + 1 + 2 + 1 + 3),  # 2 drifts, raw, x^ + curvature, estimate, nodes
+        (SADAConfig(**BASE), 3 + 2 + 1 + 2 + 3),  # default: corrected estimate + paper criterion
+    ],
+)
 def test_engine_reports_the_bytes_it_holds(config, tensors):
     grid = GRIDS["vp"]
     eng = SADAEngine(config, grid, "epsilon")
@@ -170,21 +200,22 @@ def test_non_finite_output_is_never_extrapolated_and_the_sample_recomputes():
     xs = x.clone()
     poisoned_step = 8
     for n in range(grid.num_steps):
+
         def net(rows, idx, n=n):
             out = 0.5 * rows + 0.01 * n
             if n == poisoned_step:
                 out = out.clone()
                 out[idx == 1] = float("nan")
             return out
+
         out = eng.step(n, x, net)
         clean_out = clean.step(n, xs, lambda rows, idx, n=n: 0.5 * rows + 0.01 * n)
         x = torch.where(torch.isfinite(out), 0.9 * x + 0.1 * out, x)  # the user's loop survives the NaN row
         xs = 0.9 * xs + 0.1 * clean_out
     d = eng.trace.decisions
-    assert np.all(d[poisoned_step + 1: poisoned_step + 4, 1] == Decision.COMPUTE)  # history refills first
+    assert np.all(d[poisoned_step + 1 : poisoned_step + 4, 1] == Decision.COMPUTE)  # history refills first
     np.testing.assert_array_equal(d[:, [0, 2]], clean.trace.decisions[:, [0, 2]])  # other samples unaffected
     assert any("non-finite" in msg and "[1]" in msg for _, msg in eng.trace.notes)
-
 
 
 def test_a_sample_whose_output_stays_non_finite_is_noted_once_at_the_first_step():
@@ -230,6 +261,7 @@ def test_both_engines_implement_the_sampling_engine_protocol():
     assert isinstance(SADAEngine(SADAConfig(), GRIDS["vp"], "epsilon"), SamplingEngine)
     assert isinstance(NumpyEngine(SADAConfig(), GRIDS["vp"], "epsilon", 2), SamplingEngine)
 
+
 def test_replay_reproduces_outputs_bit_for_bit_and_runs_reset_automatically():
     grid = GRIDS["vp"]
     outs = []
@@ -271,8 +303,11 @@ def test_paper_mode_rejected_on_a_ve_grid_and_paper_flow_needs_velocity():
     with pytest.raises(ValueError, match="mode='paper' needs a discrete VP grid"):
         SADAEngine(SADAConfig(mode="paper", **BASE), GRIDS["ve"], "epsilon")
     with pytest.raises(ValueError, match="needs kind='flow_velocity'"):
-        SADAEngine(preset("flux", 50).replace(num_steps=None, **{}), StepGrid.from_times(
-            RectifiedFlowSchedule(), RectifiedFlowSchedule().timesteps(50)), "epsilon")
+        SADAEngine(
+            preset("flux", 50).replace(num_steps=None, **{}),
+            StepGrid.from_times(RectifiedFlowSchedule(), RectifiedFlowSchedule().timesteps(50)),
+            "epsilon",
+        )
 
 
 def test_a_new_skip_rule_is_one_config_dataclass_and_one_rule_class(monkeypatch):

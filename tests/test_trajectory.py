@@ -1,4 +1,5 @@
 """The trajectory interface: schedules, exact conversions, synthesised outputs, drifts."""
+
 import math
 
 import numpy as np
@@ -35,8 +36,14 @@ SCHEDULES = {
 vectors = arrays(np.float64, 5, elements=st.floats(-3, 3))
 
 
-@given(st.sampled_from(sorted(SCHEDULES)), st.data(), st.sampled_from(PREDICTION_KINDS),
-       st.sampled_from(PREDICTION_KINDS), vectors, vectors)
+@given(
+    st.sampled_from(sorted(SCHEDULES)),
+    st.data(),
+    st.sampled_from(PREDICTION_KINDS),
+    st.sampled_from(PREDICTION_KINDS),
+    vectors,
+    vectors,
+)
 def test_every_conversion_round_trips_to_1e_12(name, data, kind_a, kind_b, x0, eps):
     schedule, times = SCHEDULES[name]
     t = data.draw(times)
@@ -93,8 +100,9 @@ def test_vp_drift_is_half_beta_times_minus_x_plus_eps_over_sigma():
     d_alpha, d_sigma = (float(v) for v in VP.derivatives(t))
     x, eps = np.array([0.3, -1.2]), np.array([0.5, 0.1])
     beta = float(VP.continuous_beta(t))
-    np.testing.assert_allclose(drift("epsilon", eps, x, alpha, sigma, d_alpha, d_sigma), beta / 2 * (-x + eps / sigma),
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        drift("epsilon", eps, x, alpha, sigma, d_alpha, d_sigma), beta / 2 * (-x + eps / sigma), rtol=1e-12
+    )
 
 
 def test_beta_schedules_match_the_diffusers_formulas():
@@ -139,26 +147,32 @@ def test_step_grid_quantities_and_abscissae():
     assert grid_ve.training_beta is None
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda: to_x0("noise", 0.0, 0.0, 1.0, 1.0), "prediction kind must be one of"),
-    (lambda: to_x0("epsilon", 0.0, 0.0, 0.0, 1.0), "alpha must be > 0"),
-    (lambda: synthesise_output("epsilon", 0.0, 0.0, 1.0, 0.0), "sigma must be > 0"),
-    (lambda: DiscreteVPSchedule.from_beta_schedule("cosine"), "beta_schedule must be one of"),
-    (lambda: VP.alpha_sigma(1000.0), "t must lie in"),
-    (lambda: VP.timesteps(10, "uniform"), "spacing must be"),
-    (lambda: StepGrid.from_times(VP, [100.0, 500.0]), "strictly decrease"),
-    (lambda: VP.time_from_edm_sigma(100.0), "edm_sigma must lie in"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: to_x0("noise", 0.0, 0.0, 1.0, 1.0), "prediction kind must be one of"),
+        (lambda: to_x0("epsilon", 0.0, 0.0, 0.0, 1.0), "alpha must be > 0"),
+        (lambda: synthesise_output("epsilon", 0.0, 0.0, 1.0, 0.0), "sigma must be > 0"),
+        (lambda: DiscreteVPSchedule.from_beta_schedule("cosine"), "beta_schedule must be one of"),
+        (lambda: VP.alpha_sigma(1000.0), "t must lie in"),
+        (lambda: VP.timesteps(10, "uniform"), "spacing must be"),
+        (lambda: StepGrid.from_times(VP, [100.0, 500.0]), "strictly decrease"),
+        (lambda: VP.time_from_edm_sigma(100.0), "edm_sigma must lie in"),
+    ],
+)
 def test_invalid_input_names_the_bad_value(call, message):
     with pytest.raises((ValueError, TypeError), match=message):
         call()
 
 
-@pytest.mark.parametrize("schedule, times, clean", [
-    (RectifiedFlowSchedule(), RectifiedFlowSchedule().timesteps(8, shift=3.0), 0.0),
-    (VP, VP.timesteps(8, "trailing"), -1.0),
-    (EDMSchedule(), EDMSchedule().karras(8), 0.0),
-])
+@pytest.mark.parametrize(
+    "schedule, times, clean",
+    [
+        (RectifiedFlowSchedule(), RectifiedFlowSchedule().timesteps(8, shift=3.0), 0.0),
+        (VP, VP.timesteps(8, "trailing"), -1.0),
+        (EDMSchedule(), EDMSchedule().karras(8), 0.0),
+    ],
+)
 def test_the_clean_end_has_the_schedules_real_time(schedule, times, clean):
     """Issue 19 item 4: ``times[-1]`` was NaN at the clean end, even for rectified flow where t = 0."""
     grid = StepGrid.from_times(schedule, times)

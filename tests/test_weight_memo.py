@@ -1,5 +1,6 @@
 """The memo of shared-history weights (sada.torch_backend.rings): a hit is exactly the kernel's result, a second
 run on the same grid computes no shared weight set, and runs with and without the memo are bit-identical."""
+
 import numpy as np
 import pytest
 import torch

@@ -1,4 +1,5 @@
 """Shared helpers for the torch-engine tests: drive both engines through identical random trajectories."""
+
 import numpy as np
 import torch
 
@@ -19,8 +20,9 @@ def drive_random(config, grid, kind, batch, seed, dtype=torch.float64, replay=No
         real = rng.standard_normal(x.shape) * 0.3 + 0.5 * x
         out_ref = ref.complete(n, x, real)  # rows that skip are replaced by the engine's synthesised outputs
         out_t = eng.complete(n, torch.tensor(x, dtype=dtype), torch.tensor(real, dtype=dtype)).double().numpy()
-        records.append((ref.trace.decisions[n].copy(), eng.trace.decisions[n].copy(), out_ref[~compute],
-                        out_t[~compute_t]))
+        records.append(
+            (ref.trace.decisions[n].copy(), eng.trace.decisions[n].copy(), out_ref[~compute], out_t[~compute_t])
+        )
         x = 0.97 * x + 0.1 * out_ref + 0.01 * rng.standard_normal(x.shape)  # a smooth-ish trajectory
     ref.finish(x)
     eng.finish(torch.tensor(x, dtype=dtype))

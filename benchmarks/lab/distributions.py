@@ -10,6 +10,7 @@ with posterior weights ``w_k`` (softmax of the component log-likelihoods). A sin
 ``K = 1`` case, for which the probability-flow ODE is solved in closed form by
 :meth:`GaussianMixture.gaussian_flow`.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,7 +36,9 @@ class GaussianMixture:
         var = np.atleast_2d(np.asarray(self.variances, dtype=np.float64))
         w = np.atleast_1d(np.asarray(self.weights, dtype=np.float64))
         if mu.ndim != 2 or var.shape != mu.shape or w.shape != (mu.shape[0],):
-            raise ValueError(f"need means [K, d], variances [K, d], weights [K]; got {mu.shape}, {var.shape}, {w.shape}")
+            raise ValueError(
+                f"need means [K, d], variances [K, d], weights [K]; got {mu.shape}, {var.shape}, {w.shape}"
+            )
         if not (np.all(np.isfinite(mu)) and np.all(np.isfinite(var)) and np.all(np.isfinite(w))):
             raise ValueError("means, variances and weights must be finite")
         if np.any(var <= 0):
@@ -104,7 +107,9 @@ class GaussianMixture:
         ``x~(s) = mu + (x~(s0) - mu) * sqrt((v + s^2) / (v + s0^2))`` per coordinate.
         """
         if self.num_components != 1:
-            raise ValueError(f"gaussian_flow needs a single Gaussian, this mixture has {self.num_components} components")
+            raise ValueError(
+                f"gaussian_flow needs a single Gaussian, this mixture has {self.num_components} components"
+            )
         x = self._check_x(x_tilde_start)
         s0, s1 = as_real("sigma_start", sigma_start), as_real("sigma_end", sigma_end)
         if s0 < 0 or s1 < 0:
@@ -127,8 +132,9 @@ def anisotropic_gaussian(dim: int, seed: int = 0) -> GaussianMixture:
     return GaussianMixture(rng.normal(0, 0.5, size=(1, d)), (std**2)[None], [1.0])
 
 
-def random_mixture(dim: int, num_components: int = 4, seed: int = 0, spread: float = 1.0,
-                   std_range: tuple[float, float] = (0.05, 0.3)) -> GaussianMixture:
+def random_mixture(
+    dim: int, num_components: int = 4, seed: int = 0, spread: float = 1.0, std_range: tuple[float, float] = (0.05, 0.3)
+) -> GaussianMixture:
     """A reproducible mixture: means ``N(0, spread^2)``, per-coordinate stds log-uniform in ``std_range``."""
     rng = np.random.default_rng(as_int("seed", seed, minimum=0))
     d = as_int("dim", dim, minimum=1)

@@ -4,6 +4,7 @@ Used by ``sada demo`` (a seconds-long look; the README's main job is ``make benc
 regenerate ``docs/results/lab-results.md`` (``python -m benchmarks.lab.experiments > docs/results/lab-results.md``,
 ``make lab-docs``).
 """
+
 from __future__ import annotations
 
 import sys
@@ -45,8 +46,15 @@ class Problem:
     label: str
 
 
-def make_problem(schedule: str = "vp", solver: str = "dpmpp_2m", num_steps: int = 50, batch: int = 8,
-                 dim: int = 64, components: int = 6, seed: int = 0) -> Problem:
+def make_problem(
+    schedule: str = "vp",
+    solver: str = "dpmpp_2m",
+    num_steps: int = 50,
+    batch: int = 8,
+    dim: int = 64,
+    components: int = 6,
+    seed: int = 0,
+) -> Problem:
     """``schedule`` in ``vp`` (SD's scaled-linear betas, trailing spacing), ``ve`` (Karras sigmas), ``flow``."""
     dist = random_mixture(dim, components, seed=seed + 1)
     rng = np.random.default_rng(seed)
@@ -86,14 +94,17 @@ def run_sampler(problem: Problem, config: SADAConfig | None = None, replay=None,
     def output(i, x):
         def network(x_rows, _rows=None):
             return model(x_rows, grid.alpha[i], grid.sigma[i])
+
         return network(x) if engine is None else engine.step(i, x, network)
 
     if problem.solver == "flow_euler":
         x_end = sample_flow_euler(output, problem.x_start.copy(), grid.times)  # ends at clean_time() = 0.0
     else:
+
         def denoise(i, x_tilde):
             x = grid.alpha[i] * x_tilde
             return to_x0(kind, output(i, x), x, grid.alpha[i], grid.sigma[i])
+
         x_end = SOLVERS[problem.solver](denoise, problem.x_start / grid.alpha[0], np.append(grid.edm_sigma[:-1], 0.0))
     if engine is not None:
         engine.finish(x_end)
@@ -122,8 +133,9 @@ METHODS = {
     "corrected estimate + corrected criterion": lambda n: _base(n, mode="corrected", criterion="corrected"),
     "SADA paper, no multistep": lambda n: _base(n, mode="paper", lagrange_term=0),
     "SADA corrected, no multistep": lambda n: _base(n, mode="corrected", lagrange_term=0),
-    "corrected estimate + corrected criterion, no multistep":
-        lambda n: _base(n, mode="corrected", criterion="corrected", lagrange_term=0),
+    "corrected estimate + corrected criterion, no multistep": lambda n: _base(
+        n, mode="corrected", criterion="corrected", lagrange_term=0
+    ),
 }
 PEERS = ("SADA default (SADAConfig())", "SADA paper", "SADA corrected", "corrected + error control")
 
@@ -136,8 +148,18 @@ def compare_methods(problem: Problem, methods=None, progress=None) -> list[dict]
     """
     baseline, nfe0, _ = run_sampler(problem)
     exact = exact_solution(problem)
-    rows = [{"method": "baseline (no SADA)", "nfe": nfe0, "speedup": 1.0, "rms": 0.0, "max": 0.0, "am": 0, "lagrange": 0,
-             "rms_exact": _rms(baseline, exact)}]
+    rows = [
+        {
+            "method": "baseline (no SADA)",
+            "nfe": nfe0,
+            "speedup": 1.0,
+            "rms": 0.0,
+            "max": 0.0,
+            "am": 0,
+            "lagrange": 0,
+            "rms_exact": _rms(baseline, exact),
+        }
+    ]
     methods = METHODS if methods is None else methods
     for name, make in methods.items():
         config = make(problem.grid.num_steps)
@@ -146,24 +168,42 @@ def compare_methods(problem: Problem, methods=None, progress=None) -> list[dict]
             continue  # the paper's numerics are defined for discrete VP and rectified-flow grids only
         if uses_paper and problem.grid.family == "flow" and isinstance(config.schedule, StepSchedule):
             flux = preset("flux", problem.grid.num_steps).schedule
-            config = config.replace(lagrange_step=flux.lagrange_step, lagrange_term=flux.lagrange_term
-                                    if config.schedule.lagrange_term else 0)
+            config = config.replace(
+                lagrange_step=flux.lagrange_step,
+                lagrange_term=flux.lagrange_term if config.schedule.lagrange_term else 0,
+            )
         x_end, nfe, engine = run_sampler(problem, config)
         counts = engine.trace.counts()
         batch = problem.x_start.shape[0]
-        rows.append({"method": name, "nfe": nfe, "speedup": nfe0 / nfe, "rms": _rms(x_end, baseline),
-                     "max": float(np.max(np.abs(x_end - baseline))), "am": counts["am"] / batch,
-                     "lagrange": counts["lagrange"] / batch,
-                     "rms_exact": _rms(x_end, exact)})
+        rows.append(
+            {
+                "method": name,
+                "nfe": nfe,
+                "speedup": nfe0 / nfe,
+                "rms": _rms(x_end, baseline),
+                "max": float(np.max(np.abs(x_end - baseline))),
+                "am": counts["am"] / batch,
+                "lagrange": counts["lagrange"] / batch,
+                "rms_exact": _rms(x_end, exact),
+            }
+        )
         if progress:
             progress(name)
     for peer in [r for r in rows if r["method"] in PEERS]:
         steps = int(round(peer["nfe"]))
         x_few, nfe_few, _ = run_sampler(make_problem_like(problem, steps))
-        rows.append({"method": f"fewer steps ({steps}) = {peer['method']}'s NFE", "nfe": nfe_few,
-                     "speedup": nfe0 / nfe_few, "rms": _rms(x_few, baseline),
-                     "max": float(np.max(np.abs(x_few - baseline))), "am": 0, "lagrange": 0,
-                     "rms_exact": _rms(x_few, exact)})
+        rows.append(
+            {
+                "method": f"fewer steps ({steps}) = {peer['method']}'s NFE",
+                "nfe": nfe_few,
+                "speedup": nfe0 / nfe_few,
+                "rms": _rms(x_few, baseline),
+                "max": float(np.max(np.abs(x_few - baseline))),
+                "am": 0,
+                "lagrange": 0,
+                "rms_exact": _rms(x_few, exact),
+            }
+        )
     return rows
 
 
@@ -173,8 +213,9 @@ def exact_solution(problem: Problem) -> np.ndarray:
     grid = problem.grid
     if grid.family == "flow":
         return reference_flow_end(problem.distribution, problem.x_start, float(grid.times[0]))
-    return reference_trajectory(problem.distribution, problem.x_start / grid.alpha[0],
-                                np.append(grid.edm_sigma[:-1], 0.0))[-1]
+    return reference_trajectory(
+        problem.distribution, problem.x_start / grid.alpha[0], np.append(grid.edm_sigma[:-1], 0.0)
+    )[-1]
 
 
 def make_problem_like(problem: Problem, num_steps: int) -> Problem:
@@ -219,15 +260,19 @@ def estimator_errors(problem: Problem, steps=range(10, 47)) -> dict[str, np.ndar
         truth = to_x0(kind, outs[n + 1], xs[n + 1], a[n + 1], s[n + 1])
         x_hat = paper_step_estimate(xs[n], [drift[n], drift[n - 1], drift[n - 2]], n_steps)
         paper = to_x0(kind, outs[n], x_hat, a[n + 1], s[n + 1])
-        nodes = e[n - 2: n + 1][::-1]
+        nodes = e[n - 2 : n + 1][::-1]
         hist = [eps[n], eps[n - 1], eps[n - 2]]
         xt_hat = corrected_step_estimate(xs[n] / a[n], hist, nodes, e[n + 1])
         reuse = xt_hat - e[n + 1] * eps[n]
         eps_next = np.tensordot(lagrange_basis_weights(nodes, e[n + 1]), np.stack(hist), axes=1)
         extrap = xs[n + 1] / a[n + 1] - e[n + 1] * eps_next
         out["step"].append(n + 1)
-        for key, est in (("paper", paper), ("corrected_reuse", reuse), ("corrected_extrapolate", extrap),
-                         ("reuse_x0", to_x0(kind, outs[n], xs[n], a[n], s[n]))):
+        for key, est in (
+            ("paper", paper),
+            ("corrected_reuse", reuse),
+            ("corrected_extrapolate", extrap),
+            ("reuse_x0", to_x0(kind, outs[n], xs[n], a[n], s[n])),
+        ):
             out[key].append(_rms(est, truth))
     return {k: np.asarray(v) for k, v in out.items()}
 
@@ -236,8 +281,10 @@ def format_table(rows: list[dict]) -> str:
     head = "| method | NFE | speedup | RMS vs plain sampler | max vs plain sampler | RMS vs exact ODE | AM skips | Lagrange skips |"
     lines = [head, "|" + "---|" * 8]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['nfe']:.1f} | {r['speedup']:.2f}x | {r['rms']:.2e} | {r['max']:.2e} | "
-                     f"{r['rms_exact']:.2e} | {r['am']:.2f} | {r['lagrange']:.2f} |")
+        lines.append(
+            f"| {r['method']} | {r['nfe']:.1f} | {r['speedup']:.2f}x | {r['rms']:.2e} | {r['max']:.2e} | "
+            f"{r['rms_exact']:.2e} | {r['am']:.2f} | {r['lagrange']:.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -246,22 +293,33 @@ def main(argv=None) -> int:
     out = sys.stdout
     out.write("<!-- generated by: python -m benchmarks.lab.experiments > docs/results/lab-results.md -->\n")
     out.write("# Synthetic-lab results\n\n")
-    out.write("Mixture of 6 Gaussians in 64 dimensions (closed-form denoiser), batch of 8 start noises, "
-              "per-sample decisions. Errors compare final samples with the same solver without SADA "
-              "from the same noise; data scale ~1.\n\n")
-    out.write("## Accuracy of the step estimate of the next clean sample (the paper's Figure 3 study)\n\n"
-              "RMS error of each estimate of x0 at step n+1, against the exact model's x0 at the solver's "
-              "x_{n+1}, over steps 11..47 of the plain sampler's trajectory (VP, 50 steps).\n\n"
-              "| solver | paper (Thm 3.5 as implemented) | corrected, reused noise | corrected, extrapolated noise "
-              "(default) | plain reuse of x0_n |\n|---|---|---|---|---|\n")
+    out.write(
+        "Mixture of 6 Gaussians in 64 dimensions (closed-form denoiser), batch of 8 start noises, "
+        "per-sample decisions. Errors compare final samples with the same solver without SADA "
+        "from the same noise; data scale ~1.\n\n"
+    )
+    out.write(
+        "## Accuracy of the step estimate of the next clean sample (the paper's Figure 3 study)\n\n"
+        "RMS error of each estimate of x0 at step n+1, against the exact model's x0 at the solver's "
+        "x_{n+1}, over steps 11..47 of the plain sampler's trajectory (VP, 50 steps).\n\n"
+        "| solver | paper (Thm 3.5 as implemented) | corrected, reused noise | corrected, extrapolated noise "
+        "(default) | plain reuse of x0_n |\n|---|---|---|---|---|\n"
+    )
     for solver in ("euler", "dpmpp_2m"):
         errs = estimator_errors(make_problem("vp", solver, 50))
-        cells = " | ".join(f"mean {np.mean(errs[k]):.2e}, median {np.median(errs[k]):.2e}"
-                           for k in ("paper", "corrected_reuse", "corrected_extrapolate", "reuse_x0"))
+        cells = " | ".join(
+            f"mean {np.mean(errs[k]):.2e}, median {np.median(errs[k]):.2e}"
+            for k in ("paper", "corrected_reuse", "corrected_extrapolate", "reuse_x0")
+        )
         out.write(f"| {solver} | {cells} |\n")
     out.write("\n")
-    for schedule, solver in (("vp", "dpmpp_2m"), ("vp", "euler"), ("ve", "dpmpp_2m"), ("ve", "euler"),
-                             ("flow", "flow_euler")):
+    for schedule, solver in (
+        ("vp", "dpmpp_2m"),
+        ("vp", "euler"),
+        ("ve", "dpmpp_2m"),
+        ("ve", "euler"),
+        ("flow", "flow_euler"),
+    ):
         for steps in (50, 25):
             problem = make_problem(schedule, solver, steps)
             out.write(f"## {problem.label}\n\n{format_table(compare_methods(problem))}\n\n")

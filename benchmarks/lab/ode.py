@@ -6,6 +6,7 @@ parameterisation. :func:`reference_trajectory` integrates the probability-flow O
 ``dx~/d log(sigma~) = x~ - D(x~, sigma~)`` with scipy's DOP853 at tight tolerances; :func:`reference_flow_end`
 integrates the same ODE in rectified-flow time, where a run starts at pure noise (``t = 1``, ``sigma~ = inf``).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -46,8 +47,9 @@ class ExactModel:
         return combine(self.kind, x0, eps, alpha, sigma)
 
 
-def reference_trajectory(distribution: GaussianMixture, x_tilde_start, edm_sigmas, rtol: float = 1e-11,
-                         atol: float = 1e-12) -> np.ndarray:
+def reference_trajectory(
+    distribution: GaussianMixture, x_tilde_start, edm_sigmas, rtol: float = 1e-11, atol: float = 1e-12
+) -> np.ndarray:
     """``x~`` at every noise level of ``edm_sigmas`` (descending, first = start, ``0`` allowed last).
 
     Returns an array ``[len(edm_sigmas), batch, d]``. The whole batch is one ODE system (the mixture
@@ -77,8 +79,9 @@ def reference_trajectory(distribution: GaussianMixture, x_tilde_start, edm_sigma
     return out
 
 
-def reference_flow_end(distribution: GaussianMixture, x_start, t_start: float = 1.0, rtol: float = 1e-11,
-                       atol: float = 1e-12) -> np.ndarray:
+def reference_flow_end(
+    distribution: GaussianMixture, x_start, t_start: float = 1.0, rtol: float = 1e-11, atol: float = 1e-12
+) -> np.ndarray:
     """The clean end (``t = 0``) of the rectified-flow ODE ``dx/dt = eps - x0`` from ``x_start`` at ``t_start``.
 
     ``t_start = 1`` is pure noise (``alpha = 0``), where the EDM form of :func:`reference_trajectory` has no finite

@@ -6,6 +6,7 @@ samplers never see a schedule. ``sigmas`` is descending; a final ``0`` is the cl
 
 Orders (global error vs. step size): Euler 1, Heun 2, DPM-Solver++(2M) 2, flow Euler 1.
 """
+
 from __future__ import annotations
 
 import numpy as np
