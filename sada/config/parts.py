@@ -254,8 +254,9 @@ class ErrorControl(_Part):
         return (
             f"the solver is of order {solver_order} and the error control's extrapolation of degree "
             f"{self.history - 1} (history={self.history}) cannot certify a skip: every step computes (no acceleration); "
-            f"ErrorControl(history={solver_order + 1}) allows skips, a solver of order <= {self.history - 1} "
-            "(DPM-Solver++ 2M, Euler, Heun) is accelerated by the default"
+            f"a solver of order <= {self.history - 1} (DPM-Solver++ 2M, Euler, Heun) is accelerated by the default "
+            f"(ErrorControl(history={solver_order + 1}) lifts this rule but was measured to skip 0-1 steps of "
+            "50 on the shipped U-Net: it is no way to accelerate this solver)"
         )
 
     def __post_init__(self):
