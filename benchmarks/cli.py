@@ -116,7 +116,7 @@ def _bench_report(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from benchmarks.methods import GROUPS
+    from benchmarks.methods import DEFAULT_GROUPS, GROUPS
 
     parser = argparse.ArgumentParser(prog="sada", description=__doc__, formatter_class=_Formatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seeds", type=_int_at_least(1), default=32, help="number of seeds (labels = seed %% 10)")
     bench.add_argument("--batch", type=_int_at_least(1), default=16, help="seeds per micro-batch")
     bench.add_argument(
-        "--groups", nargs="+", default=["main", "control"], choices=list(GROUPS), help="method groups to run"
+        "--groups", nargs="+", default=list(DEFAULT_GROUPS), choices=list(GROUPS), help="method groups to run"
     )
     bench.add_argument("--methods", nargs="+", metavar="NAME", help="run only these methods (the baseline always runs)")
     bench.add_argument(

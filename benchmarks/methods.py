@@ -19,9 +19,9 @@ from sada.config import ErrorControl, SADAConfig, early_multistep, error_control
 __all__ = ["Method", "methods_for", "GROUPS", "DEFAULT_GROUPS", "SADA_VARIANTS", "ADAPTER_DEFAULT"]
 
 GROUPS = ("main", "control", "tolerance", "peer", "ablation", "pareto")
-DEFAULT_GROUPS = ("main", "control")
+DEFAULT_GROUPS = ("main", "control", "tolerance")
 SADA_VARIANTS = ("SADA", "SADA paper", "SADA step-indexed")
-TOLERANCES = (2.0, 4.0, 8.0, 16.0, 32.0)  # the tolerance group's sweep
+TOLERANCES = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)  # the accuracy dial swept (the tolerance group)
 ADAPTER_DEFAULT = "adapter default"  # config sentinel: enable(pipe) / wrap(model, sigmas) without a config
 
 
@@ -78,10 +78,14 @@ def main_methods(cell, full_grid) -> list[Method]:
 
 
 def tolerance_methods() -> list[Method]:
-    """Schedule-free SADA at every tolerance of :data:`TOLERANCES` (the adapter default's other settings)."""
+    """The accuracy dial at every tolerance of :data:`TOLERANCES` (the adapter default's other settings)."""
     return [
         Method(
-            f"SADA, tolerance {t:g}", "tolerance", "sada", SADAConfig(schedule=ErrorControl(tolerance=t)), curve="SADA"
+            f"SADA, tolerance {t:g}",
+            "tolerance",
+            "sada",
+            SADAConfig(schedule=ErrorControl(tolerance=t)),
+            curve="SADA dial",
         )
         for t in TOLERANCES
     ]

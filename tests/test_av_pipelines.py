@@ -23,12 +23,12 @@ NAMES = sorted(fx.PIPELINES)
 
 # Relative RMS (||sada - stock|| / ||stock||) of the default config at 50 steps, measured on these tiny
 # random-weight pipelines (one thread); the bounds are about twice the measurement.
-REL_BOUND = {  # the default configuration (schedule-free ErrorControl), 50 steps, against the full run
+REL_BOUND = {  # the default configuration (the accuracy dial), 50 steps, against the full run; bound ~2x measured
     "musicldm": 0.018,  # measured 0.0086
     "audioldm2": 0.022,  # measured 0.0108
     "ltx": 0.015,  # measured 0.0070
     "hunyuan_video": 0.023,  # measured 0.0114
-    "cogvideox": 0.006,  # measured 0.0027 (CogVideoXDDIMScheduler: zero terminal SNR, v-prediction)
+    "cogvideox": 0.026,  # measured 0.0128 (CogVideoXDDIMScheduler, first order: runs of skips; v-prediction)
     "wan": 0.03,  # measured 0.0152 (UniPC with flow sigmas and flow prediction)
 }
 # Stable Audio ships an SDE solver (CosineDPMSolverMultistepScheduler adds noise at every step): computed exactly.
@@ -127,10 +127,16 @@ def test_default_config_runs_the_denoiser_on_fewer_rows_and_stays_close(name):
     assert plain.rows == 2 * 2 * 50  # two prompts, two guidance rows each, every step
     assert trace is not None and trace.num_steps == 50 and trace.batch_size == 2
     assert counter.rows == 2 * trace.network_evaluations()  # both guidance rows of every computing sample
-    assert counter.rows < 0.75 * plain.rows, handle.summary()
+    assert counter.rows < plain.rows, handle.summary()  # random weights are rough: the default skips a few steps
     assert fast.shape == base.shape and torch.isfinite(fast).all()
     rel = _rel(fast, base)
     assert rel < REL_BOUND[name], rel
+    with sada_d.enabled(pipe, SADAConfig(tolerance=0.05)) as handle:  # a looser dial skips a quarter or more
+        counter = RowCounter(layer)
+        looser = spec.call(pipe, steps=50)
+        counter.remove()
+    assert counter.rows < 0.75 * plain.rows, handle.summary()
+    assert torch.isfinite(looser).all()
 
 
 def test_two_expert_wan_runs_neither_expert_on_skipped_samples():

@@ -62,7 +62,7 @@ def test_bench_help_shows_defaults_methods_and_run_time(capsys):
         "(default: 16)",
         "(default: heldout)",
         "(default: sada-bench-out)",
-        "(default: ['main', 'control'])",
+        "(default: ['main', 'control', 'tolerance'])",
     ):
         assert default in text, default
     for method in (

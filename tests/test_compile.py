@@ -153,7 +153,7 @@ def test_compiled_detection_and_lockstep_resolution():
 def test_k_diffusion_wrapper_goes_lockstep_for_a_compiled_model():
     sigmas = torch.tensor(np.geomspace(10.0, 0.05, 25).tolist() + [0.0])
     rng = torch.Generator().manual_seed(0)
-    x0 = torch.randn(3, 8, generator=rng)
+    x0 = torch.randn(1, 8, generator=rng)  # one clean sample for every row: the model accepts any row subset
 
     def model(x, sigma):
         return x / (1 + sigma[:, None] ** 2) + (sigma[:, None] ** 2 / (1 + sigma[:, None] ** 2)) * x0
@@ -166,13 +166,13 @@ def test_k_diffusion_wrapper_goes_lockstep_for_a_compiled_model():
         return x
 
     noise = torch.randn(3, 8, generator=rng) * sigmas[0]
-    eager = sada_k.wrap(model, sigmas, SADAConfig(reduce="batch"), sampler="sample_euler")
+    eager = sada_k.wrap(model, sigmas, sampler="sample_euler", lockstep=True)
     compiled = sada_k.wrap(torch.compile(model, backend="eager"), sigmas, sampler="sample_euler")
     forced = sada_k.wrap(torch.compile(model, backend="eager"), sigmas, sampler="sample_euler", lockstep=False)
     x_eager, x_compiled = euler(eager, noise.clone()), euler(compiled, noise.clone())
     euler(forced, noise.clone())
-    assert compiled.engine.lockstep and not forced.engine.lockstep and not eager.engine.lockstep
-    assert (0, LOCKSTEP_NOTE) in compiled.trace.notes
+    assert compiled.engine.lockstep and not forced.engine.lockstep and eager.engine.lockstep
+    assert (0, LOCKSTEP_NOTE) in compiled.trace.notes and (0, LOCKSTEP_NOTE) not in eager.trace.notes
     np.testing.assert_array_equal(compiled.trace.decisions, eager.trace.decisions)
     assert (compiled.trace.decisions == compiled.trace.decisions[:, :1]).all()  # every sample decides alike
     assert compiled.trace.network_evaluations() < 3 * 25

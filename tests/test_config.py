@@ -77,11 +77,11 @@ def test_flat_fields_are_routed_to_their_part_and_name_the_schedule_kind():
     cfg = SADAConfig(max_fix=7, criterion="corrected", lagrange_step=20)
     assert isinstance(cfg.schedule, StepSchedule) and cfg.schedule.lagrange_step == 20
     assert cfg.pruning == TokenPruning(max_fix=7) and cfg.numerics == Numerics(criterion="corrected")
-    ec = SADAConfig(tolerance=2.0)
-    assert ec.schedule == ErrorControl(tolerance=2.0) and ec.replace(history=5).schedule.history == 5
+    ec = SADAConfig(tolerance=0.02)
+    assert ec.schedule == ErrorControl(tolerance=0.02) and ec.replace(history=5).schedule.history == 5
     assert SADAConfig(schedule=ErrorControl(), max_interval=0).never_skips
     with pytest.raises(ValueError, match=r"\['lagrange_step'\] belong to a StepSchedule and \['tolerance'\]"):
-        SADAConfig(lagrange_step=20, tolerance=2.0)
+        SADAConfig(lagrange_step=20, tolerance=0.02)
     with pytest.raises(ValueError, match="mode='paper' runs the official algorithm.*needs a StepSchedule"):
         SADAConfig(schedule=ErrorControl(), mode="paper")
     with pytest.raises(ValueError, match=r"fields \['lagrange_step'\] do not belong to this config's ErrorControl"):
@@ -95,7 +95,7 @@ def test_json_round_trip_is_exact():
         assert json.loads(cfg.to_json())["schedule"]["acc_range"] == list(cfg.schedule.acc_range)
     flat = {"mode": "corrected", "acc_range": [8, 22], "lagrange_step": 12, "lagrange_term": 2, "max_fix": 3}
     assert SADAConfig.from_dict(flat) == SADAConfig(acc_range=(8, 22), lagrange_step=12, lagrange_term=2, max_fix=3)
-    ec = SADAConfig(tolerance=3.0, history=5)
+    ec = SADAConfig(tolerance=0.03, history=5)
     assert SADAConfig.from_json(ec.to_json()) == ec
 
 
@@ -134,7 +134,7 @@ def test_for_steps_checks_the_range_against_the_step_count():
     assert SADAConfig(acc_range=(10, 47)).for_steps(50).schedule.num_steps == 50
     with pytest.raises(ValueError, match="num_steps - 2 = 23"):
         SADAConfig(acc_range=(10, 47)).for_steps(25)
-    assert SADAConfig(tolerance=2.0).for_steps(25) == SADAConfig(tolerance=2.0)  # error control has no ranges
+    assert SADAConfig(tolerance=0.02).for_steps(25) == SADAConfig(tolerance=0.02)  # error control has no ranges
 
 
 anything = st.one_of(

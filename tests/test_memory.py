@@ -11,7 +11,7 @@ from sada.torch_backend.engine import SADAEngine
 
 # (model, config) -> latent copies per sample, as documented in docs/torch-engine.md ("Memory")
 EXPECTED = {
-    ("unet", "default"): 3,
+    ("unet", "default"): 4,
     ("mmdit", "default"): 3,
     ("unet", "step-schedule"): 10,
     ("mmdit", "step-schedule"): 9,
@@ -47,9 +47,9 @@ def test_corrected_criterion_holds_at_most_8_latents_per_sample():
 
 
 def test_error_control_holds_its_recent_predictions_only():
-    assert _copies(SADAConfig(schedule=ErrorControl())) == 3  # max(nodes, solver order + 1) = 3
-    assert _copies(SADAConfig(schedule=ErrorControl(history=4))) == 4
-    assert _copies(SADAConfig(schedule=ErrorControl()), family="flow", kind="flow_velocity") == 3
+    assert _copies(SADAConfig(schedule=ErrorControl())) == 4  # history + 1 = 3 + 1 (second-order host)
+    assert _copies(SADAConfig(schedule=ErrorControl(history=4))) == 5
+    assert _copies(SADAConfig(schedule=ErrorControl()), family="flow", kind="flow_velocity") == 4
 
 
 def test_default_config_holds_at_most_8_latents_per_sample():

@@ -3,7 +3,7 @@ the authors' presets, and the rule that fits a configuration to a run's step cou
 
 from sada.config.core import DEFAULT_SCHEDULE, ResolvedNumerics, SADAConfig
 from sada.config.enums import Abscissa, AmNoise, LagrangeTarget, Mode, Reduce, SampleScaling, Variant
-from sada.config.parts import MIN_ACC_START, ErrorControl, Numerics, StepSchedule, TokenPruning
+from sada.config.parts import DIAL_BY_ORDER, MIN_ACC_START, ErrorControl, Numerics, StepSchedule, TokenPruning
 from sada.config.presets import (
     PRESETS,
     early_multistep,
@@ -19,6 +19,7 @@ __all__ = [
     "AmNoise",
     "DEFAULT_SCHEDULE",
     "ErrorControl",
+    "DIAL_BY_ORDER",
     "LagrangeTarget",
     "MIN_ACC_START",
     "Mode",

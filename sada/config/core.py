@@ -114,7 +114,8 @@ class SADAConfig:
 
     @property
     def never_skips(self) -> bool:
-        return self.schedule.max_interval == 0
+        """A schedule part says so itself (``never_skips``), else ``max_interval == 0`` means it."""
+        return bool(getattr(self.schedule, "never_skips", self.schedule.max_interval == 0))
 
     def resolve(self, grid, sample_scaling: SampleScaling | str = SampleScaling.SCHEDULE) -> ResolvedNumerics:
         """Every run-dependent default, resolved once for ``grid`` (a :class:`~sada.trajectory.StepGrid`) and a
@@ -124,7 +125,8 @@ class SADAConfig:
           or flow path (rectified flow) -- ``ValueError`` on grids where the official numerics are undefined;
         * criterion: the explicit one, else the paper's where the grid defines it, else the corrected one;
         * step estimate noise: ``reuse`` in paper mode, ``extrapolate`` otherwise;
-        * multistep abscissa: step index in paper mode, EDM sigma otherwise;
+        * multistep abscissa: step index in paper mode, the schedule's time under :class:`ErrorControl` (the accuracy
+          dial's extrapolation), EDM sigma otherwise;
         * multistep target: ``x0 / alpha`` in paper mode on an Euler-type host (the official Euler path), else ``x0``.
         """
         scaling = choice(SampleScaling, "sample_scaling", sample_scaling)
@@ -139,7 +141,8 @@ class SADAConfig:
             estimator=_variant(grid, num.mode, "mode"),
             criterion=_variant(grid, criterion, "criterion"),
             am_noise=num.am_noise or (AmNoise.REUSE if paper else AmNoise.EXTRAPOLATE),
-            abscissa=num.abscissa or (Abscissa.INDEX if paper else Abscissa.SIGMA),
+            abscissa=num.abscissa
+            or (Abscissa.INDEX if paper else Abscissa.T if isinstance(self.schedule, ErrorControl) else Abscissa.SIGMA),
             lagrange_target=target,
         )
 
@@ -159,6 +162,13 @@ class SADAConfig:
         if "schedule" not in changes:
             parts["schedule"] = _schedule_for_replace(self.schedule, flat)
         return SADAConfig(**parts, **flat)
+
+    def for_solver(self, solver_order: int) -> SADAConfig:
+        """This config with the accuracy dial's unset fields taken from the host solver's order
+        (:meth:`ErrorControl.for_solver`); a step schedule is returned unchanged."""
+        if isinstance(self.schedule, ErrorControl):
+            return self.replace(schedule=self.schedule.for_solver(solver_order))
+        return self
 
     def for_steps(self, num_steps: int) -> SADAConfig:
         """This config checked against a run of ``num_steps`` steps (a step schedule's ranges must fit)."""

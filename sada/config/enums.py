@@ -41,6 +41,7 @@ class Abscissa(_Choice):
     T = "t"
     SIGMA = "sigma"
     LAMBDA = "lambda"
+    NOISE_FRACTION = "noise_fraction"
 
 
 class AmNoise(_Choice):

@@ -25,6 +25,7 @@ __all__ = [
     "RENAMED",
     "StepSchedule",
     "ErrorControl",
+    "DIAL_BY_ORDER",
     "Numerics",
     "TokenPruning",
     "int_field",
@@ -198,71 +199,109 @@ class StepSchedule(_Part):
     def uses_lagrange(self) -> bool:
         return self.lagrange_term > 0
 
+    @property
+    def never_skips(self) -> bool:
+        return self.max_interval == 0
+
+
+# The accuracy dial's settings per host solver order (docs/theory.md, "The accuracy dial"; measured on the tuning
+# seeds of the benchmark, docs/benchmarks.md). First-order solvers (Euler, DDIM, flow Euler): a linear extrapolation in
+# the schedule's time, up to 6 skips in a row. Second and third order (DPM-Solver++ 2M/3M, UniPC, DEIS, Heun): a
+# quadratic in log-SNR and skips that never follow each other -- with runs of skips the Karras DPM-Solver++ 2M run
+# (66 dB from the ODE solution) lost 9-12 dB to the plain grid at equal evaluations, interleaved it gained 5-7 dB.
+# Fourth order and up (LMS): every step computes -- interleaved skips lost 8-18 dB on the shipped U-Net through
+# k-diffusion (11 dB to its own full run at 50 exponential steps); an explicit max_interval still lets it skip.
+DIAL_BY_ORDER: dict[str, dict] = {
+    "first": {"tolerance": 0.005, "history": 2, "max_interval": 6, "abscissa": "t"},
+    "higher": {"tolerance": 0.02, "history": 3, "max_interval": 1, "abscissa": "lambda"},
+    "fourth": {"tolerance": 0.02, "history": 3, "max_interval": 0, "abscissa": "lambda"},
+}
+
 
 @_accepts_old_names
 @dataclass(frozen=True)
 class ErrorControl(_Part):
-    """Schedule-free skipping: a step is skipped wherever the multistep estimate of its clean sample is accurate
-    enough -- no step indices, so one setting serves every step count and spacing (docs/theory.md).
+    """The accuracy dial: skip a step wherever the estimate it would receive adds at most ``tolerance`` to the
+    sample -- no step indices, so one setting serves every step count and spacing (docs/theory.md, "The accuracy
+    dial").
 
-    At every step the engine extrapolates the clean-sample predictions of each sample's last ``history`` network
-    evaluations to the next noise level (a Lagrange polynomial in log-SNR) and estimates the extrapolation's error
-    with an embedded pair; it compares that with the local error the host's solver itself makes there (its order
-    ``p``, the step ``h`` in log-SNR and the ``p``-th divided difference of the predictions: ``h^p |D[...]|``).
-    The last two steps always run the network.
+    Every computed step stores each sample's clean-sample prediction ``D``. Before a step the engine extrapolates
+    the newest ``history`` predictions to its noise level (a Lagrange polynomial, Theorem 3.7), estimates that
+    extrapolation's error with one more stored prediction (an embedded pair), and multiplies it by the share
+    ``1 - exp(-h)`` of it that a step of log-SNR ``h`` moves into the sample. The step is skipped iff this estimated
+    added error, relative to the clean sample's RMS, is at most ``tolerance``. Large steps (few steps, the end of
+    the run) and rough stretches of the trajectory compute; smooth stretches skip, several steps in a row on a
+    first-order solver. The last two steps always run the network.
 
-    The defaults were chosen on the tuning seeds of ``sada bench`` (docs/benchmarks.md): with ``max_interval=1``
-    skipped and computed steps interleave, so every extrapolation spans one step beyond nodes two steps apart; a
-    quadratic (``history=3``) amplifies the step-to-step roughness of real networks' outputs least; at
-    ``tolerance=8`` the test vetoes only extrapolations far off the solver's own error (at 2 its vetoes broke the
-    interleaving and cost up to 6 dB).
+    A field left ``None`` takes the host solver's value (:data:`DIAL_BY_ORDER`, :meth:`for_solver`): first order
+    (Euler, DDIM, flow Euler) ``tolerance=0.005, history=2, max_interval=6``; second and third order (DPM-Solver++, UniPC, Heun,
+    DEIS) ``tolerance=0.02, history=3, max_interval=1``; fourth order and up (LMS) computes every step unless
+    ``max_interval`` is set.
 
     Attributes:
-        tolerance: skip where the estimated extrapolation error is at most ``tolerance`` times the solver's own
-            local error: the one accuracy knob (smaller: more accurate, fewer skips).
-        history: how many recent network evaluations (clean-sample predictions) each extrapolation goes through
-            (polynomial degree ``history - 1``; formerly ``nodes``).
+        tolerance: the largest estimated error, relative to the clean sample (RMS over RMS), that one skipped step
+            may add to the sample: the one accuracy knob. Smaller is more accurate and computes more; 0 never skips.
+        history: how many recent network evaluations each extrapolation goes through (polynomial degree
+            ``history - 1``; one more is kept for the error estimate; formerly ``nodes``).
         max_interval: most consecutive skipped steps; 0 never skips.
     """
 
-    tolerance: float = 8.0
-    history: int = 3
-    max_interval: int = 1
+    tolerance: float | None = None
+    history: int | None = None
+    max_interval: int | None = None
 
     kind = "error_control"
 
-    def test_order(self, solver_order: int) -> int:
-        """The order ``p`` of the solver's local-error scale ``h^p |D[...]|`` the test compares with: the solver's
-        order, at most ``history - 1``. The embedded pair measures a term of degree ``history - 1``; a higher-order scale
-        (LMS: 4) would compare it with a term it cannot resolve and veto every skip."""
+    def __post_init__(self):
+        tolerance = self.tolerance
+        if tolerance is not None:
+            if isinstance(tolerance, bool) or not isinstance(tolerance, numbers.Real):
+                raise TypeError(f"tolerance must be a number, got {tolerance!r}")
+            if not 0 <= float(tolerance) < 1:
+                raise ValueError(
+                    f"tolerance must be a number in [0, 1) (a relative error; 0 never skips), got {tolerance!r}"
+                )
+            object.__setattr__(self, "tolerance", float(tolerance))
+        if self.history is not None:
+            int_field("history", self.history, minimum=1, maximum=5)
+        if self.max_interval is not None:
+            int_field("max_interval", self.max_interval, minimum=0)
+
+    @property
+    def never_skips(self) -> bool:
+        return self.max_interval == 0 or self.tolerance == 0
+
+    @staticmethod
+    def order_class(solver_order: int) -> str:
+        """``first`` (order 1), ``higher`` (orders 2-3) or ``fourth`` (4 and up) for a host solver's order."""
         if isinstance(solver_order, bool) or not isinstance(solver_order, int) or solver_order < 1:
             raise ValueError(f"solver_order must be an int >= 1, got {solver_order!r}")
-        return min(solver_order, self.history - 1)
+        return "first" if solver_order == 1 else "higher" if solver_order <= 3 else "fourth"
 
-    def certifies(self, solver_order: int) -> bool:
-        """Whether the error test can certify a skip for a solver of this order: the extrapolation (degree
-        ``history - 1``) must be at least as accurate in order as the solver's own step. A higher-order solver (LMS:
-        4, at the default ``history=3``) never skips -- measured on the shipped U-Net through k-diffusion, skipping
-        LMS steps cost 5-31 dB against the best plain grid at equal evaluations whether the test used order 2
-        or 4 (docs/benchmark-matrix.md); ``history >= solver_order + 1`` lets it skip."""
-        return self.test_order(solver_order) == solver_order
-
-    def uncertified_note(self, solver_order: int) -> str | None:
-        """Why this schedule never skips for a solver of ``solver_order`` (None when it can)."""
-        if self.certifies(solver_order):
+    def exact_note(self, solver_order: int) -> str | None:
+        """Why the dial computes every step for this host (None when it may skip)."""
+        if self.order_class(solver_order) != "fourth" or self.max_interval is not None:
             return None
         return (
-            f"the solver is of order {solver_order} and the error control's extrapolation of degree "
-            f"{self.history - 1} (history={self.history}) cannot certify a skip: every step computes (no acceleration); "
-            f"a solver of order <= {self.history - 1} (DPM-Solver++ 2M, Euler, Heun) is accelerated by the default "
-            f"(ErrorControl(history={solver_order + 1}) lifts this rule but was measured to skip 0-1 steps of "
-            "50 on the shipped U-Net: it is no way to accelerate this solver)"
+            f"the host solver is of order {solver_order} (LMS): the accuracy dial computes every step (no acceleration): "
+            "skipping its steps was measured to lose 8-18 dB on the shipped U-Net (docs/theory.md); "
+            "ErrorControl(max_interval=1) skips anyway"
         )
 
-    def __post_init__(self):
-        object.__setattr__(self, "tolerance", real_field("tolerance", self.tolerance))
-        int_field("history", self.history, minimum=3, maximum=6)
-        int_field("max_interval", self.max_interval, minimum=0)
+    def for_solver(self, solver_order: int) -> ErrorControl:
+        """This dial with every ``None`` field set to the host solver's value (:data:`DIAL_BY_ORDER`)."""
+        values = DIAL_BY_ORDER[self.order_class(solver_order)]
+        return ErrorControl(
+            **{
+                name: values[name] if getattr(self, name) is None else getattr(self, name)
+                for name in ("tolerance", "history", "max_interval")
+            }
+        )
+
+    @staticmethod
+    def abscissa_for(solver_order: int) -> str:
+        """The extrapolation's abscissa for the host solver unless ``Numerics.abscissa`` names one."""
+        return DIAL_BY_ORDER[ErrorControl.order_class(solver_order)]["abscissa"]
 
 
 @_accepts_old_names

@@ -68,6 +68,8 @@ class NumpyEngine(StepSequence):
         self.replay = None if replay is None else np.asarray(replay, dtype=np.int8)
         if self.replay is not None and self.replay.shape != (self.num_steps, self.batch_size):
             raise ValueError(f"replay must have shape ({self.num_steps}, {self.batch_size}), got {self.replay.shape}")
+        requested = self.config
+        self.config = self.config.for_solver(self.solver_order)  # the accuracy dial's unset fields
         self.policy = make_policy(self.config, self.num_steps, self.batch_size)
         self.trace = Trace(self.num_steps, self.batch_size)
         cls = rule_class("numpy", self.config.schedule, self.settings)
@@ -82,8 +84,9 @@ class NumpyEngine(StepSequence):
             self.policy,
             self.trace,
         )
-        note = self.rule.uncertified_note()
-        if note is not None and not self.config.never_skips:
+        exact_note = getattr(requested.schedule, "exact_note", None)
+        note = exact_note(self.solver_order) if exact_note is not None else self.rule.uncertified_note()
+        if note is not None and not requested.never_skips:
             self.trace.note(0, note)
         self._step = 0
 

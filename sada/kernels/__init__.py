@@ -20,6 +20,7 @@ from sada.kernels.criterion import (
     second_difference,
     stability_product,
     stable_samples,
+    step_transfer,
     token_instability,
     token_scores,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "paper_step_weights",
     "paper_vp_drift",
     "relative_rms",
+    "step_transfer",
     "sample_means",
     "second_difference",
     "stability_product",

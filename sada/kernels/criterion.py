@@ -11,6 +11,8 @@ the per-token map of section 3.5, where a token is unstable iff its mean is ``>=
 
 from __future__ import annotations
 
+import math
+
 from sada.kernels._namespace import namespace
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "token_scores",
     "token_instability",
     "relative_rms",
+    "step_transfer",
     "adaptive_diffusion_skip",
 ]
 
@@ -202,6 +205,26 @@ def relative_rms(difference, reference):
     rms = xp.sqrt(xp.mean(xp.reshape(difference, (rows, -1)) ** 2, axis=1))
     scale = xp.sqrt(xp.mean(xp.reshape(reference, (rows, -1)) ** 2, axis=1))
     return rms / xp.maximum(scale, xp.full_like(scale, 1e-12))
+
+
+def step_transfer(h: float) -> float:
+    """How much of an error in the clean-sample prediction reaches the next sample (relative to the clean sample).
+
+    Args:
+        h: the log-SNR step ``lambda_{n+1} - lambda_n`` that consumes the prediction (``inf`` at a clean end).
+
+    Returns:
+        ``1 - exp(-h)``: a first-order data-prediction step ``x_{n+1} / alpha_{n+1} = e^{-h} x_n / alpha_n +
+        (1 - e^{-h}) D_n`` (DDIM, flow Euler, the first term of every DPM-Solver++) moves an error ``delta`` of
+        ``D_n`` into ``x_{n+1} / alpha_{n+1}`` as ``(1 - e^{-h}) delta``; 1 for the step to the clean end.
+
+    Examples:
+        >>> round(step_transfer(0.1), 6), step_transfer(float("inf"))
+        (0.095163, 1.0)
+    """
+    if not h >= 0:
+        raise ValueError(f"the log-SNR step h must be >= 0, got {h!r}")
+    return -math.expm1(-h)
 
 
 def adaptive_diffusion_skip(d_new, d_prev, d_prev2, threshold: float):

@@ -25,6 +25,7 @@ from sada.reference.estimators import (
     paper_step_estimate,
     paper_step_weights,
     paper_vp_drift,
+    skip_error,
 )
 from sada.reference.lagrange import (
     backward_difference,
@@ -59,6 +60,7 @@ __all__ = [
     "paper_step_estimate",
     "paper_step_weights",
     "paper_vp_drift",
+    "skip_error",
     "second_difference",
     "second_divided_difference",
     "stability_product",

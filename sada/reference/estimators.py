@@ -31,6 +31,7 @@ __all__ = [
     "multistep_estimate",
     "flow_velocity_extrapolation",
     "embedded_pair_weights",
+    "skip_error",
 ]
 
 
@@ -131,3 +132,28 @@ def embedded_pair_weights(nodes, at: float) -> tuple[np.ndarray, np.ndarray]:
     error-controlled mode skips a step only when it is small.
     """
     return kernels.embedded_pair_weights(distinct_nodes("nodes", nodes, min_len=2), as_real("at", at))
+
+
+def skip_error(values, nodes, at: float, h: float) -> np.ndarray:
+    """The accuracy dial's test (docs/theory.md, "The accuracy dial"): per sample, the estimated error that skipping
+    the step at ``at`` adds to the sample, relative to the clean sample,
+
+    ``e = (1 - exp(-h)) * RMS((high - low) . D) / RMS(low . D)``,
+
+    where ``D`` are the stored clean-sample predictions at ``nodes`` (newest first, ``k + 1`` of them), ``low`` the
+    Lagrange extrapolation (Theorem 3.7) through the newest ``k`` -- the estimate a skipped step receives -- and
+    ``high`` the one through all ``k + 1``: their difference estimates ``low``'s error (an embedded pair), and
+    ``1 - exp(-h)`` (:func:`sada.kernels.step_transfer`, ``h`` the log-SNR step that consumes the estimate) is the
+    share of it that a data-prediction step moves into the sample. A step may be skipped iff ``e <= tolerance``.
+    """
+    nodes = distinct_nodes("nodes", nodes, min_len=2)
+    stacked = stack_finite("values", values)
+    if stacked.shape[0] != nodes.size:
+        raise ValueError(f"need one value per node: {stacked.shape[0]} values for {nodes.size} nodes")
+    if stacked.ndim < 2:
+        raise ValueError(f"values must be [nodes, samples, ...], got shape {stacked.shape}")
+    if isinstance(h, bool) or not isinstance(h, (int, float, np.floating)) or not h >= 0:
+        raise ValueError(f"h (the log-SNR step) must be a number >= 0 (inf at a clean end), got {h!r}")
+    high, low = kernels.embedded_pair_weights(nodes, as_real("at", at))
+    estimate = kernels.combine(low, stacked)
+    return kernels.step_transfer(h) * kernels.relative_rms(kernels.combine(high - low, stacked), estimate)

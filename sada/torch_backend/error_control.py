@@ -1,18 +1,16 @@
-"""Schedule-free SADA on tensors: each row's recent clean-sample predictions, their extrapolation and its error test.
+"""The accuracy dial on tensors: each row's recent clean-sample predictions, their extrapolation and its error test.
 
-Every computed step stores the row's clean-sample prediction ``D`` at its log-SNR ``lambda``. A skipped step
-receives the Lagrange extrapolation of the last ``history`` predictions (Theorem 3.7 on log-SNR abscissae). The
-test that allows the skip compares two local errors in the same units:
+Every computed step stores the row's clean-sample prediction ``D`` at the step's abscissa (the schedule's time by
+default). A skipped step receives the Lagrange extrapolation of the newest ``history`` predictions (Theorem 3.7).
+The test that allows the skip (:func:`sada.reference.skip_error`) estimates the error that the skip adds to the
+sample, relative to the clean sample:
 
-* the extrapolation's, estimated by the embedded pair (degree ``history - 1`` minus degree ``history - 2``):
-  ``e = RMS((l_high - l_low) . D)``;
-* the host solver's own at that step, for a method of order ``p`` (at most ``history - 1``:
-  :meth:`~sada.config.ErrorControl.test_order`): ``s = h^p RMS(D[lambda_n, ..., lambda_{n-p}])``,
-  ``h`` the log-SNR step that consumes the estimate and ``D[...]`` the ``p``-th divided difference of the
-  predictions (``D^(p) / p!`` for smooth ``D``).
+* the extrapolation's error, estimated by the embedded pair (through ``history + 1`` minus through ``history``
+  predictions): ``RMS((high - low) . D) / RMS(low . D)``;
+* times ``1 - exp(-h)``, the share of an error of ``D`` that a step of log-SNR ``h`` moves into the sample.
 
-The step may be skipped when ``e <= tolerance * s``. Both are ratios of RMS norms of the same predictions, so the
-test is invariant to the data's scale; it needs no step index, so it adapts to any step count and spacing.
+The step may be skipped when this is at most ``tolerance``. It is a ratio of RMS norms of the same predictions, so
+the test is invariant to the data's scale, and it needs no step index, so it adapts to any step count and spacing.
 """
 
 from __future__ import annotations
@@ -28,20 +26,17 @@ __all__ = ["RecentPredictions"]
 
 
 class RecentPredictions:
-    """The last ``max(history, order + 1)`` computed clean-sample predictions of every row, keyed by log-SNR."""
+    """The last ``history + 1`` computed clean-sample predictions of every row, keyed by their abscissa."""
 
-    def __init__(self, schedule: ErrorControl, order: int):
+    def __init__(self, schedule: ErrorControl):
         if not isinstance(schedule, ErrorControl):
             raise TypeError(f"schedule must be an ErrorControl, got {type(schedule).__name__}")
-        if isinstance(order, bool) or not isinstance(order, int) or not 1 <= order <= 4:
-            raise ValueError(f"solver order must be an int in 1..4, got {order!r}")
-        # ``order``: the order of the local-error scale of the test (the solver's, at most history - 1)
-        self.history, self.order = schedule.history, schedule.test_order(order)
-        self.ring = TensorRing(max(self.history, self.order + 1))
+        self.history = schedule.history
+        self.ring = TensorRing(self.history + 1)
         self._cache: dict = {}
 
-    def push(self, computed: np.ndarray, log_snr: float, x0: torch.Tensor) -> None:
-        self.ring.push(computed, float(log_snr), x0)
+    def push(self, computed: np.ndarray, abscissa: float, x0: torch.Tensor) -> None:
+        self.ring.push(computed, float(abscissa), x0)
         self._cache = {}  # weights depend on the stored abscissae, which just changed
 
     def invalidate(self, rows: np.ndarray) -> None:
@@ -50,34 +45,33 @@ class RecentPredictions:
         self._cache = {}
 
     def ready(self, rows: int) -> np.ndarray:
-        """Rows holding enough predictions for the extrapolation and the solver's error estimate."""
+        """Rows holding enough predictions for the extrapolation and its error estimate."""
         return self.ring.full(rows)
 
-    def _weights(self, kernel, depth: int, *args) -> np.ndarray:
-        """``kernel`` on every ready row's newest ``depth`` abscissae (:meth:`TensorRing.row_weights`), computed once per
-        history state and arguments: the step's error test and the skipped step's estimate share their weights."""
-        key = (kernel, depth, args)
-        if key not in self._cache:
-            self._cache[key] = self.ring.row_weights(kernel, *args, depth=depth)
-        return self._cache[key]
+    def _pair(self, at: float) -> tuple[np.ndarray, np.ndarray]:
+        """Per ready row, the embedded pair at ``at``: ``(high, low)`` weights on the ring (``low`` -- the estimate a
+        skipped step receives -- leaves the oldest entry out), computed once per history state: the step's test and
+        the skipped step's estimate share them."""
+        if at not in self._cache:
+            high = self.ring.row_weights(kernels.lagrange_weights, at)
+            low = self.ring.row_weights(kernels.lagrange_weights, at, depth=self.history)
+            self._cache[at] = (high, low)
+        return self._cache[at]
 
-    def estimate(self, log_snr: float) -> torch.Tensor:
-        """The extrapolated clean sample of every row at ``log_snr`` (zeros for rows not ready)."""
-        return self.ring.combine(self._weights(kernels.lagrange_weights, self.history, float(log_snr)))
+    def estimate(self, abscissa: float) -> torch.Tensor:
+        """The extrapolated clean sample of every row at ``abscissa`` (zeros for rows not ready)."""
+        return self.ring.combine(self._pair(float(abscissa))[1])
 
-    def error_ratio(self, log_snr: float, like: torch.Tensor) -> torch.Tensor:
-        """Per row of ``like``: the extrapolation's estimated error at ``log_snr`` over the ``p``-th divided difference
-        of the predictions, ``e / (s / h^p)`` (NaN for rows not ready). Skip iff ``ratio <= tolerance * h^p``."""
+    def skip_error(self, abscissa: float, h: float, like: torch.Tensor) -> torch.Tensor:
+        """Per row of ``like``: the estimated error a skip at ``abscissa`` adds to the sample, relative to the clean
+        sample (:func:`sada.reference.skip_error`; ``h`` the log-SNR step that consumes the estimate), NaN for rows
+        not ready. Skip iff ``error <= tolerance``."""
         if self.ring.values is None or not self.ready(like.shape[0]).any():
             return torch.full((like.shape[0],), float("nan"), dtype=like.dtype, device=like.device)
-        # the embedded pair (sada.kernels.embedded_pair_weights): the extrapolation through all nodes, whose weights the
-        # skipped step's estimate reuses from the cache, minus the one through the newest history - 1
-        high = self._weights(kernels.lagrange_weights, self.history, float(log_snr))
-        pair = high - self._weights(kernels.lagrange_weights, self.history - 1, float(log_snr))
-        divided = self._weights(kernels.divided_difference_weights, self.order + 1)
-        ratio = kernels.relative_rms(self.ring.combine(pair), self.ring.combine(divided))
-        ready = torch.as_tensor(self.ready(ratio.shape[0]), device=ratio.device)
-        return torch.where(ready, ratio, torch.full_like(ratio, float("nan")))
+        high, low = self._pair(float(abscissa))
+        error = kernels.step_transfer(h) * kernels.relative_rms(self.ring.combine(high - low), self.ring.combine(low))
+        ready = torch.as_tensor(self.ready(error.shape[0]), device=error.device)
+        return torch.where(ready, error, torch.full_like(error, float("nan")))
 
     def nbytes(self) -> int:
         return self.ring.nbytes()

@@ -64,13 +64,15 @@ def pruning_settings(config: SADAConfig) -> PruningSettings:
     schedule = config.schedule
     if isinstance(schedule, StepSchedule):
         start, end = schedule.acc_start, schedule.acc_end
-    else:  # schedule-free: any step after the history is built may be pruned
+    else:  # the dial: any step after the history is built may be pruned; fields left unset take a second-order
+        # host's values (these settings are fixed before the host's solver order is known)
+        schedule = schedule.for_solver(2)
         start, end = schedule.history, 10**9
     refresh = config.pruning.refresh_interval
     return PruningSettings(
         start,
         end,
-        schedule.max_interval if refresh is None else refresh,
+        max(schedule.max_interval, 1) if refresh is None else refresh,
         (int(config.pruning.anchor_stride[0]), int(config.pruning.anchor_stride[1])),
     )
 

@@ -98,7 +98,11 @@ class StepGrid:
             return self.edm_sigma
         if variable == "lambda":
             return self.log_snr
-        raise ValueError(f"abscissa variable must be 'index', 't', 'sigma' or 'lambda', got {variable!r}")
+        if variable == "noise_fraction":
+            return noise_fraction(self.edm_sigma)
+        raise ValueError(
+            f"abscissa variable must be 'index', 't', 'sigma', 'lambda' or 'noise_fraction', got {variable!r}"
+        )
 
     def alpha_sigma_at(self, edm_sigma: float) -> tuple[float, float]:
         """``(alpha, sigma)`` of this grid's schedule family at any EDM noise level (e.g. a solver's
@@ -116,6 +120,8 @@ class StepGrid:
             return s
         if variable == "lambda":
             return -math.log(s)
+        if variable == "noise_fraction":
+            return float(noise_fraction(np.float64(s)))
         finite = np.isfinite(self.edm_sigma[:-1]) & (self.edm_sigma[:-1] > 0)
         log_s = -np.log(self.edm_sigma[:-1][finite])  # increasing along the run
         return float(np.interp(-math.log(s), log_s, self.abscissae(variable)[:-1][finite]))
@@ -159,3 +165,11 @@ class StepGrid:
         t_end = float(schedule.time_from_edm_sigma(edm_sigma))
         a_end, s_end = schedule.alpha_sigma(t_end)
         return float(a_end), float(s_end), t_end
+
+
+def noise_fraction(edm_sigma):
+    """``s = sigma~ / (1 + sigma~)`` of EDM noise levels ``sigma~ = sigma / alpha``: 0 at the clean end, 1 at pure
+    noise; on a rectified-flow schedule it is the flow time ``t`` itself (``sigma~ = t / (1 - t)``)."""
+    edm_sigma = np.asarray(edm_sigma, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isinf(edm_sigma), 1.0, edm_sigma / (1.0 + edm_sigma))

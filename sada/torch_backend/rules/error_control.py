@@ -1,13 +1,11 @@
-"""Schedule-free SADA on tensors (:class:`~sada.config.ErrorControl`, the default): a skipped step receives the
-Lagrange extrapolation of each row's last ``history`` clean-sample predictions in log-SNR, where the extrapolation's
-embedded-pair error is within ``tolerance`` of the host solver's own local error
-(:class:`sada.torch_backend.error_control.RecentPredictions` holds the predictions and computes both).
+"""The accuracy dial on tensors (:class:`~sada.config.ErrorControl`, the default): a skipped step receives the
+Lagrange extrapolation of each row's newest ``history`` clean-sample predictions, where the error that this estimate
+adds to the sample is estimated to be at most ``tolerance`` (:class:`sada.torch_backend.error_control.RecentPredictions`
+holds the predictions and computes both).
 
 Criterion 3.4 is computed only when token pruning needs its token map."""
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 
@@ -20,52 +18,71 @@ from sada.trajectory import synthesise_output, to_x0
 __all__ = ["ErrorControlRule"]
 
 
+def log_snr_step(log_snr: np.ndarray, step: int) -> float:
+    """The log-SNR step ``h`` that consumes the estimate of ``step`` (``inf`` into a clean end point)."""
+    return float(log_snr[step + 1] - log_snr[step])
+
+
 @register_rule("torch", ErrorControl)
 class ErrorControlRule(TorchRule):
-    """Skip where the extrapolation's estimated error passes the test against the solver's own error."""
+    """Skip where the estimated added error is within the tolerance."""
 
     def __init__(self, config, settings, grid, kind, sample_scaling="schedule"):
         super().__init__(config, settings, grid, kind, sample_scaling)
         self.uses_criterion = config.prunes_tokens  # only the token map of pruning reads the criterion
+        self.variable: str | None = None
+        self.abscissae = None
+        self.schedule = None  # the dial for the host's solver order (its unset fields resolved at every reset)
         self.recent = None
-        self.certified = True
 
     def reset(self, policy, trace, dtype, solver_order):
         super().reset(policy, trace, dtype, solver_order)
-        schedule = self.config.schedule
-        self.recent = RecentPredictions(schedule, solver_order)
-        self.certified = schedule.certifies(solver_order)
+        self.schedule = self.config.schedule.for_solver(solver_order)
+        explicit = self.config.numerics.abscissa
+        variable = ErrorControl.abscissa_for(solver_order) if explicit is None else str(explicit)
+        if variable != self.variable:
+            self.variable, self.abscissae = variable, self.grid.abscissae(variable)
+        self.recent = RecentPredictions(self.schedule)
+        self.noted_veto = False
 
     def uncertified_note(self, solver_order):
-        schedule = self.config.schedule
-        return None if schedule.certifies(solver_order) else schedule.uncertified_note(solver_order)
+        return self.config.schedule.exact_note(solver_order)
 
     def record(self, step, h, out, computed):
-        if np.isfinite(self.log_snr[step]):  # not at pure noise (flow t = 1, zero terminal SNR)
+        if np.isfinite(self.abscissae[step]) and (self.grid.alpha[step] > 0 or self.kind != "epsilon"):
             alpha, sigma = float(self.grid.alpha[step]), float(self.grid.sigma[step])
-            self.recent.push(computed, self.log_snr[step], to_x0(self.kind, out, h, alpha, sigma))
+            self.recent.push(computed, self.abscissae[step], to_x0(self.kind, out, h, alpha, sigma))
         if self.history is not None:
             self.history.record(step, h, out, computed)
 
     def error_test(self, step, x_next, like):
-        return self.recent.error_ratio(float(self.log_snr[step + 1]), like)
+        if step + 1 >= self.grid.num_steps:
+            return None
+        return self.recent.skip_error(float(self.abscissae[step + 1]), log_snr_step(self.log_snr, step + 1), like)
 
     def can_skip(self, step, rows, test):
         finite = np.isfinite(test)
-        log_snr = self.log_snr
-        h = float(log_snr[step + 2] - log_snr[step + 1]) if step + 2 <= self.grid.num_steps else np.inf
-        limit = self.config.schedule.tolerance * h**self.recent.order
-        self.trace.extras.setdefault("error_ratio", {})[step + 1] = (test / limit).tolist()
-        return finite & (np.where(finite, test, np.inf) <= limit) & self.certified
+        tolerance = self.schedule.tolerance
+        self.trace.extras.setdefault("skip_error", {})[step + 1] = test.tolist()
+        allowed = finite & (np.where(finite, test, np.inf) <= tolerance)
+        if not self.noted_veto and (finite & ~allowed).any():
+            self.noted_veto = True
+            self.trace.note(
+                step + 1,
+                f"the accuracy dial computes where a skip is estimated to add more than tolerance={tolerance:g} to "
+                f"the sample (here up to {float(np.nanmax(test)):.3g}; large steps, rough stretches): noted once; "
+                "trace.extras['skip_error'] holds every estimate",
+            )
+        return allowed
 
     def synthesise(self, step, x, decisions):
         alpha, sigma = float(self.grid.alpha[step]), float(self.grid.sigma[step])
-        x0 = self.recent.estimate(float(self.log_snr[step]))
+        x0 = self.recent.estimate(float(self.abscissae[step]))
         return synthesise_output(self.kind, x0, x.to(self.dtype), alpha, sigma).to(x.dtype)
 
     def stage_output(self, step, edm_sigma, x, decisions):
         alpha, sigma = self.grid.alpha_sigma_at(edm_sigma)
-        x0 = self.recent.estimate(-math.log(edm_sigma))
+        x0 = self.recent.estimate(self.grid.abscissa_at(self.variable, edm_sigma))
         return synthesise_output(self.kind, x0, x.to(self.dtype), alpha, sigma).to(x.dtype)
 
     def invalidate(self, rows):

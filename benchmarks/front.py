@@ -1,0 +1,433 @@
+"""The fidelity-versus-compute front on the shipped MMDiT: the accuracy dial swept against every peer that runs on it.
+
+    python -m benchmarks.front run --shift 1 --out front-out/shift1.json [--groups plain sada taylorseer ...]
+    python -m benchmarks.front render front-out/*.json --update docs/results/front.md
+
+One process per call (cache-dit patches the transformer and cannot be removed: run its group in its own process).
+Every method samples the same held-out seeds (1000.., labels ``seed % 10``) with flow Euler at 50 steps, and is scored
+against the converged ODE solution (:mod:`benchmarks.reference`) and against the full run. Compute is the fraction of
+the full run's FLOPs, counted by torch's FLOP counter around every whole sampling call (so whatever a method skips --
+steps, blocks, attention -- is credited); on this model attention runs as matrix products the counter sees (checked
+per block by :func:`_flop_split`, which would add ``4 L^2 d`` per head and row for a fused kernel it cannot see). Peers run through their own public APIs (``diffusers.hooks``'s
+``apply_*`` functions inside a ``cache_context``, ``cache_dit.enable_cache``) with their documented settings, each swept
+over its knob.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+STEPS = 50
+SEEDS = tuple(range(1000, 1016))
+GROUPS = ("plain", "sada", "taylorseer", "first_block", "mag", "pab", "faster", "cache_dit", "sada_cache_dit")
+PLAIN_STEPS = (10, 13, 15, 18, 20, 23, 25, 30, 35, 40, 50)
+TOLERANCES = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05)
+
+
+def _flop_split(model) -> dict:
+    """FLOPs per network row outside the transformer blocks and per block row (the mean over the blocks), from one
+    guided evaluation under torch's FLOP counter. Attention is counted when it runs as matrix products (``bmm``);
+    where the counter shows no attention op in a block (a fused CPU kernel it does not know), ``4 L_q L_k d`` per
+    head and row is added from the shapes seen by ``scaled_dot_product_attention``."""
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = model.network
+    seen = []
+    original = F.scaled_dot_product_attention
+
+    def recorded(q, k, v, *args, **kwargs):
+        seen.append(4 * q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] * q.shape[3])
+        return original(q, k, v, *args, **kwargs)
+
+    F.scaled_dot_product_attention = recorded
+    try:
+        with FlopCounterMode(display=False) as counter:
+            model.guided_output(model.noise([0]), 500.0, [0])
+    finally:
+        F.scaled_dot_product_attention = original
+    counts = counter.get_flop_counts()
+    root = type(net).__name__
+    blocks = [counts.get(f"{root}.transformer_blocks.{i}", {}) for i in range(len(net.transformer_blocks))]
+    block_flops = [sum(b.values()) for b in blocks]
+    missed = sum(seen) if not any("bmm" in str(op) or "attention" in str(op) for b in blocks for op in b) else 0
+    rows = 2  # one guided evaluation = two rows
+    total = counter.get_total_flops() + missed
+    per_block_row = (sum(block_flops) + missed) / len(blocks) / rows
+    return {
+        "per_row": total / rows,
+        "outside_per_row": total / rows - len(blocks) * per_block_row,
+        "per_block_row": per_block_row,
+        "attention_added": missed,
+    }
+
+
+class Counter:
+    """Rows entering the network (evaluations) and rows a transformer block computes: counted at the block's first
+    norm, inside its forward (a cache hook that skips the block replaces that forward, so it never runs)."""
+
+    def __init__(self, net):
+        self.evals = self.blocks = 0
+        self.handles = [net.pos_embed.register_forward_pre_hook(self._eval)]
+        self.handles += [
+            b.norm1.register_forward_pre_hook(self._block, with_kwargs=True) for b in net.transformer_blocks
+        ]
+
+    def _eval(self, module, args):
+        self.evals += args[0].shape[0]
+
+    def _block(self, module, args, kwargs):
+        hidden = args[0] if args else next(iter(kwargs.values()))
+        self.blocks += hidden.shape[0]
+
+    def reset(self):
+        self.evals = self.blocks = 0
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def _methods(group: str, model, shift: float):
+    """``(name, knob, apply(pipe, net) -> context manager)`` of one group."""
+    from diffusers import hooks
+
+    def hook(apply_fn):
+        @contextlib.contextmanager
+        def ctx(pipe, net):
+            from diffusers.hooks.hooks import CacheContext, HookRegistry, _set_cache_context
+
+            apply_fn(net, pipe)
+            HookRegistry.check_if_exists_or_initialize(net).invalidate_child_registries_cache()
+            _set_cache_context(net, CacheContext("cond"))
+            try:
+                yield None
+            finally:
+                _set_cache_context(net, None)
+                _remove_hooks(net)
+
+        return ctx
+
+    if group == "plain":
+        return [(f"flow Euler, {n} steps", n, None) for n in PLAIN_STEPS]
+    if group == "sada":
+        from sada.config import SADAConfig
+
+        def sada(config):
+            @contextlib.contextmanager
+            def ctx(pipe, net):
+                import sada.adapters.diffusers as sada_d
+
+                with sada_d.enabled(pipe, config) as handle:
+                    yield handle
+
+            return ctx
+
+        out = [("SADA default", None, sada(SADAConfig()))]
+        return out + [(f"SADA tolerance {t:g}", t, sada(SADAConfig(tolerance=t))) for t in TOLERANCES]
+    if group == "taylorseer":
+        out = []
+        for lite in (True, False):
+            for interval in (2, 3, 4, 5, 6):
+                for warmup in (3, 5):
+                    config = hooks.TaylorSeerCacheConfig(
+                        cache_interval=interval,
+                        disable_cache_before_step=warmup,
+                        taylor_factors_dtype=torch.float32,
+                        use_lite_mode=lite,
+                    )
+                    name = f"TaylorSeer{' lite' if lite else ''}, interval {interval}, warm-up {warmup}"
+                    out.append((name, interval, hook(lambda net, pipe, c=config: hooks.apply_taylorseer_cache(net, c))))
+        return out
+    if group == "first_block":
+        return [
+            (
+                f"FirstBlockCache, threshold {t:g}",
+                t,
+                hook(
+                    lambda net, pipe, t=t: hooks.apply_first_block_cache(net, hooks.FirstBlockCacheConfig(threshold=t))
+                ),
+            )
+            for t in (0.05, 0.1, 0.2, 0.3, 0.5)
+        ]
+    if group == "mag":
+        ratios = _mag_ratios(model, shift)
+        return [
+            (
+                f"MagCache (calibrated), threshold {t:g}",
+                t,
+                hook(
+                    lambda net, pipe, t=t: hooks.apply_mag_cache(
+                        net, hooks.MagCacheConfig(threshold=t, mag_ratios=ratios, num_inference_steps=STEPS)
+                    )
+                ),
+            )
+            for t in (0.02, 0.04, 0.06, 0.1, 0.2)
+        ]
+    if group in ("pab", "faster"):
+
+        def timestep(pipe):
+            return lambda: pipe.scheduler.timesteps[pipe.scheduler.step_index or 0]
+
+        def pab(net, pipe, skip):
+            hooks.apply_pyramid_attention_broadcast(
+                net,
+                hooks.PyramidAttentionBroadcastConfig(
+                    spatial_attention_block_skip_range=skip,
+                    spatial_attention_timestep_skip_range=(100, 800),
+                    current_timestep_callback=timestep(pipe),
+                ),
+            )
+
+        def faster(net, pipe, skip):
+            hooks.apply_faster_cache(
+                net,
+                hooks.FasterCacheConfig(
+                    spatial_attention_block_skip_range=skip,
+                    current_timestep_callback=timestep(pipe),
+                    attention_weight_callback=lambda _: 0.3,
+                    tensor_format="BCHW",
+                ),
+            )
+
+        apply = pab if group == "pab" else faster
+        label = "PyramidAttentionBroadcast" if group == "pab" else "FasterCache"
+        return [
+            (f"{label}, block skip range {k}", k, hook(lambda net, pipe, k=k: apply(net, pipe, k))) for k in (2, 3, 4)
+        ]
+    if group in ("cache_dit", "sada_cache_dit"):
+        thresholds = (0.04, 0.08, 0.12, 0.2, 0.3) if group == "cache_dit" else (0.08, 0.12)
+        return [
+            (
+                f"{'SADA + ' if group != 'cache_dit' else ''}cache-dit DBCache F1B0, threshold {t:g}",
+                t,
+                _cache_dit(t, with_sada=group != "cache_dit"),
+            )
+            for t in thresholds
+        ]
+    raise ValueError(f"group must be one of {GROUPS}, got {group!r}")
+
+
+def _cache_dit(threshold: float, with_sada: bool):
+    @contextlib.contextmanager
+    def ctx(pipe, net):
+        import cache_dit
+
+        cache_dit.enable_cache(
+            pipe,
+            cache_config=cache_dit.DBCacheConfig(
+                Fn_compute_blocks=1, Bn_compute_blocks=0, residual_diff_threshold=threshold
+            ),
+        )
+        try:
+            if with_sada:
+                import sada.adapters.diffusers as sada_d
+
+                with sada_d.enabled(pipe, lockstep=True) as handle:
+                    yield handle
+            else:
+                yield None
+        finally:
+            cache_dit.disable_cache(pipe)
+
+    return ctx
+
+
+def _remove_hooks(net) -> None:
+    for sub in net.modules():
+        registry = getattr(sub, "_diffusers_hook", None)
+        for name in list(getattr(registry, "_hook_order", ())):
+            registry.remove_hook(name, recurse=False)
+
+
+def _mag_ratios(model, shift: float) -> list:
+    """MagCache's calibration run (its documented procedure: ``calibrate=True`` on a stock pipeline, read the
+    printed ratios)."""
+    import io
+
+    from diffusers import hooks
+    from diffusers.hooks.hooks import CacheContext, _set_cache_context
+
+    net = model.network
+    hooks.apply_mag_cache(net, hooks.MagCacheConfig(calibrate=True, num_inference_steps=STEPS))
+    printed = io.StringIO()
+    pipe = model.pipeline("flow_euler", shift=shift)
+    _set_cache_context(net, CacheContext("cond"))
+    try:
+        with contextlib.redirect_stdout(printed):
+            model.sample(pipe, [0, 1, 2, 3], [0, 1, 2, 3], STEPS)  # tuning seeds 0-3
+    finally:
+        _set_cache_context(net, None)
+        _remove_hooks(net)
+    line = [v for v in printed.getvalue().splitlines() if v.startswith("[")][-1]
+    return [float(v) for v in line.strip("[]").split(",")]
+
+
+def run(shift: float, groups, out: Path) -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+    from tqdm.auto import tqdm
+
+    from benchmarks.metrics import psnr
+    from benchmarks.models import load_model
+    from benchmarks.reference import ReferenceSpec, reference_images
+
+    torch.set_num_threads(1)  # the reference cache is keyed by the thread count of `make bench`
+    model = load_model("mmdit")
+    labels = [s % 10 for s in SEEDS]
+    reference = reference_images(model, ReferenceSpec("mmdit", "flow", model.guidance), SEEDS, labels)
+    split = _flop_split(model)
+    net = model.network
+    counter = Counter(net)
+    full_flops = None  # the full run's, counted like every method's
+    results = json.loads(out.read_text()) if out.is_file() else {"shift": shift, "methods": {}}
+    results.update(flops=split, seeds=list(SEEDS), steps=STEPS)
+    full = None
+    todo = [("full run", STEPS, None, "plain")] + [(*m, g) for g in groups for m in _methods(g, model, shift)]
+    for name, knob, apply, group in tqdm(todo, desc=f"front shift {shift:g}", unit="method"):
+        pipe = model.pipeline("flow_euler", shift=shift)
+        steps = knob if group == "plain" else STEPS
+        counter.reset()
+        start = time.perf_counter()
+        try:
+            with FlopCounterMode(display=False) as flop_counter:
+                if apply is None:
+                    images = model.sample(pipe, labels, list(SEEDS), steps)
+                    summary = None
+                else:
+                    with apply(pipe, net) as handle:
+                        images = model.sample(pipe, labels, list(SEEDS), steps)
+                        summary = handle.summary() if handle is not None else None
+        except Exception as exc:  # a peer that cannot run here is reported with its error
+            results["methods"][name] = {"group": group, "error": f"{type(exc).__name__}: {exc}"}
+            continue
+        seconds = time.perf_counter() - start
+        if full is None:
+            full = images
+        flops = flop_counter.get_total_flops() + split["attention_added"] * counter.evals / 2
+        if full_flops is None:
+            full_flops = flops
+        results["methods"][name] = {
+            "group": group,
+            "knob": knob,
+            "compute": flops / full_flops,
+            "evaluations": counter.evals / (2 * len(SEEDS)),
+            "block_rows": counter.blocks / (2 * len(SEEDS) * len(net.transformer_blocks)),
+            "psnr_ode": psnr(images, reference),
+            "psnr_full": psnr(images, full) if name != "full run" else 100.0,
+            "seconds": seconds,
+            "summary": summary,
+        }
+    counter.remove()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1, default=str))
+
+
+def render(paths, image_dir: Path | None = None) -> str:
+    lines = [
+        "# The fidelity-versus-compute front on the shipped MMDiT",
+        "",
+        "Generated by `python -m benchmarks.front` (see its docstring; the commands are in "
+        "[Benchmarks](../benchmarks.md#the-front-every-peer-on-one-page)). Flow Euler, 50 steps, held-out seeds "
+        "1000-1015. Compute: fraction of the full run's network FLOPs (attention included). PSNR in dB against the "
+        "converged ODE solution and against the full 50-step run. The raw results are in `docs/results/front-data/`.",
+        "",
+    ]
+    by_shift: dict = {}
+    for path in paths:  # one file per process; files of one shift are merged
+        data = json.loads(Path(path).read_text())
+        by_shift.setdefault(data["shift"], {}).update(data["methods"])
+    for shift, methods in sorted(by_shift.items()):
+        lines += [f"## Shift {shift:g}", ""]
+        if image_dir is not None:
+            name = f"front-shift{shift:g}.png"
+            _plot(methods, image_dir / name, shift)
+            lines += [f"![front, shift {shift:g}](img/{name})", ""]
+        lines += [
+            "| method | compute | evaluations | block rows | PSNR vs ODE | PSNR vs full | wall s |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, m in sorted(methods.items(), key=lambda kv: -kv[1].get("compute", -1)):
+            if "error" in m:
+                lines.append(f"| {name} | -- | -- | -- | cannot run: {m['error'][:160]} | | |")
+                continue
+            lines.append(
+                f"| {name} | {m['compute']:.3f} | {m['evaluations']:.2f} | {m['block_rows']:.3f} | "
+                f"{m['psnr_ode']:.2f} | {m['psnr_full']:.2f} | {m['seconds']:.1f} |"
+            )
+        lines.append("")
+    lines += [
+        "**Peers that cannot run on this model.** diffusers' FirstBlockCache and TaylorSeer in lite mode fail on the "
+        "SD3 transformer: its last block is `context_pre_only` and returns `None` for the context stream, which "
+        "FirstBlockCache subtracts from the cached residual (`TypeError`) and TaylorSeer-lite reads the dtype of "
+        "(`AttributeError`); the errors are the ones in the tables. FasterCache fails on the guided batch of this pipeline "
+        "(`RuntimeError`, a 16-row against a 32-row tensor). cache-dit's TaylorSeer calibrator with `Bn_compute_blocks=0` "
+        "(all 4 blocks but the first cacheable) stops with `State 'transformer_blocks_Bn_residual' not found`, so "
+        "cache-dit runs as DBCache alone (F1B0). The shipped flow pipeline has no solver but flow Euler, so "
+        "the best plain alternative is the flow Euler grid at fewer steps.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _plot(methods: dict, path: Path, shift: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = {}
+    for name, m in methods.items():
+        if "error" not in m and name != "full run":
+            label = m["group"] if not name.startswith("TaylorSeer lite") else "taylorseer lite"
+            groups.setdefault(label, []).append((m["compute"], m["psnr_ode"], name))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, points in sorted(groups.items()):
+        points.sort()
+        style = "-o" if label in ("plain", "sada") else "o"
+        ax.plot([p[0] for p in points], [p[1] for p in points], style, label=label, markersize=4)
+        if label == "sada":
+            for c, p, name in points:
+                ax.annotate(name.replace("SADA tolerance ", "").replace("SADA ", ""), (c, p), fontsize=6)
+    ax.set_xlabel("compute (fraction of the full run's network FLOPs)")
+    ax.set_ylabel("PSNR vs ODE solution (dB)")
+    ax.set_title(f"shipped MMDiT, flow Euler 50 steps, shift {shift:g}")
+    ax.set_ylim(bottom=25)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.front", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--shift", type=float, default=1.0)
+    r.add_argument("--groups", nargs="+", default=[g for g in GROUPS if "cache_dit" not in g], choices=GROUPS)
+    r.add_argument("--out", required=True)
+    d = sub.add_parser("render")
+    d.add_argument("results", nargs="+")
+    d.add_argument("--update", help="write the markdown page here (figures beside it under img/)")
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        run(args.shift, args.groups, Path(args.out))
+        return 0
+    page = render(args.results, Path(args.update).parent / "img" if args.update else None)
+    if args.update:
+        Path(args.update).write_text(page)
+    else:
+        sys.stdout.write(page)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

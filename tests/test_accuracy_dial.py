@@ -1,0 +1,188 @@
+"""The accuracy dial (``ErrorControl``, the default): its settings per host solver order, the monotone evaluation
+count, runs of skips on first-order hosts and interleaving on higher-order ones, the protected tail, large steps that
+compute, the float64 reference of its test, and the weight cache of the torch engine."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from benchmarks.overhead import GaussianStub, _grid, run_once
+from sada import SADAConfig, kernels
+from sada.config import DEFAULT_SCHEDULE, DIAL_BY_ORDER, ErrorControl, StepSchedule
+from sada.policy import Decision, ErrorControlPolicy
+from sada.reference import multistep_estimate, skip_error
+from sada.torch_backend.engine import SADAEngine
+from sada.torch_backend.error_control import RecentPredictions
+
+HOSTS = {"first": ("flow", "flow_velocity", 1), "higher": ("vp", "epsilon", 2)}
+
+
+def _run(config, family="vp", kind="epsilon", order=2, steps=50, batch=3, seed=0):
+    grid = _grid(family, steps)
+    engine = SADAEngine(config, grid, kind, solver_order=order)
+    x = torch.randn(batch, 1, 16, 16, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    x = x * float(grid.sigma[0]) if family != "flow" else x
+    with torch.no_grad():
+        _, final = run_once(engine, grid, GaussianStub(kind, (1, 16, 16)), x)
+    return engine, final
+
+
+def _runs_of_skips(decisions: np.ndarray) -> np.ndarray:
+    computed = np.r_[True, decisions == Decision.COMPUTE, True]
+    return np.diff(np.flatnonzero(computed)) - 1
+
+
+def test_the_default_is_the_dial_with_its_settings_taken_from_the_solver_order():
+    assert DEFAULT_SCHEDULE is ErrorControl
+    assert SADAConfig().schedule == ErrorControl() == ErrorControl(tolerance=None, history=None, max_interval=None)
+    assert ErrorControl().for_solver(1) == ErrorControl(tolerance=0.005, history=2, max_interval=6)
+    for order in (2, 3):
+        assert ErrorControl().for_solver(order) == ErrorControl(tolerance=0.02, history=3, max_interval=1)
+    assert ErrorControl().for_solver(4).never_skips and "order 4" in ErrorControl().exact_note(4)
+    assert (
+        ErrorControl(max_interval=1).for_solver(4).max_interval == 1
+        and ErrorControl(max_interval=1).exact_note(4) is None
+    )
+    assert ErrorControl(tolerance=0.1).for_solver(2) == ErrorControl(tolerance=0.1, history=3, max_interval=1)
+    assert ErrorControl(max_interval=3).for_solver(1).max_interval == 3  # an explicit field is kept
+    assert ErrorControl.abscissa_for(1) == "t" and ErrorControl.abscissa_for(3) == "lambda"
+    assert set(DIAL_BY_ORDER) == {"first", "higher", "fourth"}
+    with pytest.raises(ValueError, match="solver_order must be an int >= 1, got 0"):
+        ErrorControl().for_solver(0)
+
+
+@pytest.mark.parametrize("value, error", [(-0.1, ValueError), (1.0, ValueError), (True, TypeError), ("a", TypeError)])
+def test_a_tolerance_outside_0_1_is_refused_with_its_value(value, error):
+    with pytest.raises(error, match=f"tolerance must be a number.*{value!r}"):
+        ErrorControl(tolerance=value)
+
+
+@pytest.mark.parametrize("host", sorted(HOSTS))
+def test_the_evaluation_count_is_monotone_in_the_tolerance_from_the_exact_run(host):
+    family, kind, order = HOSTS[host]
+    counts = []
+    for tolerance in (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 0.5):
+        engine, _ = _run(SADAConfig(tolerance=tolerance), family, kind, order)
+        counts.append(int((engine.policy.decisions == Decision.COMPUTE).sum()))
+    assert counts[0] == 50 * 3  # tolerance 0: the exact run
+    assert all(a >= b for a, b in zip(counts, counts[1:])), counts
+    assert counts[-1] < counts[0]
+
+
+def test_tolerance_zero_is_bit_identical_to_the_plain_run():
+    exact, final = _run(SADAConfig(tolerance=0.0), "flow", "flow_velocity", 1)
+    plain, plain_final = _run(SADAConfig(max_interval=0), "flow", "flow_velocity", 1)
+    assert SADAConfig(tolerance=0.0).never_skips and not exact.observes
+    assert torch.equal(final, plain_final)
+
+
+def test_a_first_order_host_skips_several_steps_in_a_row_where_the_trajectory_is_smooth():
+    engine, _ = _run(SADAConfig(tolerance=0.05), "flow", "flow_velocity", 1)
+    runs = _runs_of_skips(engine.policy.decisions[:, 0])
+    assert runs.max() >= 3 and runs.max() <= DIAL_BY_ORDER["first"]["max_interval"]
+
+
+def test_a_higher_order_host_never_skips_two_steps_in_a_row_by_default():
+    engine, _ = _run(SADAConfig(tolerance=0.5), "vp", "epsilon", 2)
+    d = engine.policy.decisions[:, 0]
+    assert _runs_of_skips(d).max() == 1 and (d != Decision.COMPUTE).sum() >= 20
+
+
+@pytest.mark.parametrize("host", sorted(HOSTS))
+@pytest.mark.parametrize("steps", [8, 15, 50])
+def test_the_last_two_steps_always_run_the_network(host, steps):
+    family, kind, order = HOSTS[host]
+    engine, _ = _run(SADAConfig(schedule=ErrorControl(tolerance=0.9, max_interval=3)), family, kind, order, steps)
+    d = engine.policy.decisions
+    assert (d[-2:] == Decision.COMPUTE).all()
+    assert (d != Decision.COMPUTE).any()  # it does skip elsewhere
+    assert ErrorControlPolicy.protected_tail == 2
+
+
+def test_the_policy_refuses_a_skip_of_the_second_to_last_step_even_when_allowed():
+    policy = ErrorControlPolicy(ErrorControl(max_interval=4), num_steps=10, batch_size=2)
+    for step in range(9):
+        out = policy.decide(step, can_skip=np.ones(2, bool))
+        expected = Decision.COMPUTE if step + 1 >= 8 or policy.cons_skip.max() > 4 else out[0]
+        assert out[0] == expected
+    assert (policy.decisions[8:] == Decision.COMPUTE).all() and (policy.decisions[1:8] != Decision.COMPUTE).any()
+
+
+@pytest.mark.parametrize("host", sorted(HOSTS))
+def test_larger_steps_add_larger_estimated_errors_so_short_runs_skip_less(host):
+    family, kind, order = HOSTS[host]
+    fractions = []
+    for steps in (10, 25, 100):
+        engine, _ = _run(SADAConfig(tolerance=1e-3), family, kind, order, steps)
+        errors = [np.nanmedian(v) for v in engine.trace.extras["skip_error"].values() if np.isfinite(v).any()]
+        fractions.append(((engine.policy.decisions != Decision.COMPUTE).mean(), float(np.median(errors))))
+    skipped, median_error = zip(*fractions)
+    assert median_error[0] > median_error[1] > median_error[2]
+    assert skipped[0] <= skipped[1] <= skipped[2] and skipped[2] > skipped[0]
+
+
+@given(
+    history=st.integers(1, 4),
+    coefficients=st.lists(st.floats(-2, 2), min_size=5, max_size=5),
+    gaps=st.lists(st.floats(0.2, 1.0), min_size=5, max_size=5),
+    h=st.floats(0.01, 3.0),
+)
+def test_the_embedded_pair_is_the_exact_error_of_the_estimate_on_polynomials_of_degree_history(
+    history, coefficients, gaps, h
+):
+    """Values of a polynomial of degree ``history`` (in the abscissa): the pair's difference equals the estimate's true
+    error, so ``skip_error`` is exactly ``(1 - e^-h) RMS(true error) / RMS(estimate)``; of lower degree it is 0."""
+    nodes = -np.cumsum(gaps[: history + 1])  # newest first, descending away from the target at 0.5
+    at = 0.5
+    poly = np.polynomial.Polynomial(coefficients[: history + 1])
+    values = [np.array([[poly(t), 2.0 * poly(t) + 1.0]]) for t in nodes]
+    estimate = multistep_estimate(values[:history], nodes[:history], at)
+    truth = np.array([[poly(at), 2.0 * poly(at) + 1.0]])
+    expected = kernels.step_transfer(h) * kernels.relative_rms(truth - estimate, estimate)
+    np.testing.assert_allclose(skip_error(values, nodes, at, h), expected, rtol=1e-7, atol=1e-9)
+    lower = np.polynomial.Polynomial(coefficients[:history])
+    flat = [np.array([[lower(t), 1.0]]) for t in nodes]
+    np.testing.assert_allclose(skip_error(flat, nodes, at, h), 0.0, atol=1e-9)
+
+
+def test_skip_error_names_a_bad_argument():
+    values = [np.ones((1, 2))] * 3
+    with pytest.raises(ValueError, match="h .* got -1"):
+        skip_error(values, [0.0, -1.0, -2.0], 1.0, -1)
+    with pytest.raises(ValueError, match="one value per node"):
+        skip_error(values, [0.0, -1.0], 1.0, 0.5)
+    with pytest.raises(ValueError, match="values contains NaN or Inf"):
+        skip_error([np.full((1, 2), np.nan)] * 3, [0.0, -1.0, -2.0], 1.0, 0.5)
+
+
+def test_token_pruning_without_a_named_schedule_selects_the_step_schedule():
+    assert isinstance(SADAConfig(max_downsample=1).schedule, StepSchedule)
+    assert isinstance(SADAConfig(prune_blocks=(0, 1)).schedule, StepSchedule)
+    assert isinstance(SADAConfig(max_downsample=1, tolerance=0.01).schedule, ErrorControl)  # an explicit choice stays
+    assert isinstance(SADAConfig(schedule=ErrorControl(), max_downsample=1).schedule, ErrorControl)
+    assert isinstance(SADAConfig(max_fix=7).schedule, ErrorControl)  # pruning settings without pruning enabled
+
+
+def test_cached_weights_follow_every_push_and_invalidation():
+    """The weights are cached per history state: a quadratic is extrapolated exactly after every push (three of the
+    four stored predictions), and a forgotten row gets no estimate (per-row weights where the rows' abscissae differ:
+    the parity test against the numpy engine in test_torch_engine.py covers those)."""
+    recent = RecentPredictions(ErrorControl(history=3))
+
+    def quadratic(lam):
+        return torch.full((2, 1, 2, 2), 1.0 + 0.5 * lam - 0.25 * lam**2, dtype=torch.float64)
+
+    for lam in (0.0, 0.5, 1.0, 1.25):
+        recent.push(np.ones(2, bool), lam, quadratic(lam))
+    torch.testing.assert_close(recent.estimate(1.5), quadratic(1.5), rtol=1e-12, atol=1e-12)
+    recent.push(np.ones(2, bool), 1.5, quadratic(1.5))
+    torch.testing.assert_close(recent.estimate(2.5), quadratic(2.5), rtol=1e-12, atol=1e-12)
+    assert torch.equal(recent.estimate(2.5), recent.estimate(2.5))  # served from the cache
+    error = recent.skip_error(2.5, 0.3, quadratic(0.0))
+    assert error.abs().max() < 1e-12  # the pair agrees on a quadratic
+    recent.invalidate(np.array([True, False]))
+    estimate = recent.estimate(2.5)
+    assert torch.equal(estimate[0], torch.zeros_like(estimate[0]))
+    torch.testing.assert_close(estimate[1:], quadratic(2.5)[1:], rtol=1e-12, atol=1e-12)
