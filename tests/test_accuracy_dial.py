@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from benchmarks.overhead import GaussianStub, _grid, run_once
 from sada import SADAConfig, kernels
-from sada.config import DEFAULT_SCHEDULE, DIAL_BY_ORDER, ErrorControl, StepSchedule
+from sada.config import DEFAULT_SCHEDULE, DIAL_BY_ORDER, ErrorControl, StepSchedule, higher_order_max_interval
 from sada.policy import Decision, ErrorControlPolicy
 from sada.reference import multistep_estimate, skip_error
 from sada.torch_backend.engine import SADAEngine
@@ -45,7 +45,8 @@ def test_the_default_is_the_dial_with_its_settings_taken_from_the_solver_order()
         ErrorControl(max_interval=1).for_solver(4).max_interval == 1
         and ErrorControl(max_interval=1).exact_note(4) is None
     )
-    assert ErrorControl(tolerance=0.1).for_solver(2) == ErrorControl(tolerance=0.1, history=3, max_interval=1)
+    assert ErrorControl(tolerance=0.1).for_solver(2) == ErrorControl(tolerance=0.1, history=3, max_interval=4)
+    assert ErrorControl(tolerance=0.1, max_interval=1).for_solver(2).max_interval == 1
     assert ErrorControl(max_interval=3).for_solver(1).max_interval == 3  # an explicit field is kept
     assert ErrorControl.abscissa_for(1) == "t" and ErrorControl.abscissa_for(3) == "lambda"
     assert set(DIAL_BY_ORDER) == {"first", "higher", "fourth"}
@@ -85,9 +86,25 @@ def test_a_first_order_host_skips_several_steps_in_a_row_where_the_trajectory_is
 
 
 def test_a_higher_order_host_never_skips_two_steps_in_a_row_by_default():
-    engine, _ = _run(SADAConfig(tolerance=0.5), "vp", "epsilon", 2)
+    engine, _ = _run(SADAConfig(tolerance=0.02), "vp", "epsilon", 2)
     d = engine.policy.decisions[:, 0]
     assert _runs_of_skips(d).max() == 1 and (d != Decision.COMPUTE).sum() >= 20
+
+
+@pytest.mark.parametrize(
+    "tolerance, cap", [(0.0, 1), (0.005, 1), (0.02, 1), (0.021, 2), (0.04, 2), (0.05, 3), (0.08, 3), (0.1, 4), (0.9, 4)]
+)
+def test_each_doubling_of_the_tolerance_past_0_01_allows_one_more_skip_in_a_row_on_a_higher_order_host(tolerance, cap):
+    assert higher_order_max_interval(tolerance) == cap
+    assert ErrorControl(tolerance=tolerance).for_solver(2).max_interval == cap
+    if tolerance >= 0.1:  # the cap is reached where the trajectory allows it
+        engine, _ = _run(SADAConfig(tolerance=tolerance), "vp", "epsilon", 2)
+        assert _runs_of_skips(engine.policy.decisions[:, 0]).max() == cap
+
+
+def test_the_run_cap_of_a_higher_order_host_refuses_a_bad_tolerance_by_name():
+    with pytest.raises(ValueError, match="tolerance must be finite, got nan"):
+        higher_order_max_interval(float("nan"))
 
 
 @pytest.mark.parametrize("host", sorted(HOSTS))

@@ -3,7 +3,15 @@ the authors' presets, and the rule that fits a configuration to a run's step cou
 
 from sada.config.core import DEFAULT_SCHEDULE, ResolvedNumerics, SADAConfig
 from sada.config.enums import Abscissa, AmNoise, LagrangeTarget, Mode, Reduce, SampleScaling, Variant
-from sada.config.parts import DIAL_BY_ORDER, MIN_ACC_START, ErrorControl, Numerics, StepSchedule, TokenPruning
+from sada.config.parts import (
+    DIAL_BY_ORDER,
+    MIN_ACC_START,
+    ErrorControl,
+    Numerics,
+    StepSchedule,
+    TokenPruning,
+    higher_order_max_interval,
+)
 from sada.config.presets import (
     PRESETS,
     early_multistep,
@@ -36,6 +44,7 @@ __all__ = [
     "error_controlled_preset",
     "fit_for_run",
     "fit_step_schedule",
+    "higher_order_max_interval",
     "preset",
     "step_error_tolerance",
 ]

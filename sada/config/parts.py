@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import numbers
 import warnings
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ __all__ = [
     "StepSchedule",
     "ErrorControl",
     "DIAL_BY_ORDER",
+    "higher_order_max_interval",
     "Numerics",
     "TokenPruning",
     "int_field",
@@ -207,15 +209,28 @@ class StepSchedule(_Part):
 # The accuracy dial's settings per host solver order (docs/theory.md, "The accuracy dial"; measured on the tuning
 # seeds of the benchmark, docs/benchmarks.md). First-order solvers (Euler, DDIM, flow Euler): a linear extrapolation in
 # the schedule's time, up to 6 skips in a row. Second and third order (DPM-Solver++ 2M/3M, UniPC, DEIS, Heun): a
-# quadratic in log-SNR and skips that never follow each other -- with runs of skips the Karras DPM-Solver++ 2M run
-# (66 dB from the ODE solution) lost 9-12 dB to the plain grid at equal evaluations, interleaved it gained 5-7 dB.
+# quadratic in log-SNR; at the default tolerance skips never follow each other -- with runs of skips the Karras
+# DPM-Solver++ 2M run (66 dB from the ODE solution) lost 9-12 dB to the plain grid at equal evaluations, interleaved
+# it gained 5-7 dB -- and each doubling of the tolerance past 0.01 allows one more skip in a row, up to 4
+# (:func:`higher_order_max_interval`: the dial's range past 2x on these hosts).
 # Fourth order and up (LMS): every step computes -- interleaved skips lost 8-18 dB on the shipped U-Net through
 # k-diffusion (11 dB to its own full run at 50 exponential steps); an explicit max_interval still lets it skip.
 DIAL_BY_ORDER: dict[str, dict] = {
     "first": {"tolerance": 0.005, "history": 2, "max_interval": 6, "abscissa": "t"},
-    "higher": {"tolerance": 0.02, "history": 3, "max_interval": 1, "abscissa": "lambda"},
+    "higher": {"tolerance": 0.02, "history": 3, "max_interval": None, "abscissa": "lambda"},  # None: by tolerance
     "fourth": {"tolerance": 0.02, "history": 3, "max_interval": 0, "abscissa": "lambda"},
 }
+
+
+def higher_order_max_interval(tolerance: float) -> int:
+    """The most consecutive skips the dial allows on a second- or third-order host at ``tolerance``: 1 up to 0.02
+    (the default: every other step at most), one more per doubling of the tolerance (2 up to 0.04, 3 up to 0.08),
+    4 beyond. The embedded pair under-estimates what a run of skips adds on these hosts, so the cap, not the
+    estimate, limits the runs; it loosens as the user accepts more error (measured in docs/benchmarks.md)."""
+    tolerance = real_field("tolerance", tolerance, positive=False)
+    if tolerance <= 0.02:
+        return 1
+    return min(4, math.ceil(math.log2(tolerance / 0.01) - 1e-9))
 
 
 @_accepts_old_names
@@ -235,8 +250,8 @@ class ErrorControl(_Part):
 
     A field left ``None`` takes the host solver's value (:data:`DIAL_BY_ORDER`, :meth:`for_solver`): first order
     (Euler, DDIM, flow Euler) ``tolerance=0.005, history=2, max_interval=6``; second and third order (DPM-Solver++, UniPC, Heun,
-    DEIS) ``tolerance=0.02, history=3, max_interval=1``; fourth order and up (LMS) computes every step unless
-    ``max_interval`` is set.
+    DEIS) ``tolerance=0.02, history=3`` and ``max_interval`` from the tolerance (:func:`higher_order_max_interval`:
+    1 at the default, up to 4); fourth order and up (LMS) computes every step unless ``max_interval`` is set.
 
     Attributes:
         tolerance: the largest estimated error, relative to the clean sample (RMS over RMS), that one skipped step
@@ -291,12 +306,13 @@ class ErrorControl(_Part):
     def for_solver(self, solver_order: int) -> ErrorControl:
         """This dial with every ``None`` field set to the host solver's value (:data:`DIAL_BY_ORDER`)."""
         values = DIAL_BY_ORDER[self.order_class(solver_order)]
-        return ErrorControl(
-            **{
-                name: values[name] if getattr(self, name) is None else getattr(self, name)
-                for name in ("tolerance", "history", "max_interval")
-            }
-        )
+        fields = {
+            name: values[name] if getattr(self, name) is None else getattr(self, name)
+            for name in ("tolerance", "history", "max_interval")
+        }
+        if fields["max_interval"] is None:  # second and third order: the run cap follows the tolerance
+            fields["max_interval"] = higher_order_max_interval(fields["tolerance"])
+        return ErrorControl(**fields)
 
     @staticmethod
     def abscissa_for(solver_order: int) -> str:
