@@ -203,3 +203,32 @@ def test_cached_weights_follow_every_push_and_invalidation():
     estimate = recent.estimate(2.5)
     assert torch.equal(estimate[0], torch.zeros_like(estimate[0]))
     torch.testing.assert_close(estimate[1:], quadratic(2.5)[1:], rtol=1e-12, atol=1e-12)
+
+
+def test_on_a_coarse_grid_a_higher_order_host_computes_every_step_unless_the_user_sets_the_dial():
+    coarse, fine = 0.2, 0.12  # median log-SNR steps of 30 and 50 Karras steps on the shipped U-Net
+    assert ErrorControl().for_solver(2, coarse).never_skips and ErrorControl().for_solver(3, coarse).never_skips
+    assert ErrorControl().for_solver(2, fine) == ErrorControl().for_solver(2) == ErrorControl().for_solver(2, None)
+    assert "coarse" in ErrorControl().exact_note(2, coarse) and ErrorControl().exact_note(2, fine) is None
+    assert ErrorControl(tolerance=0.02).for_solver(2, coarse).max_interval == 1  # a set tolerance still skips
+    assert ErrorControl(max_interval=1).for_solver(2, coarse).max_interval == 1
+    assert ErrorControl().for_solver(1, coarse).max_interval == 6  # first-order hosts are not affected
+    assert DIAL_BY_ORDER["higher"]["coarse_log_snr_step"] == 0.16
+    with pytest.raises(ValueError, match="median_log_snr_step must be finite, got nan"):
+        ErrorControl().for_solver(2, float("nan"))
+
+
+def test_the_median_log_snr_step_of_a_grid_leaves_out_the_infinite_step_into_the_clean_end():
+    grid = _grid("vp", 50)
+    steps = np.diff(grid.log_snr)
+    assert not np.isfinite(steps[-1]) and grid.median_log_snr_step == pytest.approx(np.median(steps[:-1]), abs=0)
+    assert _grid("vp", 10).median_log_snr_step > 0.16 > _grid("vp", 50).median_log_snr_step
+
+
+def test_a_default_run_on_a_coarse_grid_is_bit_identical_to_the_plain_run_and_warns_why():
+    with pytest.warns(UserWarning, match="the grid is coarse for a solver of order 2"):
+        engine, final = _run(SADAConfig(), "vp", "epsilon", 2, steps=10)
+    _, plain = _run(SADAConfig(max_interval=0), "vp", "epsilon", 2, steps=10)
+    assert torch.equal(final, plain) and (engine.policy.decisions == Decision.COMPUTE).all()
+    engine, _ = _run(SADAConfig(tolerance=0.5), "vp", "epsilon", 2, steps=10)  # an explicit tolerance skips
+    assert (engine.policy.decisions != Decision.COMPUTE).sum() >= 1

@@ -126,10 +126,10 @@ def _demo_rows(capsys, argv) -> dict[str, list[str]]:
 def test_demo_scores_every_row_against_the_exact_ode_and_runs_the_library_default(capsys, schedule):
     """Issue 19: ``sada demo --schedule flow`` printed ``nan`` in every row of "RMS vs exact ODE", and the demo never
     ran ``SADAConfig()``."""
-    rows = _demo_rows(capsys, ["--schedule", schedule, "--steps", "25", "--batch", "2", "--dim", "8"])
+    rows = _demo_rows(capsys, ["--schedule", schedule, "--steps", "50", "--batch", "2", "--dim", "8"])
     assert "SADA default (SADAConfig())" in rows
     for name, row in rows.items():
         value = float(row["RMS vs exact ODE"])
         assert 0.0 < value < 0.5, (name, value)
     default = rows["SADA default (SADAConfig())"]
-    assert float(default["NFE"]) < 25.0 and float(default["RMS vs plain sampler"]) < 0.05
+    assert float(default["NFE"]) < 50.0 and float(default["RMS vs plain sampler"]) < 0.05

@@ -163,11 +163,11 @@ class SADAConfig:
             parts["schedule"] = _schedule_for_replace(self.schedule, flat)
         return SADAConfig(**parts, **flat)
 
-    def for_solver(self, solver_order: int) -> SADAConfig:
-        """This config with the accuracy dial's unset fields taken from the host solver's order
+    def for_solver(self, solver_order: int, median_log_snr_step: float | None = None) -> SADAConfig:
+        """This config with the accuracy dial's unset fields taken from the host solver's order and the run's grid
         (:meth:`ErrorControl.for_solver`); a step schedule is returned unchanged."""
         if isinstance(self.schedule, ErrorControl):
-            return self.replace(schedule=self.schedule.for_solver(solver_order))
+            return self.replace(schedule=self.schedule.for_solver(solver_order, median_log_snr_step))
         return self
 
     def for_steps(self, num_steps: int) -> SADAConfig:

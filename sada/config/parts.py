@@ -213,11 +213,20 @@ class StepSchedule(_Part):
 # DPM-Solver++ 2M run (66 dB from the ODE solution) lost 9-12 dB to the plain grid at equal evaluations, interleaved
 # it gained 5-7 dB -- and each doubling of the tolerance past 0.01 allows one more skip in a row, up to 4
 # (:func:`higher_order_max_interval`: the dial's range past 2x on these hosts).
+# On a coarse grid (median log-SNR step above 0.16: fewer than about 38 Karras steps) the default computes every step:
+# there the interleave lost 2-11 dB to the same solver run plainly (UniPC, DPM-Solver++ 2M/3M at 20-35 steps), and
+# smaller tolerances, which skip only near the clean end, lost up to 4 dB; an explicit tolerance still skips.
 # Fourth order and up (LMS): every step computes -- interleaved skips lost 8-18 dB on the shipped U-Net through
 # k-diffusion (11 dB to its own full run at 50 exponential steps); an explicit max_interval still lets it skip.
 DIAL_BY_ORDER: dict[str, dict] = {
     "first": {"tolerance": 0.005, "history": 2, "max_interval": 6, "abscissa": "t"},
-    "higher": {"tolerance": 0.02, "history": 3, "max_interval": None, "abscissa": "lambda"},  # None: by tolerance
+    "higher": {
+        "tolerance": 0.02,
+        "history": 3,
+        "max_interval": None,  # by tolerance (higher_order_max_interval)
+        "abscissa": "lambda",
+        "coarse_log_snr_step": 0.16,  # a coarser grid computes every step unless the tolerance is set
+    },
     "fourth": {"tolerance": 0.02, "history": 3, "max_interval": 0, "abscissa": "lambda"},
 }
 
@@ -293,8 +302,26 @@ class ErrorControl(_Part):
             raise ValueError(f"solver_order must be an int >= 1, got {solver_order!r}")
         return "first" if solver_order == 1 else "higher" if solver_order <= 3 else "fourth"
 
-    def exact_note(self, solver_order: int) -> str | None:
-        """Why the dial computes every step for this host (None when it may skip)."""
+    def coarse_grid(self, solver_order: int, median_log_snr_step: float | None) -> bool:
+        """Whether the default computes every step of this run: a second- or third-order host, no tolerance or
+        ``max_interval`` set, and a median log-SNR step above ``DIAL_BY_ORDER["higher"]["coarse_log_snr_step"]``
+        (``None``: the grid is not known, never coarse)."""
+        if median_log_snr_step is None or self.order_class(solver_order) != "higher":
+            return False
+        step = real_field("median_log_snr_step", median_log_snr_step, positive=False)
+        unset = self.tolerance is None and self.max_interval is None
+        return unset and step > DIAL_BY_ORDER["higher"]["coarse_log_snr_step"]
+
+    def exact_note(self, solver_order: int, median_log_snr_step: float | None = None) -> str | None:
+        """Why the dial computes every step for this host and grid (None when it may skip)."""
+        if self.coarse_grid(solver_order, median_log_snr_step):
+            limit = DIAL_BY_ORDER["higher"]["coarse_log_snr_step"]
+            return (
+                f"the grid is coarse for a solver of order {solver_order} (median log-SNR step "
+                f"{median_log_snr_step:.3g} > {limit:g}, fewer than about 38 Karras steps): the accuracy dial "
+                "computes every step (no acceleration): skipping steps there was measured to lose 2-11 dB to the "
+                "same solver run plainly (docs/benchmarks.md); run more steps, or set a tolerance to skip anyway"
+            )
         if self.order_class(solver_order) != "fourth" or self.max_interval is not None:
             return None
         return (
@@ -303,8 +330,11 @@ class ErrorControl(_Part):
             "ErrorControl(max_interval=1) skips anyway"
         )
 
-    def for_solver(self, solver_order: int) -> ErrorControl:
-        """This dial with every ``None`` field set to the host solver's value (:data:`DIAL_BY_ORDER`)."""
+    def for_solver(self, solver_order: int, median_log_snr_step: float | None = None) -> ErrorControl:
+        """This dial with every ``None`` field set to the host solver's value (:data:`DIAL_BY_ORDER`) and, on a
+        coarse grid (:meth:`coarse_grid`; ``median_log_snr_step`` is the run's, ``None`` if unknown), no skips."""
+        if self.coarse_grid(solver_order, median_log_snr_step):
+            return dataclasses.replace(self.for_solver(solver_order), max_interval=0)
         values = DIAL_BY_ORDER[self.order_class(solver_order)]
         fields = {
             name: values[name] if getattr(self, name) is None else getattr(self, name)

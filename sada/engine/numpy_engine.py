@@ -69,7 +69,7 @@ class NumpyEngine(StepSequence):
         if self.replay is not None and self.replay.shape != (self.num_steps, self.batch_size):
             raise ValueError(f"replay must have shape ({self.num_steps}, {self.batch_size}), got {self.replay.shape}")
         requested = self.config
-        self.config = self.config.for_solver(self.solver_order)  # the accuracy dial's unset fields
+        self.config = self.config.for_solver(self.solver_order, grid.median_log_snr_step)  # the dial's unset fields
         self.policy = make_policy(self.config, self.num_steps, self.batch_size)
         self.trace = Trace(self.num_steps, self.batch_size)
         cls = rule_class("numpy", self.config.schedule, self.settings)
@@ -85,7 +85,11 @@ class NumpyEngine(StepSequence):
             self.trace,
         )
         exact_note = getattr(requested.schedule, "exact_note", None)
-        note = exact_note(self.solver_order) if exact_note is not None else self.rule.uncertified_note()
+        note = (
+            exact_note(self.solver_order, grid.median_log_snr_step)
+            if exact_note is not None
+            else self.rule.uncertified_note()
+        )
         if note is not None and not requested.never_skips:
             self.trace.note(0, note)
         self._step = 0

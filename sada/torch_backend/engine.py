@@ -182,7 +182,9 @@ class SADAEngine(StepSequence):
         if replay is not None and replay.shape != (self.num_steps, run.num_samples):
             raise ValueError(f"replay must have shape ({self.num_steps}, {run.num_samples}), got {replay.shape}")
         self._run = run
-        self.policy = make_policy(self.config.for_solver(self.solver_order), self.num_steps, run.num_samples)
+        self.policy = make_policy(
+            self.config.for_solver(self.solver_order, self.grid.median_log_snr_step), self.num_steps, run.num_samples
+        )
         self.trace = Trace(self.num_steps, run.num_samples)
         if self.lockstep:
             self.trace.note(0, self.lockstep_note)

@@ -88,6 +88,14 @@ class StepGrid:
         with np.errstate(divide="ignore"):
             return np.log(self.alpha) - np.log(self.sigma)
 
+    @property
+    def median_log_snr_step(self) -> float | None:
+        """The median of the run's finite log-SNR steps ``lambda_{n+1} - lambda_n`` (a step into a clean end point
+        is infinite and left out; ``None`` if no step is finite): how coarse the grid is for a multistep solver."""
+        steps = np.diff(self.log_snr)
+        steps = steps[np.isfinite(steps)]
+        return float(np.median(steps)) if steps.size else None
+
     def abscissae(self, variable: str) -> np.ndarray:
         """Node coordinates for multistep estimates: ``index`` (the paper), ``t``, ``sigma`` (EDM) or ``lambda``."""
         if variable == "index":

@@ -37,7 +37,7 @@ class ErrorControlRule(TorchRule):
 
     def reset(self, policy, trace, dtype, solver_order):
         super().reset(policy, trace, dtype, solver_order)
-        self.schedule = self.config.schedule.for_solver(solver_order)
+        self.schedule = self.config.schedule.for_solver(solver_order, self.grid.median_log_snr_step)
         explicit = self.config.numerics.abscissa
         variable = ErrorControl.abscissa_for(solver_order) if explicit is None else str(explicit)
         if variable != self.variable:
@@ -46,7 +46,7 @@ class ErrorControlRule(TorchRule):
         self.noted_veto = False
 
     def uncertified_note(self, solver_order):
-        return self.config.schedule.exact_note(solver_order)
+        return self.config.schedule.exact_note(solver_order, self.grid.median_log_snr_step)
 
     def record(self, step, h, out, computed):
         if np.isfinite(self.abscissae[step]) and (self.grid.alpha[step] > 0 or self.kind != "epsilon"):
