@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 # (accelerate launch; results are bit-identical to one process with one thread, tested in tests/test_bench.py)
 BENCH_JOBS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ "$$n" -ge 2 ] && echo 2 || echo 1)
 
-.PHONY: install test demo bench lab-docs
+.PHONY: install test demo bench front lab-docs
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,9 @@ else
 	$(BIN)/python -m accelerate.commands.launch --multi_gpu --num_processes $(BENCH_JOBS) --num_machines 1 \
 		--mixed_precision no --dynamo_backend no -m benchmarks bench --threads 1
 endif
+
+front: $(STAMP)
+	$(BIN)/python -m benchmarks.regenerate_front --update docs/results/front.md
 
 lab-docs: $(STAMP)
 	$(BIN)/python -m benchmarks.lab.experiments > docs/results/lab-results.md

@@ -5,8 +5,10 @@ stored ``results.json``, e.g. the generated part of docs/benchmarks.md)."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from pathlib import Path
 
 __all__ = ["main"]
 
@@ -91,6 +93,7 @@ def _bench(args) -> int:
         num_seeds=args.seeds,
         batch=args.batch,
         groups=args.groups,
+        dial_peers=args.dial_peers,
         methods_filter=args.methods,
         repeats=repeats,
         out=args.out,
@@ -104,8 +107,17 @@ def _bench(args) -> int:
 def _bench_report(args) -> int:
     from benchmarks.render import render_file, update_docs
 
+    if sum((args.docs, args.matrix, args.dial)) > 1:
+        raise SystemExit("sada bench-report: choose one of --docs, --matrix and --dial")
     try:
-        if args.update:
+        if args.dial:
+            from benchmarks.dial_report import render_dial, update_dial
+
+            if args.update:
+                print(f"updated the dial section of {args.update} from {update_dial(args.results, args.update)}")
+            else:
+                sys.stdout.write(render_dial(json.loads(Path(args.results).read_text())))
+        elif args.update:
             stored = update_docs(args.results, args.update, matrix=args.matrix)
             print(f"updated the generated section of {args.update} from {stored}")
         else:
@@ -202,6 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="solver steps of the ODE reference; none given: 500 for the U-Net, 1000 for the MMDiT",
     )
+    bench.add_argument(
+        "--dial-peers",
+        action="store_true",
+        help="also run the plain grids that bracket every point of the tolerance group, so each dial point gets "
+        "its difference to the best plain grid (for sada bench-report --dial; more plain runs)",
+    )
     bench.set_defaults(func=_bench)
     report = sub.add_parser(
         "bench-report",
@@ -210,12 +228,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Render the markdown report of a stored results.json (stdout), or with --update regenerate a "
         "docs page from it:\n  sada bench-report sada-bench-out/results.json --update docs/benchmarks.md\n"
         "  sada bench-report bench-full/results.json --matrix --update docs/results/benchmark-matrix.md\n"
+        "  sada bench-report dial-out/results.json --dial --update docs/benchmarks.md\n"
         "Expected run time: about a second.",
     )
     report.add_argument("results", help="results.json written by sada bench")
     report.add_argument("--docs", action="store_true", help="the docs page's section (main cells only)")
     report.add_argument(
         "--matrix", action="store_true", help="the full-matrix page's section (every cell's table and Pareto plot)"
+    )
+    report.add_argument(
+        "--dial",
+        action="store_true",
+        help="the accuracy dial per cell (needs the tolerance group): every tolerance's evaluation ratio and dB "
+        "against the best plain grid, and the dial goal per cell (results/bench-dial-results.json with --update)",
     )
     report.add_argument(
         "--update",

@@ -129,6 +129,11 @@ def compute_cell(report: CellReport, labels, features: FeatureMetrics) -> dict:
         row["equal-NFE peer"] = peer.get("name")
         row["Δ vs peer"] = peer.get("delta")
         row["Δ 2se"] = peer.get("delta_2se")
+    for row in rows:  # the dial's points: their peer where the run bracketed them (sada bench --dial-peers)
+        if row.get("group") == "tolerance" and "NFE" in row and "psnr_ode_per_image" in row:
+            peer = equal_nfe_peer(row["NFE"], row["psnr_ode_per_image"], plain, cell.nfe_of_steps)
+            if peer:
+                row["equal-NFE peer"], row["Δ vs peer"], row["Δ 2se"] = peer["name"], peer["delta"], peer["delta_2se"]
     return {
         "name": cell.name,
         "backend": cell.backend,

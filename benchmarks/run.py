@@ -150,9 +150,12 @@ def run_benchmark(
     cache_dir=None,
     reference_steps: int | None = None,
     progress_bar: bool = True,
+    dial_peers: bool = False,
 ) -> dict:
     """Run the benchmark on ``cells`` (default: the main job's subset); on rank 0 write ``results.json``,
-    ``results.md`` and per-cell sample grids and Pareto plots under ``out``. Returns the results dict."""
+    ``results.md`` and per-cell sample grids and Pareto plots under ``out``. ``dial_peers``: bracket the tolerance
+    group's points with plain grids too (their difference to the best plain grid; more plain runs). Returns the
+    results dict."""
     from tqdm.auto import tqdm
 
     from benchmarks.report import CellReport, write_report
@@ -176,6 +179,7 @@ def run_benchmark(
         "num_seeds": num_seeds,
         "batch": batch,
         "groups": list(groups),
+        "dial_peers": dial_peers,
         "repeats": repeats,
         "world_size": world,
         "torch_threads": torch.get_num_threads(),
@@ -219,7 +223,8 @@ def run_benchmark(
             m.name: ({"skipped": m.skipped} if m.skipped else _run_method(runner, m, my_chunks, lambda: bar.update(1)))
             for m in methods
         }
-        nfes = {v: _global_nfe(raw.get(v), world) for v in SADA_VARIANTS if v in raw and "rows" in raw[v]}
+        peered = [*SADA_VARIANTS, *(m.name for m in methods if dial_peers and m.group == "tolerance")]
+        nfes = {v: _global_nfe(raw.get(v), world) for v in peered if v in raw and "rows" in raw[v]}
         peers, points = _plain_peers(runner, nfes, methods[0])
         bar.total += len(peers) * len(my_chunks)
         for method in peers:

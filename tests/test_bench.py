@@ -1,6 +1,7 @@
 """The benchmark harness on the shipped models (tiny settings; the real numbers come from `sada bench`)."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -307,3 +308,33 @@ def test_timing_run_rejects_an_unknown_compile_mode_naming_it():
 
     with pytest.raises(ValueError, match="compile_mode must be one of .* got 'fast'"):
         run_timing("tiny", steps=15, compile_mode="fast")
+
+
+def test_dial_peers_bracket_every_dial_point_and_the_dial_report_shows_its_difference(tmp_path):
+    """With ``dial_peers`` each tolerance point gets plain grids around its evaluation count and its paired
+    difference to the best of them, which ``bench-report --dial`` prints signed."""
+    from benchmarks.cells import select_cells
+    from benchmarks.dial_report import render_dial
+    from benchmarks.run import run_benchmark
+
+    run_benchmark(
+        cells=select_cells([CELL]),
+        num_seeds=2,
+        batch=2,
+        methods_filter=["SADA, tolerance 0.02"],
+        repeats=0,
+        out=tmp_path,
+        cache_dir=tmp_path / "cache",
+        reference_steps=16,
+        progress_bar=False,
+        dial_peers=True,
+    )
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["settings"]["dial_peers"] is True
+    rows = _rows(tmp_path)
+    dial = rows["SADA, tolerance 0.02"]
+    assert dial["NFE"] < 15
+    plain = {r["method"]: r for r in rows.values() if r["method"].startswith("plain: ")}
+    assert any(r["NFE"] <= dial["NFE"] for r in plain.values()) and any(r["NFE"] >= dial["NFE"] for r in plain.values())
+    assert dial["equal-NFE peer"] and math.isfinite(dial["Δ vs peer"]) and dial["Δ 2se"] >= 0
+    assert f"{15 / dial['NFE']:.2f}x, {dial['Δ vs peer']:+.1f} |" in render_dial(data)
