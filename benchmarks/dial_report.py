@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from benchmarks.methods import TOLERANCES
-from benchmarks.render import DOCS_END, RESULTS_DIR, _replace_section
+from benchmarks.render import DOCS_END, RESULTS_DIR, _replace_section, load_for_storage
 
 __all__ = ["DIAL_BEGIN", "dial_points", "dial_check", "render_dial", "update_dial"]
 
@@ -120,11 +120,8 @@ def render_dial(results: dict) -> str:
 def update_dial(results_path, page_path) -> Path:
     """Store the results (without per-image arrays) as ``results/bench-dial-results.json`` beside ``page_path``
     and replace the page's generated dial section. Returns the stored JSON's path."""
-    results_path, page_path = Path(results_path), Path(page_path)
-    data = json.loads(results_path.read_text())
-    for cell in data.get("cells", []):
-        for row in cell.get("rows", []):
-            row.pop("psnr_ode_per_image", None)
+    page_path = Path(page_path)
+    data = load_for_storage(results_path)
     text = render_dial(data)
     if page_path.read_text().count(DIAL_BEGIN) != 1:
         raise ValueError(f"{page_path} needs exactly one '{DIAL_BEGIN}' line and an end marker after it")

@@ -286,6 +286,15 @@ def results_folder(page_path, matrix: bool = False) -> Path:
     return page_path.parent if matrix else page_path.parent / RESULTS_DIR
 
 
+def load_for_storage(results_path) -> dict:
+    """A run's ``results.json`` without the per-image arrays, as the docs store it."""
+    data = json.loads(Path(results_path).read_text())
+    for cell in data.get("cells", []):
+        for row in cell.get("rows", []):
+            row.pop("psnr_ode_per_image", None)
+    return data
+
+
 def update_docs(results_path, page_path, matrix: bool = False) -> Path:
     """Regenerate a docs page from a run: store the results (without per-image arrays) in the page's
     :func:`results_folder` (``bench-results.json``; ``matrix=True``: ``bench-matrix-results.json``), copy the
@@ -294,10 +303,7 @@ def update_docs(results_path, page_path, matrix: bool = False) -> Path:
     summary of the ``benchmarks.md`` that holds the results folder, where it has one (:data:`SUMMARY_BEGIN`).
     Returns the stored JSON's path."""
     results_path, page_path = Path(results_path), Path(page_path)
-    data = json.loads(results_path.read_text())
-    for cell in data.get("cells", []):
-        for row in cell["rows"]:
-            row.pop("psnr_ode_per_image", None)
+    data = load_for_storage(results_path)
     text = render_markdown(data, docs=not matrix, matrix=matrix)
     begin = MATRIX_BEGIN if matrix else DOCS_BEGIN
     if page_path.read_text().count(begin) != 1:
