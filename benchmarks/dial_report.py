@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from benchmarks.merge_results import merged_note
 from benchmarks.methods import TOLERANCES
 from benchmarks.render import DOCS_END, RESULTS_DIR, _replace_section, load_for_storage
 
@@ -83,7 +84,8 @@ def render_dial(results: dict) -> str:
         "",
         f"Seeds {s['seeds'][0]}-{s['seeds'][-1]} ({s['seed_set']}). Each entry: evaluation ratio, then dB against "
         "the best plain grid at equal evaluations (signed; PSNR against the ODE solution), or the PSNR itself "
-        "(dB) where no plain grid bracketed the point; the exact run (tolerance 0) is 1.00x.",
+        "(dB) where no plain grid bracketed the point; the exact run (tolerance 0) is 1.00x."
+        + (f" {merged_note(s)}" if s.get("merged") else ""),
         "",
         "| " + " | ".join(head) + " |",
         "|---" * len(head) + "|",
@@ -98,7 +100,7 @@ def render_dial(results: dict) -> str:
             if "NFE" in default
             else "",
         ]
-        row += [_point(cell, *by_tolerance[t]) if t in by_tolerance else "" for t in TOLERANCES]
+        row += [_point(cell, *by_tolerance[t]) if t in by_tolerance else "not run" for t in TOLERANCES]
         check = dial_check(cell)
         met += check["met"]
         row += [

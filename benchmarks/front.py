@@ -28,7 +28,7 @@ STEPS = 50
 SEEDS = tuple(range(1000, 1016))
 GROUPS = ("plain", "sada", "taylorseer", "first_block", "mag", "pab", "faster", "cache_dit", "sada_cache_dit")
 PLAIN_STEPS = (10, 13, 15, 18, 20, 23, 25, 30, 35, 40, 50)
-TOLERANCES = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05)
+TOLERANCES = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05)
 
 
 def _flop_split(model) -> dict:

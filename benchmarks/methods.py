@@ -21,7 +21,7 @@ __all__ = ["Method", "methods_for", "GROUPS", "DEFAULT_GROUPS", "SADA_VARIANTS",
 GROUPS = ("main", "control", "tolerance", "peer", "ablation", "pareto")
 DEFAULT_GROUPS = ("main", "control", "tolerance")
 SADA_VARIANTS = ("SADA", "SADA paper", "SADA step-indexed")
-TOLERANCES = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)  # the accuracy dial swept (the tolerance group)
+TOLERANCES = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)  # the accuracy dial swept (the tolerance group)
 ADAPTER_DEFAULT = "adapter default"  # config sentinel: enable(pipe) / wrap(model, sigmas) without a config
 
 

@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 from benchmarks.cells import DEFAULT_CELLS
+from benchmarks.merge_results import merged_note
 from benchmarks.methods import SADA_VARIANTS
 from benchmarks.stats import GOALS, MAX_LOSS_DB
 
@@ -193,6 +194,7 @@ def render_markdown(results: dict, docs: bool = False, matrix: bool = False) -> 
         f"Seeds {s['seeds'][0]}-{s['seeds'][-1]} ({s['seed_set']}, labels = seed % 10), batch {s['batch']}, "
         f"torch threads per process: {s['torch_threads']}, processes: {s['world_size']}, torch {s['torch']}, "
         f"diffusers {s.get('diffusers', '?')}; the run took {s.get('wall_s', 0) / 60:.1f} min."
+        + (f" {merged_note(s)}" if s.get("merged") else "")
     )
     out += ["", "### ODE references", ""] + _references(results)
     out += [

@@ -2,17 +2,20 @@
 count, runs of skips on first-order hosts and interleaving on higher-order ones, the protected tail, large steps that
 compute, the float64 reference of its test, and the weight cache of the torch engine."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from scipy.integrate import solve_ivp
 
 from benchmarks.overhead import GaussianStub, _grid, run_once
 from sada import SADAConfig, kernels
 from sada.config import DEFAULT_SCHEDULE, DIAL_BY_ORDER, ErrorControl, StepSchedule, higher_order_max_interval
 from sada.policy import Decision, ErrorControlPolicy
-from sada.reference import multistep_estimate, skip_error
+from sada.reference import final_sample_sensitivity, multistep_estimate, skip_error
 from sada.torch_backend.engine import SADAEngine
 from sada.torch_backend.error_control import RecentPredictions
 
@@ -37,15 +40,22 @@ def _runs_of_skips(decisions: np.ndarray) -> np.ndarray:
 def test_the_default_is_the_dial_with_its_settings_taken_from_the_solver_order():
     assert DEFAULT_SCHEDULE is ErrorControl
     assert SADAConfig().schedule == ErrorControl() == ErrorControl(tolerance=None, history=None, max_interval=None)
-    assert ErrorControl().for_solver(1) == ErrorControl(tolerance=0.005, history=2, max_interval=6)
+    assert ErrorControl().for_solver(1) == ErrorControl(
+        tolerance=0.002, history=2, max_interval=6, relative_to="sample"
+    )
     for order in (2, 3):
-        assert ErrorControl().for_solver(order) == ErrorControl(tolerance=0.02, history=3, max_interval=1)
+        assert ErrorControl().for_solver(order) == ErrorControl(
+            tolerance=0.02, history=3, max_interval=1, relative_to="clean"
+        )
     assert ErrorControl().for_solver(4).never_skips and "order 4" in ErrorControl().exact_note(4)
     assert (
         ErrorControl(max_interval=1).for_solver(4).max_interval == 1
         and ErrorControl(max_interval=1).exact_note(4) is None
     )
-    assert ErrorControl(tolerance=0.1).for_solver(2) == ErrorControl(tolerance=0.1, history=3, max_interval=4)
+    assert ErrorControl(tolerance=0.1).for_solver(2) == ErrorControl(
+        tolerance=0.1, history=3, max_interval=4, relative_to="clean"
+    )
+    assert ErrorControl(relative_to="clean").for_solver(1).relative_to == "clean"  # an explicit field is kept
     assert ErrorControl(tolerance=0.1, max_interval=1).for_solver(2).max_interval == 1
     assert ErrorControl(max_interval=3).for_solver(1).max_interval == 3  # an explicit field is kept
     assert ErrorControl.abscissa_for(1) == "t" and ErrorControl.abscissa_for(3) == "lambda"
@@ -162,6 +172,71 @@ def test_the_embedded_pair_is_the_exact_error_of_the_estimate_on_polynomials_of_
     lower = np.polynomial.Polynomial(coefficients[:history])
     flat = [np.array([[lower(t), 1.0]]) for t in nodes]
     np.testing.assert_allclose(skip_error(flat, nodes, at, h), 0.0, atol=1e-9)
+
+
+@given(
+    scale=st.floats(0.1, 10.0),
+    h=st.floats(0.01, 3.0),
+    seed=st.integers(0, 2**16),
+)
+def test_the_error_relative_to_the_sample_is_the_clean_relative_error_times_rms_estimate_over_rms_sample(
+    scale, h, seed
+):
+    """``relative_to="sample"`` changes only the denominator: RMS of ``x / alpha`` instead of RMS of the estimate;
+    both forms are invariant to the data's scale, and the torch ring computes the same number."""
+    rng = np.random.default_rng(seed)
+    nodes = np.array([0.0, -0.4, -0.9])
+    values = [rng.standard_normal((2, 8)) for _ in nodes]
+    sample = 3.0 * rng.standard_normal((2, 8))
+    at = 0.5
+    clean = skip_error(values, nodes, at, h)
+    by_sample = skip_error(values, nodes, at, h, sample)
+    estimate = multistep_estimate(values[:2], nodes[:2], at)
+    rms = lambda v: np.sqrt((v**2).mean(axis=1))  # noqa: E731
+    np.testing.assert_allclose(by_sample, clean * rms(estimate) / rms(sample), rtol=1e-10)
+    scaled = skip_error([scale * v for v in values], nodes, at, h, scale * sample)
+    np.testing.assert_allclose(scaled, by_sample, rtol=1e-9)
+    recent = RecentPredictions(ErrorControl(history=2))
+    for node, value in zip(nodes[::-1], values[::-1]):
+        recent.push(np.ones(2, bool), node, torch.tensor(value))
+    like = torch.zeros(2, dtype=torch.float64)
+    torch.testing.assert_close(
+        recent.skip_error(at, h, like, torch.tensor(sample)).numpy(), by_sample, rtol=1e-10, atol=0
+    )
+
+
+@given(data_rms=st.floats(0.2, 3.0), edm_sigma=st.floats(0.05, 20.0))
+def test_an_error_of_x_over_alpha_reaches_the_final_sample_scaled_by_s_over_rms_of_the_sample_for_gaussian_data(
+    data_rms, edm_sigma
+):
+    """The ODE ``dy/dsigma = (y - D(y, sigma)) / sigma`` with the exact denoiser of N(0, s^2) data,
+    ``D = y s^2 / (s^2 + sigma^2)``, integrated from ``edm_sigma`` to 0: a perturbation of ``y = x / alpha`` arrives
+    in the final sample multiplied by ``final_sample_sensitivity`` = ``s / sqrt(s^2 + sigma^2)``, which is ``s``
+    over the expected RMS of ``y``: why the first-order dial measures a skip's error against ``x / alpha``."""
+    s2 = data_rms**2
+
+    def drift(sigma, y):
+        return (y - y * s2 / (s2 + sigma**2)) / sigma
+
+    def final(y0):
+        return solve_ivp(drift, (edm_sigma, 1e-9), [y0], rtol=1e-11, atol=1e-13).y[0, -1]
+
+    delta = 1e-3
+    gain = (final(1.0 + delta) - final(1.0)) / delta
+    expected = final_sample_sensitivity(data_rms, edm_sigma)
+    assert gain == pytest.approx(expected, rel=1e-5)
+    assert expected == pytest.approx(data_rms / math.sqrt(s2 + edm_sigma**2))
+    assert 0 < expected <= 1  # the ODE contracts every error of y: less at lower noise
+
+
+def test_relative_to_is_sample_or_clean_and_names_a_bad_value():
+    assert ErrorControl(relative_to="clean").relative_to == "clean"
+    with pytest.raises(ValueError, match="relative_to must be one of .*'noisy'"):
+        ErrorControl(relative_to="noisy")
+    with pytest.raises(ValueError, match="sample must have the shape"):
+        skip_error([np.ones((1, 2))] * 3, [0.0, -1.0, -2.0], 1.0, 0.5, np.ones((1, 3)))
+    with pytest.raises(ValueError, match="need data_rms > 0"):
+        final_sample_sensitivity(0.0, 1.0)
 
 
 def test_skip_error_names_a_bad_argument():

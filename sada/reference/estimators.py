@@ -17,6 +17,8 @@ The formulas are the kernels of :mod:`sada.kernels.estimators`.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from sada import kernels
@@ -134,17 +136,22 @@ def embedded_pair_weights(nodes, at: float) -> tuple[np.ndarray, np.ndarray]:
     return kernels.embedded_pair_weights(distinct_nodes("nodes", nodes, min_len=2), as_real("at", at))
 
 
-def skip_error(values, nodes, at: float, h: float) -> np.ndarray:
+def skip_error(values, nodes, at: float, h: float, sample=None) -> np.ndarray:
     """The accuracy dial's test (docs/theory.md, "The accuracy dial"): per sample, the estimated error that skipping
-    the step at ``at`` adds to the sample, relative to the clean sample,
+    the step at ``at`` adds to the sample,
 
-    ``e = (1 - exp(-h)) * RMS((high - low) . D) / RMS(low . D)``,
+    ``e = (1 - exp(-h)) * RMS((high - low) . D) / RMS(low . D)``  (relative to the clean sample), or
+    ``e = (1 - exp(-h)) * RMS((high - low) . D) / RMS(x / alpha)``  (relative to the sample, ``sample`` given),
 
     where ``D`` are the stored clean-sample predictions at ``nodes`` (newest first, ``k + 1`` of them), ``low`` the
     Lagrange extrapolation (Theorem 3.7) through the newest ``k`` -- the estimate a skipped step receives -- and
     ``high`` the one through all ``k + 1``: their difference estimates ``low``'s error (an embedded pair), and
     ``1 - exp(-h)`` (:func:`sada.kernels.step_transfer`, ``h`` the log-SNR step that consumes the estimate) is the
-    share of it that a data-prediction step moves into the sample. A step may be skipped iff ``e <= tolerance``.
+    share of it that a data-prediction step moves into ``x / alpha``. ``sample`` is ``x / alpha`` of the step
+    that receives the estimate, ``[samples, ...]``: for Gaussian data of RMS ``s`` the ODE carries an error of
+    ``x / alpha`` at noise ``sigma / alpha`` into the final sample scaled by ``s / sqrt(s^2 + (sigma / alpha)^2)
+    = s / RMS(x / alpha)`` (:func:`final_sample_sensitivity`), so the second form is the relative error the skip
+    leaves in the final sample. A step may be skipped iff ``e <= tolerance``.
     """
     nodes = distinct_nodes("nodes", nodes, min_len=2)
     stacked = stack_finite("values", values)
@@ -155,5 +162,20 @@ def skip_error(values, nodes, at: float, h: float) -> np.ndarray:
     if isinstance(h, bool) or not isinstance(h, (int, float, np.floating)) or not h >= 0:
         raise ValueError(f"h (the log-SNR step) must be a number >= 0 (inf at a clean end), got {h!r}")
     high, low = kernels.embedded_pair_weights(nodes, as_real("at", at))
-    estimate = kernels.combine(low, stacked)
-    return kernels.step_transfer(h) * kernels.relative_rms(kernels.combine(high - low, stacked), estimate)
+    reference = kernels.combine(low, stacked)
+    if sample is not None:
+        reference = stack_finite("sample", [sample])[0]
+        if reference.shape != stacked.shape[1:]:
+            raise ValueError(f"sample must have the shape of one value {stacked.shape[1:]}, got {reference.shape}")
+    return kernels.step_transfer(h) * kernels.relative_rms(kernels.combine(high - low, stacked), reference)
+
+
+def final_sample_sensitivity(data_rms: float, edm_sigma: float) -> float:
+    """How an error of ``x / alpha`` at EDM noise level ``edm_sigma = sigma / alpha`` reaches the final sample of the
+    probability-flow ODE when the data are Gaussian with per-element RMS ``data_rms``: the ODE's solution is
+    ``x_0 = (x / alpha) * s / sqrt(s^2 + sigma~^2)``, linear, so the factor is ``s / sqrt(s^2 + sigma~^2)`` --
+    ``s / RMS(x / alpha)`` in expectation. Why :func:`skip_error` measures against ``x / alpha``."""
+    s, sigma = as_real("data_rms", data_rms), as_real("edm_sigma", edm_sigma)
+    if not s > 0 or not sigma >= 0:
+        raise ValueError(f"need data_rms > 0 and edm_sigma >= 0, got {data_rms!r}, {edm_sigma!r}")
+    return s / math.sqrt(s * s + sigma * sigma)

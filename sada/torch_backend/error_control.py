@@ -6,7 +6,8 @@ The test that allows the skip (:func:`sada.reference.skip_error`) estimates the 
 sample, relative to the clean sample:
 
 * the extrapolation's error, estimated by the embedded pair (through ``history + 1`` minus through ``history``
-  predictions): ``RMS((high - low) . D) / RMS(low . D)``;
+  predictions): ``RMS((high - low) . D)``, over ``RMS(low . D)`` (relative to the clean sample) or over
+  ``RMS(x / alpha)`` (relative to the sample: what the error leaves in the final sample);
 * times ``1 - exp(-h)``, the share of an error of ``D`` that a step of log-SNR ``h`` moves into the sample.
 
 The step may be skipped when this is at most ``tolerance``. It is a ratio of RMS norms of the same predictions, so
@@ -62,14 +63,18 @@ class RecentPredictions:
         """The extrapolated clean sample of every row at ``abscissa`` (zeros for rows not ready)."""
         return self.ring.combine(self._pair(float(abscissa))[1])
 
-    def skip_error(self, abscissa: float, h: float, like: torch.Tensor) -> torch.Tensor:
+    def skip_error(
+        self, abscissa: float, h: float, like: torch.Tensor, sample: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Per row of ``like``: the estimated error a skip at ``abscissa`` adds to the sample, relative to the clean
-        sample (:func:`sada.reference.skip_error`; ``h`` the log-SNR step that consumes the estimate), NaN for rows
-        not ready. Skip iff ``error <= tolerance``."""
+        sample, or to ``sample`` (``x / alpha`` of the step, what the error leaves in the final sample) where given
+        (:func:`sada.reference.skip_error`; ``h`` the log-SNR step that consumes the estimate), NaN for rows not
+        ready. Skip iff ``error <= tolerance``."""
         if self.ring.values is None or not self.ready(like.shape[0]).any():
             return torch.full((like.shape[0],), float("nan"), dtype=like.dtype, device=like.device)
         high, low = self._pair(float(abscissa))
-        error = kernels.step_transfer(h) * kernels.relative_rms(self.ring.combine(high - low), self.ring.combine(low))
+        reference = self.ring.combine(low) if sample is None else sample
+        error = kernels.step_transfer(h) * kernels.relative_rms(self.ring.combine(high - low), reference)
         ready = torch.as_tensor(self.ready(error.shape[0]), device=error.device)
         return torch.where(ready, error, torch.full_like(error, float("nan")))
 

@@ -53,9 +53,12 @@ class NumpyErrorControlRule(NumpyRule):
         at = self.abscissae[step + 1]
         h = float(self.log_snr[step + 2] - self.log_snr[step + 1])
         errors = np.full(self.batch_size, np.nan)
+        schedule, alpha = self.config.schedule, float(self.grid.alpha[step + 1])
+        by_sample = schedule.relative_to == "sample"
         for b, recent in enumerate(self.recent):
-            if len(recent) == recent.maxlen:
-                errors[b] = skip_error([v[None] for _, v in recent], [k for k, _ in recent], at, h)[0]
+            if len(recent) == recent.maxlen and (alpha > 0 or not by_sample):
+                sample = x_next[b : b + 1] / alpha if by_sample else None
+                errors[b] = skip_error([v[None] for _, v in recent], [k for k, _ in recent], at, h, sample)[0]
         self.trace.extras.setdefault("skip_error", {})[step + 1] = errors.tolist()
         can_skip = np.where(np.isfinite(errors), errors <= self.config.schedule.tolerance, False)
         return self.policy.decide(step, None, can_skip=can_skip)

@@ -8,6 +8,7 @@ Criterion 3.4 is computed only when token pruning needs its token map."""
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from sada.config import ErrorControl
 from sada.engine.rules.base import register_rule
@@ -58,7 +59,17 @@ class ErrorControlRule(TorchRule):
     def error_test(self, step, x_next, like):
         if step + 1 >= self.grid.num_steps:
             return None
-        return self.recent.skip_error(float(self.abscissae[step + 1]), log_snr_step(self.log_snr, step + 1), like)
+        sample = None
+        if self.schedule.relative_to == "sample":  # the error relative to x / alpha: what reaches the final sample
+            alpha = float(self.grid.alpha[step + 1])
+            if not alpha > 0:
+                return torch.full(
+                    (like.shape[0],), float("nan"), dtype=like.dtype, device=like.device
+                )  # pure noise: no sample to measure against; compute
+            sample = x_next / alpha
+        return self.recent.skip_error(
+            float(self.abscissae[step + 1]), log_snr_step(self.log_snr, step + 1), like, sample
+        )
 
     def can_skip(self, step, rows, test):
         finite = np.isfinite(test)
