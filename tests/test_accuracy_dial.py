@@ -239,6 +239,16 @@ def test_relative_to_is_sample_or_clean_and_names_a_bad_value():
         final_sample_sensitivity(0.0, 1.0)
 
 
+def test_relative_to_is_a_flat_keyword_that_round_trips_and_overrides_the_host_default():
+    config = SADAConfig(tolerance=0.005, relative_to="clean")  # the previous release's first-order default
+    assert isinstance(config.schedule, ErrorControl) and config.schedule.relative_to == "clean"
+    assert SADAConfig.from_dict(config.to_dict()) == config
+    assert config.schedule.for_solver(1).relative_to == "clean"
+    assert SADAConfig().schedule.for_solver(1).relative_to == "sample"
+    assert SADAConfig().schedule.for_solver(2).relative_to == "clean"
+    assert SADAConfig().replace(relative_to="sample").schedule.for_solver(2).relative_to == "sample"
+
+
 def test_skip_error_names_a_bad_argument():
     values = [np.ones((1, 2))] * 3
     with pytest.raises(ValueError, match="h .* got -1"):

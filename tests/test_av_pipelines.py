@@ -24,12 +24,12 @@ NAMES = sorted(fx.PIPELINES)
 # Relative RMS (||sada - stock|| / ||stock||) of the default config at 50 steps, measured on these tiny
 # random-weight pipelines (one thread); the bounds are about twice the measurement.
 REL_BOUND = {  # the default configuration (the accuracy dial), 50 steps, against the full run; bound ~2x measured
-    "musicldm": 0.018,  # measured 0.0086
-    "audioldm2": 0.022,  # measured 0.0108
-    "ltx": 0.015,  # measured 0.0070
-    "hunyuan_video": 0.023,  # measured 0.0114
-    "cogvideox": 0.026,  # measured 0.0128 (CogVideoXDDIMScheduler, first order: runs of skips; v-prediction)
-    "wan": 0.03,  # measured 0.0152 (UniPC with flow sigmas and flow prediction)
+    "musicldm": 0.012,  # measured 0.0051 (DDIM, first order: 2.94x)
+    "audioldm2": 0.028,  # measured 0.0138 (DDIM: 2.56x)
+    "ltx": 0.023,  # measured 0.0114 (FlowMatchEuler: 2.70x)
+    "hunyuan_video": 0.01,  # measured 0.0038 (FlowMatchEuler: 3.03x)
+    "cogvideox": 0.023,  # measured 0.0112 (CogVideoXDDIMScheduler, first order: runs of skips; v-prediction; 4.00x)
+    "wan": 0.015,  # measured 0.0066 (UniPC with flow sigmas and flow prediction: 1.79x)
 }
 # Stable Audio ships an SDE solver (CosineDPMSolverMultistepScheduler adds noise at every step): computed exactly.
 ODE_PIPELINES = sorted(REL_BOUND)

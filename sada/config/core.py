@@ -33,7 +33,7 @@ from sada.errors import ConfigError
 __all__ = ["SADAConfig", "ResolvedNumerics", "DEFAULT_SCHEDULE"]
 
 STEP_FIELDS = {"acc_range", "lagrange_term", "lagrange_int", "lagrange_step", "num_steps"}
-ERROR_FIELDS = {"tolerance", "history"}
+ERROR_FIELDS = {"tolerance", "history", "relative_to"}
 SCHEDULE_FIELDS = STEP_FIELDS | ERROR_FIELDS | {"max_interval"}
 NUMERICS_FIELDS = {f.name for f in dataclasses.fields(Numerics)}
 PRUNING_FIELDS = {f.name for f in dataclasses.fields(TokenPruning)}
