@@ -39,7 +39,10 @@ def equal_nfe_peer(nfe: float, method_psnr, plain: dict, nfe_of_steps) -> dict:
         plain: ``{(family, steps): per-image PSNR}`` of the plain runs.
         nfe_of_steps: evaluations of a plain run with a given step count.
 
-    Families without both bracketing runs are left out; returns ``{}`` when none qualifies.
+    A family qualifies only with runs at the step counts just below and above ``nfe`` (floor and ceil: adjacent step
+    counts, or one run at exactly ``nfe``); a family whose nearest runs lie further apart is left out, because
+    PSNR is concave in the step count and a straight line between distant runs under-states the plain grid between
+    them. Returns ``{}`` when none qualifies.
     """
     if not isinstance(nfe, (int, float, np.floating)) or not math.isfinite(nfe) or nfe <= 0:
         raise ValueError(f"nfe must be a positive number, got {nfe!r}")
@@ -52,6 +55,8 @@ def equal_nfe_peer(nfe: float, method_psnr, plain: dict, nfe_of_steps) -> dict:
         if not below or not above:
             continue
         low, high = below[-1], above[0]
+        if high - low > 1:  # not the floor and ceil of nfe: no run of this family close enough to compare with
+            continue
         n_low, n_high = nfe_of_steps(low), nfe_of_steps(high)
         weight = 0.0 if high == low else (nfe - n_low) / (n_high - n_low)
         values = (1 - weight) * np.asarray(plain[(family, low)]) + weight * np.asarray(plain[(family, high)])

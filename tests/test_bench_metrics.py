@@ -116,6 +116,16 @@ def test_equal_nfe_peer_interpolates_per_image_and_picks_the_best_family():
     assert peer["name"] == "b, 10-11 steps at NFE 10.2"
 
 
+def test_equal_nfe_peer_needs_the_floor_and_ceil_runs_not_distant_ones():
+    from benchmarks.stats import equal_nfe_peer
+
+    plain = {("a", 28): [55.0], ("a", 50): [65.0], ("b", 43): [60.0], ("b", 44): [62.0]}
+    assert equal_nfe_peer(43.25, [61.0], {k: v for k, v in plain.items() if k[0] == "a"}, lambda s: s) == {}
+    peer = equal_nfe_peer(43.25, [61.0], plain, lambda s: s)  # a's 28-50 line would say 60.3: left out
+    assert peer["family"] == "b" and peer["psnr"] == pytest.approx(60.5) and peer["candidates"] == {"b": 60.5}
+    assert equal_nfe_peer(28.0, [56.0], plain, lambda s: s)["delta"] == pytest.approx(1.0)  # a run at exactly nfe
+
+
 def test_equal_nfe_peer_of_two_stage_samplers_counts_evaluations_not_steps():
     from benchmarks.cells import Cell
     from benchmarks.stats import equal_nfe_peer
