@@ -13,7 +13,14 @@ from scipy.integrate import solve_ivp
 
 from benchmarks.overhead import GaussianStub, _grid, run_once
 from sada import SADAConfig, kernels
-from sada.config import DEFAULT_SCHEDULE, DIAL_BY_ORDER, ErrorControl, StepSchedule, higher_order_max_interval
+from sada.config import (
+    DEFAULT_SCHEDULE,
+    DIAL_BY_ORDER,
+    MIN_SKIP_PREDICTIONS,
+    ErrorControl,
+    StepSchedule,
+    higher_order_max_interval,
+)
 from sada.policy import Decision, ErrorControlPolicy
 from sada.reference import final_sample_sensitivity, multistep_estimate, skip_error
 from sada.torch_backend.engine import SADAEngine
@@ -45,7 +52,7 @@ def test_the_default_is_the_dial_with_its_settings_taken_from_the_solver_order()
     )
     for order in (2, 3):
         assert ErrorControl().for_solver(order) == ErrorControl(
-            tolerance=0.02, history=3, max_interval=1, relative_to="clean"
+            tolerance=0.02, history=3, max_interval=1, relative_to="sample"
         )
     assert ErrorControl().for_solver(4).never_skips and "order 4" in ErrorControl().exact_note(4)
     assert (
@@ -53,9 +60,10 @@ def test_the_default_is_the_dial_with_its_settings_taken_from_the_solver_order()
         and ErrorControl(max_interval=1).exact_note(4) is None
     )
     assert ErrorControl(tolerance=0.1).for_solver(2) == ErrorControl(
-        tolerance=0.1, history=3, max_interval=4, relative_to="clean"
+        tolerance=0.1, history=3, max_interval=4, relative_to="sample"
     )
     assert ErrorControl(relative_to="clean").for_solver(1).relative_to == "clean"  # an explicit field is kept
+    assert ErrorControl(relative_to="clean").for_solver(2).relative_to == "clean"
     assert ErrorControl(tolerance=0.1, max_interval=1).for_solver(2).max_interval == 1
     assert ErrorControl(max_interval=3).for_solver(1).max_interval == 3  # an explicit field is kept
     assert ErrorControl.abscissa_for(1) == "t" and ErrorControl.abscissa_for(3) == "lambda"
@@ -245,8 +253,8 @@ def test_relative_to_is_a_flat_keyword_that_round_trips_and_overrides_the_host_d
     assert SADAConfig.from_dict(config.to_dict()) == config
     assert config.schedule.for_solver(1).relative_to == "clean"
     assert SADAConfig().schedule.for_solver(1).relative_to == "sample"
-    assert SADAConfig().schedule.for_solver(2).relative_to == "clean"
-    assert SADAConfig().replace(relative_to="sample").schedule.for_solver(2).relative_to == "sample"
+    assert SADAConfig().schedule.for_solver(2).relative_to == "sample"
+    assert SADAConfig().replace(relative_to="clean").schedule.for_solver(2).relative_to == "clean"
 
 
 def test_skip_error_names_a_bad_argument():
@@ -317,3 +325,57 @@ def test_a_default_run_on_a_coarse_grid_is_bit_identical_to_the_plain_run_and_wa
     assert torch.equal(final, plain) and (engine.policy.decisions == Decision.COMPUTE).all()
     engine, _ = _run(SADAConfig(tolerance=0.5), "vp", "epsilon", 2, steps=10)  # an explicit tolerance skips
     assert (engine.policy.decisions != Decision.COMPUTE).sum() >= 1
+
+
+def test_a_history_still_filling_gets_a_pair_one_degree_lower_whose_difference_is_the_exact_error_on_a_quadratic():
+    """Three stored predictions of a four-deep history (the fourth step of a second-order host): the skipped step
+    gets the line through the newest two, and the pair's difference (quadratic minus line) is that line's exact
+    error on a quadratic; two predictions are not enough for a skip."""
+    recent = RecentPredictions(ErrorControl(history=3))
+
+    def quadratic(lam):
+        return torch.full((1, 1, 2, 2), 1.0 + 0.5 * lam - 0.25 * lam**2, dtype=torch.float64)
+
+    for lam in (0.0, 0.5):
+        recent.push(np.ones(1, bool), lam, quadratic(lam))
+    assert not recent.ready(1).any() and torch.isnan(recent.skip_error(1.5, 0.3, quadratic(0.0))).all()
+    recent.push(np.ones(1, bool), 1.0, quadratic(1.0))
+    assert recent.ready(1).all()
+    line = quadratic(1.0) + (quadratic(1.0) - quadratic(0.5)) / 0.5 * 0.5  # through 0.5 and 1.0, at 1.5
+    torch.testing.assert_close(recent.estimate(1.5), line, rtol=1e-12, atol=1e-12)
+    true_error = float((quadratic(1.5) - line).abs().max())
+    expected = kernels.step_transfer(0.3) * true_error / float(line.abs().max())
+    assert true_error > 0.01
+    torch.testing.assert_close(recent.skip_error(1.5, 0.3, quadratic(0.0)), torch.tensor([expected], dtype=torch.float64))
+
+
+def test_rows_at_different_fill_levels_get_pairs_of_their_own_degree():
+    """Row 0 forgotten and refilled with three predictions, row 1 holding four: row 1's estimate is exact on a
+    quadratic (three nodes), row 0's is the line through its newest two."""
+    recent = RecentPredictions(ErrorControl(history=3))
+
+    def quadratic(lam):
+        return torch.full((2, 1, 2, 2), 1.0 + 0.5 * lam - 0.25 * lam**2, dtype=torch.float64)
+
+    for lam in (0.0, 0.5, 1.0, 1.25):
+        recent.push(np.ones(2, bool), lam, quadratic(lam))
+    recent.invalidate(np.array([True, False]))
+    for lam in (1.5, 1.75, 2.0):
+        recent.push(np.ones(2, bool), lam, quadratic(lam))
+    assert recent.ring.count.tolist() == [3, 7]
+    estimate = recent.estimate(2.5)
+    torch.testing.assert_close(estimate[1], quadratic(2.5)[1], rtol=1e-12, atol=1e-12)
+    line = quadratic(2.0)[0] + (quadratic(2.0)[0] - quadratic(1.75)[0]) * 2
+    torch.testing.assert_close(estimate[0], line, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("host, first_skip", [("higher", 3), ("first", 3)])
+def test_the_first_skip_can_come_at_the_fourth_step_once_three_predictions_are_stored(host, first_skip):
+    """A skip needs a line and the quadratic that estimates its error (``MIN_SKIP_PREDICTIONS``): the fourth step
+    (index 3) at the earliest, on every host, also where a longer history is still filling."""
+    family, kind, order = HOSTS[host]
+    assert MIN_SKIP_PREDICTIONS == 3
+    engine, _ = _run(SADAConfig(schedule=ErrorControl(tolerance=0.5, max_interval=1)), family, kind, order)
+    d = engine.policy.decisions
+    assert (d[:first_skip] == Decision.COMPUTE).all()
+    assert (d[first_skip] != Decision.COMPUTE).all()

@@ -6,6 +6,7 @@ from sada.config.enums import Abscissa, AmNoise, LagrangeTarget, Mode, Reduce, S
 from sada.config.parts import (
     DIAL_BY_ORDER,
     MIN_ACC_START,
+    MIN_SKIP_PREDICTIONS,
     ErrorControl,
     Numerics,
     StepSchedule,
@@ -30,6 +31,7 @@ __all__ = [
     "DIAL_BY_ORDER",
     "LagrangeTarget",
     "MIN_ACC_START",
+    "MIN_SKIP_PREDICTIONS",
     "Mode",
     "Numerics",
     "PRESETS",

@@ -27,6 +27,7 @@ __all__ = [
     "StepSchedule",
     "ErrorControl",
     "DIAL_BY_ORDER",
+    "MIN_SKIP_PREDICTIONS",
     "higher_order_max_interval",
     "Numerics",
     "TokenPruning",
@@ -210,8 +211,10 @@ class StepSchedule(_Part):
 # seeds of the benchmark, docs/benchmarks.md). First-order solvers (Euler, DDIM, flow Euler): a linear extrapolation in
 # the schedule's time, up to 6 skips in a row, the error measured relative to the sample ``x / alpha`` (what it leaves
 # in the final sample: at 50 steps 2.2-2.5x at the full run's fidelity where relative to the clean sample gave
-# 1.7-2.3x). Second and third order (DPM-Solver++ 2M/3M, UniPC, DEIS, Heun): a
-# quadratic in log-SNR; at the default tolerance skips never follow each other -- with runs of skips the Karras
+# 1.7-2.3x). Second and third order (DPM-Solver++ 2M/3M, UniPC, DEIS, Heun): a quadratic in log-SNR (a line while the
+# history fills: the first skip may come at the fourth step), the error also measured relative to the sample (at 50
+# steps 1.85x where relative to the clean sample, waiting for four predictions, gave 1.78x, at equal or better
+# fidelity); at the default tolerance skips never follow each other -- with runs of skips the Karras
 # DPM-Solver++ 2M run (66 dB from the ODE solution) lost 9-12 dB to the plain grid at equal evaluations, interleaved
 # it gained 5-7 dB -- and each doubling of the tolerance past 0.01 allows one more skip in a row, up to 4
 # (:func:`higher_order_max_interval`: the dial's range past 2x on these hosts).
@@ -227,14 +230,19 @@ DIAL_BY_ORDER: dict[str, dict] = {
         "history": 3,
         "max_interval": None,  # by tolerance (higher_order_max_interval)
         "abscissa": "lambda",
-        "relative_to": "clean",
+        "relative_to": "sample",
         "coarse_log_snr_step": 0.16,  # a coarser grid computes every step unless the tolerance is set
     },
-    "fourth": {"tolerance": 0.02, "history": 3, "max_interval": 0, "abscissa": "lambda", "relative_to": "clean"},
+    "fourth": {"tolerance": 0.02, "history": 3, "max_interval": 0, "abscissa": "lambda", "relative_to": "sample"},
 }
 
 
 RELATIVE_TO = ("sample", "clean")  # what ErrorControl's estimated error is relative to
+
+# The fewest stored predictions a skip needs: a linear extrapolation and the embedded quadratic that estimates its
+# error. A longer history (second and third order: 3 + 1) is used once it has filled; until then the pair is one
+# degree lower, so a skip may come one step earlier (the fourth step instead of the fifth).
+MIN_SKIP_PREDICTIONS = 3
 
 
 def higher_order_max_interval(tolerance: float) -> int:
@@ -259,23 +267,25 @@ class ErrorControl(_Part):
     the newest ``history`` predictions to its noise level (a Lagrange polynomial, Theorem 3.7), estimates that
     extrapolation's error with one more stored prediction (an embedded pair), and multiplies it by the share
     ``1 - exp(-h)`` of it that a step of log-SNR ``h`` moves into the sample. The step is skipped iff this estimated
-    added error, relative to the sample's RMS, is at most ``tolerance``: on a first-order host relative to the
-    sample ``x / alpha`` entering the step -- for Gaussian data exactly the relative error the skip leaves in the
-    final sample, so the dial reads in output terms and skips freely at high noise, where the ODE contracts errors
-    -- on higher-order hosts relative to the clean sample (stricter at high noise). Large steps (few steps, the end of
-    the run) and rough stretches of the trajectory compute; smooth stretches skip, several steps in a row on a
-    first-order solver. The last two steps always run the network.
+    added error, relative to the RMS of the sample ``x / alpha`` entering the step, is at most ``tolerance`` -- for
+    Gaussian data exactly the relative error the skip leaves in the final sample, so the dial reads in output terms
+    and skips freely at high noise, where the ODE contracts errors. Large steps (few steps, the end of the run) and
+    rough stretches of the trajectory compute; smooth stretches skip, several steps in a row on a first-order
+    solver. A skip needs three stored predictions (a line and the quadratic that checks it), so while a longer
+    history fills the pair is one degree lower. The last two steps always run the network.
 
     A field left ``None`` takes the host solver's value (:data:`DIAL_BY_ORDER`, :meth:`for_solver`): first order
-    (Euler, DDIM, flow Euler) ``tolerance=0.002, history=2, max_interval=6, relative_to="sample"``; second and third
-    order (DPM-Solver++, UniPC, Heun, DEIS) ``tolerance=0.02, history=3, relative_to="clean"`` and ``max_interval`` from the tolerance (:func:`higher_order_max_interval`:
-    1 at the default, up to 4); fourth order and up (LMS) computes every step unless ``max_interval`` is set.
+    (Euler, DDIM, flow Euler) ``tolerance=0.002, history=2, max_interval=6``; second and third order (DPM-Solver++,
+    UniPC, Heun, DEIS) ``tolerance=0.02, history=3`` and ``max_interval`` from the tolerance
+    (:func:`higher_order_max_interval`: 1 at the default, up to 4); fourth order and up (LMS) computes every step
+    unless ``max_interval`` is set. Every host measures ``relative_to="sample"`` unless told ``"clean"``.
 
     Attributes:
         tolerance: the largest estimated error, relative to the sample (RMS over RMS; see ``relative_to``), that one
             skipped step may add: the one accuracy knob. Smaller is more accurate and computes more; 0 never skips.
         history: how many recent network evaluations each extrapolation goes through (polynomial degree
-            ``history - 1``; one more is kept for the error estimate; formerly ``nodes``).
+            ``history - 1``; one more is kept for the error estimate; fewer while the history fills, at least two;
+            formerly ``nodes``).
         max_interval: most consecutive skipped steps; 0 never skips.
         relative_to: ``"sample"`` (the error over RMS of ``x / alpha`` at the step: what it leaves in the final
             sample) or ``"clean"`` (over RMS of the clean-sample estimate).

@@ -106,6 +106,27 @@ class TensorRing:
             weights[full, :depth] = kernel(np.ascontiguousarray(keys[:, full].T), *args)
         return weights
 
+    def weights_by_count(self, kernel, *args, min_count: int, drop_oldest: int = 0) -> np.ndarray:
+        """``kernel(abscissae, *args)`` for every row holding ``n >= min_count`` entries, on its newest
+        ``n - drop_oldest`` abscissae (``n`` capped at ``depth``), as ``[rows, self.depth]`` weights (zero
+        elsewhere): a history still filling gets a pair of lower degree. Rows are grouped by ``n``; a group whose
+        rows share their abscissae is computed once and memoised like :meth:`row_weights`."""
+        if min_count - drop_oldest < 1:
+            raise ValueError(f"min_count - drop_oldest must be >= 1, got {min_count} - {drop_oldest}")
+        rows = self.keys.shape[1]
+        weights = np.zeros((rows, self.depth))
+        if self.count.size != rows:
+            return weights
+        held = np.minimum(self.count, self.depth)
+        for size in np.unique(held[held >= min_count]):
+            group, width = held == size, int(size) - drop_oldest
+            keys = self.keys[:width]
+            if group.all() and rows > 1 and (keys == keys[:, :1]).all():
+                weights[:, :width] = _shared_weights(kernel, np.ascontiguousarray(keys[:, :1].T), args)
+            else:
+                weights[group, :width] = kernel(np.ascontiguousarray(keys[:, group].T), *args)
+        return weights
+
     def combine(self, weights: np.ndarray) -> torch.Tensor:
         """``sum_k weights[b, k] * values[k, b]`` for every row (weights computed on the host)."""
         return kernels.combine(weights, self.values)

@@ -8,7 +8,7 @@ from collections import deque
 
 import numpy as np
 
-from sada.config import ErrorControl
+from sada.config import MIN_SKIP_PREDICTIONS, ErrorControl
 from sada.engine.rules.base import register_rule
 from sada.engine.rules.oracle import NumpyRule
 from sada.policy import Decision
@@ -29,6 +29,7 @@ class NumpyErrorControlRule(NumpyRule):
         super().__init__(*args, **kwargs)
         schedule = self.config.schedule
         self.recent = [deque(maxlen=schedule.history + 1) for _ in range(self.batch_size)]  # newest first
+        self.min_count = min(schedule.history + 1, MIN_SKIP_PREDICTIONS)  # a pair of lower degree while filling
         explicit = self.config.numerics.abscissa
         self.abscissae = self.grid.abscissae(
             ErrorControl.abscissa_for(self.solver_order) if explicit is None else str(explicit)
@@ -56,7 +57,7 @@ class NumpyErrorControlRule(NumpyRule):
         schedule, alpha = self.config.schedule, float(self.grid.alpha[step + 1])
         by_sample = schedule.relative_to == "sample"
         for b, recent in enumerate(self.recent):
-            if len(recent) == recent.maxlen and (alpha > 0 or not by_sample):
+            if len(recent) >= self.min_count and (alpha > 0 or not by_sample):
                 sample = x_next[b : b + 1] / alpha if by_sample else None
                 errors[b] = skip_error([v[None] for _, v in recent], [k for k, _ in recent], at, h, sample)[0]
         self.trace.extras.setdefault("skip_error", {})[step + 1] = errors.tolist()
@@ -67,11 +68,12 @@ class NumpyErrorControlRule(NumpyRule):
         """The extrapolated clean sample of every row that skips ``step + 1``."""
         skipped = decisions != Decision.COMPUTE
         if skipped.any():
-            history, at = self.config.schedule.history, self.abscissae[step + 1]
+            at = self.abscissae[step + 1]
             self.estimate = np.zeros((self.batch_size,) + self.recent[0][0][1].shape)
             for b in np.flatnonzero(skipped):
-                keys = np.array([k for k, _ in self.recent[b]])[:history]
-                values = [v for _, v in self.recent[b]][:history]
+                used = len(self.recent[b]) - 1  # the newest: all but the one kept for the error estimate
+                keys = np.array([k for k, _ in self.recent[b]])[:used]
+                values = [v for _, v in self.recent[b]][:used]
                 self.estimate[b] = multistep_estimate(values, keys, at)
 
     def synthesise(self, step, x):
