@@ -346,7 +346,9 @@ def test_a_history_still_filling_gets_a_pair_one_degree_lower_whose_difference_i
     true_error = float((quadratic(1.5) - line).abs().max())
     expected = kernels.step_transfer(0.3) * true_error / float(line.abs().max())
     assert true_error > 0.01
-    torch.testing.assert_close(recent.skip_error(1.5, 0.3, quadratic(0.0)), torch.tensor([expected], dtype=torch.float64))
+    torch.testing.assert_close(
+        recent.skip_error(1.5, 0.3, quadratic(0.0)), torch.tensor([expected], dtype=torch.float64)
+    )
 
 
 def test_rows_at_different_fill_levels_get_pairs_of_their_own_degree():
