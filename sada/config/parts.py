@@ -319,6 +319,14 @@ class ErrorControl(_Part):
     def never_skips(self) -> bool:
         return self.max_interval == 0 or self.tolerance == 0
 
+    @property
+    def predictions_to_skip(self) -> int:
+        """Stored predictions a skip needs: ``history + 1``, or ``MIN_SKIP_PREDICTIONS`` while a longer history fills
+        (a pair of lower degree). Needs ``history`` resolved (:meth:`for_solver`)."""
+        if self.history is None:
+            raise ValueError("predictions_to_skip needs history set (ErrorControl.for_solver resolves it)")
+        return min(self.history + 1, MIN_SKIP_PREDICTIONS)
+
     @staticmethod
     def order_class(solver_order: int) -> str:
         """``first`` (order 1), ``higher`` (orders 2-3) or ``fourth`` (4 and up) for a host solver's order."""

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from sada import kernels
-from sada.config import MIN_SKIP_PREDICTIONS, ErrorControl
+from sada.config import ErrorControl
 from sada.torch_backend.rings import TensorRing
 
 __all__ = ["RecentPredictions"]
@@ -34,7 +34,7 @@ class RecentPredictions:
             raise TypeError(f"schedule must be an ErrorControl, got {type(schedule).__name__}")
         self.history = schedule.history
         self.ring = TensorRing(self.history + 1)
-        self.min_count = min(self.history + 1, MIN_SKIP_PREDICTIONS)  # a pair of lower degree while filling
+        self.min_count = schedule.predictions_to_skip  # a pair of lower degree while filling
         self._cache: dict = {}
 
     def push(self, computed: np.ndarray, abscissa: float, x0: torch.Tensor) -> None:
@@ -49,9 +49,7 @@ class RecentPredictions:
     def ready(self, rows: int) -> np.ndarray:
         """Rows holding enough predictions for an extrapolation and its error estimate (at least
         ``MIN_SKIP_PREDICTIONS``, or the full ``history + 1`` if fewer)."""
-        if self.ring.count.size != rows:
-            return np.zeros(rows, bool)
-        return self.ring.count >= self.min_count
+        return self.ring.full(rows, at_least=self.min_count)
 
     def _pair(self, at: float) -> tuple[np.ndarray, np.ndarray]:
         """Per ready row, the embedded pair at ``at``: ``(high, low)`` weights on the ring (``low`` -- the estimate a

@@ -85,26 +85,17 @@ class TensorRing:
             self.count[rows] = 0
             self.keys[:, rows] = np.nan
 
-    def full(self, batch: int) -> np.ndarray:
-        """Rows holding ``depth`` valid entries."""
+    def full(self, batch: int, at_least: int | None = None) -> np.ndarray:
+        """Rows holding ``depth`` valid entries (``at_least`` of them where given)."""
         if self.count.size != batch:
             return np.zeros(batch, bool)
-        return self.count >= self.depth
+        return self.count >= (self.depth if at_least is None else at_least)
 
     def row_weights(self, kernel, *args, depth: int | None = None) -> np.ndarray:
         """``kernel(abscissae, *args)`` for every full row, on its newest ``depth`` abscissae (default: all), as
-        ``[rows, self.depth]`` weights (zero elsewhere). Computed once and broadcast when every row holds the same
-        abscissae (batch-level or agreeing decisions), and then memoised across runs by exact bits."""
+        ``[rows, self.depth]`` weights (zero elsewhere): :meth:`weights_by_count` on full rows."""
         depth = self.depth if depth is None else depth
-        keys = self.keys[:depth]
-        rows = keys.shape[1]
-        weights = np.zeros((rows, self.depth))
-        full = self.full(rows)
-        if full.all() and rows > 1 and (keys == keys[:, :1]).all():
-            weights[:, :depth] = _shared_weights(kernel, np.ascontiguousarray(keys[:, :1].T), args)
-        elif full.any():
-            weights[full, :depth] = kernel(np.ascontiguousarray(keys[:, full].T), *args)
-        return weights
+        return self.weights_by_count(kernel, *args, min_count=self.depth, drop_oldest=self.depth - depth)
 
     def weights_by_count(self, kernel, *args, min_count: int, drop_oldest: int = 0) -> np.ndarray:
         """``kernel(abscissae, *args)`` for every row holding ``n >= min_count`` entries, on its newest

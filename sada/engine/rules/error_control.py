@@ -8,7 +8,7 @@ from collections import deque
 
 import numpy as np
 
-from sada.config import MIN_SKIP_PREDICTIONS, ErrorControl
+from sada.config import ErrorControl
 from sada.engine.rules.base import register_rule
 from sada.engine.rules.oracle import NumpyRule
 from sada.policy import Decision
@@ -29,7 +29,7 @@ class NumpyErrorControlRule(NumpyRule):
         super().__init__(*args, **kwargs)
         schedule = self.config.schedule
         self.recent = [deque(maxlen=schedule.history + 1) for _ in range(self.batch_size)]  # newest first
-        self.min_count = min(schedule.history + 1, MIN_SKIP_PREDICTIONS)  # a pair of lower degree while filling
+        self.min_count = schedule.predictions_to_skip  # a pair of lower degree while filling
         explicit = self.config.numerics.abscissa
         self.abscissae = self.grid.abscissae(
             ErrorControl.abscissa_for(self.solver_order) if explicit is None else str(explicit)
