@@ -66,7 +66,7 @@ def test_the_default_is_the_dial_with_its_settings_taken_from_the_solver_order()
     assert ErrorControl(relative_to="clean").for_solver(2).relative_to == "clean"
     assert ErrorControl(tolerance=0.1, max_interval=1).for_solver(2).max_interval == 1
     assert ErrorControl(max_interval=3).for_solver(1).max_interval == 3  # an explicit field is kept
-    assert ErrorControl.abscissa_for(1) == "t" and ErrorControl.abscissa_for(3) == "lambda"
+    assert ErrorControl.abscissa_for(1) == "t" and ErrorControl.abscissa_for(3) == "sigma"
     assert set(DIAL_BY_ORDER) == {"first", "higher", "fourth"}
     with pytest.raises(ValueError, match="solver_order must be an int >= 1, got 0"):
         ErrorControl().for_solver(0)
