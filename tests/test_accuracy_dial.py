@@ -25,6 +25,7 @@ from sada.policy import Decision, ErrorControlPolicy
 from sada.reference import final_sample_sensitivity, multistep_estimate, skip_error
 from sada.torch_backend.engine import SADAEngine
 from sada.torch_backend.error_control import RecentPredictions
+from sada.trajectory import EDMSchedule, StepGrid
 
 HOSTS = {"first": ("flow", "flow_velocity", 1), "higher": ("vp", "epsilon", 2)}
 
@@ -70,6 +71,41 @@ def test_the_default_is_the_dial_with_its_settings_taken_from_the_solver_order()
     assert set(DIAL_BY_ORDER) == {"first", "higher", "fourth"}
     with pytest.raises(ValueError, match="solver_order must be an int >= 1, got 0"):
         ErrorControl().for_solver(0)
+
+
+@given(
+    steps=st.integers(8, 60),
+    at=st.integers(3, 200),
+    coefficients=st.lists(st.floats(-3.0, 3.0), min_size=3, max_size=3),
+)
+def test_the_higher_order_default_extrapolates_a_clean_prediction_quadratic_in_the_noise_level_exactly(
+    steps, at, coefficients
+):
+    # D(sigma) = x0 + O(sigma^2) at the clean end: a quadratic through the three latest predictions, written in the
+    # abscissa the second-order dial defaults to, reproduces the skipped step's D up to rounding, clean end included.
+    grid = StepGrid.from_edm_sigmas(EDMSchedule(), np.append(EDMSchedule().karras(steps), 0.0))
+    at = 3 + at % (steps - 2)  # the skipped node: 3..steps (the last is sigma = 0)
+    nodes = grid.abscissae(ErrorControl.abscissa_for(2))
+    a, b, c = coefficients
+    sigma = grid.edm_sigma
+    clean = a + b * sigma + c * sigma**2
+    estimate = multistep_estimate([[v] for v in clean[at - 3 : at]], nodes[at - 3 : at], nodes[at])
+    scale = 1.0 + abs(a) + abs(b) * sigma[at - 3] + abs(c) * sigma[at - 3] ** 2
+    assert abs(estimate[0] - clean[at]) <= 1e-9 * scale
+
+
+def test_a_quadratic_in_log_snr_misses_what_one_in_the_noise_level_reproduces():
+    grid = StepGrid.from_edm_sigmas(EDMSchedule(), np.append(EDMSchedule().karras(50), 0.0))
+    clean = 0.3 + 0.5 * grid.edm_sigma**2
+    at = 45
+
+    def extrapolated(variable):
+        nodes = grid.abscissae(variable)
+        return multistep_estimate([[d] for d in clean[at - 3 : at]], nodes[at - 3 : at], nodes[at])[0]
+
+    curvature = 0.5 * grid.edm_sigma[at] ** 2  # what D changes by between the clean end and this step
+    assert abs(extrapolated("sigma") - clean[at]) < 1e-12
+    assert abs(extrapolated("lambda") - clean[at]) > 0.5 * curvature
 
 
 @pytest.mark.parametrize("value, error", [(-0.1, ValueError), (1.0, ValueError), (True, TypeError), ("a", TypeError)])
