@@ -125,9 +125,9 @@ class SADAConfig:
           or flow path (rectified flow) -- ``ValueError`` on grids where the official numerics are undefined;
         * criterion: the explicit one, else the paper's where the grid defines it, else the corrected one;
         * step estimate noise: ``reuse`` in paper mode, ``extrapolate`` otherwise;
-        * multistep abscissa: step index in paper mode; under :class:`ErrorControl` (the accuracy dial's
-          extrapolation) the host solver's (:meth:`ErrorControl.abscissa_for`: the schedule's time on a first-order
-          host, EDM sigma on higher orders; ``t`` here); EDM sigma otherwise;
+        * multistep abscissa: step index in paper mode; under :class:`ErrorControl` ``t`` here, replaced by the
+          rule with the host solver's (:meth:`ErrorControl.abscissa_for`: ``t`` on first order, EDM sigma above);
+          EDM sigma otherwise;
         * multistep target: ``x0 / alpha`` in paper mode on an Euler-type host (the official Euler path), else ``x0``.
         """
         scaling = choice(SampleScaling, "sample_scaling", sample_scaling)

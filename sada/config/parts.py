@@ -213,10 +213,10 @@ class StepSchedule(_Part):
 # in the final sample: at 50 steps 2.2-2.5x at the full run's fidelity where relative to the clean sample gave
 # 1.7-2.3x). Second and third order (DPM-Solver++ 2M/3M, UniPC, DEIS, Heun): a quadratic in the EDM noise level
 # ``sigma / alpha`` (a line while the history fills: the first skip may come at the fourth step; the clean-sample
-# prediction is analytic in it at the clean end, where past the default log-SNR lost 5-12 dB to the plain grid at
-# 3-3.6x and ``sigma`` stayed within 1 dB of it or ahead), the error also measured relative to the sample (at 50
-# steps 1.85x where relative to the clean sample, waiting for four predictions, gave 1.78x, at equal or better
-# fidelity); at the default tolerance skips never follow each other -- with runs of skips the Karras
+# prediction is analytic in it at the clean end; at 3-3.6x past the default log-SNR lost 1-12 dB to the plain grid
+# while ``sigma`` kept DPM-Solver++ 2M 3.5-5.3 dB ahead and 3M within 1 dB, UniPC 1-2 dB behind), the error also
+# measured relative to the sample (at 50 steps 1.85x where relative to the clean sample, waiting for four
+# predictions, gave 1.78x, at equal or better fidelity); at the default tolerance skips never follow each other -- with runs of skips the Karras
 # DPM-Solver++ 2M run (66 dB from the ODE solution) lost 9-12 dB to the plain grid at equal evaluations, interleaved
 # it gained 5-7 dB -- and each doubling of the tolerance past 0.01 allows one more skip in a row, up to 4
 # (:func:`higher_order_max_interval`: the dial's range past 2x on these hosts).
