@@ -25,51 +25,73 @@ def _value(text: str):
         return text
 
 
-def sweep(model_name, sampler, overrides, steps_list, tolerances, config, first_seed, seeds):
-    import torch
+class CellRunner:
+    """One diffusers cell of a shipped model on fixed seeds: ``sample(steps, sada=None)`` returns the PSNR against
+    the ODE solution and the network evaluations per sample (the guided pair counted once); ``plain_at`` caches the
+    plain grids. One thread (the ODE reference cache is keyed by the thread count of ``make bench``)."""
 
-    from benchmarks.execute import RowCounter
-    from benchmarks.metrics import psnr
-    from benchmarks.models import load_model
-    from benchmarks.reference import ReferenceSpec, reference_images
-    from sada.adapters import diffusers as sada_d
+    def __init__(self, model_name, sampler, overrides, first_seed, seeds):
+        import torch
+
+        from benchmarks.execute import RowCounter
+        from benchmarks.models import load_model
+        from benchmarks.reference import ReferenceSpec, reference_images
+
+        if seeds < 1:
+            raise ValueError(f"seeds must be >= 1, got {seeds}")
+        torch.set_num_threads(1)
+        self.model = load_model(model_name)
+        self.seeds = list(range(first_seed, first_seed + seeds))
+        self.labels = [s % 10 for s in self.seeds]
+        start = "flow" if model_name == "mmdit" else ("vp" if sampler in ("dpmpp_2m", "unipc", "ddim") else "edm")
+        spec = ReferenceSpec(model_name, start, self.model.guidance)
+        self.reference = reference_images(self.model, spec, self.seeds, self.labels)
+        self.pipe = self.model.pipeline(sampler, **overrides)
+        self.counter = RowCounter(self.model.network)
+        self.per_step = 2 if sampler == "heun" else 1
+        self.plain: dict = {}
+
+    def sample(self, steps, sada=None):
+        from benchmarks.metrics import psnr
+        from sada.adapters import diffusers as sada_d
+
+        self.counter.rows = 0
+        if sada is None:
+            images = self.model.sample(self.pipe, self.labels, self.seeds, steps)
+        else:
+            with warnings.catch_warnings(), sada_d.enabled(self.pipe, sada):
+                warnings.simplefilter("ignore")
+                images = self.model.sample(self.pipe, self.labels, self.seeds, steps)
+        return psnr(images, self.reference), self.counter.rows / (2 * len(self.seeds))
+
+    def plain_at(self, steps):
+        if steps not in self.plain:
+            self.plain[steps] = self.sample(steps)
+        return self.plain[steps]
+
+    def neighbours_at(self, nfe):
+        """The plain grid at ``nfe`` evaluations: linear between the two step counts around it."""
+        per_step = self.per_step
+        low = max(2, math.floor((nfe + per_step - 1) / per_step))
+        (p1, e1), (p2, e2) = self.plain_at(low), self.plain_at(low + 1)
+        return p1 + (p2 - p1) * (nfe - e1) / (e2 - e1)
+
+    def close(self):
+        self.counter.remove()
+
+
+def sweep(model_name, sampler, overrides, steps_list, tolerances, config, first_seed, seeds):
     from sada.config import SADAConfig
 
-    torch.set_num_threads(1)
-    model = load_model(model_name)
-    seed_list = list(range(first_seed, first_seed + seeds))
-    labels = [s % 10 for s in seed_list]
-    start = "flow" if model_name == "mmdit" else ("vp" if sampler in ("dpmpp_2m", "unipc", "ddim") else "edm")
-    reference = reference_images(model, ReferenceSpec(model_name, start, model.guidance), seed_list, labels)
-    pipe = model.pipeline(sampler, **overrides)
-    counter = RowCounter(model.network)
-    per_step = 2 if sampler == "heun" else 1
-    plain: dict = {}
-
-    def sample(steps, sada=None):
-        counter.rows = 0
-        if sada is None:
-            images = model.sample(pipe, labels, seed_list, steps)
-        else:
-            with warnings.catch_warnings(), sada_d.enabled(pipe, sada):
-                warnings.simplefilter("ignore")
-                images = model.sample(pipe, labels, seed_list, steps)
-        return psnr(images, reference), counter.rows / (2 * len(seed_list))
-
-    def plain_at(steps):
-        if steps not in plain:
-            plain[steps] = sample(steps)
-        return plain[steps]
-
+    cell = CellRunner(model_name, sampler, overrides, first_seed, seeds)
+    per_step = cell.per_step
     rows = []
     for steps in steps_list:
-        full, _ = plain_at(steps)
+        full, _ = cell.plain_at(steps)
         for tolerance in tolerances:
             fields = dict(config, **({} if tolerance is None else {"tolerance": tolerance}))
-            value, nfe = sample(steps, SADAConfig(**fields))
-            low = max(2, math.floor((nfe + per_step - 1) / per_step))
-            (p1, e1), (p2, e2) = plain_at(low), plain_at(low + 1)
-            peer = p1 + (p2 - p1) * (nfe - e1) / (e2 - e1)
+            value, nfe = cell.sample(steps, SADAConfig(**fields))
+            peer = cell.neighbours_at(nfe)
             row = dict(
                 steps=steps,
                 tolerance=tolerance,
@@ -87,7 +109,7 @@ def sweep(model_name, sampler, overrides, steps_list, tolerances, config, first_
                 f"plain at equal NFE {peer:6.2f}  delta {value - peer:+6.2f}",
                 flush=True,
             )
-    counter.remove()
+    cell.close()
     return rows
 
 
