@@ -67,9 +67,17 @@ def _key(cell: Cell) -> str:
     return "k-diffusion" if cell.backend == "k-diffusion" else cell.model
 
 
+# diffusers schedulers whose ``set_timesteps`` takes no custom timesteps (UniPC takes ``sigmas`` only): no
+# ``same ends`` family
+_NO_CUSTOM_TIMESTEPS = frozenset({"unipc"})
+
+
 def grid_families(cell: Cell) -> tuple[str, ...]:
     """The plain grid families compared in ``cell``."""
-    return _FAMILIES[_key(cell)]
+    families = _FAMILIES[_key(cell)]
+    if cell.backend == "diffusers" and cell.sampler in _NO_CUSTOM_TIMESTEPS:
+        return tuple(f for f in families if f != "same ends")
+    return families
 
 
 def default_family(cell: Cell) -> str:

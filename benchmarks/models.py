@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-__all__ = ["BenchModel", "SCHEDULERS", "DEFAULT_SCHEDULER", "load_model", "load_pipeline"]
+__all__ = ["BenchModel", "SCHEDULERS", "SCHEDULER_SETTINGS", "DEFAULT_SCHEDULER", "load_model", "load_pipeline"]
 
 # sampler name -> diffusers scheduler class (per model family)
 SCHEDULERS = {
     "unet": {
         "dpmpp_2m": "DPMSolverMultistepScheduler",
+        "dpmpp_3m": "DPMSolverMultistepScheduler",
         "euler": "EulerDiscreteScheduler",
         "ddim": "DDIMScheduler",
         "unipc": "UniPCMultistepScheduler",
@@ -32,6 +33,8 @@ SCHEDULERS = {
     },
     "mmdit": {"flow_euler": "FlowMatchEulerDiscreteScheduler"},
 }
+# a sampler that is one of the classes above with settings of its own (overridable by ``config_overrides``)
+SCHEDULER_SETTINGS = {"dpmpp_3m": {"solver_order": 3}}
 DEFAULT_SCHEDULER = {"unet": "dpmpp_2m", "mmdit": "flow_euler"}
 
 
@@ -102,7 +105,9 @@ class BenchModel:
                 f"choose from {sorted(SCHEDULERS[self.name])}"
             )
         cls = getattr(diffusers, SCHEDULERS[self.name][sampler])
-        return cls.from_config(self.base_scheduler.config, **config_overrides)
+        return cls.from_config(
+            self.base_scheduler.config, **{**SCHEDULER_SETTINGS.get(sampler, {}), **config_overrides}
+        )
 
     def pipeline(self, sampler: str | None = None, **config_overrides):
         """A stock diffusers pipeline around the network with ``scheduler(sampler, **config_overrides)``."""

@@ -338,3 +338,17 @@ def test_dial_peers_bracket_every_dial_point_and_the_dial_report_shows_its_diffe
     assert any(r["NFE"] <= dial["NFE"] for r in plain.values()) and any(r["NFE"] >= dial["NFE"] for r in plain.values())
     assert dial["equal-NFE peer"] and math.isfinite(dial["Δ vs peer"]) and dial["Δ 2se"] >= 0
     assert f"{15 / dial['NFE']:.2f}x, {dial['Δ vs peer']:+.1f} |" in render_dial(data)
+
+
+def test_the_third_order_cells_start_from_the_vp_state_and_unipc_has_no_custom_timestep_family():
+    from benchmarks.cells import FULL_MATRIX, Cell
+    from benchmarks.grids import grid_families
+    from benchmarks.models import SCHEDULER_SETTINGS
+
+    names = {c.name for c in FULL_MATRIX}
+    for sampler in ("unipc", "dpmpp_3m"):
+        cell = Cell.parse(f"diffusers/unet/{sampler}/karras/50")
+        assert cell.name in names and cell.reference_start == "vp"
+    assert grid_families(Cell.parse("diffusers/unet/unipc/karras/50")) == ("trailing", "karras")
+    assert grid_families(Cell.parse("diffusers/unet/dpmpp_3m/karras/50")) == ("trailing", "karras", "same ends")
+    assert SCHEDULER_SETTINGS["dpmpp_3m"] == {"solver_order": 3}

@@ -69,3 +69,21 @@ def test_merge_command_writes_the_merged_results(tmp_path, capsys):
     merged = json.loads((tmp_path / "m.json").read_text())
     assert [c["variants"]["SADA"]["NFE"] for c in merged["cells"]] == [28.0, 25.0]
     assert "1 of 2 cells replaced" in capsys.readouterr().out
+
+
+def test_add_inserts_new_cells_in_the_matrix_order_and_the_page_says_they_were_added():
+    first, new, last = (
+        "diffusers/unet/heun/karras/100",
+        "diffusers/unet/unipc/karras/50",
+        "k-diffusion/unet/lms/karras/15",
+    )
+    base = _run([_cell(first, 60.0, 1.0), _cell(last, 15.0, 0.0)])
+    base["settings"]["cells"] = [first, last]
+    update = _run([_cell(new, 27.0, -0.5)], wall_s=300.0)
+    with pytest.raises(ValueError, match="--add adds it"):
+        merge_cells(base, update)
+    merged = merge_cells(base, update, add=True)
+    assert [c["name"] for c in merged["cells"]] == [first, new, last] == merged["settings"]["cells"]
+    assert merged["settings"]["merged"][-1]["added"] == [new] and merged["settings"]["merged"][-1]["replaced"] == []
+    assert {g["cell"] for g in merged["goals"]} >= {new}
+    assert merged_note(merged["settings"]).startswith(f"1 cells ({new}) added by a later run (5.0 min")
