@@ -33,6 +33,7 @@ class CellRunner:
     def __init__(self, model_name, sampler, overrides, first_seed, seeds):
         import torch
 
+        from benchmarks.cells import VP_START_SAMPLERS
         from benchmarks.execute import RowCounter
         from benchmarks.models import load_model
         from benchmarks.reference import ReferenceSpec, reference_images
@@ -43,13 +44,15 @@ class CellRunner:
         self.model = load_model(model_name)
         self.seeds = list(range(first_seed, first_seed + seeds))
         self.labels = [s % 10 for s in self.seeds]
-        start = "flow" if model_name == "mmdit" else ("vp" if sampler in ("dpmpp_2m", "unipc", "ddim") else "edm")
+        start = "flow" if model_name == "mmdit" else ("vp" if sampler in VP_START_SAMPLERS else "edm")
         spec = ReferenceSpec(model_name, start, self.model.guidance)
         self.reference = reference_images(self.model, spec, self.seeds, self.labels)
         self.pipe = self.model.pipeline(sampler, **overrides)
         self.counter = RowCounter(self.model.network)
         self.per_step = 2 if sampler == "heun" else 1
         self.plain: dict = {}
+        self.plain_images: dict = {}
+        self.last_images = None
 
     def sample(self, steps, sada=None):
         from benchmarks.metrics import psnr
@@ -62,11 +65,13 @@ class CellRunner:
             with warnings.catch_warnings(), sada_d.enabled(self.pipe, sada):
                 warnings.simplefilter("ignore")
                 images = self.model.sample(self.pipe, self.labels, self.seeds, steps)
+        self.last_images = images
         return psnr(images, self.reference), self.counter.rows / (2 * len(self.seeds))
 
     def plain_at(self, steps):
         if steps not in self.plain:
             self.plain[steps] = self.sample(steps)
+            self.plain_images[steps] = self.last_images
         return self.plain[steps]
 
     def neighbours_at(self, nfe):

@@ -11,7 +11,9 @@ one grid's luck. This command runs the plain grid at every step count of a range
 * the plain grids' trend: a least-squares line in log(evaluations) over the plain grids within a factor
   ``span`` of SADA's evaluation count, with the RMS scatter of those grids about it (a difference smaller than
   the scatter is a tie);
-* the best plain grid at or below SADA's evaluation count (what a user who knew the lucky step count would pick).
+* the best plain grid at or below SADA's evaluation count (what a user who knew the lucky step count would pick);
+
+and, beside them, SADA's PSNR against its own full run (the error its skips add, whatever the host's own error).
 
     python -m benchmarks.plain_curve unet unipc --override use_karras_sigmas=true --plain 20 104 \\
         --steps 38 40 45 50 60 75 100 --first-seed 1016 --seeds 8
@@ -30,7 +32,7 @@ import numpy as np
 
 from benchmarks.dial_sweep import CellRunner, _value
 
-__all__ = ["trend_at", "best_at_most", "compare", "main"]
+__all__ = ["trend_at", "best_at_most", "compare", "save_plot", "main"]
 
 
 def _curve(evaluations, psnrs) -> tuple[np.ndarray, np.ndarray]:
@@ -78,9 +80,12 @@ def best_at_most(evaluations, psnrs, nfe: float) -> float:
 
 def compare(cell: CellRunner, steps: int, config, span: float = 1.25) -> dict:
     """One SADA run at ``steps`` against the cell's plain grids (already run)."""
+    from benchmarks.metrics import psnr
     from sada.config import SADAConfig
 
     value, nfe = cell.sample(steps, SADAConfig(**config))
+    images = cell.last_images
+    full = cell.plain_at(steps)[0]
     evaluations = [e for _, e in cell.plain.values()]
     psnrs = [p for p, _ in cell.plain.values()]
     trend, scatter, points = trend_at(evaluations, psnrs, nfe, span)
@@ -89,13 +94,64 @@ def compare(cell: CellRunner, steps: int, config, span: float = 1.25) -> dict:
         nfe=nfe,
         ratio=steps * cell.per_step / nfe,
         psnr=value,
-        full=cell.plain_at(steps)[0],
+        full=full,
+        vs_full=psnr(images, cell.plain_images[steps]),
         neighbours=cell.neighbours_at(nfe),
         trend=trend,
         scatter=scatter,
         trend_points=points,
         best_at_most=best_at_most(evaluations, psnrs, nfe),
     )
+
+
+def save_plot(plain: dict, rows: list[dict], title: str, path) -> None:
+    """PSNR against evaluations: every plain grid (dots joined in step order), the trend at each SADA run, and
+    the SADA runs (labelled with their step counts)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = sorted(plain)
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    ax.plot(
+        [plain[s][1] for s in order],
+        [plain[s][0] for s in order],
+        "-o",
+        ms=2.5,
+        lw=0.8,
+        color="0.45",
+        label="plain grid, every step count",
+    )
+    ax.errorbar(
+        [r["nfe"] for r in rows],
+        [r["trend"] for r in rows],
+        yerr=[r["scatter"] for r in rows],
+        fmt="_",
+        ms=12,
+        color="tab:blue",
+        capsize=3,
+        label="plain trend at SADA's evaluations (± scatter)",
+    )
+    ax.plot([r["nfe"] for r in rows], [r["psnr"] for r in rows], "D", color="tab:red", ms=5, label="SADA default")
+    for r in rows:
+        ax.annotate(
+            f"{r['steps']}",
+            (r["nfe"], r["psnr"]),
+            textcoords="offset points",
+            xytext=(3, -10),
+            fontsize=7,
+            color="tab:red",
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("network evaluations per image (log)")
+    ax.set_ylabel("PSNR against the ODE solution (dB)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv=None) -> int:
@@ -110,6 +166,7 @@ def main(argv=None) -> int:
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--out", default=None, help="write the plain curve and the rows as JSON")
+    parser.add_argument("--plot", default=None, help="save the curve and the SADA runs as a PNG")
     args = parser.parse_args(argv)
     first, last = args.plain
     if not 2 <= first <= last:
@@ -127,10 +184,15 @@ def main(argv=None) -> int:
         print(
             f"SADA {steps:4d} steps  NFE {row['nfe']:6.1f} ({row['ratio']:.2f}x)  PSNR {row['psnr']:6.2f}  "
             f"vs neighbours {row['psnr'] - row['neighbours']:+6.2f}  vs trend {row['psnr'] - row['trend']:+6.2f} "
-            f"(scatter {row['scatter']:.2f})  vs best at most NFE {row['psnr'] - row['best_at_most']:+6.2f}",
+            f"(scatter {row['scatter']:.2f})  vs best at most NFE {row['psnr'] - row['best_at_most']:+6.2f}  "
+            f"(PSNR vs its full run {row['vs_full']:.2f})",
             flush=True,
         )
     cell.close()
+    if args.plot:
+        seeds = f"seeds {cell.seeds[0]}-{cell.seeds[-1]}"
+        overrides_text = " ".join(args.override)
+        save_plot(cell.plain, rows, f"{args.model} {args.sampler} {overrides_text}, {seeds}", args.plot)
     if args.out:
         plain = {str(k): {"psnr": p, "nfe": e} for k, (p, e) in sorted(cell.plain.items())}
         with open(args.out, "w") as f:

@@ -60,3 +60,13 @@ def test_the_trend_rejects_bad_input_naming_the_value(kwargs, message):
 def test_no_plain_grid_below_the_budget_is_an_error():
     with pytest.raises(ValueError, match="no plain grid uses at most 5"):
         best_at_most([10, 20], [1.0, 2.0], 5)
+
+
+def test_the_plot_is_a_png_of_the_curve_and_the_runs(tmp_path):
+    from benchmarks.plain_curve import save_plot
+
+    plain = {s: (40.0 + s / 10, float(s)) for s in range(20, 40)}
+    rows = [dict(steps=50, nfe=27.0, psnr=44.0, trend=42.7, scatter=0.5)]
+    save_plot(plain, rows, "test", tmp_path / "curve.png")
+    data = (tmp_path / "curve.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
