@@ -16,7 +16,8 @@ BENCH_TIME = (
     "Expected run time on 2 CPU cores: the default cells about 11 minutes on a first run in one process "
     "(the ODE references are computed once and cached, ~5 minutes of it); `make bench` runs the two "
     "micro-batches in two processes (accelerate launch, --threads 1): 10.5 minutes on a first run. --full "
-    "--groups main --methods SADA in two processes: 67 minutes; every variant and the control take "
+    "--groups main --methods SADA in two processes: 67 minutes for the first 64 cells, about 5 minutes more per 8 "
+    "cells added since; every variant and the control take "
     "longer (not measured); add --threads 1 on a machine shared with other jobs."
 )
 
@@ -158,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Methods per cell: baseline (the full run); SADA (the adapter's default configuration); SADA "
         "paper (the authors' preset, 50/25/15 steps); SADA step-indexed (the previous release's "
         "error-vetoed step schedule); plain grids at each variant's evaluation count (U-Net: trailing, karras, same ends; MMDiT: shift 1, shift 3, same "
-        "ends; k-diffusion: karras, exponential, uniform t). Groups: control = SADA with skipping "
+        "ends (flow Euler only); k-diffusion: karras, exponential, uniform t). Groups: control = SADA with skipping "
         "disabled; tolerance = schedule-free SADA (ErrorControl) with its tolerance swept; peer / "
         "ablation / pareto (diffusers cells) = AdaptiveDiffusion, diffusers cache hooks, token pruning, "
         "ablations and knob sweeps.\n" + BENCH_TIME,
@@ -173,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--full",
         action="store_true",
-        help="every cell of the matrix (64: both models, every sampler and spacing, 15/25/50/100 steps)",
+        help="every cell of the matrix (both models, every sampler and spacing, 15/25/50/100 steps; --list-cells "
+        "lists them)",
     )
     bench.add_argument("--list-cells", action="store_true", help="print the selected cells and exit")
     bench.add_argument(

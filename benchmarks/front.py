@@ -4,7 +4,8 @@
     python -m benchmarks.front render front-out/*.json --update docs/results/front.md
 
 One process per call (cache-dit patches the transformer and cannot be removed: run its group in its own process).
-Every method samples the same held-out seeds (1000.., labels ``seed % 10``) with flow Euler at 50 steps, and is scored
+Every method samples the same held-out seeds (1000.., labels ``seed % 10``) with flow Euler at 50 steps (the groups
+``solvers`` / ``sada_solvers``: the pipeline's other solvers, DPM-Solver++ and UniPC with flow sigmas), and is scored
 against the converged ODE solution (:mod:`benchmarks.reference`) and against the full run. Compute is the fraction of
 the full run's FLOPs, counted by torch's FLOP counter around every whole sampling call (so whatever a method skips --
 steps, blocks, attention -- is credited); on this model attention runs as matrix products the counter sees (checked
@@ -21,14 +22,45 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
+from benchmarks.models import shift_override
+
 STEPS = 50
 SEEDS = tuple(range(1000, 1016))
-GROUPS = ("plain", "sada", "taylorseer", "first_block", "mag", "pab", "faster", "cache_dit", "sada_cache_dit")
+GROUPS = (
+    "plain",
+    "sada",
+    "solvers",
+    "sada_solvers",
+    "taylorseer",
+    "first_block",
+    "mag",
+    "pab",
+    "faster",
+    "cache_dit",
+    "sada_cache_dit",
+)
 PLAIN_STEPS = (10, 13, 15, 18, 20, 23, 25, 30, 35, 40, 50)
 TOLERANCES = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05)
+# the other solvers of the same pipeline (diffusers' multistep schedulers with flow sigmas): plain at fewer steps, and
+# SADA on them at 50 steps with the dial swept
+SOLVERS = {"flow_dpmpp_2m": "DPM-Solver++ 2M flow", "flow_dpmpp_3m": "DPM-Solver++ 3M flow", "flow_unipc": "UniPC flow"}
+SOLVER_STEPS = (10, 13, 15, 18, 20, 25, 30, 40, 50)
+SOLVER_TOLERANCES = (0.002, 0.005, 0.05, 0.1)
+
+
+class Method(NamedTuple):
+    """One point of the front: ``apply(pipe, net)`` a context manager (``None``: the plain sampler), run with
+    ``sampler`` at ``steps`` steps (``None``: :data:`STEPS`)."""
+
+    name: str
+    knob: float | None
+    apply: object
+    sampler: str = "flow_euler"
+    steps: int | None = None
 
 
 def _flop_split(model) -> dict:
@@ -96,7 +128,7 @@ class Counter:
 
 
 def _methods(group: str, model, shift: float):
-    """``(name, knob, apply(pipe, net) -> context manager)`` of one group."""
+    """The :class:`Method` s of one group."""
     from diffusers import hooks
 
     def hook(apply_fn):
@@ -116,8 +148,14 @@ def _methods(group: str, model, shift: float):
         return ctx
 
     if group == "plain":
-        return [(f"flow Euler, {n} steps", n, None) for n in PLAIN_STEPS]
-    if group == "sada":
+        return [Method(f"flow Euler, {n} steps", n, None, steps=n) for n in PLAIN_STEPS]
+    if group == "solvers":
+        return [
+            Method(f"{label}, {n} steps", n, None, sampler=sampler, steps=n)
+            for sampler, label in SOLVERS.items()
+            for n in SOLVER_STEPS
+        ]
+    if group in ("sada", "sada_solvers"):
         from sada.config import SADAConfig
 
         def sada(config):
@@ -130,8 +168,15 @@ def _methods(group: str, model, shift: float):
 
             return ctx
 
-        out = [("SADA default", None, sada(SADAConfig()))]
-        return out + [(f"SADA tolerance {t:g}", t, sada(SADAConfig(tolerance=t))) for t in TOLERANCES]
+        if group == "sada":
+            out = [Method("SADA default", None, sada(SADAConfig()))]
+            return out + [Method(f"SADA tolerance {t:g}", t, sada(SADAConfig(tolerance=t))) for t in TOLERANCES]
+        return [
+            Method(f"SADA on {label}, {'default' if t is None else f'tolerance {t:g}'}", t, sada(config), sampler)
+            for sampler, label in SOLVERS.items()
+            if sampler != "flow_dpmpp_3m"
+            for t, config in [(None, SADAConfig())] + [(t, SADAConfig(tolerance=t)) for t in SOLVER_TOLERANCES]
+        ]
     if group == "taylorseer":
         out = []
         for lite in (True, False):
@@ -144,11 +189,13 @@ def _methods(group: str, model, shift: float):
                         use_lite_mode=lite,
                     )
                     name = f"TaylorSeer{' lite' if lite else ''}, interval {interval}, warm-up {warmup}"
-                    out.append((name, interval, hook(lambda net, pipe, c=config: hooks.apply_taylorseer_cache(net, c))))
+                    out.append(
+                        Method(name, interval, hook(lambda net, pipe, c=config: hooks.apply_taylorseer_cache(net, c)))
+                    )
         return out
     if group == "first_block":
         return [
-            (
+            Method(
                 f"FirstBlockCache, threshold {t:g}",
                 t,
                 hook(
@@ -160,7 +207,7 @@ def _methods(group: str, model, shift: float):
     if group == "mag":
         ratios = _mag_ratios(model, shift)
         return [
-            (
+            Method(
                 f"MagCache (calibrated), threshold {t:g}",
                 t,
                 hook(
@@ -200,12 +247,13 @@ def _methods(group: str, model, shift: float):
         apply = pab if group == "pab" else faster
         label = "PyramidAttentionBroadcast" if group == "pab" else "FasterCache"
         return [
-            (f"{label}, block skip range {k}", k, hook(lambda net, pipe, k=k: apply(net, pipe, k))) for k in (2, 3, 4)
+            Method(f"{label}, block skip range {k}", k, hook(lambda net, pipe, k=k: apply(net, pipe, k)))
+            for k in (2, 3, 4)
         ]
     if group in ("cache_dit", "sada_cache_dit"):
         thresholds = (0.04, 0.08, 0.12, 0.2, 0.3) if group == "cache_dit" else (0.08, 0.12)
         return [
-            (
+            Method(
                 f"{'SADA + ' if group != 'cache_dit' else ''}cache-dit DBCache F1B0, threshold {t:g}",
                 t,
                 _cache_dit(t, with_sada=group != "cache_dit"),
@@ -289,10 +337,11 @@ def run(shift: float, groups, out: Path) -> None:
     results = json.loads(out.read_text()) if out.is_file() else {"shift": shift, "methods": {}}
     results.update(flops=split, seeds=list(SEEDS), steps=STEPS)
     full = None
-    todo = [("full run", STEPS, None, "plain")] + [(*m, g) for g in groups for m in _methods(g, model, shift)]
-    for name, knob, apply, group in tqdm(todo, desc=f"front shift {shift:g}", unit="method"):
-        pipe = model.pipeline("flow_euler", shift=shift)
-        steps = knob if group == "plain" else STEPS
+    todo = [(Method("full run", STEPS, None), "plain")] + [(m, g) for g in groups for m in _methods(g, model, shift)]
+    for method, group in tqdm(todo, desc=f"front shift {shift:g}", unit="method"):
+        name, knob, apply = method.name, method.knob, method.apply
+        pipe = model.pipeline(method.sampler, **shift_override(method.sampler, shift))
+        steps = STEPS if method.steps is None else method.steps
         counter.reset()
         start = time.perf_counter()
         try:
@@ -315,6 +364,7 @@ def run(shift: float, groups, out: Path) -> None:
             full_flops = flops
         results["methods"][name] = {
             "group": group,
+            "sampler": method.sampler,
             "knob": knob,
             "compute": flops / full_flops,
             "evaluations": counter.evals / (2 * len(SEEDS)),
@@ -335,8 +385,8 @@ def render(paths, image_dir: Path | None = None) -> str:
         "",
         "Generated by `python -m benchmarks.regenerate_front --update docs/results/front.md` "
         "(the commands it runs are in "
-        "[Benchmarks](../benchmarks.md#the-front-every-peer-on-one-page)). Flow Euler, 50 steps, held-out seeds "
-        "1000-1015. Compute: fraction of the full run's network FLOPs (attention included). PSNR in dB against the "
+        "[Benchmarks](../benchmarks.md#the-front-every-peer-on-one-page)). Flow Euler, 50 steps (other solvers as "
+        "named), held-out seeds 1000-1015. Compute: fraction of the full run's network FLOPs (attention included). PSNR in dB against the "
         "converged ODE solution and against the full 50-step run. The raw results are in `docs/results/front-data/`.",
         "",
     ]
@@ -370,8 +420,14 @@ def render(paths, image_dir: Path | None = None) -> str:
         "(`AttributeError`); the errors are the ones in the tables. FasterCache fails on the guided batch of this pipeline "
         "(`RuntimeError`, a 16-row against a 32-row tensor). cache-dit's TaylorSeer calibrator with `Bn_compute_blocks=0` "
         "(all 4 blocks but the first cacheable) stops with `State 'transformer_blocks_Bn_residual' not found`, so "
-        "cache-dit runs as DBCache alone (F1B0). The shipped flow pipeline has no solver but flow Euler, so "
-        "the best plain alternative is the flow Euler grid at fewer steps.",
+        "cache-dit runs as DBCache alone (F1B0).",
+        "",
+        "**Other solvers of the same pipeline.** The SD3 pipeline also runs diffusers' multistep solvers with flow "
+        "sigmas (`DPMSolverMultistepScheduler` / `UniPCMultistepScheduler` with `use_flow_sigmas=True`, "
+        '`prediction_type="flow_prediction"` and the shift as `flow_shift`): the rows `DPM-Solver++ 2M flow`, '
+        "`DPM-Solver++ 3M flow` and `UniPC flow` run them plainly at fewer steps, and `SADA on ...` runs the dial on "
+        "them at 50 steps. Their compute is counted against the flow Euler full run (the same network per "
+        "evaluation).",
         "",
     ]
     return "\n".join(lines)
@@ -387,18 +443,23 @@ def _plot(methods: dict, path: Path, shift: float) -> None:
     for name, m in methods.items():
         if "error" not in m and name != "full run":
             label = m["group"] if not name.startswith("TaylorSeer lite") else "taylorseer lite"
+            solver = SOLVERS.get(m.get("sampler", "flow_euler"))
+            if solver is not None:  # one line per other solver, plain and with SADA
+                label = f"{'SADA on' if label == 'sada_solvers' else 'plain'} {solver}"
+            label = {"plain": "plain flow Euler", "sada": "SADA on flow Euler"}.get(label, label)
             groups.setdefault(label, []).append((m["compute"], m["psnr_ode"], name))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, points in sorted(groups.items()):
         points.sort()
-        style = "-o" if label in ("plain", "sada") else "o"
+        flow_euler = label in ("plain flow Euler", "SADA on flow Euler")
+        style = "-o" if flow_euler else ("--s" if label.startswith(("plain ", "SADA on")) else "o")
         ax.plot([p[0] for p in points], [p[1] for p in points], style, label=label, markersize=4)
-        if label == "sada":
+        if label == "SADA on flow Euler":
             for c, p, name in points:
                 ax.annotate(name.replace("SADA tolerance ", "").replace("SADA ", ""), (c, p), fontsize=6)
     ax.set_xlabel("compute (fraction of the full run's network FLOPs)")
     ax.set_ylabel("PSNR vs ODE solution (dB)")
-    ax.set_title(f"shipped MMDiT, flow Euler 50 steps, shift {shift:g}")
+    ax.set_title(f"shipped MMDiT, 50 steps (plain solvers: fewer steps), shift {shift:g}")
     ax.set_ylim(bottom=25)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from benchmarks.cells import Cell
+from benchmarks.models import shift_override
 
 __all__ = ["PlainGrid", "grid_families", "default_family", "plain_grid", "resolve_grid", "steps_around", "same_grid"]
 
@@ -67,15 +68,17 @@ def _key(cell: Cell) -> str:
     return "k-diffusion" if cell.backend == "k-diffusion" else cell.model
 
 
-# diffusers schedulers whose ``set_timesteps`` takes no custom timesteps (UniPC takes ``sigmas`` only): no
-# ``same ends`` family
+# diffusers schedulers whose ``set_timesteps`` takes no custom grid of the kind the ``same ends`` family builds (UniPC
+# takes ``sigmas`` only, DPM-Solver ``timesteps`` only; on the MMDiT the family is a custom flow ``sigmas`` grid that
+# only FlowMatch Euler applies unshifted): no ``same ends`` family
 _NO_CUSTOM_TIMESTEPS = frozenset({"unipc"})
+_NO_CUSTOM_FLOW_SIGMAS = frozenset({"flow_unipc", "flow_dpmpp_2m", "flow_dpmpp_3m"})
 
 
 def grid_families(cell: Cell) -> tuple[str, ...]:
     """The plain grid families compared in ``cell``."""
     families = _FAMILIES[_key(cell)]
-    if cell.backend == "diffusers" and cell.sampler in _NO_CUSTOM_TIMESTEPS:
+    if cell.backend == "diffusers" and cell.sampler in _NO_CUSTOM_TIMESTEPS | _NO_CUSTOM_FLOW_SIGMAS:
         return tuple(f for f in families if f != "same ends")
     return families
 
@@ -104,7 +107,10 @@ def plain_grid(cell: Cell, family: str, steps: int, model, denoiser=None) -> Pla
             raise ValueError("k-diffusion grids need the denoiser (its training sigma range)")
         return PlainGrid(family, steps, sigmas=tuple(float(s) for s in kdiffusion_sigmas(denoiser, family, steps)))
     if family != "same ends":
-        return PlainGrid(family, steps, overrides=_OVERRIDES[family])
+        overrides = _OVERRIDES[family]
+        if cell.model == "mmdit":  # the shift's name in the sampler's config
+            overrides = tuple(shift_override(cell.sampler, value).popitem() for _, value in overrides)
+        return PlainGrid(family, steps, overrides=overrides)
     full = plain_grid(cell, default_family(cell), cell.steps, model, denoiser)
     first, last = grid_span(cell, full, model)
     if cell.model == "mmdit":

@@ -19,7 +19,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-__all__ = ["BenchModel", "SCHEDULERS", "SCHEDULER_SETTINGS", "DEFAULT_SCHEDULER", "load_model", "load_pipeline"]
+__all__ = [
+    "BenchModel",
+    "SCHEDULERS",
+    "SCHEDULER_SETTINGS",
+    "DEFAULT_SCHEDULER",
+    "load_model",
+    "load_pipeline",
+    "shift_override",
+]
 
 # sampler name -> diffusers scheduler class (per model family)
 SCHEDULERS = {
@@ -31,11 +39,30 @@ SCHEDULERS = {
         "unipc": "UniPCMultistepScheduler",
         "heun": "HeunDiscreteScheduler",
     },
-    "mmdit": {"flow_euler": "FlowMatchEulerDiscreteScheduler"},
+    "mmdit": {
+        "flow_euler": "FlowMatchEulerDiscreteScheduler",
+        "flow_dpmpp_2m": "DPMSolverMultistepScheduler",
+        "flow_dpmpp_3m": "DPMSolverMultistepScheduler",
+        "flow_unipc": "UniPCMultistepScheduler",
+    },
 }
 # a sampler that is one of the classes above with settings of its own (overridable by ``config_overrides``)
-SCHEDULER_SETTINGS = {"dpmpp_3m": {"solver_order": 3}}
+_FLOW = {"use_flow_sigmas": True, "prediction_type": "flow_prediction"}
+SCHEDULER_SETTINGS = {
+    "dpmpp_3m": {"solver_order": 3},
+    "flow_dpmpp_2m": _FLOW,
+    "flow_dpmpp_3m": {**_FLOW, "solver_order": 3},
+    "flow_unipc": _FLOW,
+}
 DEFAULT_SCHEDULER = {"unet": "dpmpp_2m", "mmdit": "flow_euler"}
+
+
+def shift_override(sampler: str, shift: float) -> dict:
+    """The scheduler config override that sets the flow shift of an MMDiT ``sampler``: FlowMatch Euler calls it
+    ``shift``, the multistep solvers with flow sigmas (DPM-Solver++, UniPC) ``flow_shift``."""
+    if sampler not in SCHEDULERS["mmdit"]:
+        raise ValueError(f"sampler must be one of the MMDiT's {sorted(SCHEDULERS['mmdit'])}, got {sampler!r}")
+    return {("shift" if sampler == "flow_euler" else "flow_shift"): float(shift)}
 
 
 def _pixel_vae(channels: int):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("diffusers")
@@ -352,3 +353,27 @@ def test_the_third_order_cells_start_from_the_vp_state_and_unipc_has_no_custom_t
     assert grid_families(Cell.parse("diffusers/unet/unipc/karras/50")) == ("trailing", "karras")
     assert grid_families(Cell.parse("diffusers/unet/dpmpp_3m/karras/50")) == ("trailing", "karras", "same ends")
     assert SCHEDULER_SETTINGS["dpmpp_3m"] == {"solver_order": 3}
+
+
+def test_the_flow_multistep_cells_shift_with_flow_shift_and_have_no_same_ends_family():
+    from benchmarks.cells import Cell
+    from benchmarks.grids import grid_families, plain_grid, resolve_grid
+    from benchmarks.models import load_model
+
+    model = load_model("mmdit")
+    for sampler in ("flow_unipc", "flow_dpmpp_2m"):
+        cell = Cell.parse(f"diffusers/mmdit/{sampler}/shift3/50")
+        assert cell.reference_start == "flow"
+        assert grid_families(cell) == ("shift 1", "shift 3")
+        grid = plain_grid(cell, "shift 3", 10, model)
+        assert grid.overrides == (("flow_shift", 3.0),)
+        scheduler = model.scheduler(sampler, **dict(grid.overrides))
+        assert scheduler.config.use_flow_sigmas and scheduler.config.prediction_type == "flow_prediction"
+        _, sigmas = resolve_grid(cell, grid, model)
+        # the shifted flow grid: sigma' = 3 s / (1 + 2 s) of the unshifted one, ending at 0
+        _, unshifted = resolve_grid(cell, plain_grid(cell, "shift 1", 10, model), model)
+        expected = 3 * unshifted[:-1] / (1 + 2 * unshifted[:-1])
+        assert np.allclose(sigmas[:-1], expected, rtol=1e-5) and sigmas[-1] == 0
+    euler = Cell.parse("diffusers/mmdit/flow_euler/shift3/50")
+    assert plain_grid(euler, "shift 3", 10, model).overrides == (("shift", 3.0),)
+    assert grid_families(euler) == ("shift 1", "shift 3", "same ends")

@@ -1,0 +1,32 @@
+"""The front's method lists: every other solver of the pipeline plain at fewer steps, and SADA on it at 50 steps."""
+
+import pytest
+
+pytest.importorskip("diffusers")
+
+from benchmarks.front import SOLVER_STEPS, SOLVER_TOLERANCES, SOLVERS, STEPS, _methods  # noqa: E402
+from benchmarks.models import SCHEDULERS, shift_override  # noqa: E402
+
+
+def test_the_solvers_group_runs_every_other_solver_plainly_at_each_step_count():
+    methods = _methods("solvers", None, 1.0)
+    assert len(methods) == len(SOLVERS) * len(SOLVER_STEPS)
+    assert all(m.apply is None and m.steps == m.knob and m.sampler in SOLVERS for m in methods)
+    assert {m.sampler for m in methods} == set(SOLVERS) <= set(SCHEDULERS["mmdit"])
+    assert "UniPC flow, 20 steps" in {m.name for m in methods}
+
+
+def test_the_sada_solvers_group_sweeps_the_dial_on_the_second_order_flow_solvers_at_full_steps():
+    methods = _methods("sada_solvers", None, 3.0)
+    assert len(methods) == 2 * (1 + len(SOLVER_TOLERANCES))
+    assert all(m.steps is None and m.apply is not None for m in methods)  # None: the front's STEPS
+    assert {m.sampler for m in methods} == {"flow_dpmpp_2m", "flow_unipc"}
+    assert [m.knob for m in methods if m.sampler == "flow_unipc"] == [None, *SOLVER_TOLERANCES]
+    assert STEPS == 50
+
+
+def test_shift_override_names_the_shift_as_each_scheduler_does():
+    assert shift_override("flow_euler", 3) == {"shift": 3.0}
+    assert shift_override("flow_unipc", 3) == {"flow_shift": 3.0}
+    with pytest.raises(ValueError, match="'dpmpp_2m'"):
+        shift_override("dpmpp_2m", 1.0)
