@@ -46,6 +46,10 @@ def _lagrange_weights(nodes: np.ndarray, at: float) -> np.ndarray:
     return weights
 
 
+def _rms(values: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(values**2)))
+
+
 def extrapolation_errors(predictions: np.ndarray, abscissae: np.ndarray) -> dict[str, np.ndarray]:
     """Per node ``i``: the RMS of ``D_i - D_{i-1}`` (``"|dD|"``) and of every :data:`STENCILS` extrapolation's
     error (NaN where the stencil reaches before the first node). ``predictions``: ``[nodes, ...]`` float64;
@@ -62,16 +66,15 @@ def extrapolation_errors(predictions: np.ndarray, abscissae: np.ndarray) -> dict
     if np.unique(abscissae).size != abscissae.size:
         raise ValueError(f"abscissae must be distinct, got {abscissae.tolist()}")
     count = predictions.shape[0]
-    rms = lambda a: float(np.sqrt(np.mean(a**2)))  # noqa: E731
     out = {"|dD|": np.full(count, np.nan)}
-    out["|dD|"][1:] = [rms(predictions[i] - predictions[i - 1]) for i in range(1, count)]
+    out["|dD|"][1:] = [_rms(predictions[i] - predictions[i - 1]) for i in range(1, count)]
     for name, offsets in STENCILS.items():
         errors = np.full(count, np.nan)
         for i in range(max(offsets), count):
             nodes = np.array([i - k for k in offsets])
             weights = _lagrange_weights(abscissae[nodes], abscissae[i])
             estimate = np.tensordot(weights, predictions[nodes], axes=1)
-            errors[i] = rms(estimate - predictions[i])
+            errors[i] = _rms(estimate - predictions[i])
         out[name] = errors
     return out
 

@@ -30,3 +30,22 @@ def test_shift_override_names_the_shift_as_each_scheduler_does():
     assert shift_override("flow_unipc", 3) == {"flow_shift": 3.0}
     with pytest.raises(ValueError, match="'dpmpp_2m'"):
         shift_override("dpmpp_2m", 1.0)
+
+
+def test_the_front_page_is_the_rendering_of_the_stored_data_with_every_solver(tmp_path):
+    from pathlib import Path
+
+    from benchmarks.front import render
+    from benchmarks.regenerate_front import commands
+
+    root = Path(__file__).resolve().parents[1]
+    data = root / "docs" / "results" / "front-data"
+    render_cmd = commands(data, None)[-1]
+    paths = render_cmd[4:]
+    page = (root / "docs" / "results" / "front.md").read_text()
+    assert page == render(paths, tmp_path / "img")
+    for shift in (1, 3):
+        assert (tmp_path / "img" / f"front-shift{shift}.png").is_file()
+    for label in SOLVERS.values():  # every other solver of the pipeline is on the page, plain and (2nd order) with SADA
+        assert f"| {label}, 20 steps |" in page
+    assert "| SADA on DPM-Solver++ 2M flow, default |" in page and "| SADA on UniPC flow, tolerance 0.1 |" in page
