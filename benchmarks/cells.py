@@ -38,8 +38,7 @@ _MATRIX = {
             "dpmpp_3m": ("karras",),
         },
         # flow Euler is what SD3/Flux pipelines ship; DPM-Solver++ 2M and UniPC with flow sigmas are the
-        # higher-order solvers of the same pipeline (on this network, unlike the U-Net, its clean prediction is smooth
-        # enough for their skips)
+        # higher-order solvers of the same pipeline
         "mmdit": {
             "flow_euler": ("shift1", "shift3"),
             "flow_dpmpp_2m": ("shift1", "shift3"),

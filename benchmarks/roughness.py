@@ -15,6 +15,7 @@ evaluates ``D`` along the forward-process path ``x = alpha x0 + sigma n`` at tim
 a few timesteps: a second difference as large as the first is roughness in the timestep input itself.
 
     python -m benchmarks.roughness unet unipc --override use_karras_sigmas=true --steps 60 --first-seed 1016 --probe
+    python -m benchmarks.roughness mmdit flow_unipc --override flow_shift=1.0 --steps 60 --first-seed 1016
 """
 
 from __future__ import annotations
@@ -79,28 +80,34 @@ def extrapolation_errors(predictions: np.ndarray, abscissae: np.ndarray) -> dict
     return out
 
 
-def _trajectory(cell, steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """The guided clean predictions at every node of a plain ``steps``-step run and the nodes' EDM sigmas (the
-    scheduler's ``sigmas``: DPM-Solver and UniPC keep ``sigma / alpha`` there)."""
+def _trajectory(cell, steps: int, flow: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The guided clean predictions at every node of a plain ``steps``-step run and the nodes' EDM sigmas
+    ``sigma / alpha`` (U-Net: the scheduler's ``sigmas``, where DPM-Solver and UniPC keep ``sigma / alpha``; ``flow``
+    (the MMDiT, velocity prediction): the flow time ``t`` there, ``x0 = x - t v`` and ``sigma / alpha = t / (1 - t)``)."""
     model, recorded = cell.model, []
 
-    def keep(module, args, out):
-        recorded.append((args[0].detach().double(), (out[0] if isinstance(out, tuple) else out.sample).double()))
+    def keep(module, args, kwargs, out):
+        x = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        recorded.append((x.detach().double(), (out[0] if isinstance(out, tuple) else out.sample).double()))
 
-    hook = model.network.register_forward_hook(keep)
+    hook = model.network.register_forward_hook(keep, with_kwargs=True)
     try:
         model.sample(cell.pipe, cell.labels, cell.seeds, steps)
     finally:
         hook.remove()
-    edm = cell.pipe.scheduler.sigmas.double().numpy()[:-1]
-    if len(recorded) != steps or edm.size != steps:
+    times = cell.pipe.scheduler.sigmas.double().numpy()[:-1]
+    if len(recorded) != steps or times.size != steps:
         raise RuntimeError(f"recorded {len(recorded)} network calls for {steps} steps (a two-stage sampler?)")
     predictions = []
-    for (x, out), s in zip(recorded, edm):
+    for (x, out), s in zip(recorded, times):
         uncond, cond = out.chunk(2)
-        eps = uncond + model.guidance * (cond - uncond)
-        alpha = 1.0 / np.sqrt(1.0 + s**2)
-        predictions.append(((x.chunk(2)[0] - s * alpha * eps) / alpha).numpy())
+        guided = uncond + model.guidance * (cond - uncond)  # eps (U-Net) or the velocity (flow)
+        if flow:
+            predictions.append((x.chunk(2)[0] - s * guided).numpy())
+        else:
+            alpha = 1.0 / np.sqrt(1.0 + s**2)
+            predictions.append(((x.chunk(2)[0] - s * alpha * guided) / alpha).numpy())
+    edm = times / (1.0 - times) if flow else times
     return np.stack(predictions), edm
 
 
@@ -138,7 +145,7 @@ def main(argv=None) -> int:
     from benchmarks.dial_sweep import CellRunner
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.roughness", description=__doc__.split("\n\n")[0])
-    parser.add_argument("model", choices=["unet"])
+    parser.add_argument("model", choices=["unet", "mmdit"])
     parser.add_argument("sampler")
     parser.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE", help="scheduler config overrides")
     parser.add_argument("--steps", type=int, default=60)
@@ -149,8 +156,10 @@ def main(argv=None) -> int:
     if args.steps < 8:
         parser.error(f"--steps must be >= 8 (the cubic stencil reaches 7 nodes back), got {args.steps}")
     overrides = dict((k, _value(v)) for k, v in (item.split("=", 1) for item in args.override))
+    if args.probe and args.model != "unet":
+        parser.error("--probe reads the U-Net's discrete noise table; run it with the unet model")
     cell = CellRunner(args.model, args.sampler, overrides, args.first_seed, args.seeds)
-    predictions, sigmas = _trajectory(cell, args.steps)
+    predictions, sigmas = _trajectory(cell, args.steps, flow=args.model == "mmdit")
     errors = extrapolation_errors(predictions, sigmas)
     names = list(errors)
     print(f"{args.sampler} {args.steps} steps, seeds {cell.seeds[0]}-{cell.seeds[-1]}: RMS over the nodes of a band")
