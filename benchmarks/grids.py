@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from benchmarks.cells import Cell
-from benchmarks.models import shift_override
+from benchmarks.models import FLOW_MULTISTEP_SAMPLERS, shift_override
 
 __all__ = ["PlainGrid", "grid_families", "default_family", "plain_grid", "resolve_grid", "steps_around", "same_grid"]
 
@@ -71,14 +71,13 @@ def _key(cell: Cell) -> str:
 # diffusers schedulers whose ``set_timesteps`` takes no custom grid of the kind the ``same ends`` family builds (UniPC
 # takes ``sigmas`` only, DPM-Solver ``timesteps`` only; on the MMDiT the family is a custom flow ``sigmas`` grid that
 # only FlowMatch Euler applies unshifted): no ``same ends`` family
-_NO_CUSTOM_TIMESTEPS = frozenset({"unipc"})
-_NO_CUSTOM_FLOW_SIGMAS = frozenset({"flow_unipc", "flow_dpmpp_2m", "flow_dpmpp_3m"})
+_NO_CUSTOM_TIMESTEPS = frozenset({"unipc"}) | FLOW_MULTISTEP_SAMPLERS
 
 
 def grid_families(cell: Cell) -> tuple[str, ...]:
     """The plain grid families compared in ``cell``."""
     families = _FAMILIES[_key(cell)]
-    if cell.backend == "diffusers" and cell.sampler in _NO_CUSTOM_TIMESTEPS | _NO_CUSTOM_FLOW_SIGMAS:
+    if cell.backend == "diffusers" and cell.sampler in _NO_CUSTOM_TIMESTEPS:
         return tuple(f for f in families if f != "same ends")
     return families
 

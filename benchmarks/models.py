@@ -24,6 +24,7 @@ __all__ = [
     "SCHEDULERS",
     "SCHEDULER_SETTINGS",
     "DEFAULT_SCHEDULER",
+    "FLOW_MULTISTEP_SAMPLERS",
     "load_model",
     "load_pipeline",
     "shift_override",
@@ -54,6 +55,8 @@ SCHEDULER_SETTINGS = {
     "flow_dpmpp_3m": {**_FLOW, "solver_order": 3},
     "flow_unipc": _FLOW,
 }
+# the MMDiT's multistep solvers with flow sigmas (DPM-Solver++, UniPC): their config names the shift ``flow_shift``
+FLOW_MULTISTEP_SAMPLERS = frozenset(s for s, settings in SCHEDULER_SETTINGS.items() if settings.get("use_flow_sigmas"))
 DEFAULT_SCHEDULER = {"unet": "dpmpp_2m", "mmdit": "flow_euler"}
 
 
@@ -62,7 +65,7 @@ def shift_override(sampler: str, shift: float) -> dict:
     ``shift``, the multistep solvers with flow sigmas (DPM-Solver++, UniPC) ``flow_shift``."""
     if sampler not in SCHEDULERS["mmdit"]:
         raise ValueError(f"sampler must be one of the MMDiT's {sorted(SCHEDULERS['mmdit'])}, got {sampler!r}")
-    return {("shift" if sampler == "flow_euler" else "flow_shift"): float(shift)}
+    return {("flow_shift" if sampler in FLOW_MULTISTEP_SAMPLERS else "shift"): float(shift)}
 
 
 def _pixel_vae(channels: int):
