@@ -22,10 +22,10 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 
+from benchmarks.front_common import Method, adaptive_methods, diffusers_hook, remove_hooks, sada_context
 from benchmarks.models import shift_override
 
 STEPS = 50
@@ -35,6 +35,7 @@ GROUPS = (
     "sada",
     "solvers",
     "sada_solvers",
+    "adaptive",
     "taylorseer",
     "first_block",
     "mag",
@@ -50,17 +51,6 @@ TOLERANCES = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.0
 SOLVERS = {"flow_dpmpp_2m": "DPM-Solver++ 2M flow", "flow_dpmpp_3m": "DPM-Solver++ 3M flow", "flow_unipc": "UniPC flow"}
 SOLVER_STEPS = (10, 13, 15, 18, 20, 25, 30, 40, 50)
 SOLVER_TOLERANCES = (0.002, 0.005, 0.05, 0.1)
-
-
-class Method(NamedTuple):
-    """One point of the front: ``apply(pipe, net)`` a context manager (``None``: the plain sampler), run with
-    ``sampler`` at ``steps`` steps (``None``: :data:`STEPS`)."""
-
-    name: str
-    knob: float | None
-    apply: object
-    sampler: str = "flow_euler"
-    steps: int | None = None
 
 
 def _flop_split(model) -> dict:
@@ -131,21 +121,7 @@ def _methods(group: str, model, shift: float):
     """The :class:`Method` s of one group."""
     from diffusers import hooks
 
-    def hook(apply_fn):
-        @contextlib.contextmanager
-        def ctx(pipe, net):
-            from diffusers.hooks.hooks import CacheContext, HookRegistry, _set_cache_context
-
-            apply_fn(net, pipe)
-            HookRegistry.check_if_exists_or_initialize(net).invalidate_child_registries_cache()
-            _set_cache_context(net, CacheContext("cond"))
-            try:
-                yield None
-            finally:
-                _set_cache_context(net, None)
-                _remove_hooks(net)
-
-        return ctx
+    hook = diffusers_hook
 
     if group == "plain":
         return [Method(f"flow Euler, {n} steps", n, None, steps=n) for n in PLAIN_STEPS]
@@ -158,15 +134,7 @@ def _methods(group: str, model, shift: float):
     if group in ("sada", "sada_solvers"):
         from sada.config import SADAConfig
 
-        def sada(config):
-            @contextlib.contextmanager
-            def ctx(pipe, net):
-                import sada.adapters.diffusers as sada_d
-
-                with sada_d.enabled(pipe, config) as handle:
-                    yield handle
-
-            return ctx
+        sada = sada_context
 
         if group == "sada":
             out = [Method("SADA default", None, sada(SADAConfig()))]
@@ -177,6 +145,8 @@ def _methods(group: str, model, shift: float):
             if sampler != "flow_dpmpp_3m"
             for t, config in [(None, SADAConfig())] + [(t, SADAConfig(tolerance=t)) for t in SOLVER_TOLERANCES]
         ]
+    if group == "adaptive":
+        return adaptive_methods("flow_euler")
     if group == "taylorseer":
         out = []
         for lite in (True, False):
@@ -288,13 +258,6 @@ def _cache_dit(threshold: float, with_sada: bool):
     return ctx
 
 
-def _remove_hooks(net) -> None:
-    for sub in net.modules():
-        registry = getattr(sub, "_diffusers_hook", None)
-        for name in list(getattr(registry, "_hook_order", ())):
-            registry.remove_hook(name, recurse=False)
-
-
 def _mag_ratios(model, shift: float) -> list:
     """MagCache's calibration run (its documented procedure: ``calibrate=True`` on a stock pipeline, read the
     printed ratios)."""
@@ -313,7 +276,7 @@ def _mag_ratios(model, shift: float) -> list:
             model.sample(pipe, [0, 1, 2, 3], [0, 1, 2, 3], STEPS)  # tuning seeds 0-3
     finally:
         _set_cache_context(net, None)
-        _remove_hooks(net)
+        remove_hooks(net)
     line = [v for v in printed.getvalue().splitlines() if v.startswith("[")][-1]
     return [float(v) for v in line.strip("[]").split(",")]
 
@@ -446,7 +409,9 @@ def _plot(methods: dict, path: Path, shift: float) -> None:
             solver = SOLVERS.get(m.get("sampler", "flow_euler"))
             if solver is not None:  # one line per other solver, plain and with SADA
                 label = f"{'SADA on' if label == 'sada_solvers' else 'plain'} {solver}"
-            label = {"plain": "plain flow Euler", "sada": "SADA on flow Euler"}.get(label, label)
+            label = {"plain": "plain flow Euler", "sada": "SADA on flow Euler", "adaptive": "AdaptiveDiffusion"}.get(
+                label, label
+            )
             groups.setdefault(label, []).append((m["compute"], m["psnr_ode"], name))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, points in sorted(groups.items()):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.regenerate_front import commands, main
+from benchmarks.regenerate_front import commands, main, unet_commands
 
 
 def test_every_run_gets_its_own_process_and_render_reads_every_result():
@@ -45,5 +45,16 @@ def test_unknown_shift_is_named_in_the_error():
 def test_dry_run_prints_the_commands_and_starts_nothing(capsys, tmp_path):
     assert main(["--out", str(tmp_path / "f"), "--dry-run"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 6 and lines[-1].split()[3] == "render"
+    assert len(lines) == 8 and lines[5].split()[3] == "render" and lines[-1].split()[3] == "render"
+    assert lines[-2].split()[2] == "benchmarks.front_unet"
     assert not (tmp_path / "f").exists()
+    assert main(["--out", str(tmp_path / "f"), "--models", "mmdit", "--dry-run"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 6
+
+
+def test_the_unet_front_is_one_run_and_a_render_beside_the_mmdit_page():
+    run, render = unet_commands(Path("o"), "docs/results/front.md")
+    assert run[2:4] == ["benchmarks.front_unet", "run"] and run[-1] == str(Path("o") / "unet-karras.json")
+    assert render[3:5] == ["render", str(Path("o") / "unet-karras.json")]
+    assert render[-2:] == ["--update", str(Path("docs/results/front-unet.md"))]
+    assert "--update" not in unet_commands(Path("o"), None)[1]

@@ -1,0 +1,316 @@
+"""The fidelity-versus-compute front on the shipped U-Net (Karras sigmas): the accuracy dial on every solver of the
+pipeline against the same solvers run plainly with fewer steps, AdaptiveDiffusion and diffusers' cache hooks.
+
+    python -m benchmarks.front_unet run --out docs/results/front-data/unet-karras.json [--groups plain sada ...]
+    python -m benchmarks.front_unet render docs/results/front-data/unet-karras.json --update docs/results/front-unet.md
+
+Every method samples the held-out seeds 1000-1015 (labels ``seed % 10``) through the stock diffusers pipeline with
+``use_karras_sigmas=True`` and is scored against the converged solution of its own ODE (:mod:`benchmarks.reference`:
+DPM-Solver++ and UniPC start at the VP schedule's first noise level, Euler and Heun at ``sigma_max``, two slightly
+different ODEs) and against its own solver's 50-step run. Compute is the fraction of the FLOPs of DPM-Solver++ 2M at 50
+steps (the main job's U-Net cell), counted by torch's FLOP counter around every whole sampling call, with the
+attention of the fused CPU kernel added where the counter does not see it (:class:`benchmarks.front_common.
+AttentionFlops`). Caches run through their own public APIs (``diffusers.hooks``'s ``apply_*``) on the same 2M run; one
+that cannot run, or applies to nothing on this network, is reported as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.front_common import (
+    AttentionFlops,
+    Method,
+    adaptive_methods,
+    counter_sees_attention,
+    diffusers_hook,
+    sada_context,
+)
+
+STEPS = 50
+SEEDS = tuple(range(1000, 1016))
+FULL_SAMPLER = "dpmpp_2m"  # compute 1.0: the main job's U-Net cell, DPM-Solver++ 2M on 50 Karras steps
+SOLVERS = {
+    "euler": "Euler",
+    "heun": "Heun",
+    "dpmpp_2m": "DPM-Solver++ 2M",
+    "dpmpp_3m": "DPM-Solver++ 3M",
+    "unipc": "UniPC",
+}
+PLAIN_STEPS = (10, 13, 15, 18, 20, 25, 30, 40, 50)
+HEUN_STEPS = (6, 8, 10, 13, 15, 18, 20, 25, 50)  # two evaluations per step
+TOLERANCES = {  # the dial past and below each solver's default (first order 0.002, higher 0.02)
+    "first": (0.001, 0.005, 0.01, 0.02),
+    "higher": (0.002, 0.03, 0.05, 0.1),
+}
+GROUPS = ("plain", "sada", "adaptive", "taylorseer", "first_block", "mag", "pab", "faster")
+KARRAS = {"use_karras_sigmas": True}
+# TaylorSeer's default patterns (``^blocks.*attn`` ...) match no module of a UNet2DConditionModel; this names its
+# attention layers for ``cache_identifiers``
+UNET_ATTENTION = r".*transformer_blocks\.\d+\.attn[12]"
+
+
+def solver_order_class(sampler: str) -> str:
+    """``first`` for Euler, ``higher`` for the second- and third-order solvers (their dial settings differ)."""
+    if sampler not in SOLVERS:
+        raise ValueError(f"sampler must be one of {sorted(SOLVERS)}, got {sampler!r}")
+    return "first" if sampler == "euler" else "higher"
+
+
+def _methods(group: str, pipe_of=None) -> list[Method]:
+    """The :class:`Method` s of one group (``pipe_of(sampler)`` builds a pipeline; only the cache groups use it)."""
+    from diffusers import hooks
+
+    if group == "plain":
+        return [
+            Method(f"{label}, {n} steps", n, None, sampler, n)
+            for sampler, label in SOLVERS.items()
+            for n in (HEUN_STEPS if sampler == "heun" else PLAIN_STEPS)
+        ]
+    if group == "sada":
+        from sada.config import SADAConfig
+
+        return [
+            Method(
+                f"SADA on {label}, {'default' if t is None else f'tolerance {t:g}'}", t, sada_context(config), sampler
+            )
+            for sampler, label in SOLVERS.items()
+            for t, config in [(None, SADAConfig())]
+            + [(t, SADAConfig(tolerance=t)) for t in TOLERANCES[solver_order_class(sampler)]]
+        ]
+    if group == "adaptive":
+        return adaptive_methods(FULL_SAMPLER)
+
+    def on_full(name, knob, apply_fn):
+        return Method(name, knob, diffusers_hook(apply_fn), FULL_SAMPLER)
+
+    if group == "taylorseer":
+        out = []
+        for lite, intervals in ((False, (2, 3, 4, 6)), (True, (2,))):
+            for interval in intervals:
+                config = hooks.TaylorSeerCacheConfig(
+                    cache_interval=interval,
+                    disable_cache_before_step=5,
+                    taylor_factors_dtype=torch.float32,
+                    use_lite_mode=lite,
+                )
+                name = f"TaylorSeer{' lite' if lite else ''}, interval {interval}, warm-up 5"
+                out.append(on_full(name, interval, lambda net, pipe, c=config: hooks.apply_taylorseer_cache(net, c)))
+        for interval in (2, 4):  # its documented knob for other networks: the modules to cache, named
+            config = hooks.TaylorSeerCacheConfig(
+                cache_interval=interval,
+                disable_cache_before_step=5,
+                taylor_factors_dtype=torch.float32,
+                cache_identifiers=[UNET_ATTENTION],
+            )
+            name = f"TaylorSeer, U-Net attention named, interval {interval}, warm-up 5"
+            out.append(on_full(name, interval, lambda net, pipe, c=config: hooks.apply_taylorseer_cache(net, c)))
+        return out
+    if group == "first_block":
+        return [
+            on_full(
+                f"FirstBlockCache, threshold {t:g}",
+                t,
+                lambda net, pipe, t=t: hooks.apply_first_block_cache(net, hooks.FirstBlockCacheConfig(threshold=t)),
+            )
+            for t in (0.05, 0.1, 0.2)
+        ]
+    if group == "mag":
+        return [on_full("MagCache (calibration run)", None, _mag_calibration)]
+    if group in ("pab", "faster"):
+
+        def timestep(pipe):
+            return lambda: pipe.scheduler.timesteps[pipe.scheduler.step_index or 0]
+
+        def pab(net, pipe, skip):
+            hooks.apply_pyramid_attention_broadcast(
+                net,
+                hooks.PyramidAttentionBroadcastConfig(
+                    spatial_attention_block_skip_range=skip,
+                    spatial_attention_timestep_skip_range=(100, 800),
+                    current_timestep_callback=timestep(pipe),
+                ),
+            )
+
+        def faster(net, pipe, skip):
+            hooks.apply_faster_cache(
+                net,
+                hooks.FasterCacheConfig(
+                    spatial_attention_block_skip_range=skip,
+                    current_timestep_callback=timestep(pipe),
+                    attention_weight_callback=lambda _: 0.3,
+                    tensor_format="BCHW",
+                ),
+            )
+
+        apply, label = (pab, "PyramidAttentionBroadcast") if group == "pab" else (faster, "FasterCache")
+        return [
+            on_full(f"{label}, block skip range {k}", k, lambda net, pipe, k=k, a=apply: a(net, pipe, k))
+            for k in ((2, 3, 4) if group == "pab" else (2,))
+        ]
+    raise ValueError(f"group must be one of {GROUPS}, got {group!r}")
+
+
+def _mag_calibration(net, pipe) -> None:
+    """MagCache's documented first step, ``calibrate=True``; it logs a warning and hooks nothing when the network has
+    no transformer-block list it knows (raised here with diffusers' own words, so the page says why)."""
+    from diffusers import hooks
+
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger = logging.getLogger("diffusers")
+    logger.addHandler(handler)
+    try:
+        hooks.apply_mag_cache(net, hooks.MagCacheConfig(calibrate=True, num_inference_steps=STEPS))
+    finally:
+        logger.removeHandler(handler)
+    missing = [m for m in seen if "No transformer blocks" in m]
+    if missing:
+        raise RuntimeError(f"MagCache hooks nothing on this network ({missing[0].strip()!r})")
+
+
+class Counter:
+    """Rows entering the network (at ``conv_in``) and rows its transformer blocks compute (at each block's first
+    norm, inside the block's forward)."""
+
+    def __init__(self, net):
+        self.evals = self.blocks = 0
+        self.block_count = 0
+        self.handles = [net.conv_in.register_forward_pre_hook(self._eval)]
+        for module in net.modules():
+            if type(module).__name__ == "BasicTransformerBlock":
+                self.block_count += 1
+                self.handles.append(module.norm1.register_forward_pre_hook(self._block))
+
+    def _eval(self, module, args):
+        self.evals += args[0].shape[0]
+
+    def _block(self, module, args):
+        self.blocks += args[0].shape[0]
+
+    def reset(self):
+        self.evals = self.blocks = 0
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+
+
+def _order(methods: list[tuple[Method, str]]) -> list[tuple[Method, str]]:
+    """The full run first (its FLOPs are the unit), then each solver's 50-step run (its own yardstick), then the rest."""
+
+    def rank(item):
+        method = item[0]
+        if item[1] == "plain" and method.steps == STEPS:
+            return 0 if method.sampler == FULL_SAMPLER else 1
+        return 2
+
+    return sorted(methods, key=rank)
+
+
+def run(groups, out: Path) -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+    from tqdm.auto import tqdm
+
+    from benchmarks.cells import VP_START_SAMPLERS
+    from benchmarks.metrics import psnr
+    from benchmarks.models import load_model
+    from benchmarks.reference import ReferenceSpec, reference_images
+
+    torch.set_num_threads(1)  # the reference cache is keyed by the thread count of `make bench`
+    model = load_model("unet")
+    labels = [s % 10 for s in SEEDS]
+    references = {
+        start: reference_images(model, ReferenceSpec("unet", start, model.guidance), SEEDS, labels)
+        for start in ("vp", "edm")
+    }
+    net = model.network
+    counter = Counter(net)
+    attention = AttentionFlops()
+    results = json.loads(out.read_text()) if out.is_file() else {"model": "unet", "spacing": "karras", "methods": {}}
+    results.update(seeds=list(SEEDS), steps=STEPS, full_sampler=FULL_SAMPLER)
+    todo = _order([(m, "plain") for m in _methods("plain") if m.steps == STEPS])
+    todo += [(m, g) for g in groups for m in _methods(g) if not (g == "plain" and m.steps == STEPS)]
+    full_flops, own_full = None, {}
+    for method, group in tqdm(todo, desc="front U-Net", unit="method"):
+        pipe = model.pipeline(method.sampler, **KARRAS)
+        steps = STEPS if method.steps is None else method.steps
+        counter.reset()
+        attention.flops = 0
+        start = time.perf_counter()
+        try:
+            with FlopCounterMode(display=False) as flop_counter, attention.counting():
+                if method.apply is None:
+                    images = model.sample(pipe, labels, list(SEEDS), steps)
+                    summary = None
+                else:
+                    with method.apply(pipe, net) as handle:
+                        images = model.sample(pipe, labels, list(SEEDS), steps)
+                        summary = handle.summary() if handle is not None else None
+        except Exception as exc:  # a peer that cannot run here is reported with its error
+            results["methods"][method.name] = {"group": group, "sampler": method.sampler, "error": _error(exc)}
+            continue
+        seconds = time.perf_counter() - start
+        seen = counter_sees_attention({"Global": flop_counter.get_flop_counts().get("Global", {})})
+        flops = flop_counter.get_total_flops() + (0 if seen else attention.flops)
+        if full_flops is None:
+            full_flops = flops
+        own_full.setdefault(method.sampler, images)
+        start_convention = "vp" if method.sampler in VP_START_SAMPLERS else "edm"
+        same = torch.equal(images, own_full[method.sampler])
+        results["methods"][method.name] = {
+            "group": group,
+            "sampler": method.sampler,
+            "knob": method.knob,
+            "steps": steps,
+            "compute": flops / full_flops,
+            "evaluations": counter.evals / (2 * len(SEEDS)),
+            "block_rows": counter.blocks / (2 * len(SEEDS) * max(counter.block_count, 1)),
+            "psnr_ode": psnr(images, references[start_convention]),
+            "psnr_full": 100.0 if same else psnr(images, own_full[method.sampler]),
+            "identical_to_full": bool(same and method.apply is not None),
+            "seconds": seconds,
+            "summary": summary,
+        }
+    counter.remove()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1, default=str))
+
+
+def _error(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.front_unet", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--groups", nargs="+", default=list(GROUPS), choices=GROUPS)
+    r.add_argument("--out", required=True)
+    d = sub.add_parser("render")
+    d.add_argument("results", nargs="+")
+    d.add_argument("--update", help="write the markdown page here (figures beside it under img/)")
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        run(args.groups, Path(args.out))
+        return 0
+    from benchmarks.front_unet_render import render
+
+    page = render(args.results, Path(args.update).parent / "img" if args.update else None)
+    if args.update:
+        Path(args.update).write_text(page)
+    else:
+        sys.stdout.write(page)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

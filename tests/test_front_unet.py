@@ -1,0 +1,105 @@
+"""The U-Net front: its method lists, the order it runs them in, the attention FLOPs it adds, its comparison of each
+SADA point with the best alternative at no more compute, and the stored page."""
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("diffusers")
+
+import torch  # noqa: E402
+
+from benchmarks.front_common import AttentionFlops, Method, counter_sees_attention  # noqa: E402
+from benchmarks.front_unet import (  # noqa: E402
+    FULL_SAMPLER,
+    HEUN_STEPS,
+    PLAIN_STEPS,
+    SOLVERS,
+    STEPS,
+    TOLERANCES,
+    _methods,
+    _order,
+    solver_order_class,
+)
+from benchmarks.front_unet_render import best_at_most, comparison_rows, render  # noqa: E402
+from benchmarks.models import SCHEDULERS  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_plain_group_runs_every_solver_of_the_pipeline_at_each_step_count():
+    methods = _methods("plain")
+    assert set(SOLVERS) <= set(SCHEDULERS["unet"])
+    assert len(methods) == 4 * len(PLAIN_STEPS) + len(HEUN_STEPS)
+    assert all(m.apply is None and m.steps == m.knob for m in methods)
+    assert {m.sampler for m in methods} == set(SOLVERS)
+    assert [m.steps for m in methods if m.sampler == "heun"] == list(HEUN_STEPS)
+    assert all(STEPS in (HEUN_STEPS if s == "heun" else PLAIN_STEPS) for s in SOLVERS)  # each has its own yardstick
+
+
+def test_the_sada_group_sweeps_each_solvers_dial_around_its_default_at_full_steps():
+    methods = _methods("sada")
+    assert len(methods) == len(SOLVERS) * 5
+    assert all(m.steps is None and m.apply is not None for m in methods)
+    assert [m.knob for m in methods if m.sampler == "euler"] == [None, *TOLERANCES["first"]]
+    assert [m.knob for m in methods if m.sampler == "unipc"] == [None, *TOLERANCES["higher"]]
+    assert solver_order_class("euler") == "first" and solver_order_class("heun") == "higher"
+    with pytest.raises(ValueError, match="'lms'"):
+        solver_order_class("lms")
+
+
+def test_peers_run_on_the_full_run_and_an_unknown_group_is_refused():
+    for group in ("adaptive", "taylorseer", "first_block", "mag", "pab", "faster"):
+        methods = _methods(group)
+        assert methods and all(m.sampler == FULL_SAMPLER and m.steps is None for m in methods)
+    assert [m.knob for m in _methods("adaptive")] == sorted(m.knob for m in _methods("adaptive"))
+    with pytest.raises(ValueError, match="'cache_dit'"):
+        _methods("cache_dit")
+
+
+def test_the_full_run_comes_first_then_every_solvers_own_full_run():
+    todo = _order([(m, "plain") for m in _methods("plain")][::-1])
+    assert (todo[0][0].sampler, todo[0][0].steps) == (FULL_SAMPLER, STEPS)
+    assert {m.sampler for m, _ in todo[: len(SOLVERS)]} == set(SOLVERS)
+    assert all(m.steps == STEPS for m, _ in todo[: len(SOLVERS)])
+
+
+def test_attention_flops_are_four_lq_lk_d_per_head_and_row():
+    q, k = torch.zeros(2, 3, 5, 8), torch.zeros(2, 3, 7, 8)
+    counter = AttentionFlops()
+    with counter.counting():
+        torch.nn.functional.scaled_dot_product_attention(q, k, k)
+    assert counter.flops == 4 * 2 * 3 * 5 * 7 * 8
+    torch.nn.functional.scaled_dot_product_attention(q, k, k)  # restored: no longer counted
+    assert counter.flops == 4 * 2 * 3 * 5 * 7 * 8
+    assert counter_sees_attention({"Global": {"aten.bmm": 1}})
+    assert not counter_sees_attention({"Global": {"aten.convolution": 1}})
+
+
+def _point(group, compute, psnr, sampler="dpmpp_2m"):
+    return {"group": group, "sampler": sampler, "compute": compute, "psnr_ode": psnr}
+
+
+def test_each_sada_point_is_compared_with_the_best_plain_point_at_no_more_compute():
+    methods = {
+        "SADA on UniPC, default": _point("sada", 0.54, 60.0, "unipc"),
+        "UniPC, 25 steps": _point("plain", 0.50, 61.5, "unipc"),
+        "DPM-Solver++ 2M, 25 steps": _point("plain", 0.50, 58.0),
+        "DPM-Solver++ 2M, 30 steps": _point("plain", 0.60, 63.0),  # more compute: not a peer of 0.54
+        "PAB": _point("pab", 0.90, 40.0),
+        "FirstBlockCache": {"group": "first_block", "sampler": "dpmpp_2m", "error": "IndexError"},
+    }
+    assert best_at_most(methods, 0.54, ("plain",))[0] == "UniPC, 25 steps"
+    assert best_at_most(methods, 0.49, ("plain",)) is None
+    rows = comparison_rows(methods)
+    assert rows[2] == "| SADA on UniPC, default | 0.540 | 60.00 | UniPC, 25 steps | 61.50 | -1.50 | none | -- |"
+
+
+def test_the_unet_front_page_is_the_rendering_of_the_stored_data(tmp_path):
+    data = ROOT / "docs" / "results" / "front-data" / "unet-karras.json"
+    page = (ROOT / "docs" / "results" / "front-unet.md").read_text()
+    assert page == render([data], tmp_path / "img")
+    assert (tmp_path / "img" / "front-unet-karras.png").is_file()
+    for label in SOLVERS.values():
+        assert f"| {label}, 20 steps |" in page and f"| SADA on {label}, default |" in page
+    assert isinstance(_methods("plain")[0], Method)
