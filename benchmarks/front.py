@@ -50,7 +50,7 @@ TOLERANCES = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.0
 # SADA on them at 50 steps with the dial swept
 SOLVERS = {"flow_dpmpp_2m": "DPM-Solver++ 2M flow", "flow_dpmpp_3m": "DPM-Solver++ 3M flow", "flow_unipc": "UniPC flow"}
 SOLVER_STEPS = (10, 13, 15, 18, 20, 25, 30, 40, 50)
-SOLVER_TOLERANCES = (0.002, 0.005, 0.05, 0.1)
+SOLVER_TOLERANCES = (0.002, 0.02, 0.05, 0.1)
 
 
 def _flop_split(model) -> dict:

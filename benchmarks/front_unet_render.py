@@ -25,11 +25,14 @@ def load(paths) -> dict:
 
 def best_at_most(methods: dict, compute: float, groups) -> tuple[str, dict] | None:
     """The point of ``groups`` with the highest PSNR against the ODE solution at no more than ``compute`` (1e-9
-    slack), ``None`` if there is none."""
+    slack; a peer that changed nothing is left out), ``None`` if there is none."""
     fits = [
         (name, m)
         for name, m in methods.items()
-        if "error" not in m and m["group"] in groups and m["compute"] <= compute + 1e-9
+        if "error" not in m
+        and not m.get("identical_to_full")  # a cache that hooked nothing is the plain run, not a peer point
+        and m["group"] in groups
+        and m["compute"] <= compute + 1e-9
     ]
     return max(fits, key=lambda kv: kv[1]["psnr_ode"], default=None)
 

@@ -53,7 +53,7 @@ def test_the_default_is_the_dial_with_its_settings_taken_from_the_solver_order()
     )
     for order in (2, 3):
         assert ErrorControl().for_solver(order) == ErrorControl(
-            tolerance=0.02, history=3, max_interval=1, relative_to="sample"
+            tolerance=0.03, history=3, max_interval=2, relative_to="sample"
         )
     assert ErrorControl().for_solver(4).never_skips and "order 4" in ErrorControl().exact_note(4)
     assert (

@@ -216,10 +216,14 @@ class StepSchedule(_Part):
 # prediction is analytic in it at the clean end; at 3-3.6x past the default log-SNR lost 1-12 dB to the plain grid
 # while ``sigma`` kept DPM-Solver++ 2M 3.5-5.3 dB ahead and 3M within 1 dB, UniPC 1-2 dB behind), the error also
 # measured relative to the sample (at 50 steps 1.85x where relative to the clean sample, waiting for four
-# predictions, gave 1.78x, at equal or better fidelity); at the default tolerance skips never follow each other -- with runs of skips the Karras
-# DPM-Solver++ 2M run (66 dB from the ODE solution) lost 9-12 dB to the plain grid at equal evaluations, interleaved
-# it gained 5-7 dB -- and each doubling of the tolerance past 0.01 allows one more skip in a row, up to 4
-# (:func:`higher_order_max_interval`: the dial's range past 2x on these hosts).
+# predictions, gave 1.78x, at equal or better fidelity). The run cap follows the tolerance: each doubling past 0.01
+# allows one more skip in a row, up to 4 (:func:`higher_order_max_interval`); the estimate under-estimates what a run
+# adds on these hosts, so the cap decides. The default 0.03 allows two in a row (2.5x at 50 steps): on the tuning
+# seeds it was ahead of the same solver's plain grid at equal evaluations by more than every-other-step (0.02, 1.85x)
+# on DPM-Solver++ 2M / 3M, UniPC and Heun at 50, 60 and 90 Karras steps and on the MMDiT's DPM-Solver++ 2M / UniPC
+# with flow sigmas at 50 and 100 steps (e.g. UniPC at 60 steps -3.5 -> +3.0 dB, 2M +0.0 -> +6.8), within 0.2 dB at
+# 40-50 UniPC steps. (With the earlier log-SNR abscissa and a small tolerance, runs of skips had lost 9-12 dB on the
+# Karras DPM-Solver++ 2M run; in the noise level they do not.)
 # On a coarse grid (median log-SNR step above 0.16: fewer than about 38 Karras steps) the default computes every step:
 # there the interleave lost 2-11 dB to the same solver run plainly (UniPC, DPM-Solver++ 2M/3M at 20-35 steps), and
 # smaller tolerances, which skip only near the clean end, lost up to 4 dB; an explicit tolerance still skips.
@@ -228,7 +232,7 @@ class StepSchedule(_Part):
 DIAL_BY_ORDER: dict[str, dict] = {
     "first": {"tolerance": 0.002, "history": 2, "max_interval": 6, "abscissa": "t", "relative_to": "sample"},
     "higher": {
-        "tolerance": 0.02,
+        "tolerance": 0.03,
         "history": 3,
         "max_interval": None,  # by tolerance (higher_order_max_interval)
         "abscissa": "sigma",
@@ -249,8 +253,8 @@ MIN_SKIP_PREDICTIONS = 3
 
 def higher_order_max_interval(tolerance: float) -> int:
     """The most consecutive skips the dial allows on a second- or third-order host at ``tolerance``: 1 up to 0.02
-    (the default: every other step at most), one more per doubling of the tolerance (2 up to 0.04, 3 up to 0.08),
-    4 beyond. The embedded pair under-estimates what a run of skips adds on these hosts, so the cap, not the
+    (every other step at most), one more per doubling of the tolerance (2 up to 0.04, the default 0.03 among them;
+    3 up to 0.08), 4 beyond. The embedded pair under-estimates what a run of skips adds on these hosts, so the cap, not the
     estimate, limits the runs; it loosens as the user accepts more error (measured in docs/benchmarks.md)."""
     tolerance = real_field("tolerance", tolerance, positive=False)
     if tolerance <= 0.02:
@@ -278,8 +282,8 @@ class ErrorControl(_Part):
 
     A field left ``None`` takes the host solver's value (:data:`DIAL_BY_ORDER`, :meth:`for_solver`): first order
     (Euler, DDIM, flow Euler) ``tolerance=0.002, history=2, max_interval=6``; second and third order (DPM-Solver++,
-    UniPC, Heun, DEIS) ``tolerance=0.02, history=3`` and ``max_interval`` from the tolerance
-    (:func:`higher_order_max_interval`: 1 at the default, up to 4); fourth order and up (LMS) computes every step
+    UniPC, Heun, DEIS) ``tolerance=0.03, history=3`` and ``max_interval`` from the tolerance
+    (:func:`higher_order_max_interval`: 2 at the default, up to 4); fourth order and up (LMS) computes every step
     unless ``max_interval`` is set. Every host measures ``relative_to="sample"`` unless told ``"clean"``.
 
     Attributes:
