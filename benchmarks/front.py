@@ -25,7 +25,15 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.front_common import Method, adaptive_methods, diffusers_hook, remove_hooks, sada_context
+from benchmarks.front_common import (
+    Method,
+    adaptive_methods,
+    apply_faster_cache,
+    apply_pab,
+    diffusers_hook,
+    remove_hooks,
+    sada_context,
+)
 from benchmarks.models import shift_override
 
 STEPS = 50
@@ -189,32 +197,7 @@ def _methods(group: str, model, shift: float):
             for t in (0.02, 0.04, 0.06, 0.1, 0.2)
         ]
     if group in ("pab", "faster"):
-
-        def timestep(pipe):
-            return lambda: pipe.scheduler.timesteps[pipe.scheduler.step_index or 0]
-
-        def pab(net, pipe, skip):
-            hooks.apply_pyramid_attention_broadcast(
-                net,
-                hooks.PyramidAttentionBroadcastConfig(
-                    spatial_attention_block_skip_range=skip,
-                    spatial_attention_timestep_skip_range=(100, 800),
-                    current_timestep_callback=timestep(pipe),
-                ),
-            )
-
-        def faster(net, pipe, skip):
-            hooks.apply_faster_cache(
-                net,
-                hooks.FasterCacheConfig(
-                    spatial_attention_block_skip_range=skip,
-                    current_timestep_callback=timestep(pipe),
-                    attention_weight_callback=lambda _: 0.3,
-                    tensor_format="BCHW",
-                ),
-            )
-
-        apply = pab if group == "pab" else faster
+        apply = apply_pab if group == "pab" else apply_faster_cache
         label = "PyramidAttentionBroadcast" if group == "pab" else "FasterCache"
         return [
             Method(f"{label}, block skip range {k}", k, hook(lambda net, pipe, k=k: apply(net, pipe, k)))

@@ -82,6 +82,40 @@ def diffusers_hook(apply_fn):
     return ctx
 
 
+def _current_timestep(pipe):
+    return lambda: pipe.scheduler.timesteps[pipe.scheduler.step_index or 0]
+
+
+def apply_pab(net, pipe, skip: int) -> None:
+    """diffusers' PyramidAttentionBroadcast with its documented settings: spatial attention reused for ``skip``
+    blocks' calls inside the timestep range (100, 800)."""
+    from diffusers import hooks
+
+    hooks.apply_pyramid_attention_broadcast(
+        net,
+        hooks.PyramidAttentionBroadcastConfig(
+            spatial_attention_block_skip_range=skip,
+            spatial_attention_timestep_skip_range=(100, 800),
+            current_timestep_callback=_current_timestep(pipe),
+        ),
+    )
+
+
+def apply_faster_cache(net, pipe, skip: int) -> None:
+    """diffusers' FasterCache with its documented settings (attention weight 0.3, ``BCHW`` tensors)."""
+    from diffusers import hooks
+
+    hooks.apply_faster_cache(
+        net,
+        hooks.FasterCacheConfig(
+            spatial_attention_block_skip_range=skip,
+            current_timestep_callback=_current_timestep(pipe),
+            attention_weight_callback=lambda _: 0.3,
+            tensor_format="BCHW",
+        ),
+    )
+
+
 def remove_hooks(net) -> None:
     """Every diffusers hook on ``net`` and its submodules."""
     for sub in net.modules():

@@ -29,6 +29,8 @@ from benchmarks.front_common import (
     AttentionFlops,
     Method,
     adaptive_methods,
+    apply_faster_cache,
+    apply_pab,
     counter_sees_attention,
     diffusers_hook,
     sada_context,
@@ -125,32 +127,9 @@ def _methods(group: str, pipe_of=None) -> list[Method]:
     if group == "mag":
         return [on_full("MagCache (calibration run)", None, _mag_calibration)]
     if group in ("pab", "faster"):
-
-        def timestep(pipe):
-            return lambda: pipe.scheduler.timesteps[pipe.scheduler.step_index or 0]
-
-        def pab(net, pipe, skip):
-            hooks.apply_pyramid_attention_broadcast(
-                net,
-                hooks.PyramidAttentionBroadcastConfig(
-                    spatial_attention_block_skip_range=skip,
-                    spatial_attention_timestep_skip_range=(100, 800),
-                    current_timestep_callback=timestep(pipe),
-                ),
-            )
-
-        def faster(net, pipe, skip):
-            hooks.apply_faster_cache(
-                net,
-                hooks.FasterCacheConfig(
-                    spatial_attention_block_skip_range=skip,
-                    current_timestep_callback=timestep(pipe),
-                    attention_weight_callback=lambda _: 0.3,
-                    tensor_format="BCHW",
-                ),
-            )
-
-        apply, label = (pab, "PyramidAttentionBroadcast") if group == "pab" else (faster, "FasterCache")
+        apply, label = (
+            (apply_pab, "PyramidAttentionBroadcast") if group == "pab" else (apply_faster_cache, "FasterCache")
+        )
         return [
             on_full(f"{label}, block skip range {k}", k, lambda net, pipe, k=k, a=apply: a(net, pipe, k))
             for k in ((2, 3, 4) if group == "pab" else (2,))
