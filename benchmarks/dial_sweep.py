@@ -5,6 +5,10 @@ evaluation count).
     python -m benchmarks.dial_sweep mmdit flow_euler --override shift=1.0 --steps 50 --tolerances 0.002 0.005 0.01
     python -m benchmarks.dial_sweep unet dpmpp_2m --override use_karras_sigmas=true --steps 15 25 50 \\
         --config '{"abscissa": "lambda", "history": 3, "max_interval": 1}'
+    python -m benchmarks.dial_sweep unet dpmpp_2m --host k-diffusion --override family=exponential --steps 100
+
+``--host k-diffusion`` runs the U-Net through k-diffusion's sampler of that name (``euler``, ``heun``, ``dpmpp_2m``,
+``lms``) on the sigma family given as ``--override family=karras|exponential`` (the matrix's k-diffusion cells).
 
 Tuning seeds (0..) by default: the defaults were chosen on them; report on held-out seeds (``--first-seed 1000``).
 One process, one thread (the ODE reference cache is keyed by the thread count of ``make bench``).
@@ -53,18 +57,21 @@ class CellRunner:
         self.plain: dict = {}
         self.plain_images: dict = {}
         self.last_images = None
+        self.last_trace = None  # the SADA trace of the latest sample() (None for a plain run)
 
     def sample(self, steps, sada=None):
         from benchmarks.metrics import psnr
         from sada.adapters import diffusers as sada_d
 
         self.counter.rows = 0
+        self.last_trace = None
         if sada is None:
             images = self.model.sample(self.pipe, self.labels, self.seeds, steps)
         else:
-            with warnings.catch_warnings(), sada_d.enabled(self.pipe, sada):
+            with warnings.catch_warnings(), sada_d.enabled(self.pipe, sada) as handle:
                 warnings.simplefilter("ignore")
                 images = self.model.sample(self.pipe, self.labels, self.seeds, steps)
+                self.last_trace = handle.trace
         self.last_images = images
         return psnr(images, self.reference), self.counter.rows / (2 * len(self.seeds))
 
@@ -85,10 +92,65 @@ class CellRunner:
         self.counter.remove()
 
 
-def sweep(model_name, sampler, overrides, steps_list, tolerances, config, first_seed, seeds):
+class KDiffusionCellRunner(CellRunner):
+    """One k-diffusion cell of the shipped U-Net (the matrix's ``k-diffusion/unet/<sampler>/<family>``): the same
+    interface as :class:`CellRunner`, sampling through :func:`benchmarks.kdiff.run_kdiffusion`."""
+
+    def __init__(self, model_name, sampler, overrides, first_seed, seeds):
+        import torch
+
+        from benchmarks.execute import RowCounter
+        from benchmarks.kdiff import KDIFFUSION_SAMPLERS, SIGMA_FAMILIES, DigitsEpsDenoiser
+        from benchmarks.models import load_model
+        from benchmarks.reference import ReferenceSpec, reference_images
+
+        if model_name != "unet":
+            raise ValueError(f"k-diffusion runs the U-Net only, got model {model_name!r}")
+        if sampler not in KDIFFUSION_SAMPLERS:
+            raise ValueError(f"the k-diffusion sampler must be one of {KDIFFUSION_SAMPLERS}, got {sampler!r}")
+        unknown = set(overrides) - {"family"}
+        if unknown:
+            raise ValueError(f"k-diffusion takes only --override family=..., got {sorted(unknown)}")
+        self.family = overrides.get("family", "karras")
+        if self.family not in SIGMA_FAMILIES:
+            raise ValueError(f"family must be one of {SIGMA_FAMILIES}, got {self.family!r}")
+        if seeds < 1:
+            raise ValueError(f"seeds must be >= 1, got {seeds}")
+        torch.set_num_threads(1)
+        self.model = load_model(model_name)
+        self.sampler = sampler
+        self.seeds = list(range(first_seed, first_seed + seeds))
+        self.labels = [s % 10 for s in self.seeds]
+        self.reference = reference_images(
+            self.model, ReferenceSpec(model_name, "edm", self.model.guidance), self.seeds, self.labels
+        )
+        self.denoiser = DigitsEpsDenoiser(self.model)
+        self.counter = RowCounter(self.model.network)
+        self.per_step = 2 if sampler == "heun" else 1
+        self.plain: dict = {}
+        self.plain_images: dict = {}
+        self.last_images = None
+        self.last_trace = None  # the SADA trace of the latest sample() (None for a plain run)
+
+    def sample(self, steps, sada=None):
+        from benchmarks.kdiff import kdiffusion_sigmas, run_kdiffusion
+        from benchmarks.metrics import psnr
+
+        self.counter.rows = 0
+        sigmas = kdiffusion_sigmas(self.denoiser, self.family, steps)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            images, wrapper = run_kdiffusion(self.denoiser, self.sampler, sigmas, self.seeds, self.labels, sada=sada)
+        self.last_images = images
+        self.last_trace = None if wrapper is None else wrapper.trace
+        return psnr(images, self.reference), self.counter.rows / (2 * len(self.seeds))
+
+
+def sweep(model_name, sampler, overrides, steps_list, tolerances, config, first_seed, seeds, host="diffusers"):
     from sada.config import SADAConfig
 
-    cell = CellRunner(model_name, sampler, overrides, first_seed, seeds)
+    runner = {"diffusers": CellRunner, "k-diffusion": KDiffusionCellRunner}[host]
+    cell = runner(model_name, sampler, overrides, first_seed, seeds)
     per_step = cell.per_step
     rows = []
     for steps in steps_list:
@@ -122,6 +184,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.dial_sweep", description=__doc__.split("\n\n")[0])
     parser.add_argument("model", choices=["unet", "mmdit"])
     parser.add_argument("sampler")
+    parser.add_argument("--host", choices=["diffusers", "k-diffusion"], default="diffusers")
     parser.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE", help="scheduler config overrides")
     parser.add_argument("--steps", nargs="+", type=int, default=[50])
     parser.add_argument("--tolerances", nargs="*", type=float, default=None, help="none: the default only")
@@ -140,6 +203,7 @@ def main(argv=None) -> int:
         json.loads(args.config),
         args.first_seed,
         args.seeds,
+        host=args.host,
     )
     return 0
 

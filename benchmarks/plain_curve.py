@@ -1,4 +1,4 @@
-"""The plain grid at every step count, and SADA against its trend: one diffusers cell of a shipped model.
+"""The plain grid at every step count, and SADA against its trend: one diffusers or k-diffusion cell of a shipped model.
 
 Above about 60 dB from the ODE solution a plain grid's fidelity is not monotone in its step count: on the shipped
 U-Net (Karras sigmas) UniPC at 44 steps ends 59.6 dB from the ODE solution and at 46 steps 67.4 dB; 50 / 51 steps
@@ -18,7 +18,8 @@ and, beside them, SADA's PSNR against its own full run (the error its skips add,
     python -m benchmarks.plain_curve unet unipc --override use_karras_sigmas=true --plain 20 104 \\
         --steps 38 40 45 50 60 75 100 --first-seed 1016 --seeds 8
 
-Tuning seeds (0..) by default; report on held-out seeds (``--first-seed 1000`` and up). About 12 minutes for the
+``--host k-diffusion`` runs the U-Net through k-diffusion's sampler of that name on ``--override family=karras`` or
+``exponential`` (:class:`benchmarks.dial_sweep.KDiffusionCellRunner`). Tuning seeds (0..) by default; report on held-out seeds (``--first-seed 1000`` and up). About 12 minutes for the
 range 20-104 on 2 cores (one thread).
 """
 
@@ -30,7 +31,7 @@ import math
 
 import numpy as np
 
-from benchmarks.dial_sweep import CellRunner, _value
+from benchmarks.dial_sweep import CellRunner, KDiffusionCellRunner, _value
 
 __all__ = ["trend_at", "best_at_most", "compare", "save_plot", "main"]
 
@@ -158,6 +159,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.plain_curve", description=__doc__.split("\n\n")[0])
     parser.add_argument("model", choices=["unet", "mmdit"])
     parser.add_argument("sampler")
+    parser.add_argument("--host", choices=["diffusers", "k-diffusion"], default="diffusers")
     parser.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE", help="scheduler config overrides")
     parser.add_argument("--plain", nargs=2, type=int, default=[20, 104], metavar=("FIRST", "LAST"))
     parser.add_argument("--steps", nargs="+", type=int, default=[50], help="SADA runs (step counts)")
@@ -173,7 +175,8 @@ def main(argv=None) -> int:
         parser.error(f"--plain needs 2 <= FIRST <= LAST, got {first} {last}")
     overrides = dict((k, _value(v)) for k, v in (item.split("=", 1) for item in args.override))
     config = json.loads(args.config)
-    cell = CellRunner(args.model, args.sampler, overrides, args.first_seed, args.seeds)
+    runner = {"diffusers": CellRunner, "k-diffusion": KDiffusionCellRunner}[args.host]
+    cell = runner(args.model, args.sampler, overrides, args.first_seed, args.seeds)
     for steps in range(first, last + 1):
         value, nfe = cell.plain_at(steps)
         print(f"plain {steps:4d} steps  NFE {nfe:6.1f}  PSNR {value:6.2f}", flush=True)
@@ -191,7 +194,7 @@ def main(argv=None) -> int:
     cell.close()
     if args.plot:
         seeds = f"seeds {cell.seeds[0]}-{cell.seeds[-1]}"
-        overrides_text = " ".join(args.override)
+        overrides_text = " ".join(args.override) + (" (k-diffusion)" if args.host == "k-diffusion" else "")
         save_plot(cell.plain, rows, f"{args.model} {args.sampler} {overrides_text}, {seeds}", args.plot)
     if args.out:
         plain = {str(k): {"psnr": p, "nfe": e} for k, (p, e) in sorted(cell.plain.items())}
