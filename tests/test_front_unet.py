@@ -14,6 +14,8 @@ from benchmarks.front_unet import (  # noqa: E402
     FULL_SAMPLER,
     HEUN_STEPS,
     PLAIN_STEPS,
+    SADA_STEPS,
+    SADA_STEPS_SOLVERS,
     SOLVERS,
     STEPS,
     TOLERANCES,
@@ -46,6 +48,14 @@ def test_the_sada_group_sweeps_each_solvers_dial_around_its_default_at_full_step
     assert solver_order_class("euler") == "first" and solver_order_class("heun") == "higher"
     with pytest.raises(ValueError, match="'lms'"):
         solver_order_class("lms")
+
+
+def test_the_sada_steps_group_runs_the_default_of_each_higher_order_solver_at_every_listed_step_count():
+    methods = _methods("sada_steps")
+    assert [(m.sampler, m.steps) for m in methods] == [(s, n) for s in SADA_STEPS_SOLVERS for n in SADA_STEPS]
+    assert all(m.knob == m.steps and m.apply is not None for m in methods)
+    assert all(solver_order_class(s) == "higher" for s in SADA_STEPS_SOLVERS) and STEPS not in SADA_STEPS
+    assert len({m.name for m in methods}) == len(methods)
 
 
 def test_peers_run_on_the_full_run_and_an_unknown_group_is_refused():
@@ -83,6 +93,7 @@ def _point(group, compute, psnr, sampler="dpmpp_2m"):
 def test_each_sada_point_is_compared_with_the_best_plain_point_at_no_more_compute():
     methods = {
         "SADA on UniPC, default": _point("sada", 0.54, 60.0, "unipc"),
+        "SADA on UniPC, default, 80 steps": _point("sada_steps", 0.62, 64.0, "unipc"),
         "UniPC, 25 steps": _point("plain", 0.50, 61.5, "unipc"),
         "DPM-Solver++ 2M, 25 steps": _point("plain", 0.50, 58.0),
         "DPM-Solver++ 2M, 30 steps": _point("plain", 0.60, 63.0),  # more compute: not a peer of 0.54
@@ -92,7 +103,10 @@ def test_each_sada_point_is_compared_with_the_best_plain_point_at_no_more_comput
     assert best_at_most(methods, 0.54, ("plain",))[0] == "UniPC, 25 steps"
     assert best_at_most(methods, 0.49, ("plain",)) is None
     rows = comparison_rows(methods)
-    assert rows[2] == "| SADA on UniPC, default | 0.540 | 60.00 | UniPC, 25 steps | 61.50 | -1.50 | none | -- |"
+    assert rows[2] == (
+        "| SADA on UniPC, default, 80 steps | 0.620 | 64.00 | DPM-Solver++ 2M, 30 steps | 63.00 | +1.00 | none | -- |"
+    )
+    assert rows[3] == "| SADA on UniPC, default | 0.540 | 60.00 | UniPC, 25 steps | 61.50 | -1.50 | none | -- |"
 
 
 def test_the_unet_front_page_is_the_rendering_of_the_stored_data(tmp_path):
