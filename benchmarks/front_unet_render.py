@@ -38,7 +38,12 @@ def best_at_most(methods: dict, compute: float, groups) -> tuple[str, dict] | No
     return max(fits, key=lambda kv: kv[1]["psnr_ode"], default=None)
 
 
-def comparison_rows(methods: dict) -> list[str]:
+PEER_GROUPS = ("adaptive", "taylorseer", "first_block", "mag", "pab", "faster")
+
+
+def comparison_rows(
+    methods: dict, sada_groups=SADA_GROUPS, plain_groups=("plain",), peer_groups=PEER_GROUPS
+) -> list[str]:
     """One row per SADA point: it, the best plain point of any solver and the best other peer at no more compute."""
     rows = [
         "| SADA point | compute | PSNR vs ODE | best plain solver at <= compute | its PSNR | SADA - plain (dB) "
@@ -46,12 +51,12 @@ def comparison_rows(methods: dict) -> list[str]:
         "|---|---|---|---|---|---|---|---|",
     ]
     sada = sorted(
-        ((n, m) for n, m in methods.items() if m.get("group") in SADA_GROUPS and "error" not in m),
+        ((n, m) for n, m in methods.items() if m.get("group") in sada_groups and "error" not in m),
         key=lambda kv: -kv[1]["compute"],
     )
     for name, m in sada:
-        plain = best_at_most(methods, m["compute"], ("plain",))
-        peer = best_at_most(methods, m["compute"], ("adaptive", "taylorseer", "first_block", "mag", "pab", "faster"))
+        plain = best_at_most(methods, m["compute"], plain_groups)
+        peer = best_at_most(methods, m["compute"], peer_groups)
         plain_cells = (
             f"{plain[0]} | {plain[1]['psnr_ode']:.2f} | {m['psnr_ode'] - plain[1]['psnr_ode']:+.2f}"
             if plain

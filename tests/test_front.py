@@ -4,7 +4,15 @@ import pytest
 
 pytest.importorskip("diffusers")
 
-from benchmarks.front import SOLVER_STEPS, SOLVER_TOLERANCES, SOLVERS, STEPS, _methods  # noqa: E402
+from benchmarks.front import (  # noqa: E402
+    SADA_STEPS,
+    SADA_STEPS_SOLVERS,
+    SOLVER_STEPS,
+    SOLVER_TOLERANCES,
+    SOLVERS,
+    STEPS,
+    _methods,
+)
 from benchmarks.models import SCHEDULERS, shift_override  # noqa: E402
 
 
@@ -25,6 +33,14 @@ def test_the_sada_solvers_group_sweeps_the_dial_on_the_second_order_flow_solvers
     assert STEPS == 50
 
 
+def test_the_sada_steps_group_runs_the_default_on_flow_euler_and_the_second_order_solvers_at_each_step_count():
+    methods = _methods("sada_steps", None, 1.0)
+    assert [(m.sampler, m.steps) for m in methods] == [(s, n) for s in SADA_STEPS_SOLVERS for n in SADA_STEPS]
+    assert all(m.knob == m.steps and m.apply is not None for m in methods) and STEPS not in SADA_STEPS
+    assert "SADA default on flow Euler, 100 steps" in {m.name for m in methods}
+    assert set(SADA_STEPS_SOLVERS) - {"flow_euler"} <= set(SOLVERS)
+
+
 def test_shift_override_names_the_shift_as_each_scheduler_does():
     assert shift_override("flow_euler", 3) == {"shift": 3.0}
     assert shift_override("flow_unipc", 3) == {"flow_shift": 3.0}
@@ -35,7 +51,7 @@ def test_shift_override_names_the_shift_as_each_scheduler_does():
 def test_the_front_page_is_the_rendering_of_the_stored_data_with_every_solver(tmp_path):
     from pathlib import Path
 
-    from benchmarks.front import render
+    from benchmarks.front_render import render
     from benchmarks.regenerate_front import commands
 
     root = Path(__file__).resolve().parents[1]
@@ -49,3 +65,5 @@ def test_the_front_page_is_the_rendering_of_the_stored_data_with_every_solver(tm
     for label in SOLVERS.values():  # every other solver of the pipeline is on the page, plain and (2nd order) with SADA
         assert f"| {label}, 20 steps |" in page
     assert "| SADA on DPM-Solver++ 2M flow, default |" in page and "| SADA on UniPC flow, tolerance 0.1 |" in page
+    assert "| SADA default on flow Euler, 100 steps |" in page  # the default at other step counts, compared too
+    assert page.count("| SADA point | compute | PSNR vs ODE | best plain solver at <= compute |") == 2
