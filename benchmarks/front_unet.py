@@ -57,6 +57,9 @@ TOLERANCES = {  # the dial past and below each solver's default (first order 0.0
 # 20 dB below these solvers at every compute level, so they are left out)
 SADA_STEPS = (40, 60, 80, 100)
 SADA_STEPS_SOLVERS = ("dpmpp_2m", "dpmpp_3m", "unipc")
+# and the dial one notch below the default at 100 steps (two skips in a row there: on a fine grid the default allows
+# three), so that SADA's points reach the compute between 100 default steps and the full run
+SADA_STEPS_TOLERANCES = {100: 0.02}
 GROUPS = ("plain", "sada", "sada_steps", "adaptive", "taylorseer", "first_block", "mag", "pab", "faster")
 KARRAS = {"use_karras_sigmas": True}
 # TaylorSeer's default patterns (``^blocks.*attn`` ...) match no module of a UNet2DConditionModel; this names its
@@ -99,6 +102,16 @@ def _methods(group: str, pipe_of=None) -> list[Method]:
             Method(f"SADA on {SOLVERS[sampler]}, default, {n} steps", n, sada_context(SADAConfig()), sampler, n)
             for sampler in SADA_STEPS_SOLVERS
             for n in SADA_STEPS
+        ] + [
+            Method(
+                f"SADA on {SOLVERS[sampler]}, tolerance {t:g}, {n} steps",
+                n,
+                sada_context(SADAConfig(tolerance=t)),
+                sampler,
+                n,
+            )
+            for sampler in SADA_STEPS_SOLVERS
+            for n, t in SADA_STEPS_TOLERANCES.items()
         ]
     if group == "adaptive":
         return adaptive_methods(FULL_SAMPLER)

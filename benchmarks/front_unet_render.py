@@ -113,6 +113,11 @@ def _plot(methods: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     lines: dict = {}
+    name_of = {  # the label of a sada_steps point: its step count (and tolerance when not the default)
+        (m["compute"], m["psnr_ode"]): name.split(", ", 1)[1].replace("default, ", "").replace("tolerance ", "")
+        for name, m in methods.items()
+        if m.get("group") == "sada_steps" and "error" not in m
+    }
     for name, m in methods.items():
         if "error" in m or m.get("identical_to_full"):
             continue
@@ -120,7 +125,7 @@ def _plot(methods: dict, path: Path) -> None:
         label = {
             "plain": f"plain {solver}",
             "sada": f"SADA on {solver}",
-            "sada_steps": f"SADA default on {solver}, 40-100 steps",
+            "sada_steps": f"SADA on {solver}, 40-100 steps",
             "adaptive": f"AdaptiveDiffusion on {solver}",
         }.get(m["group"], name.split(",")[0])
         lines.setdefault(label, []).append((m["compute"], m["psnr_ode"], m.get("knob"), m["group"]))
@@ -135,7 +140,9 @@ def _plot(methods: dict, path: Path) -> None:
         ax.plot([p[0] for p in points], [p[1] for p in points], style, label=label, markersize=4, color=color)
         if group in SADA_GROUPS and "DPM-Solver" not in label:  # 2M and 3M lie near UniPC's: one set of labels
             for c, p, knob, _ in points:
-                text = "default" if knob is None else f"{knob:g}" + (" steps" if group == "sada_steps" else "")
+                text = "default" if knob is None else f"{knob:g}"
+                if group == "sada_steps":
+                    text = name_of.get((c, p), text)
                 ax.annotate(text, (c, p), fontsize=6)
     ax.set_xlabel(f"compute (fraction of {SOLVERS[FULL_SAMPLER]} {STEPS} steps' network FLOPs)")
     ax.set_ylabel("PSNR vs ODE solution (dB)")

@@ -156,9 +156,40 @@ def test_each_doubling_of_the_tolerance_past_0_01_allows_one_more_skip_in_a_row_
         assert _runs_of_skips(engine.policy.decisions[:, 0]).max() == cap
 
 
+@pytest.mark.parametrize(
+    "tolerance, step, cap",
+    [
+        (0.03, 0.119, 2),
+        (0.03, 0.08, 3),
+        (0.03, 0.059, 3),
+        (0.02, 0.05, 2),
+        (0.05, 0.05, 4),
+        (0.1, 0.05, 4),
+        (0.03, None, 2),
+    ],
+)
+def test_a_fine_grid_allows_one_more_skip_in_a_row_up_to_four(tolerance, step, cap):
+    fine = DIAL_BY_ORDER["higher"]["fine_log_snr_step"]
+    assert fine == DIAL_BY_ORDER["higher"]["coarse_log_snr_step"] / 2
+    assert higher_order_max_interval(tolerance, step) == cap
+    assert ErrorControl(tolerance=tolerance).for_solver(2, step).max_interval == cap
+    assert ErrorControl(tolerance=tolerance, max_interval=1).for_solver(3, step).max_interval == 1  # explicit: kept
+
+
+def test_the_default_runs_three_skips_in_a_row_on_a_fine_grid_and_two_on_a_coarser_one():
+    fine, _ = _run(SADAConfig(), "vp", "epsilon", 2, steps=100)
+    coarse, _ = _run(SADAConfig(), "vp", "epsilon", 2, steps=50)
+    assert fine.grid.median_log_snr_step <= DIAL_BY_ORDER["higher"]["fine_log_snr_step"]
+    assert coarse.grid.median_log_snr_step > DIAL_BY_ORDER["higher"]["fine_log_snr_step"]
+    assert _runs_of_skips(fine.policy.decisions[:, 0]).max() == 3
+    assert _runs_of_skips(coarse.policy.decisions[:, 0]).max() == 2
+
+
 def test_the_run_cap_of_a_higher_order_host_refuses_a_bad_tolerance_by_name():
     with pytest.raises(ValueError, match="tolerance must be finite, got nan"):
         higher_order_max_interval(float("nan"))
+    with pytest.raises(ValueError, match="median_log_snr_step must be finite, got nan"):
+        higher_order_max_interval(0.03, float("nan"))
 
 
 @pytest.mark.parametrize("host", sorted(HOSTS))

@@ -16,6 +16,7 @@ from benchmarks.front_unet import (  # noqa: E402
     PLAIN_STEPS,
     SADA_STEPS,
     SADA_STEPS_SOLVERS,
+    SADA_STEPS_TOLERANCES,
     SOLVERS,
     STEPS,
     TOLERANCES,
@@ -52,7 +53,10 @@ def test_the_sada_group_sweeps_each_solvers_dial_around_its_default_at_full_step
 
 def test_the_sada_steps_group_runs_the_default_of_each_higher_order_solver_at_every_listed_step_count():
     methods = _methods("sada_steps")
-    assert [(m.sampler, m.steps) for m in methods] == [(s, n) for s in SADA_STEPS_SOLVERS for n in SADA_STEPS]
+    expected = [(s, n) for s in SADA_STEPS_SOLVERS for n in SADA_STEPS]
+    expected += [(s, n) for s in SADA_STEPS_SOLVERS for n in SADA_STEPS_TOLERANCES]
+    assert [(m.sampler, m.steps) for m in methods] == expected
+    assert "SADA on UniPC, tolerance 0.02, 100 steps" in {m.name for m in methods}
     assert all(m.knob == m.steps and m.apply is not None for m in methods)
     assert all(solver_order_class(s) == "higher" for s in SADA_STEPS_SOLVERS) and STEPS not in SADA_STEPS
     assert len({m.name for m in methods}) == len(methods)
