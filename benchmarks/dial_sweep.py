@@ -35,9 +35,16 @@ class CellRunner:
     plain grids. One thread (the ODE reference cache is keyed by the thread count of ``make bench``)."""
 
     def __init__(self, model_name, sampler, overrides, first_seed, seeds):
+        from benchmarks.cells import VP_START_SAMPLERS
+
+        start = "flow" if model_name == "mmdit" else ("vp" if sampler in VP_START_SAMPLERS else "edm")
+        self._load(model_name, sampler, start, first_seed, seeds)
+        self.pipe = self.model.pipeline(sampler, **overrides)
+
+    def _load(self, model_name, sampler, start, first_seed, seeds):
+        """The model, the seeds, the ODE reference of the ``start`` convention and the evaluation counter."""
         import torch
 
-        from benchmarks.cells import VP_START_SAMPLERS
         from benchmarks.execute import RowCounter
         from benchmarks.models import load_model
         from benchmarks.reference import ReferenceSpec, reference_images
@@ -46,12 +53,11 @@ class CellRunner:
             raise ValueError(f"seeds must be >= 1, got {seeds}")
         torch.set_num_threads(1)
         self.model = load_model(model_name)
+        self.sampler = sampler
         self.seeds = list(range(first_seed, first_seed + seeds))
         self.labels = [s % 10 for s in self.seeds]
-        start = "flow" if model_name == "mmdit" else ("vp" if sampler in VP_START_SAMPLERS else "edm")
         spec = ReferenceSpec(model_name, start, self.model.guidance)
         self.reference = reference_images(self.model, spec, self.seeds, self.labels)
-        self.pipe = self.model.pipeline(sampler, **overrides)
         self.counter = RowCounter(self.model.network)
         self.per_step = 2 if sampler == "heun" else 1
         self.plain: dict = {}
@@ -97,12 +103,7 @@ class KDiffusionCellRunner(CellRunner):
     interface as :class:`CellRunner`, sampling through :func:`benchmarks.kdiff.run_kdiffusion`."""
 
     def __init__(self, model_name, sampler, overrides, first_seed, seeds):
-        import torch
-
-        from benchmarks.execute import RowCounter
         from benchmarks.kdiff import KDIFFUSION_SAMPLERS, SIGMA_FAMILIES, DigitsEpsDenoiser
-        from benchmarks.models import load_model
-        from benchmarks.reference import ReferenceSpec, reference_images
 
         if model_name != "unet":
             raise ValueError(f"k-diffusion runs the U-Net only, got model {model_name!r}")
@@ -114,23 +115,8 @@ class KDiffusionCellRunner(CellRunner):
         self.family = overrides.get("family", "karras")
         if self.family not in SIGMA_FAMILIES:
             raise ValueError(f"family must be one of {SIGMA_FAMILIES}, got {self.family!r}")
-        if seeds < 1:
-            raise ValueError(f"seeds must be >= 1, got {seeds}")
-        torch.set_num_threads(1)
-        self.model = load_model(model_name)
-        self.sampler = sampler
-        self.seeds = list(range(first_seed, first_seed + seeds))
-        self.labels = [s % 10 for s in self.seeds]
-        self.reference = reference_images(
-            self.model, ReferenceSpec(model_name, "edm", self.model.guidance), self.seeds, self.labels
-        )
+        self._load(model_name, sampler, "edm", first_seed, seeds)  # x_T = sigma_max * noise
         self.denoiser = DigitsEpsDenoiser(self.model)
-        self.counter = RowCounter(self.model.network)
-        self.per_step = 2 if sampler == "heun" else 1
-        self.plain: dict = {}
-        self.plain_images: dict = {}
-        self.last_images = None
-        self.last_trace = None  # the SADA trace of the latest sample() (None for a plain run)
 
     def sample(self, steps, sada=None):
         from benchmarks.kdiff import kdiffusion_sigmas, run_kdiffusion
@@ -146,11 +132,33 @@ class KDiffusionCellRunner(CellRunner):
         return psnr(images, self.reference), self.counter.rows / (2 * len(self.seeds))
 
 
+RUNNERS = {"diffusers": CellRunner, "k-diffusion": KDiffusionCellRunner}
+
+
+def add_cell_arguments(parser) -> None:
+    """The arguments that name a cell (model, sampler, ``--host``, ``--override``, ``--first-seed``), shared by
+    :mod:`benchmarks.dial_sweep`, :mod:`benchmarks.plain_curve` and :mod:`benchmarks.skip_sensitivity`."""
+    parser.add_argument("model", choices=["unet", "mmdit"])
+    parser.add_argument("sampler")
+    parser.add_argument("--host", choices=sorted(RUNNERS), default="diffusers")
+    parser.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE", help="scheduler config overrides")
+    parser.add_argument("--first-seed", type=int, default=0)
+
+
+def overrides_of(args) -> dict:
+    """``--override KEY=VALUE ...`` as a dict (values parsed as JSON where they are)."""
+    return dict((k, _value(v)) for k, v in (item.split("=", 1) for item in args.override))
+
+
+def cell_of(args):
+    """The runner of the cell :func:`add_cell_arguments` named (and ``args.seeds`` seeds)."""
+    return RUNNERS[args.host](args.model, args.sampler, overrides_of(args), args.first_seed, args.seeds)
+
+
 def sweep(model_name, sampler, overrides, steps_list, tolerances, config, first_seed, seeds, host="diffusers"):
     from sada.config import SADAConfig
 
-    runner = {"diffusers": CellRunner, "k-diffusion": KDiffusionCellRunner}[host]
-    cell = runner(model_name, sampler, overrides, first_seed, seeds)
+    cell = RUNNERS[host](model_name, sampler, overrides, first_seed, seeds)
     per_step = cell.per_step
     rows = []
     for steps in steps_list:
@@ -182,17 +190,13 @@ def sweep(model_name, sampler, overrides, steps_list, tolerances, config, first_
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.dial_sweep", description=__doc__.split("\n\n")[0])
-    parser.add_argument("model", choices=["unet", "mmdit"])
-    parser.add_argument("sampler")
-    parser.add_argument("--host", choices=["diffusers", "k-diffusion"], default="diffusers")
-    parser.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE", help="scheduler config overrides")
+    add_cell_arguments(parser)
     parser.add_argument("--steps", nargs="+", type=int, default=[50])
     parser.add_argument("--tolerances", nargs="*", type=float, default=None, help="none: the default only")
     parser.add_argument("--config", default="{}", help="other SADAConfig fields as JSON")
-    parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, default=16)
     args = parser.parse_args(argv)
-    overrides = dict((k, _value(v)) for k, v in (item.split("=", 1) for item in args.override))
+    overrides = overrides_of(args)
     tolerances = [None] if not args.tolerances else args.tolerances
     sweep(
         args.model,

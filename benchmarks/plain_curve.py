@@ -31,7 +31,7 @@ import math
 
 import numpy as np
 
-from benchmarks.dial_sweep import CellRunner, KDiffusionCellRunner, _value
+from benchmarks.dial_sweep import CellRunner, add_cell_arguments, cell_of
 
 __all__ = ["trend_at", "best_at_most", "compare", "save_plot", "main"]
 
@@ -157,15 +157,11 @@ def save_plot(plain: dict, rows: list[dict], title: str, path) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.plain_curve", description=__doc__.split("\n\n")[0])
-    parser.add_argument("model", choices=["unet", "mmdit"])
-    parser.add_argument("sampler")
-    parser.add_argument("--host", choices=["diffusers", "k-diffusion"], default="diffusers")
-    parser.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE", help="scheduler config overrides")
+    add_cell_arguments(parser)
     parser.add_argument("--plain", nargs=2, type=int, default=[20, 104], metavar=("FIRST", "LAST"))
     parser.add_argument("--steps", nargs="+", type=int, default=[50], help="SADA runs (step counts)")
     parser.add_argument("--config", default="{}", help="SADAConfig fields as JSON (default: the default)")
     parser.add_argument("--span", type=float, default=1.25, help="the trend's window: a factor in evaluations")
-    parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--out", default=None, help="write the plain curve and the rows as JSON")
     parser.add_argument("--plot", default=None, help="save the curve and the SADA runs as a PNG")
@@ -173,10 +169,8 @@ def main(argv=None) -> int:
     first, last = args.plain
     if not 2 <= first <= last:
         parser.error(f"--plain needs 2 <= FIRST <= LAST, got {first} {last}")
-    overrides = dict((k, _value(v)) for k, v in (item.split("=", 1) for item in args.override))
     config = json.loads(args.config)
-    runner = {"diffusers": CellRunner, "k-diffusion": KDiffusionCellRunner}[args.host]
-    cell = runner(args.model, args.sampler, overrides, args.first_seed, args.seeds)
+    cell = cell_of(args)
     for steps in range(first, last + 1):
         value, nfe = cell.plain_at(steps)
         print(f"plain {steps:4d} steps  NFE {nfe:6.1f}  PSNR {value:6.2f}", flush=True)

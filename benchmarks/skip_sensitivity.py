@@ -116,26 +116,20 @@ def sensitivity(cell, steps: int, config, windows: int) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    from benchmarks.dial_sweep import CellRunner, KDiffusionCellRunner, _value
+    from benchmarks.dial_sweep import add_cell_arguments, cell_of
     from sada.config import SADAConfig
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.skip_sensitivity", description=__doc__.split("\n\n")[0])
-    parser.add_argument("model", choices=["unet", "mmdit"])
-    parser.add_argument("sampler")
-    parser.add_argument("--host", choices=["diffusers", "k-diffusion"], default="diffusers")
-    parser.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE", help="scheduler config overrides")
+    add_cell_arguments(parser)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--windows", type=int, default=3)
     parser.add_argument("--config", default="{}", help="SADAConfig fields as JSON (default: the default)")
-    parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, default=16)
     args = parser.parse_args(argv)
     config = SADAConfig(**json.loads(args.config))
     if config.schedule.kind != "error_control":
         parser.error(f"the windows veto the schedule-free rule's skips: {config.schedule.kind!r} is not it")
-    overrides = dict((k, _value(v)) for k, v in (item.split("=", 1) for item in args.override))
-    runner = {"diffusers": CellRunner, "k-diffusion": KDiffusionCellRunner}[args.host]
-    cell = runner(args.model, args.sampler, overrides, args.first_seed, args.seeds)
+    cell = cell_of(args)
     try:
         sensitivity(cell, args.steps, config, args.windows)
     finally:
