@@ -13,6 +13,7 @@ denoiser, and :meth:`BenchModel.noise` gives the exact start noise the pipelines
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from dataclasses import dataclass, field
 
@@ -135,9 +136,18 @@ class BenchModel:
                 f"choose from {sorted(SCHEDULERS[self.name])}"
             )
         cls = getattr(diffusers, SCHEDULERS[self.name][sampler])
-        return cls.from_config(
+        scheduler = cls.from_config(
             self.base_scheduler.config, **{**SCHEDULER_SETTINGS.get(sampler, {}), **config_overrides}
         )
+        unknown = sorted(set(config_overrides) - set(inspect.signature(cls.__init__).parameters))
+        if unknown:  # diffusers keeps or drops a key its class does not take, silently: the wrong cell would run
+            raise ValueError(
+                f"{cls.__name__} takes no config key {unknown} (sampler {sampler!r}); "
+                f"for the flow shift use {shift_override(sampler, 1.0)}"
+                if any("shift" in key for key in unknown)
+                else f"{cls.__name__} takes no config key {unknown} (sampler {sampler!r})"
+            )
+        return scheduler
 
     def pipeline(self, sampler: str | None = None, **config_overrides):
         """A stock diffusers pipeline around the network with ``scheduler(sampler, **config_overrides)``."""
