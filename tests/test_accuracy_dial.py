@@ -170,7 +170,9 @@ def test_each_doubling_of_the_tolerance_past_0_01_allows_one_more_skip_in_a_row_
 )
 def test_a_fine_grid_allows_one_more_skip_in_a_row_up_to_four(tolerance, step, cap):
     fine = DIAL_BY_ORDER["higher"]["fine_log_snr_step"]
-    assert fine == DIAL_BY_ORDER["higher"]["coarse_log_snr_step"] / 2
+    assert (
+        fine == DIAL_BY_ORDER["higher"]["coarse_log_snr_step"] / 2 == DIAL_BY_ORDER["higher"]["exact_log_snr_step"] / 4
+    )
     assert higher_order_max_interval(tolerance, step) == cap
     assert ErrorControl(tolerance=tolerance).for_solver(2, step).max_interval == cap
     assert ErrorControl(tolerance=tolerance, max_interval=1).for_solver(3, step).max_interval == 1  # explicit: kept
@@ -365,15 +367,25 @@ def test_cached_weights_follow_every_push_and_invalidation():
     torch.testing.assert_close(estimate[1:], quadratic(2.5)[1:], rtol=1e-12, atol=1e-12)
 
 
-def test_on_a_coarse_grid_a_higher_order_host_computes_every_step_unless_the_user_sets_the_dial():
-    coarse, fine = 0.2, 0.12  # median log-SNR steps of 30 and 50 Karras steps on the shipped U-Net
-    assert ErrorControl().for_solver(2, coarse).never_skips and ErrorControl().for_solver(3, coarse).never_skips
+@pytest.mark.parametrize(
+    ("tolerance", "step", "cap"),
+    [(0.03, 0.2, 1), (0.03, 0.16, 2), (0.02, 0.2, 1), (0.05, 0.2, 2), (0.1, 0.3, 3), (0.2, 0.2, 3), (0.03, 0.5, 1)],
+)
+def test_a_coarse_grid_allows_one_skip_in_a_row_fewer_but_never_none(tolerance, step, cap):
+    assert higher_order_max_interval(tolerance, step) == cap
+    assert ErrorControl(tolerance=tolerance).for_solver(2, step).max_interval == cap  # a set tolerance skips anyway
+
+
+def test_on_a_very_coarse_grid_a_higher_order_host_computes_every_step_unless_the_user_sets_the_dial():
+    exact, coarse, fine = 0.4, 0.2, 0.12  # median log-SNR steps of 15, 30 and 50 Karras steps on the shipped U-Net
+    assert ErrorControl().for_solver(2, exact).never_skips and ErrorControl().for_solver(3, exact).never_skips
+    assert ErrorControl().for_solver(2, coarse).max_interval == 1  # every other step at most
     assert ErrorControl().for_solver(2, fine) == ErrorControl().for_solver(2) == ErrorControl().for_solver(2, None)
-    assert "coarse" in ErrorControl().exact_note(2, coarse) and ErrorControl().exact_note(2, fine) is None
-    assert ErrorControl(tolerance=0.02).for_solver(2, coarse).max_interval == 1  # a set tolerance still skips
-    assert ErrorControl(max_interval=1).for_solver(2, coarse).max_interval == 1
-    assert ErrorControl().for_solver(1, coarse).max_interval == 6  # first-order hosts are not affected
-    assert DIAL_BY_ORDER["higher"]["coarse_log_snr_step"] == 0.16
+    assert "coarse" in ErrorControl().exact_note(2, exact) and ErrorControl().exact_note(2, coarse) is None
+    assert ErrorControl(tolerance=0.02).for_solver(2, exact).max_interval == 1  # a set tolerance still skips
+    assert ErrorControl(max_interval=1).for_solver(2, exact).max_interval == 1
+    assert ErrorControl().for_solver(1, exact).max_interval == 6  # first-order hosts are not affected
+    assert DIAL_BY_ORDER["higher"]["exact_log_snr_step"] == 0.32
     with pytest.raises(ValueError, match="median_log_snr_step must be finite, got nan"):
         ErrorControl().for_solver(2, float("nan"))
 
@@ -382,7 +394,7 @@ def test_the_median_log_snr_step_of_a_grid_leaves_out_the_infinite_step_into_the
     grid = _grid("vp", 50)
     steps = np.diff(grid.log_snr)
     assert not np.isfinite(steps[-1]) and grid.median_log_snr_step == pytest.approx(np.median(steps[:-1]), abs=0)
-    assert _grid("vp", 10).median_log_snr_step > 0.16 > _grid("vp", 50).median_log_snr_step
+    assert _grid("vp", 10).median_log_snr_step > 0.32 > 0.16 > _grid("vp", 50).median_log_snr_step
 
 
 def test_a_default_run_on_a_coarse_grid_is_bit_identical_to_the_plain_run_and_warns_why():

@@ -24,7 +24,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 NOT_RUN = "# not run:"
 MAX_NOT_RUN = 2
-K_DIFFUSION_STEPS = 50  # the setup's k-diffusion sigmas (25 Karras steps are a coarse grid: exact under the default)
+K_DIFFUSION_STEPS = 50  # the setup's k-diffusion sigmas (a grid where the default skips two in a row)
 # pages whose snippets fail for a reason outside the snippet (an API still in flux): page -> reason
 EXPECTED_FAILURES: dict[str, str] = {}
 

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import numbers
 import warnings
 from dataclasses import dataclass
 
+from sada.config.dial import DIAL_BY_ORDER, MIN_SKIP_PREDICTIONS, RELATIVE_TO, higher_order_max_interval
 from sada.config.enums import Abscissa, AmNoise, LagrangeTarget, Mode, choice
+from sada.config.fields import int_field, pair_field, real_field
 from sada.errors import SADADeprecationWarning
 
 __all__ = [
@@ -38,32 +39,6 @@ __all__ = [
 
 # The official code never skips before step 3: its step estimate needs three drift nodes (docs/paper-mode.md).
 MIN_ACC_START = 3
-
-
-def int_field(name: str, value, minimum: int | None = None, maximum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    value = int(value)
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    if maximum is not None and value > maximum:
-        raise ValueError(f"{name} must be <= {maximum}, got {value}")
-    return value
-
-
-def real_field(name: str, value, *, positive: bool = True) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    value = float(value)
-    if not value < float("inf") or (positive and not value > 0):
-        raise ValueError(f"{name} must be {'> 0 and ' if positive else ''}finite, got {value!r}")
-    return value
-
-
-def _pair(name: str, value, minimum: int, maximum: int | None = None) -> tuple[int, int]:
-    if not isinstance(value, (tuple, list)) or len(value) != 2:
-        raise TypeError(f"{name} must be a pair, got {value!r}")
-    return (int_field(f"{name}[0]", value[0], minimum, maximum), int_field(f"{name}[1]", value[1], minimum, maximum))
 
 
 # fields renamed in this release: old name -> new name, per part; the old names are accepted (with a
@@ -159,7 +134,7 @@ class StepSchedule(_Part):
     kind = "steps"
 
     def __post_init__(self):
-        start, end = _pair("acc_range", self.acc_range, 0)
+        start, end = pair_field("acc_range", self.acc_range, 0)
         if end <= max(start, MIN_ACC_START):
             raise ValueError(
                 f"acc_range end must be > max(start, {MIN_ACC_START}) = {max(start, MIN_ACC_START)}, "
@@ -207,71 +182,6 @@ class StepSchedule(_Part):
         return self.max_interval == 0
 
 
-# The accuracy dial's settings per host solver order (docs/theory.md, "The accuracy dial"; measured on the tuning
-# seeds of the benchmark, docs/benchmarks.md). First-order solvers (Euler, DDIM, flow Euler): a linear extrapolation in
-# the schedule's time, up to 6 skips in a row, the error measured relative to the sample ``x / alpha`` (what it leaves
-# in the final sample: at 50 steps 2.2-2.5x at the full run's fidelity where relative to the clean sample gave
-# 1.7-2.3x). Second and third order (DPM-Solver++ 2M/3M, UniPC, DEIS, Heun): a quadratic in the EDM noise level
-# ``sigma / alpha`` (a line while the history fills: the first skip may come at the fourth step; the clean-sample
-# prediction is analytic in it at the clean end; at 3-3.6x past the default log-SNR lost 1-12 dB to the plain grid
-# while ``sigma`` kept DPM-Solver++ 2M 3.5-5.3 dB ahead and 3M within 1 dB, UniPC 1-2 dB behind), the error also
-# measured relative to the sample (at 50 steps 1.85x where relative to the clean sample, waiting for four
-# predictions, gave 1.78x, at equal or better fidelity). The run cap follows the tolerance: each doubling past 0.01
-# allows one more skip in a row, up to 4 (:func:`higher_order_max_interval`); the estimate under-estimates what a run
-# adds on these hosts, so the cap decides. The default 0.03 allows two in a row (2.5x at 50 steps): on the tuning
-# seeds it was ahead of the same solver's plain grid at equal evaluations by more than every-other-step (0.02, 1.85x)
-# on DPM-Solver++ 2M / 3M, UniPC and Heun at 50, 60 and 90 Karras steps and on the MMDiT's DPM-Solver++ 2M / UniPC
-# with flow sigmas at 50 and 100 steps (e.g. UniPC at 60 steps -3.5 -> +3.0 dB, 2M +0.0 -> +6.8), within 0.2 dB at
-# 40-50 UniPC steps. (With the earlier log-SNR abscissa and a small tolerance, runs of skips had lost 9-12 dB on the
-# Karras DPM-Solver++ 2M run; in the noise level they do not.)
-# On a fine grid (median log-SNR step at most 0.08, half the coarse limit: about 75 Karras steps and more) the cap
-# allows one more skip in a row (the default: three): on the tuning seeds at 80-100 steps three in a row were further
-# ahead of the same solver's plain grid than two on 11 of 15 cells (e.g. DPM-Solver++ 3M at 100 steps -0.9 -> +4.2,
-# k-diffusion 2M on exponential sigmas -1.9 -> +4.3, UniPC at 80 steps -0.2 -> +3.2) and within 1.6 dB on the other 4
-# (the MMDiT's flow solvers at shift 1 stayed 11 dB ahead), with 20-28 % fewer evaluations.
-# On a coarse grid (median log-SNR step above 0.16: fewer than about 38 Karras steps) the default computes every step:
-# there the interleave lost 2-11 dB to the same solver run plainly (UniPC, DPM-Solver++ 2M/3M at 20-35 steps), and
-# smaller tolerances, which skip only near the clean end, lost up to 4 dB; an explicit tolerance still skips.
-# Fourth order and up (LMS): every step computes -- interleaved skips lost 8-18 dB on the shipped U-Net through
-# k-diffusion (11 dB to its own full run at 50 exponential steps); an explicit max_interval still lets it skip.
-DIAL_BY_ORDER: dict[str, dict] = {
-    "first": {"tolerance": 0.002, "history": 2, "max_interval": 6, "abscissa": "t", "relative_to": "sample"},
-    "higher": {
-        "tolerance": 0.03,
-        "history": 3,
-        "max_interval": None,  # by tolerance (higher_order_max_interval)
-        "abscissa": "sigma",
-        "relative_to": "sample",
-        "coarse_log_snr_step": 0.16,  # a coarser grid computes every step unless the tolerance is set
-        "fine_log_snr_step": 0.08,  # a grid this fine allows one more skip in a row (higher_order_max_interval)
-    },
-    "fourth": {"tolerance": 0.02, "history": 3, "max_interval": 0, "abscissa": "sigma", "relative_to": "sample"},
-}
-
-
-RELATIVE_TO = ("sample", "clean")  # what ErrorControl's estimated error is relative to
-
-# The fewest stored predictions a skip needs: a linear extrapolation and the embedded quadratic that estimates its
-# error. A longer history (second and third order: 3 + 1) is used once it has filled; until then the pair is one
-# degree lower, so a skip may come one step earlier (the fourth step instead of the fifth).
-MIN_SKIP_PREDICTIONS = 3
-
-
-def higher_order_max_interval(tolerance: float, median_log_snr_step: float | None = None) -> int:
-    """The most consecutive skips the dial allows on a second- or third-order host at ``tolerance``: 1 up to 0.02
-    (every other step at most), one more per doubling of the tolerance (2 up to 0.04, the default 0.03 among them;
-    3 up to 0.08), 4 beyond; on a fine grid (``median_log_snr_step`` at most
-    ``DIAL_BY_ORDER["higher"]["fine_log_snr_step"]``, about 75 Karras steps and more) one more, up to 4. The embedded
-    pair under-estimates what a run of skips adds on these hosts, so the cap, not the estimate, limits the runs; it
-    loosens as the user accepts more error and as the steps get shorter (measured in docs/benchmarks.md)."""
-    tolerance = real_field("tolerance", tolerance, positive=False)
-    base = 1 if tolerance <= 0.02 else math.ceil(math.log2(tolerance / 0.01) - 1e-9)
-    if median_log_snr_step is not None:
-        step = real_field("median_log_snr_step", median_log_snr_step, positive=False)
-        base += step <= DIAL_BY_ORDER["higher"]["fine_log_snr_step"]
-    return min(4, base)
-
-
 @_accepts_old_names
 @dataclass(frozen=True)
 class ErrorControl(_Part):
@@ -293,7 +203,8 @@ class ErrorControl(_Part):
     A field left ``None`` takes the host solver's value (:data:`DIAL_BY_ORDER`, :meth:`for_solver`): first order
     (Euler, DDIM, flow Euler) ``tolerance=0.002, history=2, max_interval=6``; second and third order (DPM-Solver++,
     UniPC, Heun, DEIS) ``tolerance=0.03, history=3`` and ``max_interval`` from the tolerance and the grid
-    (:func:`higher_order_max_interval`: 2 at the default, 3 on a grid of about 75 Karras steps or more, up to 4); fourth order and up (LMS) computes every step
+    (:func:`higher_order_max_interval`: 2 at the default, 3 on a grid of about 75 Karras steps or more, 1 below about
+    38, up to 4; below about 19 Karras steps the default computes every step); fourth order and up (LMS) computes every step
     unless ``max_interval`` is set. Every host measures ``relative_to="sample"`` unless told ``"clean"``.
 
     Attributes:
@@ -352,22 +263,23 @@ class ErrorControl(_Part):
 
     def coarse_grid(self, solver_order: int, median_log_snr_step: float | None) -> bool:
         """Whether the default computes every step of this run: a second- or third-order host, no tolerance or
-        ``max_interval`` set, and a median log-SNR step above ``DIAL_BY_ORDER["higher"]["coarse_log_snr_step"]``
-        (``None``: the grid is not known, never coarse)."""
+        ``max_interval`` set, and a median log-SNR step above ``DIAL_BY_ORDER["higher"]["exact_log_snr_step"]``
+        (fewer than about 19 Karras steps; ``None``: the grid is not known, never coarse). A grid between that and
+        ``coarse_log_snr_step`` skips, one step in a row fewer (:func:`higher_order_max_interval`)."""
         if median_log_snr_step is None or self.order_class(solver_order) != "higher":
             return False
         step = real_field("median_log_snr_step", median_log_snr_step, positive=False)
         unset = self.tolerance is None and self.max_interval is None
-        return unset and step > DIAL_BY_ORDER["higher"]["coarse_log_snr_step"]
+        return unset and step > DIAL_BY_ORDER["higher"]["exact_log_snr_step"]
 
     def exact_note(self, solver_order: int, median_log_snr_step: float | None = None) -> str | None:
         """Why the dial computes every step for this host and grid (None when it may skip)."""
         if self.coarse_grid(solver_order, median_log_snr_step):
-            limit = DIAL_BY_ORDER["higher"]["coarse_log_snr_step"]
+            limit = DIAL_BY_ORDER["higher"]["exact_log_snr_step"]
             return (
                 f"the grid is coarse for a solver of order {solver_order} (median log-SNR step "
-                f"{median_log_snr_step:.3g} > {limit:g}, fewer than about 38 Karras steps): the accuracy dial "
-                "computes every step (no acceleration): skipping steps there was measured to lose 2-11 dB to the "
+                f"{median_log_snr_step:.3g} > {limit:g}, fewer than about 19 Karras steps): the accuracy dial "
+                "computes every step (no acceleration): skipping steps there was measured to lose to the "
                 "same solver run plainly (docs/benchmarks.md); run more steps, or set a tolerance to skip anyway"
             )
         if self.order_class(solver_order) != "fourth" or self.max_interval is not None:
@@ -471,7 +383,7 @@ class TokenPruning(_Part):
             "prune_blocks",
             tuple(int_field(f"prune_blocks[{i}]", b, minimum=0) for i, b in enumerate(self.prune_blocks)),
         )
-        object.__setattr__(self, "anchor_stride", _pair("anchor_stride", self.anchor_stride, 1, 16))
+        object.__setattr__(self, "anchor_stride", pair_field("anchor_stride", self.anchor_stride, 1, 16))
         if self.refresh_interval is not None:
             int_field("refresh_interval", self.refresh_interval, minimum=1)
 

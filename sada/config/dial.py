@@ -1,0 +1,86 @@
+"""The accuracy dial's settings per host solver order, and the rule that sets how many steps in a row a second- or
+third-order host may skip (:class:`sada.config.ErrorControl` reads both; docs/theory.md, "The accuracy dial")."""
+
+from __future__ import annotations
+
+import math
+
+from sada.config.fields import real_field
+
+__all__ = ["DIAL_BY_ORDER", "MIN_SKIP_PREDICTIONS", "RELATIVE_TO", "higher_order_max_interval"]
+
+
+# The accuracy dial's settings per host solver order (docs/theory.md, "The accuracy dial"; measured on the tuning
+# seeds of the benchmark, docs/benchmarks.md). First-order solvers (Euler, DDIM, flow Euler): a linear extrapolation in
+# the schedule's time, up to 6 skips in a row, the error measured relative to the sample ``x / alpha`` (what it leaves
+# in the final sample: at 50 steps 2.2-2.5x at the full run's fidelity where relative to the clean sample gave
+# 1.7-2.3x). Second and third order (DPM-Solver++ 2M/3M, UniPC, DEIS, Heun): a quadratic in the EDM noise level
+# ``sigma / alpha`` (a line while the history fills: the first skip may come at the fourth step; the clean-sample
+# prediction is analytic in it at the clean end; at 3-3.6x past the default log-SNR lost 1-12 dB to the plain grid
+# while ``sigma`` kept DPM-Solver++ 2M 3.5-5.3 dB ahead and 3M within 1 dB, UniPC 1-2 dB behind), the error also
+# measured relative to the sample (at 50 steps 1.85x where relative to the clean sample, waiting for four
+# predictions, gave 1.78x, at equal or better fidelity). The run cap follows the tolerance: each doubling past 0.01
+# allows one more skip in a row, up to 4 (:func:`higher_order_max_interval`); the estimate under-estimates what a run
+# adds on these hosts, so the cap decides. The default 0.03 allows two in a row (2.5x at 50 steps): on the tuning
+# seeds it was ahead of the same solver's plain grid at equal evaluations by more than every-other-step (0.02, 1.85x)
+# on DPM-Solver++ 2M / 3M, UniPC and Heun at 50, 60 and 90 Karras steps and on the MMDiT's DPM-Solver++ 2M / UniPC
+# with flow sigmas at 50 and 100 steps (e.g. UniPC at 60 steps -3.5 -> +3.0 dB, 2M +0.0 -> +6.8), within 0.2 dB at
+# 40-50 UniPC steps. (With the earlier log-SNR abscissa and a small tolerance, runs of skips had lost 9-12 dB on the
+# Karras DPM-Solver++ 2M run; in the noise level they do not.)
+# On a fine grid (median log-SNR step at most 0.08, half the coarse limit: about 75 Karras steps and more) the cap
+# allows one more skip in a row (the default: three): on the tuning seeds at 80-100 steps three in a row were further
+# ahead of the same solver's plain grid than two on 11 of 15 cells (e.g. DPM-Solver++ 3M at 100 steps -0.9 -> +4.2,
+# k-diffusion 2M on exponential sigmas -1.9 -> +4.3, UniPC at 80 steps -0.2 -> +3.2) and within 1.6 dB on the other 4
+# (the MMDiT's flow solvers at shift 1 stayed 11 dB ahead), with 20-28 % fewer evaluations.
+# On a coarse grid (median log-SNR step above 0.16: fewer than about 38 Karras steps) the cap allows one skip in a row
+# fewer, at least one (the default: every other step at most): on the tuning seeds at 20-36 Karras steps every other
+# step was ahead of the same solver's plain grid at equal evaluations on every host tried (+0.9 to +6.5 dB: UniPC,
+# DPM-Solver++ 2M / 3M, Heun, k-diffusion's 2M / Heun on Karras and exponential sigmas, the MMDiT's flow solvers at
+# both shifts), where two in a row were mixed (-1.5 to +1.3 on UniPC at 26-34 steps). On a very coarse grid (median
+# log-SNR step above 0.32: fewer than about 19 Karras steps) the default computes every step: there every other step
+# lost on UniPC (15 steps: -0.4 to -0.7 dB); an explicit tolerance still skips. (An earlier rule computed every step
+# below 38 Karras steps: measured with the log-SNR abscissa, skipping there had lost 2-11 dB; in the noise level it
+# does not.)
+# Fourth order and up (LMS): every step computes -- interleaved skips lost 8-18 dB on the shipped U-Net through
+# k-diffusion (11 dB to its own full run at 50 exponential steps); an explicit max_interval still lets it skip.
+DIAL_BY_ORDER: dict[str, dict] = {
+    "first": {"tolerance": 0.002, "history": 2, "max_interval": 6, "abscissa": "t", "relative_to": "sample"},
+    "higher": {
+        "tolerance": 0.03,
+        "history": 3,
+        "max_interval": None,  # by tolerance (higher_order_max_interval)
+        "abscissa": "sigma",
+        "relative_to": "sample",
+        "exact_log_snr_step": 0.32,  # a coarser grid computes every step unless the tolerance is set
+        "coarse_log_snr_step": 0.16,  # a coarser grid allows one skip in a row fewer (higher_order_max_interval)
+        "fine_log_snr_step": 0.08,  # a grid this fine allows one more skip in a row (higher_order_max_interval)
+    },
+    "fourth": {"tolerance": 0.02, "history": 3, "max_interval": 0, "abscissa": "sigma", "relative_to": "sample"},
+}
+
+
+RELATIVE_TO = ("sample", "clean")  # what ErrorControl's estimated error is relative to
+
+# The fewest stored predictions a skip needs: a linear extrapolation and the embedded quadratic that estimates its
+# error. A longer history (second and third order: 3 + 1) is used once it has filled; until then the pair is one
+# degree lower, so a skip may come one step earlier (the fourth step instead of the fifth).
+MIN_SKIP_PREDICTIONS = 3
+
+
+def higher_order_max_interval(tolerance: float, median_log_snr_step: float | None = None) -> int:
+    """The most consecutive skips the dial allows on a second- or third-order host at ``tolerance``: 1 up to 0.02
+    (every other step at most), one more per doubling of the tolerance (2 up to 0.04, the default 0.03 among them;
+    3 up to 0.08), 4 beyond; on a fine grid (``median_log_snr_step`` at most
+    ``DIAL_BY_ORDER["higher"]["fine_log_snr_step"]``, about 75 Karras steps and more) one more, up to 4; on a coarse
+    one (above ``DIAL_BY_ORDER["higher"]["coarse_log_snr_step"]``, fewer than about 38 Karras steps) one fewer, at
+    least 1 (on a grid coarser than ``exact_log_snr_step`` the default computes every step:
+    :meth:`ErrorControl.coarse_grid`). The embedded
+    pair under-estimates what a run of skips adds on these hosts, so the cap, not the estimate, limits the runs; it
+    loosens as the user accepts more error and as the steps get shorter (measured in docs/benchmarks.md)."""
+    tolerance = real_field("tolerance", tolerance, positive=False)
+    base = 1 if tolerance <= 0.02 else min(4, math.ceil(math.log2(tolerance / 0.01) - 1e-9))
+    if median_log_snr_step is not None:
+        step = real_field("median_log_snr_step", median_log_snr_step, positive=False)
+        base += step <= DIAL_BY_ORDER["higher"]["fine_log_snr_step"]
+        base -= step > DIAL_BY_ORDER["higher"]["coarse_log_snr_step"]
+    return max(1, min(4, base))
