@@ -48,6 +48,20 @@ def test_shift_override_names_the_shift_as_each_scheduler_does():
         shift_override("dpmpp_2m", 1.0)
 
 
+def test_a_scheduler_override_the_class_does_not_take_is_refused_by_name():
+    from pathlib import Path
+
+    from benchmarks.models import load_model
+
+    if not (Path(__file__).resolve().parents[1] / "benchmarks" / "assets" / "digits-mmdit").is_dir():
+        pytest.skip("shipped models not present")
+    model = load_model("mmdit")
+    with pytest.raises(ValueError, match=r"no config key \['shift'\].*flow_shift"):
+        model.scheduler("flow_unipc", shift=3.0)  # diffusers would keep the key and run shift 1
+    assert model.scheduler("flow_unipc", flow_shift=3.0).config.flow_shift == 3.0
+    assert model.scheduler("flow_euler", shift=3.0).config.shift == 3.0
+
+
 def test_the_front_page_is_the_rendering_of_the_stored_data_with_every_solver(tmp_path):
     from pathlib import Path
 
