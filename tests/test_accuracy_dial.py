@@ -460,3 +460,22 @@ def test_the_first_skip_can_come_at_the_fourth_step_once_three_predictions_are_s
     d = engine.policy.decisions
     assert (d[:first_skip] == Decision.COMPUTE).all()
     assert (d[first_skip] != Decision.COMPUTE).all()
+
+
+def test_the_trace_says_when_the_grid_changed_the_run_cap_and_records_the_resolved_dial():
+    assert ErrorControl().grid_note(2, 0.2).startswith("the grid is coarse for a solver of order 2")
+    assert "at most 1 step in a row, one fewer than tolerance=0.03" in ErrorControl().grid_note(2, 0.2)
+    assert "at most 3 steps in a row, one more" in ErrorControl().grid_note(3, 0.05)
+    assert ErrorControl().grid_note(2, 0.12) is None  # the tolerance's own cap
+    assert ErrorControl().grid_note(2, 0.4) is None  # exact: exact_note says why
+    assert ErrorControl(max_interval=2).grid_note(2, 0.2) is None and ErrorControl().grid_note(1, 0.2) is None
+    assert ErrorControl(tolerance=0.2).grid_note(2, 0.05) is None  # 4 in a row either way
+    coarse, _ = _run(SADAConfig(), "vp", "epsilon", 2, steps=20)  # the trailing VP grid: 0.197
+    step = coarse.grid.median_log_snr_step
+    assert DIAL_BY_ORDER["higher"]["coarse_log_snr_step"] < step <= DIAL_BY_ORDER["higher"]["exact_log_snr_step"]
+    assert any(n == 0 and "the grid is coarse" in text for n, text in coarse.trace.notes)
+    assert coarse.trace.extras["dial"] == {"tolerance": 0.03, "max_interval": 1, "median_log_snr_step": step}
+    assert _runs_of_skips(coarse.policy.decisions[:, 0]).max() == 1
+    plain, _ = _run(SADAConfig(), "vp", "epsilon", 2, steps=50)
+    assert not any("the grid is" in text for _, text in plain.trace.notes)
+    assert plain.trace.extras["dial"]["max_interval"] == 2

@@ -290,6 +290,30 @@ class ErrorControl(_Part):
             "ErrorControl(max_interval=1) skips anyway"
         )
 
+    def grid_note(self, solver_order: int, median_log_snr_step: float | None = None) -> str | None:
+        """What the grid changed in the run cap of a second- or third-order host (None if nothing): on a coarse grid
+        one skip in a row fewer than the tolerance allows, on a fine grid one more (:func:`higher_order_max_interval`;
+        an explicit ``max_interval``, an exact run or an unknown grid: None)."""
+        if (
+            self.order_class(solver_order) != "higher"
+            or self.max_interval is not None
+            or median_log_snr_step is None
+            or self.coarse_grid(solver_order, median_log_snr_step)
+        ):
+            return None
+        tolerance = DIAL_BY_ORDER["higher"]["tolerance"] if self.tolerance is None else self.tolerance
+        base, cap = higher_order_max_interval(tolerance), higher_order_max_interval(tolerance, median_log_snr_step)
+        if cap == base:
+            return None
+        coarse = cap < base
+        limit = DIAL_BY_ORDER["higher"]["coarse_log_snr_step" if coarse else "fine_log_snr_step"]
+        return (
+            f"the grid is {'coarse' if coarse else 'fine'} for a solver of order {solver_order} (median log-SNR step "
+            f"{median_log_snr_step:.3g} {'>' if coarse else '<='} {limit:g}): the accuracy dial skips at most {cap} "
+            f"step{'s' if cap > 1 else ''} in a row, one {'fewer' if coarse else 'more'} than tolerance="
+            f'{tolerance:g} allows on a {"finer" if coarse else "coarser"} grid (docs/theory.md, "Coarse grids")'
+        )
+
     def for_solver(self, solver_order: int, median_log_snr_step: float | None = None) -> ErrorControl:
         """This dial with every ``None`` field set to the host solver's value (:data:`DIAL_BY_ORDER`) and, on a
         coarse grid (:meth:`coarse_grid`; ``median_log_snr_step`` is the run's, ``None`` if unknown), no skips."""

@@ -45,6 +45,15 @@ class ErrorControlRule(TorchRule):
             self.variable, self.abscissae = variable, self.grid.abscissae(variable)
         self.recent = RecentPredictions(self.schedule)
         self.noted_veto = False
+        median_step = self.grid.median_log_snr_step
+        trace.extras["dial"] = {
+            "tolerance": self.schedule.tolerance,
+            "max_interval": self.schedule.max_interval,
+            "median_log_snr_step": median_step,
+        }
+        grid_note = self.config.schedule.grid_note(solver_order, median_step)
+        if grid_note is not None:
+            trace.note(0, grid_note)
 
     def uncertified_note(self, solver_order):
         return self.config.schedule.exact_note(solver_order, self.grid.median_log_snr_step)
