@@ -62,7 +62,7 @@ SOLVER_STEPS = (10, 13, 15, 18, 20, 25, 30, 40, 50)
 SOLVER_TOLERANCES = (0.002, 0.02, 0.05, 0.1)
 # the default at other step counts on flow Euler and the two solvers SADA runs on (fixed before any was run), so that
 # SADA's points span step counts as the plain solvers' do
-SADA_STEPS = (20, 25, 30, 40, 60, 80, 100)
+SADA_STEPS = (15, 20, 25, 30, 40, 60, 80, 100)
 SADA_STEPS_SOLVERS = {
     "flow_euler": "flow Euler",
     "flow_dpmpp_2m": SOLVERS["flow_dpmpp_2m"],

@@ -55,7 +55,7 @@ TOLERANCES = {  # the dial past and below each solver's default (first order 0.0
 # the default at other step counts on the second- and third-order solvers (chosen before any was run): SADA's
 # points, like the plain solvers', span step counts, so its envelope is compared with theirs (Euler and Heun lie
 # 20 dB below these solvers at every compute level, so they are left out)
-SADA_STEPS = (20, 25, 30, 40, 60, 80, 100)
+SADA_STEPS = (15, 20, 25, 30, 40, 60, 80, 100)
 SADA_STEPS_SOLVERS = ("dpmpp_2m", "dpmpp_3m", "unipc")
 # and the dial one notch below the default at 100 steps (two skips in a row there: on a fine grid the default allows
 # three), so that SADA's points reach the compute between 100 default steps and the full run

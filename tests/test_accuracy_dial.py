@@ -171,7 +171,7 @@ def test_each_doubling_of_the_tolerance_past_0_01_allows_one_more_skip_in_a_row_
 def test_a_fine_grid_allows_one_more_skip_in_a_row_up_to_four(tolerance, step, cap):
     fine = DIAL_BY_ORDER["higher"]["fine_log_snr_step"]
     assert (
-        fine == DIAL_BY_ORDER["higher"]["coarse_log_snr_step"] / 2 == DIAL_BY_ORDER["higher"]["exact_log_snr_step"] / 4
+        fine == DIAL_BY_ORDER["higher"]["coarse_log_snr_step"] / 2 == DIAL_BY_ORDER["higher"]["exact_log_snr_step"] / 6
     )
     assert higher_order_max_interval(tolerance, step) == cap
     assert ErrorControl(tolerance=tolerance).for_solver(2, step).max_interval == cap
@@ -377,7 +377,7 @@ def test_a_coarse_grid_allows_one_skip_in_a_row_fewer_but_never_none(tolerance, 
 
 
 def test_on_a_very_coarse_grid_a_higher_order_host_computes_every_step_unless_the_user_sets_the_dial():
-    exact, coarse, fine = 0.4, 0.2, 0.12  # median log-SNR steps of 15, 30 and 50 Karras steps on the shipped U-Net
+    exact, coarse, fine = 0.53, 0.2, 0.12  # median log-SNR steps of 12, 30 and 50 Karras steps on the shipped U-Net
     assert ErrorControl().for_solver(2, exact).never_skips and ErrorControl().for_solver(3, exact).never_skips
     assert ErrorControl().for_solver(2, coarse).max_interval == 1  # every other step at most
     assert ErrorControl().for_solver(2, fine) == ErrorControl().for_solver(2) == ErrorControl().for_solver(2, None)
@@ -385,7 +385,7 @@ def test_on_a_very_coarse_grid_a_higher_order_host_computes_every_step_unless_th
     assert ErrorControl(tolerance=0.02).for_solver(2, exact).max_interval == 1  # a set tolerance still skips
     assert ErrorControl(max_interval=1).for_solver(2, exact).max_interval == 1
     assert ErrorControl().for_solver(1, exact).max_interval == 6  # first-order hosts are not affected
-    assert DIAL_BY_ORDER["higher"]["exact_log_snr_step"] == 0.32
+    assert DIAL_BY_ORDER["higher"]["exact_log_snr_step"] == 0.48
     with pytest.raises(ValueError, match="median_log_snr_step must be finite, got nan"):
         ErrorControl().for_solver(2, float("nan"))
 
@@ -394,15 +394,15 @@ def test_the_median_log_snr_step_of_a_grid_leaves_out_the_infinite_step_into_the
     grid = _grid("vp", 50)
     steps = np.diff(grid.log_snr)
     assert not np.isfinite(steps[-1]) and grid.median_log_snr_step == pytest.approx(np.median(steps[:-1]), abs=0)
-    assert _grid("vp", 10).median_log_snr_step > 0.32 > 0.16 > _grid("vp", 50).median_log_snr_step
+    assert _grid("vp", 6).median_log_snr_step > 0.48 > 0.16 > _grid("vp", 50).median_log_snr_step
 
 
 def test_a_default_run_on_a_coarse_grid_is_bit_identical_to_the_plain_run_and_warns_why():
     with pytest.warns(UserWarning, match="the grid is coarse for a solver of order 2"):
-        engine, final = _run(SADAConfig(), "vp", "epsilon", 2, steps=10)
-    _, plain = _run(SADAConfig(max_interval=0), "vp", "epsilon", 2, steps=10)
+        engine, final = _run(SADAConfig(), "vp", "epsilon", 2, steps=6)
+    _, plain = _run(SADAConfig(max_interval=0), "vp", "epsilon", 2, steps=6)
     assert torch.equal(final, plain) and (engine.policy.decisions == Decision.COMPUTE).all()
-    engine, _ = _run(SADAConfig(tolerance=0.5), "vp", "epsilon", 2, steps=10)  # an explicit tolerance skips
+    engine, _ = _run(SADAConfig(tolerance=0.5), "vp", "epsilon", 2, steps=6)  # an explicit tolerance skips
     assert (engine.policy.decisions != Decision.COMPUTE).sum() >= 1
 
 
@@ -467,7 +467,7 @@ def test_the_trace_says_when_the_grid_changed_the_run_cap_and_records_the_resolv
     assert "at most 1 step in a row, one fewer than tolerance=0.03" in ErrorControl().grid_note(2, 0.2)
     assert "at most 3 steps in a row, one more" in ErrorControl().grid_note(3, 0.05)
     assert ErrorControl().grid_note(2, 0.12) is None  # the tolerance's own cap
-    assert ErrorControl().grid_note(2, 0.4) is None  # exact: exact_note says why
+    assert ErrorControl().grid_note(2, 0.6) is None  # exact: exact_note says why
     assert ErrorControl(max_interval=2).grid_note(2, 0.2) is None and ErrorControl().grid_note(1, 0.2) is None
     assert ErrorControl(tolerance=0.2).grid_note(2, 0.05) is None  # 4 in a row either way
     coarse, _ = _run(SADAConfig(), "vp", "epsilon", 2, steps=20)  # the trailing VP grid: 0.197

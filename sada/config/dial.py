@@ -36,9 +36,12 @@ __all__ = ["DIAL_BY_ORDER", "MIN_SKIP_PREDICTIONS", "RELATIVE_TO", "higher_order
 # fewer, at least one (the default: every other step at most): on the tuning seeds at 20-36 Karras steps every other
 # step was ahead of the same solver's plain grid at equal evaluations on every host tried (+0.9 to +6.5 dB: UniPC,
 # DPM-Solver++ 2M / 3M, Heun, k-diffusion's 2M / Heun on Karras and exponential sigmas, the MMDiT's flow solvers at
-# both shifts), where two in a row were mixed (-1.5 to +1.3 on UniPC at 26-34 steps). On a very coarse grid (median
-# log-SNR step above 0.32: fewer than about 19 Karras steps) the default computes every step: there every other step
-# lost on UniPC (15 steps: -0.4 to -0.7 dB); an explicit tolerance still skips. (An earlier rule computed every step
+# both shifts), where two in a row were mixed (-1.5 to +1.3 on UniPC at 26-34 steps); at 12-18 steps every other step
+# was ahead too (DPM-Solver++ 2M +2.6 to +6.2, 3M +4.8 to +8.4, k-diffusion 2M / Heun +0.3 to +6.2, the MMDiT's flow
+# solvers +1.3 to +4.6 down to 6 steps) and on UniPC a tie (-0.7 to +1.2 at 13-17 steps, +1.2 at 12). On a very
+# coarse grid (median log-SNR step above 0.48, three times the coarse limit: fewer than about 13 Karras steps) the
+# default computes every step: at 10 Karras steps (0.65) every other step lost 2.0-3.4 dB on UniPC and DPM-Solver++
+# 2M; an explicit tolerance still skips. (An earlier rule computed every step
 # below 38 Karras steps: measured with the log-SNR abscissa, skipping there had lost 2-11 dB; in the noise level it
 # does not.)
 # Fourth order and up (LMS): every step computes -- interleaved skips lost 8-18 dB on the shipped U-Net through
@@ -51,7 +54,7 @@ DIAL_BY_ORDER: dict[str, dict] = {
         "max_interval": None,  # by tolerance (higher_order_max_interval)
         "abscissa": "sigma",
         "relative_to": "sample",
-        "exact_log_snr_step": 0.32,  # a coarser grid computes every step unless the tolerance is set
+        "exact_log_snr_step": 0.48,  # a coarser grid computes every step unless the tolerance is set
         "coarse_log_snr_step": 0.16,  # a coarser grid allows one skip in a row fewer (higher_order_max_interval)
         "fine_log_snr_step": 0.08,  # a grid this fine allows one more skip in a row (higher_order_max_interval)
     },

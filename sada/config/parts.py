@@ -204,7 +204,7 @@ class ErrorControl(_Part):
     (Euler, DDIM, flow Euler) ``tolerance=0.002, history=2, max_interval=6``; second and third order (DPM-Solver++,
     UniPC, Heun, DEIS) ``tolerance=0.03, history=3`` and ``max_interval`` from the tolerance and the grid
     (:func:`higher_order_max_interval`: 2 at the default, 3 on a grid of about 75 Karras steps or more, 1 below about
-    38, up to 4; below about 19 Karras steps the default computes every step); fourth order and up (LMS) computes every step
+    38, up to 4; below about 13 Karras steps the default computes every step); fourth order and up (LMS) computes every step
     unless ``max_interval`` is set. Every host measures ``relative_to="sample"`` unless told ``"clean"``.
 
     Attributes:
@@ -264,7 +264,7 @@ class ErrorControl(_Part):
     def coarse_grid(self, solver_order: int, median_log_snr_step: float | None) -> bool:
         """Whether the default computes every step of this run: a second- or third-order host, no tolerance or
         ``max_interval`` set, and a median log-SNR step above ``DIAL_BY_ORDER["higher"]["exact_log_snr_step"]``
-        (fewer than about 19 Karras steps; ``None``: the grid is not known, never coarse). A grid between that and
+        (fewer than about 13 Karras steps; ``None``: the grid is not known, never coarse). A grid between that and
         ``coarse_log_snr_step`` skips, one step in a row fewer (:func:`higher_order_max_interval`)."""
         if median_log_snr_step is None or self.order_class(solver_order) != "higher":
             return False
@@ -278,7 +278,7 @@ class ErrorControl(_Part):
             limit = DIAL_BY_ORDER["higher"]["exact_log_snr_step"]
             return (
                 f"the grid is coarse for a solver of order {solver_order} (median log-SNR step "
-                f"{median_log_snr_step:.3g} > {limit:g}, fewer than about 19 Karras steps): the accuracy dial "
+                f"{median_log_snr_step:.3g} > {limit:g}, fewer than about 13 Karras steps): the accuracy dial "
                 "computes every step (no acceleration): skipping steps there was measured to lose to the "
                 "same solver run plainly (docs/benchmarks.md); run more steps, or set a tolerance to skip anyway"
             )
