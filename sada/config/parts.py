@@ -302,7 +302,7 @@ class ErrorControl(_Part):
             or self.coarse_grid(solver_order, median_log_snr_step)
         ):
             return None
-        tolerance = DIAL_BY_ORDER["higher"]["tolerance"] if self.tolerance is None else self.tolerance
+        tolerance = self.for_solver(solver_order).tolerance  # the default's, unless set
         base, cap = higher_order_max_interval(tolerance), higher_order_max_interval(tolerance, median_log_snr_step)
         if cap == base:
             return None
