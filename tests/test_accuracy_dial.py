@@ -3,6 +3,7 @@ count, runs of skips on first-order hosts and interleaving on higher-order ones,
 compute, the float64 reference of its test, and the weight cache of the torch engine."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from sada.config import (
     StepSchedule,
     higher_order_max_interval,
 )
+from sada.errors import ExactRunWarning
 from sada.policy import Decision, ErrorControlPolicy
 from sada.reference import final_sample_sensitivity, multistep_estimate, skip_error
 from sada.torch_backend.engine import SADAEngine
@@ -171,7 +173,9 @@ def test_each_doubling_of_the_tolerance_past_0_01_allows_one_more_skip_in_a_row_
 def test_a_fine_grid_allows_one_more_skip_in_a_row_up_to_four(tolerance, step, cap):
     fine = DIAL_BY_ORDER["higher"]["fine_log_snr_step"]
     assert (
-        fine == DIAL_BY_ORDER["higher"]["coarse_log_snr_step"] / 2 == DIAL_BY_ORDER["higher"]["exact_log_snr_step"] / 6
+        fine
+        == DIAL_BY_ORDER["higher"]["coarse_log_snr_step"] / 2
+        == DIAL_BY_ORDER["higher"]["very_coarse_log_snr_step"] / 6
     )
     assert higher_order_max_interval(tolerance, step) == cap
     assert ErrorControl(tolerance=tolerance).for_solver(2, step).max_interval == cap
@@ -376,16 +380,24 @@ def test_a_coarse_grid_allows_one_skip_in_a_row_fewer_but_never_none(tolerance, 
     assert ErrorControl(tolerance=tolerance).for_solver(2, step).max_interval == cap  # a set tolerance skips anyway
 
 
-def test_on_a_very_coarse_grid_a_higher_order_host_computes_every_step_unless_the_user_sets_the_dial():
-    exact, coarse, fine = 0.53, 0.2, 0.12  # median log-SNR steps of 12, 30 and 50 Karras steps on the shipped U-Net
-    assert ErrorControl().for_solver(2, exact).never_skips and ErrorControl().for_solver(3, exact).never_skips
-    assert ErrorControl().for_solver(2, coarse).max_interval == 1  # every other step at most
+def test_on_a_very_coarse_grid_the_default_tolerance_tightens_and_a_tolerance_the_user_set_is_kept():
+    very_coarse, coarse, fine = 0.53, 0.2, 0.12  # median log-SNR steps of 12, 30 and 50 Karras steps (shipped U-Net)
+    tight = DIAL_BY_ORDER["higher"]["very_coarse_tolerance"]
+    assert tight == 0.002 and DIAL_BY_ORDER["higher"]["very_coarse_log_snr_step"] == 0.48
+    for order in (2, 3):
+        dial = ErrorControl().for_solver(order, very_coarse)
+        assert (dial.tolerance, dial.max_interval) == (tight, 1) and not dial.never_skips
+        assert ErrorControl().very_coarse_grid(order, very_coarse)
+    assert ErrorControl().for_solver(2, 0.48).tolerance == 0.03  # the limit itself is not very coarse
+    assert ErrorControl().for_solver(2, coarse).max_interval == 1  # every other step at most, at the tolerance
+    assert ErrorControl().for_solver(2, coarse).tolerance == 0.03
     assert ErrorControl().for_solver(2, fine) == ErrorControl().for_solver(2) == ErrorControl().for_solver(2, None)
-    assert "coarse" in ErrorControl().exact_note(2, exact) and ErrorControl().exact_note(2, coarse) is None
-    assert ErrorControl(tolerance=0.02).for_solver(2, exact).max_interval == 1  # a set tolerance still skips
-    assert ErrorControl(max_interval=1).for_solver(2, exact).max_interval == 1
-    assert ErrorControl().for_solver(1, exact).max_interval == 6  # first-order hosts are not affected
-    assert DIAL_BY_ORDER["higher"]["exact_log_snr_step"] == 0.48
+    assert ErrorControl().exact_note(2, very_coarse) is None  # no grid makes the dial exact
+    assert ErrorControl(tolerance=0.02).for_solver(2, very_coarse).tolerance == 0.02  # a set tolerance is kept
+    assert ErrorControl(max_interval=1).for_solver(2, very_coarse).tolerance == 0.03  # so is the default with a cap
+    assert not ErrorControl(tolerance=0.02).very_coarse_grid(2, very_coarse)
+    assert ErrorControl().for_solver(1, very_coarse).tolerance == 0.002  # first order: its own default, untouched
+    assert not ErrorControl().very_coarse_grid(1, very_coarse) and not ErrorControl().very_coarse_grid(4, 9.0)
     with pytest.raises(ValueError, match="median_log_snr_step must be finite, got nan"):
         ErrorControl().for_solver(2, float("nan"))
 
@@ -397,13 +409,21 @@ def test_the_median_log_snr_step_of_a_grid_leaves_out_the_infinite_step_into_the
     assert _grid("vp", 6).median_log_snr_step > 0.48 > 0.16 > _grid("vp", 50).median_log_snr_step
 
 
-def test_a_default_run_on_a_coarse_grid_is_bit_identical_to_the_plain_run_and_warns_why():
-    with pytest.warns(UserWarning, match="the grid is coarse for a solver of order 2"):
-        engine, final = _run(SADAConfig(), "vp", "epsilon", 2, steps=6)
-    _, plain = _run(SADAConfig(max_interval=0), "vp", "epsilon", 2, steps=6)
-    assert torch.equal(final, plain) and (engine.policy.decisions == Decision.COMPUTE).all()
-    engine, _ = _run(SADAConfig(tolerance=0.5), "vp", "epsilon", 2, steps=6)  # an explicit tolerance skips
-    assert (engine.policy.decisions != Decision.COMPUTE).sum() >= 1
+def test_a_default_run_on_a_very_coarse_grid_uses_the_tight_tolerance_says_so_and_does_not_warn_of_an_exact_run():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ExactRunWarning)
+        engine, _ = _run(SADAConfig(), "vp", "epsilon", 2, steps=6)
+    step = engine.grid.median_log_snr_step
+    assert step > DIAL_BY_ORDER["higher"]["very_coarse_log_snr_step"]
+    assert engine.trace.extras["dial"] == {"tolerance": 0.002, "max_interval": 1, "median_log_snr_step": step}
+    notes = [text for n, text in engine.trace.notes if n == 0]
+    assert any(text.startswith("the grid is very coarse for a solver of order 2") for text in notes)
+    assert any("uses tolerance=0.002 instead of 0.03" in text for text in notes)
+    assert _runs_of_skips(engine.policy.decisions[:, 0]).max(initial=0) <= 1
+    tight, _ = _run(SADAConfig(tolerance=0.002), "vp", "epsilon", 2, steps=6)  # the same run as setting it
+    assert np.array_equal(tight.policy.decisions, engine.policy.decisions)
+    loose, _ = _run(SADAConfig(tolerance=0.5), "vp", "epsilon", 2, steps=6)  # an explicit tolerance is kept
+    assert (loose.policy.decisions != Decision.COMPUTE).sum() >= 1
 
 
 def test_a_history_still_filling_gets_a_pair_one_degree_lower_whose_difference_is_the_exact_error_on_a_quadratic():
@@ -467,12 +487,13 @@ def test_the_trace_says_when_the_grid_changed_the_run_cap_and_records_the_resolv
     assert "at most 1 step in a row, one fewer than tolerance=0.03" in ErrorControl().grid_note(2, 0.2)
     assert "at most 3 steps in a row, one more" in ErrorControl().grid_note(3, 0.05)
     assert ErrorControl().grid_note(2, 0.12) is None  # the tolerance's own cap
-    assert ErrorControl().grid_note(2, 0.6) is None  # exact: exact_note says why
+    assert ErrorControl().grid_note(2, 0.6).startswith("the grid is very coarse for a solver of order 2")
+    assert ErrorControl(tolerance=0.03).grid_note(2, 0.6).startswith("the grid is coarse")  # set: kept, cap 1
     assert ErrorControl(max_interval=2).grid_note(2, 0.2) is None and ErrorControl().grid_note(1, 0.2) is None
     assert ErrorControl(tolerance=0.2).grid_note(2, 0.05) is None  # 4 in a row either way
     coarse, _ = _run(SADAConfig(), "vp", "epsilon", 2, steps=20)  # the trailing VP grid: 0.197
     step = coarse.grid.median_log_snr_step
-    assert DIAL_BY_ORDER["higher"]["coarse_log_snr_step"] < step <= DIAL_BY_ORDER["higher"]["exact_log_snr_step"]
+    assert DIAL_BY_ORDER["higher"]["coarse_log_snr_step"] < step <= DIAL_BY_ORDER["higher"]["very_coarse_log_snr_step"]
     assert any(n == 0 and "the grid is coarse" in text for n, text in coarse.trace.notes)
     assert coarse.trace.extras["dial"] == {"tolerance": 0.03, "max_interval": 1, "median_log_snr_step": step}
     assert _runs_of_skips(coarse.policy.decisions[:, 0]).max() == 1

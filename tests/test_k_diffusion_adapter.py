@@ -214,16 +214,17 @@ def test_any_step_count_is_fitted_and_too_short_runs_say_so():
     counts = {}
     for n in (6, 15, 25, 50, 100):
         wrapped = kd.wrap(MixtureDenoiser(), _sigmas(n), sampler=K.sample_dpmpp_2m)
-        coarse = wrapped.engine.grid.median_log_snr_step > 0.48
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        very_coarse = wrapped.engine.grid.median_log_snr_step > 0.48
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", SADAWarning)  # no grid makes a second-order host run exactly
             K.sample_dpmpp_2m(wrapped, _noise(), _sigmas(n), disable=True)
-        assert coarse == any("the grid is coarse for a solver of order 2" in str(w.message) for w in caught), n
-        counts[n] = (coarse, wrapped.trace.speedup())
-    # a second-order host on a very coarse grid runs exactly under the default (docs/theory.md, "Coarse grids")
-    assert counts[6] == (True, 1.0), counts
-    assert not any(counts[n][0] for n in (15, 25, 50, 100)), counts
-    assert counts[15][1] > 1.3 and counts[25][1] > 1.3 and counts[50][1] > 1.5 and counts[100][1] > 1.8, counts
+        notes = " ".join(text for _, text in wrapped.trace.notes)
+        assert very_coarse == ("the grid is very coarse for a solver of order 2" in notes), n
+        counts[n] = (very_coarse, wrapped.trace.extras["dial"]["tolerance"], wrapped.trace.speedup())
+    # a second-order host on a very coarse grid tightens the default tolerance (docs/theory.md, "Coarse grids")
+    assert counts[6][:2] == (True, 0.002) and counts[6][2] >= 1.0, counts
+    assert all(counts[n][:2] == (False, 0.03) for n in (15, 25, 50, 100)), counts
+    assert counts[15][2] > 1.3 and counts[25][2] > 1.3 and counts[50][2] > 1.5 and counts[100][2] > 1.8, counts
     short = kd.wrap(MixtureDenoiser(), _sigmas(5), sampler="sample_euler")
     K.sample_euler(short, _noise(), _sigmas(5), disable=True)
     assert short.summary().startswith("5 steps: below the skipping range") and short.calls == 5 * 4

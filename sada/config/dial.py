@@ -39,11 +39,13 @@ __all__ = ["DIAL_BY_ORDER", "MIN_SKIP_PREDICTIONS", "RELATIVE_TO", "higher_order
 # both shifts), where two in a row were mixed (-1.5 to +1.3 on UniPC at 26-34 steps); at 12-18 steps every other step
 # was ahead too (DPM-Solver++ 2M +2.6 to +6.2, 3M +4.8 to +8.4, k-diffusion 2M / Heun +0.3 to +6.2, the MMDiT's flow
 # solvers +1.3 to +4.6 down to 6 steps) and on UniPC a tie (-0.7 to +1.2 at 13-17 steps, +1.2 at 12). On a very
-# coarse grid (median log-SNR step above 0.48, three times the coarse limit: fewer than about 13 Karras steps) the
-# default computes every step: at 10 Karras steps (0.65) every other step lost 2.0-3.4 dB on UniPC and DPM-Solver++
-# 2M; an explicit tolerance still skips. (An earlier rule computed every step
-# below 38 Karras steps: measured with the log-SNR abscissa, skipping there had lost 2-11 dB; in the noise level it
-# does not.)
+# coarse grid (median log-SNR step above 0.48, three times the coarse limit: fewer than about 13 Karras steps, 11 flow
+# steps, 9 trailing steps) the default tolerance tightens to 0.002: at 10 Karras steps (0.65) every other step lost
+# 2.0-3.4 dB on UniPC and DPM-Solver++ 2M, where at 0.002 the U-Net's hosts skip at most one step in ten (6-12 Karras
+# steps: within 0.03 dB of the plain grid or ahead, up to +2.4 on k-diffusion's exponential sigmas) and the MMDiT's
+# flow solvers, whose early steps are smooth, skip one to three (1.20-1.43x at 6-12 steps, +0.5 to +3.5 dB over the
+# plain grid at equal evaluations). (Earlier rules computed every step there, and before that below 38 Karras steps:
+# measured with the log-SNR abscissa, skipping there had lost 2-11 dB; in the noise level it does not.)
 # Fourth order and up (LMS): every step computes -- interleaved skips lost 8-18 dB on the shipped U-Net through
 # k-diffusion (11 dB to its own full run at 50 exponential steps); an explicit max_interval still lets it skip.
 DIAL_BY_ORDER: dict[str, dict] = {
@@ -54,7 +56,8 @@ DIAL_BY_ORDER: dict[str, dict] = {
         "max_interval": None,  # by tolerance (higher_order_max_interval)
         "abscissa": "sigma",
         "relative_to": "sample",
-        "exact_log_snr_step": 0.48,  # a coarser grid computes every step unless the tolerance is set
+        "very_coarse_log_snr_step": 0.48,  # on a coarser grid the default tolerance is very_coarse_tolerance
+        "very_coarse_tolerance": 0.002,
         "coarse_log_snr_step": 0.16,  # a coarser grid allows one skip in a row fewer (higher_order_max_interval)
         "fine_log_snr_step": 0.08,  # a grid this fine allows one more skip in a row (higher_order_max_interval)
     },
@@ -76,8 +79,8 @@ def higher_order_max_interval(tolerance: float, median_log_snr_step: float | Non
     3 up to 0.08), 4 beyond; on a fine grid (``median_log_snr_step`` at most
     ``DIAL_BY_ORDER["higher"]["fine_log_snr_step"]``, about 75 Karras steps and more) one more, up to 4; on a coarse
     one (above ``DIAL_BY_ORDER["higher"]["coarse_log_snr_step"]``, fewer than about 38 Karras steps) one fewer, at
-    least 1 (on a grid coarser than ``exact_log_snr_step`` the default computes every step:
-    :meth:`ErrorControl.coarse_grid`). The embedded
+    least 1 (on a grid coarser than ``very_coarse_log_snr_step`` the default tolerance is ``very_coarse_tolerance``:
+    :meth:`ErrorControl.very_coarse_grid`). The embedded
     pair under-estimates what a run of skips adds on these hosts, so the cap, not the estimate, limits the runs; it
     loosens as the user accepts more error and as the steps get shorter (measured in docs/benchmarks.md)."""
     tolerance = real_field("tolerance", tolerance, positive=False)

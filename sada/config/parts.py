@@ -204,7 +204,7 @@ class ErrorControl(_Part):
     (Euler, DDIM, flow Euler) ``tolerance=0.002, history=2, max_interval=6``; second and third order (DPM-Solver++,
     UniPC, Heun, DEIS) ``tolerance=0.03, history=3`` and ``max_interval`` from the tolerance and the grid
     (:func:`higher_order_max_interval`: 2 at the default, 3 on a grid of about 75 Karras steps or more, 1 below about
-    38, up to 4; below about 13 Karras steps the default computes every step); fourth order and up (LMS) computes every step
+    38, up to 4; below about 13 Karras steps the default tolerance is 0.002); fourth order and up (LMS) computes every step
     unless ``max_interval`` is set. Every host measures ``relative_to="sample"`` unless told ``"clean"``.
 
     Attributes:
@@ -261,28 +261,21 @@ class ErrorControl(_Part):
             raise ValueError(f"solver_order must be an int >= 1, got {solver_order!r}")
         return "first" if solver_order == 1 else "higher" if solver_order <= 3 else "fourth"
 
-    def coarse_grid(self, solver_order: int, median_log_snr_step: float | None) -> bool:
-        """Whether the default computes every step of this run: a second- or third-order host, no tolerance or
-        ``max_interval`` set, and a median log-SNR step above ``DIAL_BY_ORDER["higher"]["exact_log_snr_step"]``
-        (fewer than about 13 Karras steps; ``None``: the grid is not known, never coarse). A grid between that and
-        ``coarse_log_snr_step`` skips, one step in a row fewer (:func:`higher_order_max_interval`)."""
+    def very_coarse_grid(self, solver_order: int, median_log_snr_step: float | None) -> bool:
+        """Whether the default tightens its tolerance for this run: a second- or third-order host, no tolerance or
+        ``max_interval`` set, and a median log-SNR step above ``DIAL_BY_ORDER["higher"]["very_coarse_log_snr_step"]``
+        (fewer than about 13 Karras steps; ``None``: the grid is not known, never very coarse). The tolerance there is
+        ``very_coarse_tolerance``; a grid between that and ``coarse_log_snr_step`` keeps the tolerance and skips one
+        step in a row fewer (:func:`higher_order_max_interval`)."""
         if median_log_snr_step is None or self.order_class(solver_order) != "higher":
             return False
         step = real_field("median_log_snr_step", median_log_snr_step, positive=False)
         unset = self.tolerance is None and self.max_interval is None
-        return unset and step > DIAL_BY_ORDER["higher"]["exact_log_snr_step"]
+        return unset and step > DIAL_BY_ORDER["higher"]["very_coarse_log_snr_step"]
 
     def exact_note(self, solver_order: int, median_log_snr_step: float | None = None) -> str | None:
-        """Why the dial computes every step for this host and grid (None when it may skip)."""
-        if self.coarse_grid(solver_order, median_log_snr_step):
-            limit = DIAL_BY_ORDER["higher"]["exact_log_snr_step"]
-            return (
-                f"the grid is coarse for a solver of order {solver_order} (median log-SNR step "
-                f"{median_log_snr_step:.3g} > {limit:g}, fewer than about 13 Karras steps): the accuracy dial "
-                "computes every step (no acceleration): every other step there was measured to lose 2-3 dB to the "
-                "same solver run plainly (UniPC, DPM-Solver++ 2M at 10 Karras steps; docs/benchmarks.md); run more "
-                "steps, or set a tolerance to skip anyway"
-            )
+        """Why the dial computes every step for this host (None when it may skip): a fourth-order host (LMS) under
+        the default. (``median_log_snr_step`` is accepted for the engines' one call; no grid makes the dial exact.)"""
         if self.order_class(solver_order) != "fourth" or self.max_interval is not None:
             return None
         return (
@@ -292,17 +285,22 @@ class ErrorControl(_Part):
         )
 
     def grid_note(self, solver_order: int, median_log_snr_step: float | None = None) -> str | None:
-        """What the grid changed in the run cap of a second- or third-order host (None if nothing): on a coarse grid
-        one skip in a row fewer than the tolerance allows, on a fine grid one more (:func:`higher_order_max_interval`;
-        an explicit ``max_interval``, an exact run or an unknown grid: None)."""
-        if (
-            self.order_class(solver_order) != "higher"
-            or self.max_interval is not None
-            or median_log_snr_step is None
-            or self.coarse_grid(solver_order, median_log_snr_step)
-        ):
+        """What the grid changed in the dial of a second- or third-order host (None if nothing): on a very coarse grid
+        the default's tighter tolerance (:meth:`very_coarse_grid`), on a coarse grid one skip in a row fewer than the
+        tolerance allows, on a fine grid one more (:func:`higher_order_max_interval`; an explicit ``max_interval`` or
+        an unknown grid: None)."""
+        if self.order_class(solver_order) != "higher" or self.max_interval is not None or median_log_snr_step is None:
             return None
         tolerance = self.for_solver(solver_order).tolerance  # the default's, unless set
+        if self.very_coarse_grid(solver_order, median_log_snr_step):
+            higher = DIAL_BY_ORDER["higher"]
+            return (
+                f"the grid is very coarse for a solver of order {solver_order} (median log-SNR step "
+                f"{median_log_snr_step:.3g} > {higher['very_coarse_log_snr_step']:g}, fewer than about 13 Karras "
+                f"steps): the accuracy dial uses tolerance={higher['very_coarse_tolerance']:g} instead of "
+                f"{tolerance:g} and skips at most 1 step in a row, where the grid lets an extrapolation be accurate "
+                '(every other step there lost 2-3 dB to the plain solver; docs/theory.md, "Coarse grids")'
+            )
         base, cap = higher_order_max_interval(tolerance), higher_order_max_interval(tolerance, median_log_snr_step)
         if cap == base:
             return None
@@ -317,9 +315,11 @@ class ErrorControl(_Part):
 
     def for_solver(self, solver_order: int, median_log_snr_step: float | None = None) -> ErrorControl:
         """This dial with every ``None`` field set to the host solver's value (:data:`DIAL_BY_ORDER`) and, on a
-        coarse grid (:meth:`coarse_grid`; ``median_log_snr_step`` is the run's, ``None`` if unknown), no skips."""
-        if self.coarse_grid(solver_order, median_log_snr_step):
-            return dataclasses.replace(self.for_solver(solver_order), max_interval=0)
+        very coarse grid (:meth:`very_coarse_grid`; ``median_log_snr_step`` is the run's, ``None`` if unknown), the
+        tighter ``very_coarse_tolerance``."""
+        if self.very_coarse_grid(solver_order, median_log_snr_step):
+            tolerance = DIAL_BY_ORDER["higher"]["very_coarse_tolerance"]
+            return dataclasses.replace(self, tolerance=tolerance).for_solver(solver_order, median_log_snr_step)
         values = DIAL_BY_ORDER[self.order_class(solver_order)]
         fields = {
             name: values[name] if getattr(self, name) is None else getattr(self, name)
