@@ -125,7 +125,7 @@ def _plot(methods: dict, path: Path) -> None:
         label = {
             "plain": f"plain {solver}",
             "sada": f"SADA on {solver}",
-            "sada_steps": f"SADA on {solver}, 40-100 steps",
+            "sada_steps": f"SADA on {solver}, {min(SADA_STEPS)}-{max(SADA_STEPS)} steps",
             "adaptive": f"AdaptiveDiffusion on {solver}",
         }.get(m["group"], name.split(",")[0])
         lines.setdefault(label, []).append((m["compute"], m["psnr_ode"], m.get("knob"), m["group"]))
@@ -146,7 +146,10 @@ def _plot(methods: dict, path: Path) -> None:
                 ax.annotate(text, (c, p), fontsize=6)
     ax.set_xlabel(f"compute (fraction of {SOLVERS[FULL_SAMPLER]} {STEPS} steps' network FLOPs)")
     ax.set_ylabel("PSNR vs ODE solution (dB)")
-    ax.set_title("shipped U-Net, Karras sigmas (SADA: dial at 50 steps, default at 40-100)", fontsize=10)
+    ax.set_title(
+        f"shipped U-Net, Karras sigmas (SADA: dial at 50 steps, default at {SADA_STEPS[0]}-{SADA_STEPS[-1]})",
+        fontsize=10,
+    )
     ax.set_xlim(0, 1.2)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, ncol=2)
