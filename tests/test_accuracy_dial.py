@@ -396,7 +396,6 @@ def test_on_a_very_coarse_grid_the_default_tolerance_tightens_and_a_tolerance_th
     assert ErrorControl(tolerance=0.02).for_solver(2, very_coarse).tolerance == 0.02  # a set tolerance is kept
     assert ErrorControl(max_interval=1).for_solver(2, very_coarse).tolerance == 0.03  # so is the default with a cap
     assert not ErrorControl(tolerance=0.02).very_coarse_grid(2, very_coarse)
-    assert ErrorControl().for_solver(1, very_coarse).tolerance == 0.002  # first order: its own default, untouched
     assert not ErrorControl().very_coarse_grid(1, very_coarse) and not ErrorControl().very_coarse_grid(4, 9.0)
     with pytest.raises(ValueError, match="median_log_snr_step must be finite, got nan"):
         ErrorControl().for_solver(2, float("nan"))
@@ -407,6 +406,36 @@ def test_the_median_log_snr_step_of_a_grid_leaves_out_the_infinite_step_into_the
     steps = np.diff(grid.log_snr)
     assert not np.isfinite(steps[-1]) and grid.median_log_snr_step == pytest.approx(np.median(steps[:-1]), abs=0)
     assert _grid("vp", 6).median_log_snr_step > 0.48 > 0.16 > _grid("vp", 50).median_log_snr_step
+
+
+@pytest.mark.parametrize(
+    ("step", "tolerance"), [(0.12, 0.002), (0.16, 0.002), (0.17, 0.005), (0.53, 0.005), (None, 0.002)]
+)
+def test_on_a_coarse_grid_a_first_order_host_loosens_the_default_tolerance_and_keeps_one_the_user_set(step, tolerance):
+    assert DIAL_BY_ORDER["first"]["coarse_log_snr_step"] == 0.16 and DIAL_BY_ORDER["first"]["coarse_tolerance"] == 0.005
+    dial = ErrorControl().for_solver(1, step)
+    assert dial.tolerance == tolerance and dial.max_interval == 6 and dial.history == 2
+    assert ErrorControl(tolerance=0.001).for_solver(1, step).tolerance == 0.001
+    assert ErrorControl(max_interval=2).for_solver(1, step).tolerance == 0.002  # a set field keeps the order's own
+    assert ErrorControl().grid_tolerance(1, step) == (None if tolerance == 0.002 else 0.005)
+    assert ErrorControl().for_solver(4, step).tolerance == 0.02  # fourth order: no grid rule
+
+
+def test_a_first_order_run_on_a_coarse_grid_notes_the_looser_tolerance_and_skips_more_than_the_tight_one():
+    engine, _ = _run(SADAConfig(), "flow", "flow_velocity", 1, steps=12)
+    step = engine.grid.median_log_snr_step
+    assert step > DIAL_BY_ORDER["first"]["coarse_log_snr_step"]
+    assert engine.trace.extras["dial"] == {"tolerance": 0.005, "max_interval": 6, "median_log_snr_step": step}
+    notes = [text for n, text in engine.trace.notes if n == 0]
+    assert any(text.startswith("the grid is coarse for a solver of order 1") for text in notes), notes
+    assert any("uses tolerance=0.005 instead of 0.002" in text for text in notes)
+    loose, _ = _run(SADAConfig(tolerance=0.005), "flow", "flow_velocity", 1, steps=12)  # the same run as setting it
+    assert np.array_equal(loose.policy.decisions, engine.policy.decisions)
+    tight, _ = _run(SADAConfig(tolerance=0.002), "flow", "flow_velocity", 1, steps=12)
+    assert (tight.policy.decisions != Decision.COMPUTE).sum() < (engine.policy.decisions != Decision.COMPUTE).sum()
+    fine, _ = _run(SADAConfig(), "flow", "flow_velocity", 1, steps=50)
+    assert fine.trace.extras["dial"]["tolerance"] == 0.002
+    assert not any("the grid is" in text for _, text in fine.trace.notes)
 
 
 def test_a_default_run_on_a_very_coarse_grid_uses_the_tight_tolerance_says_so_and_does_not_warn_of_an_exact_run():
@@ -489,7 +518,7 @@ def test_the_trace_says_when_the_grid_changed_the_run_cap_and_records_the_resolv
     assert ErrorControl().grid_note(2, 0.12) is None  # the tolerance's own cap
     assert ErrorControl().grid_note(2, 0.6).startswith("the grid is very coarse for a solver of order 2")
     assert ErrorControl(tolerance=0.03).grid_note(2, 0.6).startswith("the grid is coarse")  # set: kept, cap 1
-    assert ErrorControl(max_interval=2).grid_note(2, 0.2) is None and ErrorControl().grid_note(1, 0.2) is None
+    assert ErrorControl(max_interval=2).grid_note(2, 0.2) is None and ErrorControl().grid_note(1, 0.12) is None
     assert ErrorControl(tolerance=0.2).grid_note(2, 0.05) is None  # 4 in a row either way
     coarse, _ = _run(SADAConfig(), "vp", "epsilon", 2, steps=20)  # the trailing VP grid: 0.197
     step = coarse.grid.median_log_snr_step

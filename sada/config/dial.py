@@ -7,14 +7,27 @@ import math
 
 from sada.config.fields import real_field
 
-__all__ = ["DIAL_BY_ORDER", "MIN_SKIP_PREDICTIONS", "RELATIVE_TO", "higher_order_max_interval"]
+__all__ = [
+    "DIAL_BY_ORDER",
+    "MIN_SKIP_PREDICTIONS",
+    "RELATIVE_TO",
+    "grid_note",
+    "grid_tolerance",
+    "higher_order_max_interval",
+    "order_class",
+]
 
 
 # The accuracy dial's settings per host solver order (docs/theory.md, "The accuracy dial"; measured on the tuning
 # seeds of the benchmark, docs/benchmarks.md). First-order solvers (Euler, DDIM, flow Euler): a linear extrapolation in
 # the schedule's time, up to 6 skips in a row, the error measured relative to the sample ``x / alpha`` (what it leaves
 # in the final sample: at 50 steps 2.2-2.5x at the full run's fidelity where relative to the clean sample gave
-# 1.7-2.3x). Second and third order (DPM-Solver++ 2M/3M, UniPC, DEIS, Heun): a quadratic in the EDM noise level
+# 1.7-2.3x). On a coarse grid (median log-SNR step above 0.16: fewer than about 38 Karras, 34 flow-matching or 25 trailing steps)
+# the first-order tolerance loosens to 0.005: there the solver's own error is larger than what a skip adds at 0.002-0.005,
+# and on the tuning seeds at 15-30 steps 0.005 was ahead of 0.002 against the plain grid at equal evaluations on every
+# first-order host (flow Euler at both shifts, Euler on Karras / trailing sigmas, k-diffusion's Euler; e.g. flow Euler at
+# 25 steps +0.24 -> +5.03 dB at 1.02x -> 1.65x, above its own full run) and within 0.4 dB of its full run but on
+# k-diffusion's Euler at 30 steps (-0.8, where 0.002 was -1.1). Second and third order (DPM-Solver++ 2M/3M, UniPC, DEIS, Heun): a quadratic in the EDM noise level
 # ``sigma / alpha`` (a line while the history fills: the first skip may come at the fourth step; the clean-sample
 # prediction is analytic in it at the clean end; at 3-3.6x past the default log-SNR lost 1-12 dB to the plain grid
 # while ``sigma`` kept DPM-Solver++ 2M 3.5-5.3 dB ahead and 3M within 1 dB, UniPC 1-2 dB behind), the error also
@@ -49,7 +62,15 @@ __all__ = ["DIAL_BY_ORDER", "MIN_SKIP_PREDICTIONS", "RELATIVE_TO", "higher_order
 # Fourth order and up (LMS): every step computes -- interleaved skips lost 8-18 dB on the shipped U-Net through
 # k-diffusion (11 dB to its own full run at 50 exponential steps); an explicit max_interval still lets it skip.
 DIAL_BY_ORDER: dict[str, dict] = {
-    "first": {"tolerance": 0.002, "history": 2, "max_interval": 6, "abscissa": "t", "relative_to": "sample"},
+    "first": {
+        "tolerance": 0.002,
+        "history": 2,
+        "max_interval": 6,
+        "abscissa": "t",
+        "relative_to": "sample",
+        "coarse_log_snr_step": 0.16,  # on a coarser grid the default tolerance is coarse_tolerance
+        "coarse_tolerance": 0.005,
+    },
     "higher": {
         "tolerance": 0.03,
         "history": 3,
@@ -90,3 +111,61 @@ def higher_order_max_interval(tolerance: float, median_log_snr_step: float | Non
         base += step <= DIAL_BY_ORDER["higher"]["fine_log_snr_step"]
         base -= step > DIAL_BY_ORDER["higher"]["coarse_log_snr_step"]
     return max(1, min(4, base))
+
+
+def grid_tolerance(order_class: str, median_log_snr_step: float) -> float | None:
+    """The tolerance the default takes on this grid in place of its order's own (``None``: the order's own): a
+    first-order host on a coarse grid (median log-SNR step above ``DIAL_BY_ORDER["first"]["coarse_log_snr_step"]``,
+    fewer than about 38 Karras or 25 flow-matching steps) ``coarse_tolerance``, looser: there the solver's own error is
+    larger and the looser tolerance was ahead of the tighter one at equal evaluations; a second- or third-order host on
+    a very coarse grid (above ``DIAL_BY_ORDER["higher"]["very_coarse_log_snr_step"]``, fewer than about 13 Karras
+    steps) ``very_coarse_tolerance``, tighter (docs/theory.md, "Coarse grids")."""
+    step = real_field("median_log_snr_step", median_log_snr_step, positive=False)
+    if order_class == "first" and step > DIAL_BY_ORDER["first"]["coarse_log_snr_step"]:
+        return DIAL_BY_ORDER["first"]["coarse_tolerance"]
+    if order_class == "higher" and step > DIAL_BY_ORDER["higher"]["very_coarse_log_snr_step"]:
+        return DIAL_BY_ORDER["higher"]["very_coarse_tolerance"]
+    return None
+
+
+def order_class(solver_order: int) -> str:
+    """``first`` (order 1), ``higher`` (orders 2-3) or ``fourth`` (4 and up) for a host solver's order."""
+    if isinstance(solver_order, bool) or not isinstance(solver_order, int) or solver_order < 1:
+        raise ValueError(f"solver_order must be an int >= 1, got {solver_order!r}")
+    return "first" if solver_order == 1 else "higher" if solver_order <= 3 else "fourth"
+
+
+def grid_note(solver_order: int, tolerance: float, median_log_snr_step: float, grid: float | None) -> str | None:
+    """The trace's note on what the grid changed in the dial (None if nothing): ``grid``, the tolerance the grid set in
+    place of ``tolerance`` (:func:`grid_tolerance`; ``None`` if it set none), else on a second- or third-order host the
+    run cap the grid lowered or raised (:func:`higher_order_max_interval`)."""
+    kind = order_class(solver_order)
+    step = real_field("median_log_snr_step", median_log_snr_step, positive=False)
+    if grid is not None and kind == "first":
+        return (
+            f"the grid is coarse for a solver of order 1 (median log-SNR step {step:.3g} > "
+            f"{DIAL_BY_ORDER['first']['coarse_log_snr_step']:g}, fewer than about 38 Karras steps): the accuracy dial "
+            f"uses tolerance={grid:g} instead of {tolerance:g}: the solver's own error is larger there, and the looser "
+            'tolerance was ahead at equal evaluations (docs/theory.md, "Coarse grids")'
+        )
+    if grid is not None:
+        return (
+            f"the grid is very coarse for a solver of order {solver_order} (median log-SNR step {step:.3g} > "
+            f"{DIAL_BY_ORDER['higher']['very_coarse_log_snr_step']:g}, fewer than about 13 Karras steps): the accuracy "
+            f"dial uses tolerance={grid:g} instead of {tolerance:g} and skips at most 1 step in a row, where the grid "
+            "lets an extrapolation be accurate (every other step there lost 2-3 dB to the plain solver; docs/theory.md, "
+            '"Coarse grids")'
+        )
+    if kind != "higher":
+        return None
+    base, cap = higher_order_max_interval(tolerance), higher_order_max_interval(tolerance, step)
+    if cap == base:
+        return None
+    coarse = cap < base
+    limit = DIAL_BY_ORDER["higher"]["coarse_log_snr_step" if coarse else "fine_log_snr_step"]
+    return (
+        f"the grid is {'coarse' if coarse else 'fine'} for a solver of order {solver_order} (median log-SNR step "
+        f"{step:.3g} {'>' if coarse else '<='} {limit:g}): the accuracy dial skips at most {cap} "
+        f"step{'s' if cap > 1 else ''} in a row, one {'fewer' if coarse else 'more'} than tolerance="
+        f'{tolerance:g} allows on a {"finer" if coarse else "coarser"} grid (docs/theory.md, "Coarse grids")'
+    )

@@ -17,7 +17,15 @@ import numbers
 import warnings
 from dataclasses import dataclass
 
-from sada.config.dial import DIAL_BY_ORDER, MIN_SKIP_PREDICTIONS, RELATIVE_TO, higher_order_max_interval
+from sada.config.dial import (
+    DIAL_BY_ORDER,
+    MIN_SKIP_PREDICTIONS,
+    RELATIVE_TO,
+    grid_note,
+    grid_tolerance,
+    higher_order_max_interval,
+    order_class,
+)
 from sada.config.enums import Abscissa, AmNoise, LagrangeTarget, Mode, choice
 from sada.config.fields import int_field, pair_field, real_field
 from sada.errors import SADADeprecationWarning
@@ -201,7 +209,8 @@ class ErrorControl(_Part):
     history fills the pair is one degree lower. The last two steps always run the network.
 
     A field left ``None`` takes the host solver's value (:data:`DIAL_BY_ORDER`, :meth:`for_solver`): first order
-    (Euler, DDIM, flow Euler) ``tolerance=0.002, history=2, max_interval=6``; second and third order (DPM-Solver++,
+    (Euler, DDIM, flow Euler) ``tolerance=0.002, history=2, max_interval=6`` (0.005 on a grid coarser than a median
+    log-SNR step of 0.16, fewer than about 38 Karras steps); second and third order (DPM-Solver++,
     UniPC, Heun, DEIS) ``tolerance=0.03, history=3`` and ``max_interval`` from the tolerance and the grid
     (:func:`higher_order_max_interval`: 2 at the default, 3 on a grid of about 75 Karras steps or more, 1 below about
     38, up to 4; below about 13 Karras steps the default tolerance is 0.002); fourth order and up (LMS) computes every step
@@ -257,21 +266,25 @@ class ErrorControl(_Part):
     @staticmethod
     def order_class(solver_order: int) -> str:
         """``first`` (order 1), ``higher`` (orders 2-3) or ``fourth`` (4 and up) for a host solver's order."""
-        if isinstance(solver_order, bool) or not isinstance(solver_order, int) or solver_order < 1:
-            raise ValueError(f"solver_order must be an int >= 1, got {solver_order!r}")
-        return "first" if solver_order == 1 else "higher" if solver_order <= 3 else "fourth"
+        return order_class(solver_order)
+
+    def grid_tolerance(self, solver_order: int, median_log_snr_step: float | None) -> float | None:
+        """The tolerance the default takes on this run's grid in place of its order's own (:func:`grid_tolerance`:
+        looser for a first-order host on a coarse grid, tighter for a second- or third-order host on a very coarse
+        one); ``None`` when the grid changes nothing, is not known, or a tolerance or ``max_interval`` is set."""
+        if median_log_snr_step is None or self.tolerance is not None or self.max_interval is not None:
+            return None
+        return grid_tolerance(self.order_class(solver_order), median_log_snr_step)
 
     def very_coarse_grid(self, solver_order: int, median_log_snr_step: float | None) -> bool:
         """Whether the default tightens its tolerance for this run: a second- or third-order host, no tolerance or
         ``max_interval`` set, and a median log-SNR step above ``DIAL_BY_ORDER["higher"]["very_coarse_log_snr_step"]``
-        (fewer than about 13 Karras steps; ``None``: the grid is not known, never very coarse). The tolerance there is
-        ``very_coarse_tolerance``; a grid between that and ``coarse_log_snr_step`` keeps the tolerance and skips one
-        step in a row fewer (:func:`higher_order_max_interval`)."""
-        if median_log_snr_step is None or self.order_class(solver_order) != "higher":
-            return False
-        step = real_field("median_log_snr_step", median_log_snr_step, positive=False)
-        unset = self.tolerance is None and self.max_interval is None
-        return unset and step > DIAL_BY_ORDER["higher"]["very_coarse_log_snr_step"]
+        (fewer than about 13 Karras steps). A grid between that and ``coarse_log_snr_step`` keeps the tolerance and
+        skips one step in a row fewer (:func:`higher_order_max_interval`)."""
+        return (
+            self.order_class(solver_order) == "higher"
+            and self.grid_tolerance(solver_order, median_log_snr_step) is not None
+        )
 
     def exact_note(self, solver_order: int, median_log_snr_step: float | None = None) -> str | None:
         """Why the dial computes every step for this host (None when it may skip): a fourth-order host (LMS) under
@@ -285,40 +298,21 @@ class ErrorControl(_Part):
         )
 
     def grid_note(self, solver_order: int, median_log_snr_step: float | None = None) -> str | None:
-        """What the grid changed in the dial of a second- or third-order host (None if nothing): on a very coarse grid
-        the default's tighter tolerance (:meth:`very_coarse_grid`), on a coarse grid one skip in a row fewer than the
-        tolerance allows, on a fine grid one more (:func:`higher_order_max_interval`; an explicit ``max_interval`` or
-        an unknown grid: None)."""
-        if self.order_class(solver_order) != "higher" or self.max_interval is not None or median_log_snr_step is None:
+        """What the grid changed in the dial (None if nothing; :func:`sada.config.dial.grid_note`): the default's
+        tolerance (:meth:`grid_tolerance`), or on a second- or third-order host the run cap (an explicit
+        ``max_interval`` or an unknown grid: None)."""
+        if self.max_interval is not None or median_log_snr_step is None:
             return None
         tolerance = self.for_solver(solver_order).tolerance  # the default's, unless set
-        if self.very_coarse_grid(solver_order, median_log_snr_step):
-            higher = DIAL_BY_ORDER["higher"]
-            return (
-                f"the grid is very coarse for a solver of order {solver_order} (median log-SNR step "
-                f"{median_log_snr_step:.3g} > {higher['very_coarse_log_snr_step']:g}, fewer than about 13 Karras "
-                f"steps): the accuracy dial uses tolerance={higher['very_coarse_tolerance']:g} instead of "
-                f"{tolerance:g} and skips at most 1 step in a row, where the grid lets an extrapolation be accurate "
-                '(every other step there lost 2-3 dB to the plain solver; docs/theory.md, "Coarse grids")'
-            )
-        base, cap = higher_order_max_interval(tolerance), higher_order_max_interval(tolerance, median_log_snr_step)
-        if cap == base:
-            return None
-        coarse = cap < base
-        limit = DIAL_BY_ORDER["higher"]["coarse_log_snr_step" if coarse else "fine_log_snr_step"]
-        return (
-            f"the grid is {'coarse' if coarse else 'fine'} for a solver of order {solver_order} (median log-SNR step "
-            f"{median_log_snr_step:.3g} {'>' if coarse else '<='} {limit:g}): the accuracy dial skips at most {cap} "
-            f"step{'s' if cap > 1 else ''} in a row, one {'fewer' if coarse else 'more'} than tolerance="
-            f'{tolerance:g} allows on a {"finer" if coarse else "coarser"} grid (docs/theory.md, "Coarse grids")'
+        return grid_note(
+            solver_order, tolerance, median_log_snr_step, self.grid_tolerance(solver_order, median_log_snr_step)
         )
 
     def for_solver(self, solver_order: int, median_log_snr_step: float | None = None) -> ErrorControl:
         """This dial with every ``None`` field set to the host solver's value (:data:`DIAL_BY_ORDER`) and, on a
-        very coarse grid (:meth:`very_coarse_grid`; ``median_log_snr_step`` is the run's, ``None`` if unknown), the
-        tighter ``very_coarse_tolerance``."""
-        if self.very_coarse_grid(solver_order, median_log_snr_step):
-            tolerance = DIAL_BY_ORDER["higher"]["very_coarse_tolerance"]
+        tolerance the grid sets (:meth:`grid_tolerance`; ``median_log_snr_step`` is the run's, ``None`` if unknown)."""
+        tolerance = self.grid_tolerance(solver_order, median_log_snr_step)
+        if tolerance is not None:
             return dataclasses.replace(self, tolerance=tolerance).for_solver(solver_order, median_log_snr_step)
         values = DIAL_BY_ORDER[self.order_class(solver_order)]
         fields = {
