@@ -20,6 +20,7 @@ from sada.config import (
     MIN_SKIP_PREDICTIONS,
     ErrorControl,
     StepSchedule,
+    grid_tolerance,
     higher_order_max_interval,
 )
 from sada.errors import ExactRunWarning
@@ -419,6 +420,15 @@ def test_on_a_coarse_grid_a_first_order_host_loosens_the_default_tolerance_and_k
     assert ErrorControl(max_interval=2).for_solver(1, step).tolerance == 0.002  # a set field keeps the order's own
     assert ErrorControl().grid_tolerance(1, step) == (None if tolerance == 0.002 else 0.005)
     assert ErrorControl().for_solver(4, step).tolerance == 0.02  # fourth order: no grid rule
+
+
+def test_the_grid_tolerance_rule_refuses_an_unknown_order_class_and_a_non_finite_step_by_name():
+    assert grid_tolerance("first", 0.2) == 0.005 and grid_tolerance("higher", 0.6) == 0.002
+    assert grid_tolerance("higher", 0.2) is None and grid_tolerance("fourth", 9.0) is None
+    with pytest.raises(ValueError, match="order_class must be one of .*got 'second'"):
+        grid_tolerance("second", 0.2)
+    with pytest.raises(ValueError, match="median_log_snr_step must be finite, got inf"):
+        grid_tolerance("first", float("inf"))
 
 
 def test_a_first_order_run_on_a_coarse_grid_notes_the_looser_tolerance_and_skips_more_than_the_tight_one():

@@ -2,6 +2,7 @@
 the authors' presets, and the rule that fits a configuration to a run's step count."""
 
 from sada.config.core import DEFAULT_SCHEDULE, ResolvedNumerics, SADAConfig
+from sada.config.dial import grid_tolerance
 from sada.config.enums import Abscissa, AmNoise, LagrangeTarget, Mode, Reduce, SampleScaling, Variant
 from sada.config.parts import (
     DIAL_BY_ORDER,
@@ -46,6 +47,7 @@ __all__ = [
     "error_controlled_preset",
     "fit_for_run",
     "fit_step_schedule",
+    "grid_tolerance",
     "higher_order_max_interval",
     "preset",
     "step_error_tolerance",

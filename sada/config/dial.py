@@ -120,6 +120,8 @@ def grid_tolerance(order_class: str, median_log_snr_step: float) -> float | None
     larger and the looser tolerance was ahead of the tighter one at equal evaluations; a second- or third-order host on
     a very coarse grid (above ``DIAL_BY_ORDER["higher"]["very_coarse_log_snr_step"]``, fewer than about 13 Karras
     steps) ``very_coarse_tolerance``, tighter (docs/theory.md, "Coarse grids")."""
+    if order_class not in DIAL_BY_ORDER:
+        raise ValueError(f"order_class must be one of {sorted(DIAL_BY_ORDER)}, got {order_class!r}")
     step = real_field("median_log_snr_step", median_log_snr_step, positive=False)
     if order_class == "first" and step > DIAL_BY_ORDER["first"]["coarse_log_snr_step"]:
         return DIAL_BY_ORDER["first"]["coarse_tolerance"]
