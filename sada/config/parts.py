@@ -309,8 +309,9 @@ class ErrorControl(_Part):
         )
 
     def for_solver(self, solver_order: int, median_log_snr_step: float | None = None) -> ErrorControl:
-        """This dial with every ``None`` field set to the host solver's value (:data:`DIAL_BY_ORDER`) and, on a
-        tolerance the grid sets (:meth:`grid_tolerance`; ``median_log_snr_step`` is the run's, ``None`` if unknown)."""
+        """This dial with every ``None`` field set to the host solver's value (:data:`DIAL_BY_ORDER`), the tolerance
+        taken from the grid where it sets one (:meth:`grid_tolerance`; ``median_log_snr_step`` is the run's, ``None``
+        if unknown)."""
         tolerance = self.grid_tolerance(solver_order, median_log_snr_step)
         if tolerance is not None:
             return dataclasses.replace(self, tolerance=tolerance).for_solver(solver_order, median_log_snr_step)
