@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from benchmarks.front import SADA_STEPS, SOLVERS
-from benchmarks.front_unet_render import comparison_rows
+from benchmarks.front_unet_render import comparison_rows, envelope_rows
 
 SADA_GROUPS = ("sada", "sada_solvers", "sada_steps")
 PLAIN_GROUPS = ("plain", "solvers")
@@ -37,6 +37,14 @@ def render(paths, image_dir: Path | None = None) -> str:
             name = f"front-shift{shift:g}.png"
             _plot(methods, image_dir / name, shift)
             lines += [f"![front, shift {shift:g}](img/{name})", ""]
+        lines += [
+            "SADA's envelope at every compute level where both have a point: the best SADA point (flow Euler or "
+            "another solver, the dial at 50 steps or the default at another step count) against the best plain "
+            "solver or cache peer (SADA composed with cache-dit left out) at no more compute:",
+            "",
+        ]
+        rivals = tuple(g for g in (*PLAIN_GROUPS, *PEER_GROUPS) if g != "sada_cache_dit")
+        lines += envelope_rows(methods, SADA_GROUPS, rivals, "best plain solver or cache peer") + [""]
         lines += [
             "Each SADA point against the best plain point (flow Euler or another solver of the pipeline, fewer steps) "
             "and the best other peer at no more compute:",

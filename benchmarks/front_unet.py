@@ -46,7 +46,7 @@ SOLVERS = {
     "dpmpp_3m": "DPM-Solver++ 3M",
     "unipc": "UniPC",
 }
-PLAIN_STEPS = (10, 13, 15, 18, 20, 25, 30, 40, 50)
+PLAIN_STEPS = (10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 22, 25, 30, 35, 40, 50)
 HEUN_STEPS = (6, 8, 10, 13, 15, 18, 20, 25, 50)  # two evaluations per step
 TOLERANCES = {  # the dial past and below each solver's default (first order 0.002, higher 0.03)
     "first": (0.001, 0.005, 0.01, 0.02),
@@ -54,12 +54,16 @@ TOLERANCES = {  # the dial past and below each solver's default (first order 0.0
 }
 # the default at other step counts on the second- and third-order solvers (chosen before any was run): SADA's
 # points, like the plain solvers', span step counts, so its envelope is compared with theirs (Euler and Heun lie
-# 20 dB below these solvers at every compute level, so they are left out)
-SADA_STEPS = (15, 20, 25, 30, 40, 60, 80, 100)
+# 20 dB below these solvers at every compute level, so they are left out). Below about 38 steps the default skips
+# every other step from step 3 to the third-to-last, so each even count takes one skip more than the odd count below
+# it and lands on its own evaluation count (16 -> 10, 18 -> 11, ..., 36 -> 20); an odd count shares the evaluations of
+# the even one above it with one step less. Every even count from 16 to 40, so that SADA's points are as dense in
+# compute as the plain solvers' (PLAIN_STEPS: every count from 10 to 20); 15 and 25 are the matrix's step counts
+SADA_STEPS = tuple(sorted({15, 25, *range(16, 41, 2), 60, 80, 100}))
 SADA_STEPS_SOLVERS = ("dpmpp_2m", "dpmpp_3m", "unipc")
-# and the dial one notch below the default at 100 steps (two skips in a row there: on a fine grid the default allows
-# three), so that SADA's points reach the compute between 100 default steps and the full run
-SADA_STEPS_TOLERANCES = {100: 0.02}
+# and the dial one notch below the default (0.02: every other step at most, two in a row on a fine grid) at 60-100
+# steps, so that SADA's points reach the compute between 100 default steps (0.56) and the full run
+SADA_STEPS_TOLERANCES = {60: 0.02, 70: 0.02, 80: 0.02, 90: 0.02, 100: 0.02}
 GROUPS = ("plain", "sada", "sada_steps", "adaptive", "taylorseer", "first_block", "mag", "pab", "faster")
 KARRAS = {"use_karras_sigmas": True}
 # TaylorSeer's default patterns (``^blocks.*attn`` ...) match no module of a UNet2DConditionModel; this names its

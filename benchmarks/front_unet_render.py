@@ -67,6 +67,48 @@ def comparison_rows(
     return rows
 
 
+def envelope_rows(
+    methods: dict, sada_groups=SADA_GROUPS, rival_groups=("plain",), rival="best plain solver"
+) -> list[str]:
+    """The two envelopes as step functions: at each compute level of the front (every point's compute at which both
+    sides have a point) the best SADA point and the best ``rival_groups`` point at no more than that compute, and
+    their difference (a level between two SADA points meets SADA's cheaper one); a row only where either best point
+    changes, then one line counting the levels where SADA is ahead."""
+    rows = [
+        f"| compute | best SADA point at <= compute | its PSNR | {rival} at <= compute | its PSNR | SADA - it (dB) |",
+        "|---|---|---|---|---|---|",
+    ]
+    levels = sorted(
+        {
+            round(m["compute"], 6)
+            for m in methods.values()
+            if "error" not in m and m.get("group") in (*sada_groups, *rival_groups)
+        }
+    )
+    previous, gaps = None, []
+    for level in levels:
+        sada, other = best_at_most(methods, level, sada_groups), best_at_most(methods, level, rival_groups)
+        if sada is None or other is None:
+            continue
+        gap = sada[1]["psnr_ode"] - other[1]["psnr_ode"]
+        gaps.append((level, gap))
+        if (sada[0], other[0]) == previous:
+            continue
+        previous = (sada[0], other[0])
+        rows.append(
+            f"| {level:.3f} | {sada[0]} | {sada[1]['psnr_ode']:.2f} | {other[0]} | {other[1]['psnr_ode']:.2f} "
+            f"| {gap:+.2f} |"
+        )
+    if gaps:
+        behind = [f"{level:.3f} ({gap:+.2f})" for level, gap in gaps if gap <= 0]
+        rows += [
+            "",
+            f"SADA ahead at {len(gaps) - len(behind)} of {len(gaps)} compute levels from {gaps[0][0]:.3f} up"
+            + (f"; not at {', '.join(behind)}." if behind else "."),
+        ]
+    return rows
+
+
 def render(paths, image_dir: Path | None = None) -> str:
     methods = load(paths)
     lines = [
@@ -85,6 +127,14 @@ def render(paths, image_dir: Path | None = None) -> str:
     if image_dir is not None:
         _plot(methods, image_dir / PLOT_NAME)
         lines += [f"![front, U-Net, Karras](img/{PLOT_NAME})", ""]
+    lines += [
+        "## SADA's envelope against the plain solvers' and the cache peers' at every compute level",
+        "",
+        "At each compute level where both have a point: the best SADA point (any solver, the dial at 50 steps or the "
+        "default at another step count) against the best plain solver or cache peer at no more compute.",
+        "",
+    ]
+    lines += envelope_rows(methods, SADA_GROUPS, ("plain", *PEER_GROUPS), "best plain solver or cache peer") + [""]
     lines += ["## Each SADA point against the best alternative at no more compute", ""]
     lines += comparison_rows(methods) + [""]
     lines += [

@@ -24,7 +24,7 @@ from benchmarks.front_unet import (  # noqa: E402
     _order,
     solver_order_class,
 )
-from benchmarks.front_unet_render import best_at_most, comparison_rows, render  # noqa: E402
+from benchmarks.front_unet_render import best_at_most, comparison_rows, envelope_rows, render  # noqa: E402
 from benchmarks.models import SCHEDULERS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,6 +111,29 @@ def test_each_sada_point_is_compared_with_the_best_plain_point_at_no_more_comput
         "| SADA on UniPC, default, 80 steps | 0.620 | 64.00 | DPM-Solver++ 2M, 30 steps | 63.00 | +1.00 | none | -- |"
     )
     assert rows[3] == "| SADA on UniPC, default | 0.540 | 60.00 | UniPC, 25 steps | 61.50 | -1.50 | none | -- |"
+
+
+def test_the_envelopes_are_compared_as_step_functions_at_every_compute_level_where_both_have_a_point():
+    methods = {
+        "SADA on UniPC, default, 16 steps": _point("sada_steps", 0.20, 45.0, "unipc"),
+        "SADA on UniPC, default, 30 steps": _point("sada_steps", 0.34, 55.0, "unipc"),
+        "UniPC, 8 steps": _point("plain", 0.16, 40.0, "unipc"),  # no SADA point this cheap: no row
+        "UniPC, 10 steps": _point("plain", 0.20, 43.0, "unipc"),
+        "UniPC, 18 steps": _point("plain", 0.36, 57.0, "unipc"),
+        "PAB": _point("pab", 0.30, 60.0),  # a cache peer is not a plain solver
+    }
+    methods["UniPC, 11 steps"] = _point("plain", 0.22, 41.0, "unipc")  # a level where neither best point changes
+    rows = envelope_rows(methods)
+    assert rows[2:] == [
+        "| 0.200 | SADA on UniPC, default, 16 steps | 45.00 | UniPC, 10 steps | 43.00 | +2.00 |",
+        "| 0.340 | SADA on UniPC, default, 30 steps | 55.00 | UniPC, 10 steps | 43.00 | +12.00 |",
+        "| 0.360 | SADA on UniPC, default, 30 steps | 55.00 | UniPC, 18 steps | 57.00 | -2.00 |",
+        "",
+        "SADA ahead at 3 of 4 compute levels from 0.200 up; not at 0.360 (-2.00).",
+    ]
+    assert envelope_rows(methods, rival_groups=("pab",), rival="best cache peer")[-1] == (
+        "SADA ahead at 0 of 2 compute levels from 0.300 up; not at 0.300 (-15.00), 0.340 (-5.00)."
+    )
 
 
 def test_the_unet_front_page_is_the_rendering_of_the_stored_data(tmp_path):
