@@ -9,6 +9,7 @@ from pathlib import Path
 from benchmarks.front_unet import FULL_SAMPLER, SADA_STEPS, SOLVERS, STEPS
 
 PLOT_NAME = "front-unet-karras.png"
+LABELLED_STEPS = ("15", "16", "20", "26", "32", "40", "60", "100")  # the default's step counts named on the plot
 SADA_GROUPS = ("sada", "sada_steps")  # the dial at 50 steps; the default at other step counts
 COMMAND = (
     "python -m benchmarks.front_unet run --out docs/results/front-data/unet-karras.json && "
@@ -179,13 +180,13 @@ def _plot(methods: dict, path: Path) -> None:
             "adaptive": f"AdaptiveDiffusion on {solver}",
         }.get(m["group"], name.split(",")[0])
         lines.setdefault(label, []).append((m["compute"], m["psnr_ode"], m.get("knob"), m["group"]))
-    fig, ax = plt.subplots(figsize=(7.5, 5))
+    fig, ax = plt.subplots(figsize=(8.5, 5.5))
     colors = dict(zip(SOLVERS.values(), ("C0", "C1", "C2", "C3", "C4")))
     for label, points in sorted(lines.items()):
         points.sort(key=lambda p: (p[0], p[1]))
         group = points[0][3]
         solver = next((s for s in SOLVERS.values() if label.endswith(s)), None)
-        style = {"plain": "--s", "sada": "-o", "sada_steps": "-.D"}.get(group, ":^")
+        style = {"plain": "--s", "sada": "-o", "sada_steps": "D"}.get(group, ":^")  # by step count: not a curve
         color = colors.get(solver) if group in ("plain", "sada", "sada_steps") else None
         ax.plot([p[0] for p in points], [p[1] for p in points], style, label=label, markersize=4, color=color)
         if group in SADA_GROUPS and "DPM-Solver" not in label:  # 2M and 3M lie near UniPC's: one set of labels
@@ -193,7 +194,16 @@ def _plot(methods: dict, path: Path) -> None:
                 text = "default" if knob is None else f"{knob:g}"
                 if group == "sada_steps":
                     text = name_of.get((c, p), text)
+                    if text.split(" ")[0] not in LABELLED_STEPS and not text.startswith("0.02"):
+                        continue  # every even count from 16 to 40: a few labels keep the plot legible
                 ax.annotate(text, (c, p), fontsize=6)
+    for groups, style, label in (
+        (SADA_GROUPS, "k-", "SADA's envelope (best point at no more compute)"),
+        (("plain",), "k:", "the plain solvers' envelope"),
+    ):
+        levels = sorted({m["compute"] for m in methods.values() if "error" not in m and m.get("group") in groups})
+        best = [best_at_most(methods, level, groups) for level in levels]
+        ax.step(levels, [b[1]["psnr_ode"] for b in best], style, where="post", label=label, linewidth=1.2, alpha=0.7)
     ax.set_xlabel(f"compute (fraction of {SOLVERS[FULL_SAMPLER]} {STEPS} steps' network FLOPs)")
     ax.set_ylabel("PSNR vs ODE solution (dB)")
     ax.set_title(
