@@ -23,6 +23,7 @@ from sada.config import (
     grid_tolerance,
     higher_order_max_interval,
 )
+from sada.config.dial import spare_skip_note
 from sada.errors import ExactRunWarning
 from sada.policy import Decision, ErrorControlPolicy
 from sada.reference import final_sample_sensitivity, multistep_estimate, skip_error
@@ -463,6 +464,29 @@ def test_a_default_run_on_a_very_coarse_grid_uses_the_tight_tolerance_says_so_an
     assert np.array_equal(tight.policy.decisions, engine.policy.decisions)
     loose, _ = _run(SADAConfig(tolerance=0.5), "vp", "epsilon", 2, steps=6)  # an explicit tolerance is kept
     assert (loose.policy.decisions != Decision.COMPUTE).sum() >= 1
+
+
+def test_an_odd_step_count_with_one_skip_in_a_row_notes_the_unused_slot_and_one_more_step_takes_one_more_skip():
+    odd, _ = _run(SADAConfig(), "vp", "epsilon", 2, steps=15)
+    even, _ = _run(SADAConfig(), "vp", "epsilon", 2, steps=16)
+    assert odd.trace.extras["dial"]["max_interval"] == even.trace.extras["dial"]["max_interval"] == 1
+    skips = [(run.policy.decisions != Decision.COMPUTE).sum(axis=0).tolist() for run in (odd, even)]
+    assert skips == [[5, 5, 5], [6, 6, 6]]  # 10 evaluations each: the 16th step is free
+    spare = [text for n, text in odd.trace.notes if n == 0 and "stays unused" in text]
+    assert spare == [
+        "15 steps with at most one skip in a row: the skips can fall on every other step from the 4th to the 13th, "
+        "so one step of that stretch stays unused; 15 and 16 steps both run 10 evaluations at the most skips, and "
+        "the extra step makes every step shorter (docs/troubleshooting.md)"
+    ]
+    assert not any("stays unused" in text for _, text in even.trace.notes)
+    two, _ = _run(SADAConfig(max_interval=2), "vp", "epsilon", 2, steps=15)  # two in a row: no spare slot
+    assert not any("stays unused" in text for _, text in two.trace.notes)
+    coarse, _ = _run(SADAConfig(), "vp", "epsilon", 2, steps=7)  # very coarse: skips are the exception, no note
+    assert not any("stays unused" in text for _, text in coarse.trace.notes)
+    assert spare_skip_note(1, 25, 2).startswith("25 steps") and "to the 23rd" in spare_skip_note(1, 25, 2)
+    assert spare_skip_note(1, 16, 2) is None and spare_skip_note(1, 6, 2) is None
+    with pytest.raises(ValueError, match="num_steps must be an int >= 0, got 15.0"):
+        spare_skip_note(1, 15.0, 2)
 
 
 def test_a_history_still_filling_gets_a_pair_one_degree_lower_whose_difference_is_the_exact_error_on_a_quadratic():

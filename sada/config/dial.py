@@ -15,6 +15,7 @@ __all__ = [
     "grid_tolerance",
     "higher_order_max_interval",
     "order_class",
+    "spare_skip_note",
 ]
 
 
@@ -171,3 +172,28 @@ def grid_note(solver_order: int, tolerance: float, median_log_snr_step: float, g
         f"step{'s' if cap > 1 else ''} in a row, one {'fewer' if coarse else 'more'} than tolerance="
         f'{tolerance:g} allows on a {"finer" if coarse else "coarser"} grid (docs/theory.md, "Coarse grids")'
     )
+
+
+def spare_skip_note(max_interval: int, num_steps: int, protected_tail: int) -> str | None:
+    """The trace's note when an odd step count leaves a skippable step unused (None otherwise): with at most one skip
+    in a row the skips can fall on every other step from the first one a skip can take (``MIN_SKIP_PREDICTIONS``,
+    the fourth step) to the last before the ``protected_tail``; when that stretch holds an even number of steps, one
+    more step costs no more evaluations (15 and 16 steps both run 10 at the most skips; docs/troubleshooting.md)."""
+    for name, value in (("max_interval", max_interval), ("num_steps", num_steps), ("protected_tail", protected_tail)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    slots = num_steps - protected_tail - MIN_SKIP_PREDICTIONS
+    if max_interval != 1 or slots < 2 or slots % 2:
+        return None
+    fewest = num_steps - slots // 2
+    return (
+        f"{num_steps} steps with at most one skip in a row: the skips can fall on every other step from the "
+        f"{_ordinal(MIN_SKIP_PREDICTIONS + 1)} to the {_ordinal(num_steps - protected_tail)}, so one step of that stretch stays "
+        f"unused; {num_steps} and {num_steps + 1} steps both run {fewest} evaluations at the most skips, and the "
+        "extra step makes every step shorter (docs/troubleshooting.md)"
+    )
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from sada.config import ErrorControl
+from sada.config.dial import spare_skip_note
 from sada.engine.rules.base import register_rule
 from sada.torch_backend.error_control import RecentPredictions
 from sada.torch_backend.rules.base import TorchRule
@@ -54,6 +55,10 @@ class ErrorControlRule(TorchRule):
         grid_note = self.config.schedule.grid_note(solver_order, median_step)
         if grid_note is not None:
             trace.note(0, grid_note)
+        if not self.config.schedule.very_coarse_grid(solver_order, median_step):  # there skips are the exception
+            spare = spare_skip_note(self.schedule.max_interval, self.grid.num_steps, policy.protected_tail)
+            if spare is not None:
+                trace.note(0, spare)
 
     def uncertified_note(self, solver_order):
         return self.config.schedule.exact_note(solver_order, self.grid.median_log_snr_step)
