@@ -22,6 +22,7 @@ from benchmarks.front_unet import (  # noqa: E402
     TOLERANCES,
     _methods,
     _order,
+    run,
     solver_order_class,
 )
 from benchmarks.front_unet_render import best_at_most, comparison_rows, envelope_rows, render  # noqa: E402
@@ -134,6 +135,13 @@ def test_the_envelopes_are_compared_as_step_functions_at_every_compute_level_whe
     assert envelope_rows(methods, rival_groups=("pab",), rival="best cache peer")[-1] == (
         "SADA ahead at 0 of 2 compute levels from 0.300 up; not at 0.300 (-15.00), 0.340 (-5.00)."
     )
+
+
+def test_a_results_file_of_another_seed_set_is_refused_before_anything_runs(tmp_path):
+    out = tmp_path / "front.json"
+    out.write_text('{"seeds": [1000, 1001], "methods": {}}')
+    with pytest.raises(ValueError, match="holds seeds 1000-1001, not 2000-2015"):
+        run(["plain"], out, tuple(range(2000, 2016)))
 
 
 def test_the_unet_front_page_is_the_rendering_of_the_stored_data(tmp_path):
