@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from benchmarks.front import SADA_STEPS, SOLVERS
-from benchmarks.front_unet_render import best_at_most, comparison_rows, envelope_rows
+from benchmarks.front_unet_render import comparison_rows, envelope_rows, plot_envelopes
 
 SADA_GROUPS = ("sada", "sada_solvers", "sada_steps")
 PLAIN_GROUPS = ("plain", "solvers")
@@ -116,20 +116,9 @@ def _plot(methods: dict, path: Path, shift: float) -> None:
         if label.startswith("SADA default on") and "UniPC" not in label:  # UniPC's lie on 2M's: one set of labels
             for c, p, name in points:
                 ax.annotate(name.rsplit(", ", 1)[-1], (c, p), fontsize=6)
-    for groups, style, label in (
-        (SADA_GROUPS, "k-", "SADA's envelope (best point at no more compute)"),
-        (RIVAL_GROUPS, "k:", "plain solvers' and cache peers' envelope"),
-    ):
-        levels = sorted(
-            {
-                m["compute"]
-                for m in methods.values()
-                if "error" not in m and m.get("group") in groups and m["compute"] > 0
-            }
-        )
-        best = [best_at_most(methods, level, groups) for level in levels]
-        kept = [(level, b[1]["psnr_ode"]) for level, b in zip(levels, best) if b is not None]
-        ax.step([k[0] for k in kept], [k[1] for k in kept], style, where="post", label=label, linewidth=1.2, alpha=0.7)
+    plot_envelopes(
+        ax, methods, ((SADA_GROUPS, "SADA's envelope"), (RIVAL_GROUPS, "plain solvers' and cache peers' envelope"))
+    )
     ax.set_xlabel("compute (fraction of the full run's network FLOPs)")
     ax.set_ylabel("PSNR vs ODE solution (dB)")
     ax.set_title(

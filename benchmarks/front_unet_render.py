@@ -110,6 +110,24 @@ def envelope_rows(
     return rows
 
 
+def plot_envelopes(ax, methods: dict, envelopes) -> None:
+    """Draw each ``(groups, label)`` envelope -- the best point of ``groups`` at no more than each of their computes --
+    as a step line: the first solid, the others dotted."""
+    for index, (groups, label) in enumerate(envelopes):
+        levels = sorted({m["compute"] for m in methods.values() if "error" not in m and m.get("group") in groups})
+        best = [(level, best_at_most(methods, level, groups)) for level in levels]
+        points = [(level, b[1]["psnr_ode"]) for level, b in best if b is not None]
+        ax.step(
+            [p[0] for p in points],
+            [p[1] for p in points],
+            "k-" if index == 0 else "k:",
+            where="post",
+            label=label + (" (best point at no more compute)" if index == 0 else ""),
+            linewidth=1.2,
+            alpha=0.7,
+        )
+
+
 def render(paths, image_dir: Path | None = None) -> str:
     methods = load(paths)
     lines = [
@@ -197,13 +215,7 @@ def _plot(methods: dict, path: Path) -> None:
                     if text.split(" ")[0] not in LABELLED_STEPS and not text.startswith("0.02"):
                         continue  # every even count from 16 to 40: a few labels keep the plot legible
                 ax.annotate(text, (c, p), fontsize=6)
-    for groups, style, label in (
-        (SADA_GROUPS, "k-", "SADA's envelope (best point at no more compute)"),
-        (("plain",), "k:", "the plain solvers' envelope"),
-    ):
-        levels = sorted({m["compute"] for m in methods.values() if "error" not in m and m.get("group") in groups})
-        best = [best_at_most(methods, level, groups) for level in levels]
-        ax.step(levels, [b[1]["psnr_ode"] for b in best], style, where="post", label=label, linewidth=1.2, alpha=0.7)
+    plot_envelopes(ax, methods, ((SADA_GROUPS, "SADA's envelope"), (("plain",), "the plain solvers' envelope")))
     ax.set_xlabel(f"compute (fraction of {SOLVERS[FULL_SAMPLER]} {STEPS} steps' network FLOPs)")
     ax.set_ylabel("PSNR vs ODE solution (dB)")
     ax.set_title(
