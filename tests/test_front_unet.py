@@ -22,10 +22,17 @@ from benchmarks.front_unet import (  # noqa: E402
     TOLERANCES,
     _methods,
     _order,
+    _todo,
     run,
     solver_order_class,
 )
-from benchmarks.front_unet_render import best_at_most, comparison_rows, envelope_rows, render  # noqa: E402
+from benchmarks.front_unet_render import (  # noqa: E402
+    best_at_most,
+    comparison_rows,
+    envelope_rows,
+    render,
+    solver_points,
+)
 from benchmarks.models import SCHEDULERS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,6 +142,44 @@ def test_the_envelopes_are_compared_as_step_functions_at_every_compute_level_whe
     assert envelope_rows(methods, rival_groups=("pab",), rival="best cache peer")[-1] == (
         "SADA ahead at 0 of 2 compute levels from 0.300 up; not at 0.300 (-15.00), 0.340 (-5.00)."
     )
+
+
+def test_on_top_of_one_solver_only_its_own_sada_and_plain_points_are_compared():
+    methods = {
+        "SADA on UniPC, default, 16 steps": _point("sada_steps", 0.20, 45.0, "unipc"),
+        "SADA on UniPC, default": _point("sada", 0.40, 59.0, "unipc"),
+        "SADA on DPM-Solver++ 3M, default, 16 steps": _point("sada_steps", 0.20, 50.0, "dpmpp_3m"),
+        "UniPC, 10 steps": _point("plain", 0.20, 43.0, "unipc"),
+        "UniPC, 20 steps": _point("plain", 0.40, 60.0, "unipc"),
+        "DPM-Solver++ 3M, 10 steps": _point("plain", 0.20, 48.0, "dpmpp_3m"),
+        "TaylorSeer": _point("taylorseer", 0.30, 61.0, "unipc"),  # a cache peer is not the solver plain
+    }
+    assert set(solver_points(methods, "unipc")) == {
+        "SADA on UniPC, default, 16 steps",
+        "SADA on UniPC, default",
+        "UniPC, 10 steps",
+        "UniPC, 20 steps",
+    }
+    assert envelope_rows(solver_points(methods, "unipc"), rival="UniPC plain")[-1] == (
+        "SADA ahead at 1 of 2 compute levels from 0.200 up; not at 0.400 (-1.00)."
+    )
+    assert envelope_rows(solver_points(methods, "dpmpp_3m"))[2] == (
+        "| 0.200 | SADA on DPM-Solver++ 3M, default, 16 steps | 50.00 | DPM-Solver++ 3M, 10 steps | 48.00 | +2.00 |"
+    )
+    with pytest.raises(ValueError, match="'lms'"):
+        solver_points(methods, "lms")
+
+
+def test_a_resumed_run_keeps_what_is_stored_but_always_reruns_the_50_step_yardsticks():
+    everything = _todo(["plain", "sada_steps"])
+    done = {m.name for m, _ in everything[len(SOLVERS) :: 2]}  # every other stored
+    resumed = _todo(["plain", "sada_steps"], done)
+    assert [m.name for m, _ in resumed[: len(SOLVERS)]] == [m.name for m, _ in everything[: len(SOLVERS)]]
+    assert all(m.steps == STEPS and g == "plain" for m, g in resumed[: len(SOLVERS)])
+    assert [m.name for m, _ in resumed[len(SOLVERS) :]] == [
+        m.name for m, _ in everything[len(SOLVERS) :] if m.name not in done
+    ]
+    assert len(everything) == len(SOLVERS) + len(_methods("plain")) - len(SOLVERS) + len(_methods("sada_steps"))
 
 
 def test_a_results_file_of_another_seed_set_is_refused_before_anything_runs(tmp_path):
