@@ -51,6 +51,35 @@ def solver_points(methods: dict, sampler: str) -> dict:
     }
 
 
+def trend_summary(methods: dict, sampler: str, span: float = 1.25) -> str:
+    """One line: every SADA point on ``sampler`` against that solver's plain trend at its evaluation count (the
+    least-squares line in log evaluations over the plain grids within a factor ``span``,
+    :func:`benchmarks.plain_curve.trend_at`) -- the comparison that does not follow either side's luckiest grids."""
+    from benchmarks.plain_curve import trend_at
+
+    points = solver_points(methods, sampler)
+    plain = sorted((m["evaluations"], m["psnr_ode"]) for m in points.values() if m["group"] == "plain")
+    if len(plain) < 3:
+        raise ValueError(f"the trend of {sampler!r} needs at least 3 plain points, got {len(plain)}")
+    low, high = plain[0][0] * span, plain[-1][0] / span  # where the window holds plain grids on both sides
+    gaps, scatters = [], []
+    for m in points.values():
+        if m["group"] in SADA_GROUPS and low <= m["evaluations"] <= high:
+            value, scatter, _ = trend_at([e for e, _ in plain], [p for _, p in plain], m["evaluations"], span)
+            gaps.append(m["psnr_ode"] - value)
+            scatters.append(scatter)
+    if not gaps:
+        return f"No SADA point on {SOLVERS[sampler]} between {low:g} and {high:g} evaluations."
+    above = sum(g > 0 for g in gaps)
+    return (
+        f"Every SADA point on {SOLVERS[sampler]} from {low:g} to {high:g} evaluations against the plain solver's trend "
+        f"at its evaluation count (a least-squares line in log evaluations over the plain grids within a factor "
+        f"{span:g}): {len(gaps)} points, mean {sum(gaps) / len(gaps):+.2f} dB, {above} above it, "
+        f"{min(gaps):+.2f} to {max(gaps):+.2f}; the plain grids' RMS scatter about their trend "
+        f"{min(scatters):.2f}-{max(scatters):.2f} dB."
+    )
+
+
 PEER_GROUPS = ("adaptive", "taylorseer", "first_block", "mag", "pab", "faster")
 
 
@@ -181,7 +210,7 @@ def render(paths, image_dir: Path | None = None) -> str:
     for sampler in SADA_STEPS_SOLVERS[::-1]:
         lines += [f"### {SOLVERS[sampler]}", ""]
         lines += envelope_rows(solver_points(methods, sampler), SADA_GROUPS, ("plain",), f"{SOLVERS[sampler]} plain")
-        lines += [""]
+        lines += ["", trend_summary(methods, sampler), ""]
     lines += ["## Each SADA point against the best alternative at no more compute", ""]
     lines += comparison_rows(methods) + [""]
     lines += [

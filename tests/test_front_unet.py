@@ -32,6 +32,7 @@ from benchmarks.front_unet_render import (  # noqa: E402
     envelope_rows,
     render,
     solver_points,
+    trend_summary,
 )
 from benchmarks.models import SCHEDULERS  # noqa: E402
 
@@ -168,6 +169,31 @@ def test_on_top_of_one_solver_only_its_own_sada_and_plain_points_are_compared():
     )
     with pytest.raises(ValueError, match="'lms'"):
         solver_points(methods, "lms")
+
+
+def test_each_sada_point_is_compared_with_its_solvers_plain_trend_where_the_window_holds_plain_grids():
+    import math
+
+    def point(group, evaluations, psnr):
+        return {
+            "group": group,
+            "sampler": "unipc",
+            "evaluations": evaluations,
+            "compute": evaluations / 50,
+            "psnr_ode": psnr,
+        }
+
+    methods = {f"UniPC, {n} steps": point("plain", n, 40 + 10 * math.log(n)) for n in range(10, 51)}
+    methods["SADA on UniPC, default, 26 steps"] = point("sada_steps", 16, 40 + 10 * math.log(16) + 1.5)
+    methods["SADA on UniPC, default"] = point("sada", 20, 40 + 10 * math.log(20) - 0.5)
+    methods["SADA on UniPC, default, 16 steps"] = point("sada_steps", 10, 99.0)  # below 12.5: no window on its left
+    methods["SADA on DPM-Solver++ 3M, default"] = {**point("sada", 20, 99.0), "sampler": "dpmpp_3m"}  # not UniPC
+    line = trend_summary(methods, "unipc")
+    assert "from 12.5 to 40 evaluations" in line
+    assert "2 points, mean +0.50 dB, 1 above it, -0.50 to +1.50" in line
+    assert "RMS scatter about their trend 0.00-0.00 dB" in line  # plain points on the line exactly
+    with pytest.raises(ValueError, match="at least 3 plain points, got 0"):
+        trend_summary(methods, "dpmpp_3m")
 
 
 def test_a_resumed_run_keeps_what_is_stored_but_always_reruns_the_50_step_yardsticks():
