@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from sada.adapters._diffusers_scheduler import SchedulerInfo, describe_scheduler, step_noise_reason
+from sada.adapters._diffusers_scheduler import SchedulerInfo, describe_scheduler, early_end_note, step_noise_reason
 from sada.adapters._other_caches import check_at_run
 from sada.config import SADAConfig
 from sada.torch_backend.compiled import is_compiled
@@ -119,6 +119,7 @@ class Controller:
             sample_scaling=info.scaling,
             solver_order=info.order,
             engine_factory=self.engine_factory,
+            host_notes=tuple(n for n in [early_end_note(scheduler, grid)] if n is not None),
             **self._lockstep_arguments(),
         )
         self.run = Run(session, grid, info, calls, note=session.note, offset=offset)

@@ -312,3 +312,32 @@ def test_adaptive_diffusion_peer_runs_through_the_same_adapter():
     assert np.all(d[:4] == Decision.COMPUTE) and trace.speedup() > 1.2  # warm-up (steps 0-3), then reuse
     assert counter.rows == 2 * trace.network_evaluations()
     assert torch.isfinite(out).all() and float((out - base).norm() / base.norm()) < 0.2
+
+
+def test_a_run_that_jumps_to_the_clean_sample_from_far_above_the_tables_smallest_level_is_noted_with_the_fix():
+    import diffusers
+
+    from sada.adapters._diffusers_scheduler import EARLY_END_RATIO, describe_scheduler, early_end_note
+
+    pipe = fx.sd_pipeline("HeunDiscreteScheduler")
+    config = pipe.scheduler.config  # trailing spacing, as the shipped configurations
+    pipe.scheduler = diffusers.HeunDiscreteScheduler.from_config(config, use_karras_sigmas=True)
+    with sada_d.enabled(pipe) as handle:
+        _sd_call(pipe, steps=20)
+        notes = [message for step, message in handle.trace.notes if "jumps to the clean sample" in message]
+    last = float(pipe.scheduler.sigmas[-2])
+    smallest = float(((1 - pipe.scheduler.alphas_cumprod[0]) / pipe.scheduler.alphas_cumprod[0]) ** 0.5)
+    assert last > EARLY_END_RATIO * smallest  # Karras between the ends of the trailing spacing: 20 steps end early
+    assert len(notes) == 1 and f"from sigma {last:.3g}, {last / smallest:.1f}x" in notes[0]
+    assert "set timestep_spacing='linspace' (now 'trailing')" in notes[0]
+
+    def note(scheduler, steps=20):
+        scheduler.set_timesteps(steps)
+        return early_end_note(scheduler, describe_scheduler(scheduler).grid_for_run(scheduler, 0)[0])
+
+    linspace = diffusers.HeunDiscreteScheduler.from_config(config, use_karras_sigmas=True, timestep_spacing="linspace")
+    assert note(linspace) is None  # the fix: the grid ends at the table's smallest level
+    dpm = diffusers.DPMSolverMultistepScheduler.from_config(config)
+    assert "use a grid that ends nearer" in note(dpm)  # trailing without Karras sigmas ends early too
+    assert note(diffusers.DPMSolverMultistepScheduler.from_config(config, use_karras_sigmas=True)) is None
+    assert note(fx.scheduler("FlowMatchEulerDiscreteScheduler")) is None  # flow matching: no noise table

@@ -116,3 +116,15 @@ def test_the_summary_counts_the_rows_passed_to_complete_not_the_plan():
     assert sada.trace.speedup() > 1.3  # the plan skipped ...
     assert sada.summary().startswith("computed 50/50 steps (1.00x)"), sada.summary()  # ... the network did not
     assert "planned skips ran the network anyway" in sada.summary() and sada.network_rows == 100
+
+
+def test_host_notes_are_added_at_step_0_of_every_run_and_must_be_strings():
+    sada = SADASession(GRID30, "epsilon", host_notes=("the grid ends early",))
+    x = torch.zeros(2, 3)
+    for run in range(2):  # a second run starts a new trace: the note comes again, once
+        for n in range(30):
+            x = sada.step(n, x, lambda rows_x, rows: rows_x + 1.0)
+        assert [message for step, message in sada.trace.notes if step == 0].count("the grid ends early") == 1
+    for bad in ("the grid ends early", (1,)):
+        with pytest.raises(TypeError, match="host_notes must be a sequence of strings"):
+            SADASession(GRID30, "epsilon", host_notes=bad)

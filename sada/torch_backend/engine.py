@@ -111,6 +111,7 @@ class SADAEngine(StepSequence):
         self.set_solver_order(solver_order)
         self.lockstep = lockstep
         self.lockstep_note = lockstep_note or LOCKSTEP_NOTE
+        self.host_notes: tuple[str, ...] = ()  # what the host adapter found about the run's grid, noted at step 0
         self.rule = rule_class("torch", self.config.schedule, self.settings)(
             self.config, self.settings, grid, self.kind, sample_scaling
         )
@@ -188,6 +189,8 @@ class SADAEngine(StepSequence):
         self.trace = Trace(self.num_steps, run.num_samples)
         if self.lockstep:
             self.trace.note(0, self.lockstep_note)
+        for host_note in self.host_notes:
+            self.trace.note(0, host_note)
         self.rule.reset(self.policy, self.trace, dtype, self.solver_order)
         note = self.rule.uncertified_note(self.solver_order)
         if note is not None and not self.config.never_skips:

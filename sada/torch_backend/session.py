@@ -109,6 +109,8 @@ class SADASession:
             ``torch.compile``d (then the trace notes why).
         network: the denoiser, only to resolve ``lockstep=None``.
         engine_factory: ``engine_factory(grid, kind)`` builds another engine with the same contract instead.
+        host_notes: what the host adapter found about the run's grid (e.g. a grid that ends far above the noise
+            table's smallest level), added to the trace at step 0 of every run.
 
     Raises :class:`~sada.errors.ConfigError` for a configuration the grid cannot serve. A grid too short for any
     skip is not an error: every step computes, and :meth:`summary` says so.
@@ -128,6 +130,7 @@ class SADASession:
         lockstep: bool | None = False,
         network=None,
         engine_factory=None,
+        host_notes: tuple[str, ...] = (),
     ):
         if isinstance(grid, NoiseSchedule):
             if times is None:
@@ -172,6 +175,10 @@ class SADASession:
                     solver_order=int(solver_order),
                     lockstep=self.lockstep,
                 )
+        if isinstance(host_notes, str) or not all(isinstance(n, str) for n in host_notes):
+            raise TypeError(f"host_notes must be a sequence of strings, got {host_notes!r}")
+        if isinstance(self.engine, SADAEngine):
+            self.engine.host_notes = tuple(host_notes)
         self._next: int | None = None  # the step the run expects next (None: no run started)
         self._planned: tuple[int, np.ndarray] | None = None
         self._ran: np.ndarray | None = None
