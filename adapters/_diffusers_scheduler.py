@@ -22,8 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from sada.trajectory import DiscreteVPSchedule, RectifiedFlowSchedule, StepGrid
+from sada.trajectory import early_end_note as trajectory_early_end_note
 
-__all__ = ["EARLY_END_RATIO", "SchedulerInfo", "describe_scheduler", "early_end_note", "step_noise_reason"]
+__all__ = ["SchedulerInfo", "describe_scheduler", "early_end_note", "step_noise_reason"]
 
 # schedulers whose update adds fresh noise at every step (matched on the class and its bases)
 NOISE_INJECTING = {
@@ -87,28 +88,17 @@ class SchedulerInfo:
         return grid.with_training_beta(betas[np.asarray(first_stage[: grid.num_steps]).astype(np.int64)]), calls
 
 
-# a run whose last noise level before the clean sample is this many times the noise table's smallest gets a trace note
-EARLY_END_RATIO = 2.0
-
-
 def early_end_note(scheduler, grid: StepGrid) -> str | None:
-    """A trace note when the run jumps to the clean sample from a noise level far above the noise table's smallest
-    (``EARLY_END_RATIO``), else ``None``. diffusers builds Karras sigmas for Euler / Heun between the ends of the
-    configured ``timestep_spacing``: with ``"trailing"`` the last one before the clean sample is 0.135 at 50 steps
-    on a Stable-Diffusion table (timestep 19) where the table reaches 0.029. That final jump then dominates the run's
-    error, so fewer plain steps end about as close to the ODE solution as the full run and a skip's error shows
-    directly (docs/troubleshooting.md)."""
+    """:func:`sada.trajectory.early_end_note` for a diffusers scheduler with a discrete noise table (``None`` for
+    flow matching). diffusers builds Karras sigmas for Euler / Heun between the ends of the configured
+    ``timestep_spacing``: with ``"trailing"`` the last one before the clean sample is 0.134 at 50 steps on a
+    Stable-Diffusion table (timestep 19) where the table reaches 0.0292; DPM-Solver++ / UniPC on the trailing spacing
+    without Karras sigmas end there too."""
     table = getattr(scheduler, "alphas_cumprod", None)
-    edm = grid.edm_sigma
-    if table is None or edm.size < 2 or edm[-1] != 0.0:  # flow grids, or a run that stops short of the clean end
+    if table is None or bool(_config(scheduler, "use_flow_sigmas")):
         return None
     alphas = np.asarray(table.double().cpu().numpy())
-    smallest = float(np.sqrt((1.0 - alphas[0]) / alphas[0]))
-    last = float(edm[-2])
-    if not (np.isfinite(last) and smallest > 0) or last < EARLY_END_RATIO * smallest:
-        return None
-    karras = bool(_config(scheduler, "use_karras_sigmas"))
-    spacing = _config(scheduler, "timestep_spacing")
+    karras, spacing = bool(_config(scheduler, "use_karras_sigmas")), _config(scheduler, "timestep_spacing")
     fix = (
         f"with use_karras_sigmas=True set timestep_spacing='linspace' (now {spacing!r}): the grid then ends at the "
         "table's smallest level"
@@ -116,11 +106,7 @@ def early_end_note(scheduler, grid: StepGrid) -> str | None:
         else "use a grid that ends nearer the table's smallest level (e.g. use_karras_sigmas=True, with "
         "timestep_spacing='linspace' on Euler / Heun)"
     )
-    return (
-        f"the run jumps to the clean sample from sigma {last:.3g}, {last / smallest:.1f}x the noise table's smallest "
-        f"level {smallest:.3g}: that last jump dominates the run's error, so more steps gain little and what a skip "
-        f"adds shows directly; {fix} (docs/troubleshooting.md)"
-    )
+    return trajectory_early_end_note(grid, float(np.sqrt((1.0 - alphas[0]) / alphas[0])), fix)
 
 
 def _class_names(scheduler) -> set[str]:

@@ -37,7 +37,7 @@ from sada.errors import SADAWarning
 from sada.torch_backend.rows import slice_rows
 from sada.torch_backend.session import SADASession, WarnOnce
 from sada.trace import Trace
-from sada.trajectory import DiscreteVPSchedule, EDMSchedule, NoiseSchedule, StepGrid
+from sada.trajectory import DiscreteVPSchedule, EDMSchedule, NoiseSchedule, StepGrid, early_end_note
 
 __all__ = ["wrap", "SADADenoiser", "SINGLE_STAGE", "TWO_STAGE", "load_sampling"]
 
@@ -93,6 +93,24 @@ def _schedule_for(model, sigmas: np.ndarray) -> NoiseSchedule:
     return EDMSchedule(float(positive.min()) * (1 - 1e-9), float(positive.max()) * (1 + 1e-9))
 
 
+def _early_end_note(model, grid: StepGrid) -> str | None:
+    """:func:`sada.trajectory.early_end_note` against the model's smallest training sigma (k-diffusion's discrete
+    denoisers carry ``sigma_min`` and ``sigmas``; other models: ``None``)."""
+    smallest = getattr(model, "sigma_min", None)
+    train = getattr(model, "sigmas", None)
+    if smallest is None and isinstance(train, torch.Tensor) and train.ndim == 1 and train.numel() >= 10:
+        smallest = train.min()
+    if isinstance(smallest, torch.Tensor):
+        smallest = float(smallest) if smallest.numel() == 1 else None
+    if not isinstance(smallest, (int, float)) or not smallest > 0:
+        return None
+    return early_end_note(
+        grid,
+        float(smallest),
+        "build the sigmas down to the model's: e.g. K.sampling.get_sigmas_karras(n, model.sigma_min, model.sigma_max)",
+    )
+
+
 class SADADenoiser:
     """A k-diffusion denoiser with SADA; see :func:`wrap`."""
 
@@ -139,6 +157,7 @@ class SADADenoiser:
             solver_order=ORDERS.get(self.sampler, 2),
             lockstep=self._lockstep_arg,
             network=self.inner_model,
+            host_notes=tuple(n for n in [_early_end_note(self.inner_model, self.grid)] if n is not None),
         )
         self._expected = None
 

@@ -317,7 +317,8 @@ def test_adaptive_diffusion_peer_runs_through_the_same_adapter():
 def test_a_run_that_jumps_to_the_clean_sample_from_far_above_the_tables_smallest_level_is_noted_with_the_fix():
     import diffusers
 
-    from sada.adapters._diffusers_scheduler import EARLY_END_RATIO, describe_scheduler, early_end_note
+    from sada.adapters._diffusers_scheduler import describe_scheduler, early_end_note
+    from sada.trajectory import EARLY_END_RATIO
 
     pipe = fx.sd_pipeline("HeunDiscreteScheduler")
     config = pipe.scheduler.config  # trailing spacing, as the shipped configurations

@@ -286,3 +286,17 @@ def test_the_summary_counts_the_rows_that_entered_the_model():
     computed = float(wrapped.summary().split("/")[0].split()[-1])
     assert wrapped.trace.network_evaluations() == round(computed * 4)
     assert model.calls == wrapped.calls == wrapped.session.network_rows
+
+
+def test_sigmas_that_jump_to_zero_from_far_above_the_models_smallest_are_noted_with_the_fix():
+    smallest = float(MixtureDenoiser().sigmas.min())
+    trailing = kd.wrap(MixtureDenoiser(), _sigmas(50))  # trailing timesteps: the last is 19, sigma 0.134
+    trailing.sample(K.sample_euler, _noise(), disable=True)
+    notes = [message for step, message in trailing.trace.notes if "jumps to the clean sample" in message]
+    last = float(_sigmas(50)[-2])
+    assert last > 2 * smallest and len(notes) == 1
+    assert f"from sigma {last:.3g}, {last / smallest:.1f}x the model's smallest noise level {smallest:.3g}" in notes[0]
+    assert "get_sigmas_karras(n, model.sigma_min, model.sigma_max)" in notes[0]
+    down = kd.wrap(MixtureDenoiser(), K.get_sigmas_karras(30, smallest, 14.6, rho=7.0).double())
+    down.sample(K.sample_euler, _noise(), disable=True)
+    assert not [message for step, message in down.trace.notes if "jumps to the clean sample" in message]

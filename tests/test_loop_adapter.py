@@ -121,7 +121,7 @@ def test_the_summary_counts_the_rows_passed_to_complete_not_the_plan():
 def test_host_notes_are_added_at_step_0_of_every_run_and_must_be_strings():
     sada = SADASession(GRID30, "epsilon", host_notes=("the grid ends early",))
     x = torch.zeros(2, 3)
-    for run in range(2):  # a second run starts a new trace: the note comes again, once
+    for _run in range(2):  # a second run starts a new trace: the note comes again, once
         for n in range(30):
             x = sada.step(n, x, lambda rows_x, rows: rows_x + 1.0)
         assert [message for step, message in sada.trace.notes if step == 0].count("the grid ends early") == 1

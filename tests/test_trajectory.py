@@ -213,3 +213,21 @@ def test_a_grid_refuses_a_nan_time_and_a_schedule_without_a_clean_time():
 
     with pytest.raises(ValueError, match="NoCleanEnd has no time at the clean end .*override clean_time"):
         StepGrid.from_times(NoCleanEnd(), flow.timesteps(4))
+
+
+def test_a_grid_that_jumps_to_the_clean_end_from_above_twice_the_smallest_level_is_noted_and_inputs_are_checked():
+    from sada.trajectory import EARLY_END_RATIO, EDMSchedule, StepGrid, early_end_note
+
+    schedule = EDMSchedule(0.002, 80.0)
+    early = StepGrid.from_edm_sigmas(schedule, [10.0, 1.0, 0.2, 0.0])
+    note = early_end_note(early, 0.05, "fix it")
+    assert note.startswith(
+        "the run jumps to the clean sample from sigma 0.2, 4.0x the model's smallest noise level 0.05"
+    )
+    assert note.endswith("; fix it (docs/troubleshooting.md)")
+    assert early_end_note(early, 0.2 / EARLY_END_RATIO + 1e-9, "fix it") is None  # just under the ratio
+    assert early_end_note(StepGrid.from_edm_sigmas(schedule, [10.0, 1.0, 0.2]), 0.05, "fix it") is None  # no jump
+    with pytest.raises(ValueError, match="smallest_edm_sigma must be > 0, got 0.0"):
+        early_end_note(early, 0.0, "fix it")
+    with pytest.raises(TypeError, match="fix must be a non-empty string"):
+        early_end_note(early, 0.05, "")

@@ -4,7 +4,7 @@ Everything SADA does is stated in these terms, so a host only has to declare its
 kind of output its network predicts.
 """
 
-from sada.trajectory.grid import StepGrid
+from sada.trajectory.grid import EARLY_END_RATIO, StepGrid, early_end_note
 from sada.trajectory.parameterization import (
     PREDICTION_KINDS,
     check_kind,
@@ -28,6 +28,7 @@ from sada.trajectory.schedules import (
 
 __all__ = [
     "BETA_SCHEDULES",
+    "EARLY_END_RATIO",
     "PREDICTION_KINDS",
     "DiscreteVPSchedule",
     "EDMSchedule",
@@ -38,6 +39,7 @@ __all__ = [
     "combine",
     "convert",
     "drift",
+    "early_end_note",
     "edm_drift",
     "karras_sigmas",
     "split",
