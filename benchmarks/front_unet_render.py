@@ -203,8 +203,9 @@ def render(paths, image_dir: Path | None = None) -> str:
     lines += [
         "## On top of each solver: SADA on it against the same solver plain",
         "",
-        "The same comparison restricted to one solver: SADA's points on it (the dial at 50 steps and the default at "
-        "other step counts) against that solver alone at fewer steps: SADA on top of the solver against the solver.",
+        "The same comparison restricted to one solver: SADA's points on it (the dial at 50 steps, the default and one "
+        "notch below it at other step counts) against that solver alone: SADA on top of the solver against the solver. "
+        "Under each table, every SADA point on the solver against the solver's plain trend.",
         "",
     ]
     for sampler in SADA_STEPS_SOLVERS[::-1]:
