@@ -106,7 +106,7 @@ def early_end_note(scheduler, grid: StepGrid) -> str | None:
         else "use a grid that ends nearer the table's smallest level (e.g. use_karras_sigmas=True, with "
         "timestep_spacing='linspace' on Euler / Heun)"
     )
-    return trajectory_early_end_note(grid, float(np.sqrt((1.0 - alphas[0]) / alphas[0])), fix)
+    return trajectory_early_end_note(grid, float(DiscreteVPSchedule(alphas).edm_sigma(0.0)), fix)
 
 
 def _class_names(scheduler) -> set[str]:

@@ -93,20 +93,14 @@ def _schedule_for(model, sigmas: np.ndarray) -> NoiseSchedule:
     return EDMSchedule(float(positive.min()) * (1 - 1e-9), float(positive.max()) * (1 + 1e-9))
 
 
-def _early_end_note(model, grid: StepGrid) -> str | None:
-    """:func:`sada.trajectory.early_end_note` against the model's smallest training sigma (k-diffusion's discrete
-    denoisers carry ``sigma_min`` and ``sigmas``; other models: ``None``)."""
-    smallest = getattr(model, "sigma_min", None)
-    train = getattr(model, "sigmas", None)
-    if smallest is None and isinstance(train, torch.Tensor) and train.ndim == 1 and train.numel() >= 10:
-        smallest = train.min()
-    if isinstance(smallest, torch.Tensor):
-        smallest = float(smallest) if smallest.numel() == 1 else None
-    if not isinstance(smallest, (int, float)) or not smallest > 0:
+def _early_end_note(schedule: NoiseSchedule, grid: StepGrid) -> str | None:
+    """:func:`sada.trajectory.early_end_note` against the smallest level of the model's training table (the discrete
+    schedule :func:`_schedule_for` reads from a k-diffusion ``DiscreteSchedule`` model; other schedules: ``None``)."""
+    if not isinstance(schedule, DiscreteVPSchedule):
         return None
     return early_end_note(
         grid,
-        float(smallest),
+        float(schedule.edm_sigma(0.0)),
         "build the sigmas down to the model's: e.g. K.sampling.get_sigmas_karras(n, model.sigma_min, model.sigma_max)",
     )
 
@@ -157,7 +151,7 @@ class SADADenoiser:
             solver_order=ORDERS.get(self.sampler, 2),
             lockstep=self._lockstep_arg,
             network=self.inner_model,
-            host_notes=tuple(n for n in [_early_end_note(self.inner_model, self.grid)] if n is not None),
+            host_notes=tuple(n for n in [_early_end_note(schedule, self.grid)] if n is not None),
         )
         self._expected = None
 
