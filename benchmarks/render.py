@@ -16,7 +16,7 @@ from pathlib import Path
 from benchmarks.cells import DEFAULT_CELLS
 from benchmarks.merge_results import merged_note
 from benchmarks.methods import SADA_VARIANTS
-from benchmarks.stats import GOALS, MAX_LOSS_DB
+from benchmarks.stats import GOALS, LOSS_CAUSES, MAX_LOSS_DB
 
 __all__ = [
     "render_markdown",
@@ -94,9 +94,25 @@ def _goals(results: dict) -> list[str]:
         ok = sum(1 for g in rows if g["no_loss"])
         lines.append(
             f"| never more than {MAX_LOSS_DB} dB below the best plain grid at equal NFE, any cell | {variant} | "
-            f"{len(rows)} | {ok} | | worst {_num(worst['delta'], 2, True)} ({worst['cell']}) |"
+            f"{len(rows)} | {ok} | | worst {_num(worst['delta'], 2, True)} ({worst['cell']}){_loss_causes(rows)} |"
         )
     return lines
+
+
+def _loss_causes(rows: list[dict]) -> str:
+    """The cells behind by more than the allowed loss, counted by cause (:func:`benchmarks.stats.loss_cause`), the
+    ones behind by the skips named; empty when none is behind or the stored goals predate the cause."""
+    behind = [g for g in rows if not g["no_loss"]]
+    if not behind or any("loss_cause" not in g for g in behind):
+        return ""
+    parts = []
+    for cause, meaning in LOSS_CAUSES.items():
+        cells = [g for g in behind if g["loss_cause"] == cause]
+        if not cells:
+            continue
+        named = ": " + ", ".join(f"{g['cell']} {_num(g['delta'], 2, True)}" for g in cells) if cause == "skips" else ""
+        parts.append(f"{len(cells)} {meaning}{named}")
+    return "; behind: " + "; ".join(parts)
 
 
 def _matrix(results: dict, variant: str) -> list[str]:

@@ -13,11 +13,35 @@ import math
 
 import numpy as np
 
-__all__ = ["paired_difference", "equal_nfe_peer", "GOALS", "MAX_LOSS_DB", "goal_rows"]
+__all__ = ["paired_difference", "equal_nfe_peer", "GOALS", "MAX_LOSS_DB", "LOSS_CAUSES", "goal_rows", "loss_cause"]
 
 # steps -> (minimum evaluation ratio, minimum PSNR gain over the best plain grid at equal evaluations, dB)
 GOALS = {50: (2.0, 3.0), 25: (1.8, 1.0), 15: (1.4, 0.0), 100: (3.0, 3.0)}
 MAX_LOSS_DB = 0.3  # in no cell may a SADA variant lose more than this to the best plain grid at equal NFE
+# why a variant is more than MAX_LOSS_DB behind the best plain grid at equal NFE (:func:`loss_cause`), in report order
+LOSS_CAUSES = {
+    "grid": "the cell's own full run is itself more than the allowed loss behind that grid (no skip rule can pass it)",
+    "tie": "within two standard errors of the allowed loss",
+    "skips": "behind by the skips",
+}
+
+
+def loss_cause(delta: float, delta_2se: float, full_minus_peer: float | None) -> str | None:
+    """Why a variant ``delta`` dB from the best plain grid at equal evaluations (± ``delta_2se``) misses the
+    allowed loss :data:`MAX_LOSS_DB` (``None``: it does not miss it). ``grid`` when the cell's full run -- every step
+    computed -- is itself more than the allowed loss behind that grid (``full_minus_peer``, ``None`` where unknown):
+    the host's grid, not the skipping, is what loses, and no rule that only skips steps of that grid can pass it;
+    else ``tie`` when the shortfall is within two standard errors; else ``skips``."""
+    for name, value in (("delta", delta), ("delta_2se", delta_2se)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isinf(value):
+            raise ValueError(f"{name} must be a finite number or NaN, got {value!r}")
+    if delta >= -MAX_LOSS_DB:
+        return None
+    if full_minus_peer is not None and full_minus_peer < -MAX_LOSS_DB:
+        return "grid"
+    if not math.isnan(delta_2se) and delta + delta_2se >= -MAX_LOSS_DB:
+        return "tie"
+    return "skips"
 
 
 def paired_difference(a, b) -> tuple[float, float]:
@@ -91,13 +115,16 @@ def goal_rows(cells: list[dict], variants: tuple[str, ...]) -> list[dict]:
     """One row per (cell, SADA variant) with the goal of its step count and whether it is met.
 
     ``cells``: the report's cell dicts (``name``, ``steps``, ``baseline_nfe``, ``variants``: name ->
-    ``{"NFE", "psnr_ode", "peer"}``).
+    ``{"NFE", "psnr_ode", "peer"}``, and optionally ``rows`` with the ``baseline`` -- the full run -- whose mean
+    ``PSNR vs ODE`` sets ``full_psnr`` and lets :func:`loss_cause` tell the grid's loss from the skips').
     """
     if not variants or not all(isinstance(v, str) for v in variants):
         raise ValueError(f"variants must be a non-empty tuple of method names, got {variants!r}")
     rows = []
     for cell in cells:
         goal = GOALS.get(cell["steps"])
+        full = next((r for r in cell.get("rows", ()) if r.get("method") == "baseline"), None)
+        full_psnr = None if full is None else full["PSNR vs ODE"]
         for variant in variants:
             entry = cell["variants"].get(variant)
             if not entry or "error" in entry or not entry.get("peer"):
@@ -116,6 +143,10 @@ def goal_rows(cells: list[dict], variants: tuple[str, ...]) -> list[dict]:
                 "delta": peer["delta"],
                 "delta_2se": peer["delta_2se"],
                 "no_loss": peer["delta"] >= -MAX_LOSS_DB,
+                "full_psnr": full_psnr,
+                "loss_cause": loss_cause(
+                    peer["delta"], peer["delta_2se"], None if full_psnr is None else full_psnr - peer["psnr"]
+                ),
             }
             if goal is not None:
                 row.update(

@@ -155,6 +155,46 @@ def test_goal_rows_apply_the_goal_of_the_step_count():
     assert rows[2]["goal_ratio"] == 1.8 and rows[2]["goal_delta"] == 1.0
 
 
+def test_a_loss_is_the_grids_when_the_full_run_is_itself_behind_else_a_tie_within_two_se_else_the_skips():
+    from benchmarks.stats import loss_cause
+
+    assert loss_cause(-0.2, 0.1, -5.0) is None  # within the allowed loss: no cause, whatever the grid
+    assert loss_cause(-8.3, 0.9, -8.4) == "grid"  # the full run is as far behind: the host's grid loses
+    assert loss_cause(-0.9, 0.15, -0.15) == "skips"  # full run within the allowed loss, the skips cost 0.75
+    assert loss_cause(-0.39, 1.06, 10.9) == "tie"  # -0.39 + 1.06 reaches the allowed loss
+    assert loss_cause(-0.31, float("nan"), None) == "skips"  # one image, no full run: no evidence of either
+    with pytest.raises(ValueError, match="delta must be a finite number or NaN, got inf"):
+        loss_cause(float("inf"), 0.1, None)
+
+
+def test_goal_rows_name_the_cause_of_each_loss_from_the_cells_full_run():
+    from benchmarks.render import _loss_causes
+    from benchmarks.stats import goal_rows
+
+    def cell(name, full, delta, two_se):
+        peer = {"name": "p", "psnr": 40.0, "delta": delta, "delta_2se": two_se}
+        return {
+            "name": name,
+            "steps": 50,
+            "baseline_nfe": 50.0,
+            "rows": [{"method": "baseline", "PSNR vs ODE": full}],
+            "variants": {"SADA": {"NFE": 20.0, "psnr_ode": 40 + delta, "peer": peer}},
+        }
+
+    cells = [cell("a", 31.0, -8.0, 0.5), cell("b", 40.2, -0.9, 0.2), cell("c", 41.0, -0.4, 0.3), cell("d", 41, 1, 1)]
+    rows = goal_rows(cells, ("SADA",))
+    assert [(r["full_psnr"], r["loss_cause"]) for r in rows] == [
+        (31.0, "grid"),
+        (40.2, "skips"),
+        (41.0, "tie"),
+        (41, None),
+    ]
+    text = _loss_causes(rows)
+    assert text.startswith("; behind: 1 the cell's own full run is itself more than")
+    assert "; 1 within two standard errors" in text and text.endswith("; 1 behind by the skips: b -0.90")
+    assert _loss_causes([{k: v for k, v in r.items() if k != "loss_cause"} for r in rows]) == ""
+
+
 def test_steps_around_brackets_the_evaluation_count():
     from benchmarks.cells import Cell
     from benchmarks.grids import steps_around
