@@ -155,10 +155,27 @@ def cell_of(args):
     return RUNNERS[args.host](args.model, args.sampler, overrides_of(args), args.first_seed, args.seeds)
 
 
-def sweep(model_name, sampler, overrides, steps_list, tolerances, config, first_seed, seeds, host="diffusers"):
+def sweep(
+    model_name,
+    sampler,
+    overrides,
+    steps_list,
+    tolerances,
+    config,
+    first_seed,
+    seeds,
+    host="diffusers",
+    unipc_corrector_off_on_skips=False,
+):
     from sada.config import SADAConfig
 
     cell = RUNNERS[host](model_name, sampler, overrides, first_seed, seeds)
+    if unipc_corrector_off_on_skips:
+        from benchmarks.unipc_corrector import switch_corrector_off_on_skips
+
+        if host != "diffusers":
+            raise ValueError(f"--unipc-corrector-off-on-skips needs --host diffusers, got {host!r}")
+        switch_corrector_off_on_skips(cell)
     per_step = cell.per_step
     rows = []
     for steps in steps_list:
@@ -195,6 +212,11 @@ def main(argv=None) -> int:
     parser.add_argument("--tolerances", nargs="*", type=float, default=None, help="none: the default only")
     parser.add_argument("--config", default="{}", help="other SADAConfig fields as JSON")
     parser.add_argument("--seeds", type=int, default=16)
+    parser.add_argument(
+        "--unipc-corrector-off-on-skips",
+        action="store_true",
+        help="an experiment (not adopted): UniPC's corrector off on every step SADA skipped",
+    )
     args = parser.parse_args(argv)
     overrides = overrides_of(args)
     tolerances = [None] if not args.tolerances else args.tolerances
@@ -208,6 +230,7 @@ def main(argv=None) -> int:
         args.first_seed,
         args.seeds,
         host=args.host,
+        unipc_corrector_off_on_skips=args.unipc_corrector_off_on_skips,
     )
     return 0
 

@@ -3,7 +3,11 @@
 For a cell and a step count ``k`` the benchmark runs the cell's sampler without SADA on several grid
 families and keeps the best at SADA's evaluation count:
 
-* U-Net (diffusers): ``trailing`` (the scheduler's configured spacing), ``karras`` (``use_karras_sigmas``)
+* U-Net (diffusers): ``trailing`` (the scheduler's configured spacing), ``karras`` (``use_karras_sigmas``),
+  for Euler and Heun ``karras linspace`` (Karras sigmas with ``timestep_spacing="linspace"``: these schedulers take
+  the Karras grid's smallest level from the spaced timesteps, so on the configured spacing it ends at 4.6 times the
+  noise table's smallest level and jumps to the clean sample from there -- the host fix the early-end trace note
+  names; DPM-Solver and UniPC take it from the whole table, so their Karras grid does not depend on the spacing)
   and ``same ends`` (custom integer timesteps evenly spaced between the full run's first and last nonzero
   timestep: with trailing spacing the last nonzero timestep of a k-step run moves with k -- 19 at 50
   steps, 42 at 23 -- and the final jump to zero dominates the error);
@@ -42,6 +46,7 @@ _SPACING_FAMILY = {
 _OVERRIDES = {
     "trailing": (),
     "karras": (("use_karras_sigmas", True),),
+    "karras linspace": (("use_karras_sigmas", True), ("timestep_spacing", "linspace")),
     "shift 1": (("shift", 1.0),),
     "shift 3": (("shift", 3.0),),
 }
@@ -74,9 +79,16 @@ def _key(cell: Cell) -> str:
 _NO_CUSTOM_TIMESTEPS = frozenset({"unipc"}) | FLOW_MULTISTEP_SAMPLERS
 
 
+# diffusers samplers whose Karras grid ends at the spaced timesteps' smallest level, not the noise table's: on them the
+# ``karras linspace`` family is a different, better grid (on the others it would repeat ``karras``)
+_SPACING_DEPENDENT_KARRAS = frozenset({"euler", "heun"})
+
+
 def grid_families(cell: Cell) -> tuple[str, ...]:
     """The plain grid families compared in ``cell``."""
     families = _FAMILIES[_key(cell)]
+    if cell.backend == "diffusers" and cell.model == "unet" and cell.sampler in _SPACING_DEPENDENT_KARRAS:
+        families = (*families[:2], "karras linspace", *families[2:])
     if cell.backend == "diffusers" and cell.sampler in _NO_CUSTOM_TIMESTEPS:
         return tuple(f for f in families if f != "same ends")
     return families

@@ -20,7 +20,7 @@ GOALS = {50: (2.0, 3.0), 25: (1.8, 1.0), 15: (1.4, 0.0), 100: (3.0, 3.0)}
 MAX_LOSS_DB = 0.3  # in no cell may a SADA variant lose more than this to the best plain grid at equal NFE
 # why a variant is more than MAX_LOSS_DB behind the best plain grid at equal NFE (:func:`loss_cause`), in report order
 LOSS_CAUSES = {
-    "grid": "the cell's own full run is itself more than the allowed loss behind that grid (no skip rule can pass it)",
+    "grid": "the cell's own full run is itself more than the allowed loss behind that grid, so no skip rule can pass it",
     "tie": "within two standard errors of the allowed loss",
     "skips": "behind by the skips",
 }

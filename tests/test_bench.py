@@ -380,3 +380,28 @@ def test_the_flow_multistep_cells_shift_with_flow_shift_and_have_no_same_ends_fa
     euler = Cell.parse("diffusers/mmdit/flow_euler/shift3/50")
     assert plain_grid(euler, "shift 3", 10, model).overrides == (("shift", 3.0),)
     assert grid_families(euler) == ("shift 1", "shift 3", "same ends")
+
+
+def test_euler_and_heun_also_meet_the_karras_grid_that_ends_at_the_noise_tables_smallest_level():
+    from benchmarks.cells import Cell
+    from benchmarks.grids import grid_families, plain_grid, resolve_grid, same_grid
+    from benchmarks.models import load_model
+
+    model = load_model("unet")
+    smallest = float(
+        ((1 - model.scheduler("euler").alphas_cumprod[0]) / model.scheduler("euler").alphas_cumprod[0]) ** 0.5
+    )
+    for sampler in ("euler", "heun"):
+        cell = Cell.parse(f"diffusers/unet/{sampler}/trailing/50")
+        assert grid_families(cell) == ("trailing", "karras", "karras linspace", "same ends")
+        _, karras = resolve_grid(cell, plain_grid(cell, "karras", 10, model), model)
+        _, fixed = resolve_grid(cell, plain_grid(cell, "karras linspace", 10, model), model)
+        # same start, same step count; the configured spacing ends 11.7x above the table's smallest level, the fix at it
+        assert karras[0] == pytest.approx(fixed[0]) and karras.size == fixed.size and karras[-1] == fixed[-1] == 0
+        assert karras[-2] == pytest.approx(11.7 * smallest, rel=0.01) and fixed[-2] == pytest.approx(smallest, rel=1e-3)
+    dpm = Cell.parse("diffusers/unet/dpmpp_2m/trailing/50")  # its Karras grid spans the whole table already
+    assert "karras linspace" not in grid_families(dpm)
+    overrides = dict(plain_grid(Cell.parse("diffusers/unet/heun/karras/50"), "karras linspace", 10, model).overrides)
+    linspace = plain_grid(dpm, "karras", 10, model)
+    linspace = type(linspace)("karras", 10, overrides=tuple(overrides.items()))
+    assert same_grid(resolve_grid(dpm, plain_grid(dpm, "karras", 10, model), model), resolve_grid(dpm, linspace, model))

@@ -191,6 +191,9 @@ def test_goal_rows_name_the_cause_of_each_loss_from_the_cells_full_run():
     ]
     text = _loss_causes(rows)
     assert text.startswith("; behind: 1 the cell's own full run is itself more than")
+    assert (
+        ", so no skip rule can pass it (the variant there is within 0.00 dB of the full run, least close on a)" in text
+    )
     assert "; 1 within two standard errors" in text and text.endswith("; 1 behind by the skips: b -0.90")
     assert _loss_causes([{k: v for k, v in r.items() if k != "loss_cause"} for r in rows]) == ""
 
@@ -214,3 +217,36 @@ def test_seed_sets_are_disjoint_and_labels_cycle():
         seed_list("tuning", 1001)
     with pytest.raises(ValueError, match="seed_set must be one of"):
         seed_list("test", 2)
+
+
+def test_the_corrector_experiment_switches_unipc_off_exactly_on_the_steps_no_network_row_ran():
+    from types import SimpleNamespace
+
+    import torch
+    from diffusers import DDIMScheduler, UniPCMultistepScheduler
+
+    from benchmarks.unipc_corrector import switch_corrector_off_on_skips
+
+    runner = SimpleNamespace(pipe=SimpleNamespace(scheduler=UniPCMultistepScheduler()), counter=SimpleNamespace(rows=0))
+    state = switch_corrector_off_on_skips(runner)
+    patched, reference, plain = (
+        runner.pipe.scheduler,
+        UniPCMultistepScheduler(disable_corrector=[1]),
+        UniPCMultistepScheduler(),
+    )
+    for scheduler in (patched, reference, plain):
+        scheduler.set_timesteps(6)
+    gen = torch.Generator().manual_seed(0)
+    x = y = z = torch.randn(1, 2, 4, 4, generator=gen)
+    for i, rows in enumerate([2, 4, 4, 6]):  # the network ran at steps 0, 1 and 3; step 2 was skipped
+        runner.counter.rows = rows
+        out = torch.randn(1, 2, 4, 4, generator=gen)
+        x = patched.step(out, patched.timesteps[i], x).prev_sample
+        y = reference.step(out, reference.timesteps[i], y).prev_sample
+        z = plain.step(out, plain.timesteps[i], z).prev_sample
+    assert (
+        state["off"] == 1 and torch.equal(x, y) and not torch.allclose(x, z)
+    )  # the corrector at step 2 (listed as 1) was the only one off
+    runner.pipe.scheduler = DDIMScheduler()
+    with pytest.raises(ValueError, match="needs a UniPC scheduler, got DDIMScheduler"):
+        switch_corrector_off_on_skips(runner)
