@@ -30,8 +30,10 @@ _MATRIX = {
     "diffusers": {
         "unet": {
             "dpmpp_2m": ("trailing", "karras"),
-            "euler": ("trailing", "karras"),
-            "heun": ("trailing", "karras"),
+            # karras-linspace: Karras sigmas with timestep_spacing="linspace", the host fix these two schedulers need
+            # (on the configured spacing their Karras grid ends 4.6-11.7x above the noise table's smallest level)
+            "euler": ("trailing", "karras", "karras-linspace"),
+            "heun": ("trailing", "karras", "karras-linspace"),
             # the third-order-accurate hosts on the spacing their users pick (trailing is 11-12 dB behind Karras for
             # DPM-Solver++ 2M at equal evaluations, a gap of the grid, not of SADA)
             "unipc": ("karras",),

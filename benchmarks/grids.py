@@ -39,6 +39,7 @@ _FAMILIES = {
 _SPACING_FAMILY = {
     "trailing": "trailing",
     "karras": "karras",
+    "karras-linspace": "karras linspace",
     "shift1": "shift 1",
     "shift3": "shift 3",
     "exponential": "exponential",

@@ -95,9 +95,10 @@ def test_bench_lists_the_default_and_the_full_matrix(capsys):
     ]
     assert main(["bench", "--full", "--list-cells"]) == 0
     full = capsys.readouterr().out.split()
-    # U-Net diffusers 3 samplers x 2 spacings + UniPC and 3M on Karras, MMDiT 3 x 2 (flow Euler, DPM-Solver++ 2M and
-    # UniPC with flow sigmas), k-diffusion 4 x 2; 4 step counts
-    assert len(full) == (6 + 2 + 6 + 8) * 4 and len(set(full)) == len(full)
+    # U-Net diffusers 3 samplers x 2 spacings + Euler and Heun on Karras-linspace + UniPC and 3M on Karras, MMDiT 3 x 2
+    # (flow Euler, DPM-Solver++ 2M and UniPC with flow sigmas), k-diffusion 4 x 2; 4 step counts
+    assert len(full) == (6 + 2 + 2 + 6 + 8) * 4 and len(set(full)) == len(full)
+    assert "diffusers/unet/heun/karras-linspace/50" in full and "diffusers/unet/unipc/karras-linspace/50" not in full
     assert main(["bench", "--cells", "k-diffusion/*/lms/*/15", "--list-cells"]) == 0
     assert capsys.readouterr().out.split() == ["k-diffusion/unet/lms/karras/15", "k-diffusion/unet/lms/exponential/15"]
 
