@@ -169,12 +169,12 @@ def sweep(
 ):
     from sada.config import SADAConfig
 
+    if unipc_corrector_off_on_skips and host != "diffusers":  # checked before the model and references load
+        raise ValueError(f"--unipc-corrector-off-on-skips needs --host diffusers, got {host!r}")
     cell = RUNNERS[host](model_name, sampler, overrides, first_seed, seeds)
     if unipc_corrector_off_on_skips:
         from benchmarks.unipc_corrector import switch_corrector_off_on_skips
 
-        if host != "diffusers":
-            raise ValueError(f"--unipc-corrector-off-on-skips needs --host diffusers, got {host!r}")
         switch_corrector_off_on_skips(cell)
     per_step = cell.per_step
     rows = []

@@ -110,14 +110,16 @@ def _loss_causes(rows: list[dict]) -> str:
         cells = [g for g in behind if g["loss_cause"] == cause]
         if not cells:
             continue
-        named = ": " + ", ".join(f"{g['cell']} {_num(g['delta'], 2, True)}" for g in cells) if cause == "skips" else ""
-        if cause == "grid":  # what the skips add there: the variant against its own full run
+        detail = ""
+        if cause == "skips":
+            detail = ": " + ", ".join(f"{g['cell']} {_num(g['delta'], 2, True)}" for g in cells)
+        elif cause == "grid":  # what the skips add there: the variant against its own full run
             worst = max(cells, key=lambda g: g["full_psnr"] - g["psnr_ode"])
-            named = (
+            detail = (
                 f" (the variant there is within {_num(max(0.0, worst['full_psnr'] - worst['psnr_ode']))} dB of the full "
                 f"run, least close on {worst['cell']})"
             )
-        parts.append(f"{len(cells)} {meaning}{named}")
+        parts.append(f"{len(cells)} {meaning}{detail}")
     return "; behind: " + "; ".join(parts)
 
 
