@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from benchmarks.front import SADA_STEPS, SOLVERS
+from benchmarks.front_plan import SADA_STEPS, SOLVERS
 from benchmarks.front_unet_render import comparison_rows, envelope_rows, plot_envelopes
 
 SADA_GROUPS = ("sada", "sada_solvers", "sada_steps")

@@ -6,7 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from benchmarks.front_unet import FULL_SAMPLER, SADA_STEPS, SADA_STEPS_SOLVERS, SADA_STEPS_TOLERANCES, SOLVERS, STEPS
+from benchmarks.front_unet_plan import (
+    FULL_SAMPLER,
+    SADA_STEPS,
+    SADA_STEPS_SOLVERS,
+    SADA_STEPS_TOLERANCES,
+    SOLVERS,
+    STEPS,
+)
 
 PLOT_NAME = "front-unet-karras.png"
 LABELLED_STEPS = ("15", "16", "20", "26", "32", "40", "56", "100")  # the default's step counts named on the plot

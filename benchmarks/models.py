@@ -27,7 +27,6 @@ __all__ = [
     "DEFAULT_SCHEDULER",
     "FLOW_MULTISTEP_SAMPLERS",
     "load_model",
-    "load_pipeline",
     "shift_override",
 ]
 
@@ -293,11 +292,3 @@ def load_model(name: str, assets: str | None = None) -> BenchModel:
     assets = assets or os.environ.get("SADA_BENCH_ASSETS")
     network, scheduler, table, meta = loader(Path(assets) / folder if assets else None)
     return BenchModel(name, network, scheduler, table, meta)
-
-
-def load_pipeline(name: str = "unet", sampler: str | None = None, assets: str | None = None, **config_overrides):
-    """A shipped model as a diffusers pipeline that takes digit prompts, in one call:
-    ``load_pipeline("unet")("3", num_inference_steps=50).images[0]`` (:func:`benchmarks.pipelines.load_pipeline`)."""
-    from benchmarks.pipelines import load_pipeline as load
-
-    return load(name, sampler, assets, **config_overrides)

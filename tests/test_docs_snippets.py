@@ -87,7 +87,7 @@ _CACHE: dict = {}
 
 
 def _pipe():
-    from benchmarks.models import load_pipeline
+    from benchmarks.pipelines import load_pipeline
 
     if "pipe" not in _CACHE:
         _CACHE["pipe"] = load_pipeline("unet")  # the shipped U-Net, DPM-Solver++ 2M, digit prompts

@@ -4,14 +4,14 @@ import pytest
 
 pytest.importorskip("diffusers")
 
-from benchmarks.front import (  # noqa: E402
+from benchmarks.front import _methods  # noqa: E402
+from benchmarks.front_plan import (  # noqa: E402
     SADA_STEPS,
     SADA_STEPS_SOLVERS,
     SOLVER_STEPS,
     SOLVER_TOLERANCES,
     SOLVERS,
     STEPS,
-    _methods,
 )
 from benchmarks.models import SCHEDULERS, shift_override  # noqa: E402
 

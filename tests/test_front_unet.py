@@ -11,6 +11,13 @@ import torch  # noqa: E402
 
 from benchmarks.front_common import AttentionFlops, Method, counter_sees_attention  # noqa: E402
 from benchmarks.front_unet import (  # noqa: E402
+    _methods,
+    _order,
+    _todo,
+    run,
+    solver_order_class,
+)
+from benchmarks.front_unet_plan import (  # noqa: E402
     FULL_SAMPLER,
     HEUN_STEPS,
     PLAIN_STEPS,
@@ -20,11 +27,6 @@ from benchmarks.front_unet import (  # noqa: E402
     SOLVERS,
     STEPS,
     TOLERANCES,
-    _methods,
-    _order,
-    _todo,
-    run,
-    solver_order_class,
 )
 from benchmarks.front_unet_render import (  # noqa: E402
     best_at_most,
