@@ -16,8 +16,8 @@ BENCH_TIME = (
     "Expected run time on 2 CPU cores: the default cells about 11 minutes on a first run in one process "
     "(the ODE references are computed once and cached, ~5 minutes of it); `make bench` runs the two "
     "micro-batches in two processes (accelerate launch, --threads 1): 10.5 minutes on a first run. --full "
-    "--groups main --methods SADA in two processes: 67 minutes for the first 64 cells, about 5 minutes more per 8 "
-    "cells added since; every variant and the control take "
+    "--groups main --methods SADA in two processes: 40 minutes for the 96 cells with the ODE references cached; "
+    "every variant and the control take "
     "longer (not measured); add --threads 1 on a machine shared with other jobs."
 )
 
