@@ -76,7 +76,9 @@ def test_bench_help_shows_defaults_methods_and_run_time(capsys):
         "karras",
     ):
         assert method in text, method
-    assert "Expected run time on 2 CPU cores" in text and "10.5 minutes" in text and "40 minutes for the 96 cells" in text
+    assert (
+        "Expected run time on 2 CPU cores" in text and "10.5 minutes" in text and "40 minutes for the 96 cells" in text
+    )
 
 
 def test_bench_report_help_shows_run_time(capsys):
