@@ -89,7 +89,8 @@ def grid_families(cell: Cell) -> tuple[str, ...]:
     """The plain grid families compared in ``cell``."""
     families = _FAMILIES[_key(cell)]
     if cell.backend == "diffusers" and cell.model == "unet" and cell.sampler in _SPACING_DEPENDENT_KARRAS:
-        families = (*families[:2], "karras linspace", *families[2:])
+        after = families.index("karras") + 1  # beside the Karras grid it fixes
+        families = (*families[:after], "karras linspace", *families[after:])
     if cell.backend == "diffusers" and cell.sampler in _NO_CUSTOM_TIMESTEPS:
         return tuple(f for f in families if f != "same ends")
     return families
