@@ -283,7 +283,7 @@ def load_model(name: str, assets: str | None = None) -> BenchModel:
     import os
     from pathlib import Path
 
-    from benchmarks.train import load_mmdit_bundle, load_unet_bundle
+    from benchmarks.bundles import load_mmdit_bundle, load_unet_bundle
 
     loaders = {"unet": (load_unet_bundle, "digits-unet"), "mmdit": (load_mmdit_bundle, "digits-mmdit")}
     if name not in loaders:

@@ -1,19 +1,18 @@
 """Token-wise cache-assisted pruning with context: exactness against the stock diffusers blocks, token
 accounting, cache memory, fallbacks, cadence."""
 
-import functools
-
 import numpy as np
 import pytest
 import torch
 
 diffusers = pytest.importorskip("diffusers")
-from diffusers.models.attention import BasicTransformerBlock, JointTransformerBlock  # noqa: E402
+from diffusers.models.attention import BasicTransformerBlock  # noqa: E402
 from diffusers.models.attention_processor import AttnProcessor  # noqa: E402
 
 from sada import SADAConfig  # noqa: E402
 from sada.torch_backend.pruning import TokenPruner, anchor_mask, pool_token_map  # noqa: E402
 from sada.torch_backend.pruning_blocks import block_spec  # noqa: E402
+from tests.pruning_cases import CASES, IMAGE, basic_block, block_case, joint_block  # noqa: E402
 
 CFG = SADAConfig(acc_range=(2, 40), max_interval=4, max_downsample=1, lagrange_term=0)
 TOL = dict(rtol=1e-5, atol=1e-5)  # float32 rounding (on CPU the results are in fact bit-identical)
@@ -22,185 +21,6 @@ TOL = dict(rtol=1e-5, atol=1e-5)  # float32 rounding (on CPU the results are in 
 def _plan(pruner, step, unstable, computed=None):
     computed = np.ones(unstable.shape[0], bool) if computed is None else computed
     pruner.plan_step(step, computed, unstable)
-
-
-# ---------------------------------------------------------------------------------------------- block cases
-def _capture(model, block, call):
-    """The arguments the tiny model passes to ``block`` (realistic rotary tables and embeddings)."""
-    got = {}
-    handle = block.register_forward_pre_hook(lambda m, a, k: got.update(args=a, kwargs=k), with_kwargs=True)
-    with torch.no_grad():
-        call(model)
-    handle.remove()
-    return block.eval(), got["args"], got["kwargs"]
-
-
-def _basic(norm_type="layer_norm"):
-    torch.manual_seed(0)
-    extra = {"num_embeds_ada_norm": 10} if norm_type == "ada_norm_zero" else {}
-    block = BasicTransformerBlock(16, 2, 8, cross_attention_dim=12, norm_type=norm_type, **extra).eval()
-    kwargs = {"encoder_hidden_states": torch.randn(2, 5, 12)}
-    if norm_type == "ada_norm_single":  # PixArt
-        kwargs["timestep"] = torch.randn(2, 6 * 16)
-    if norm_type == "ada_norm_zero":  # DiT
-        kwargs.update(timestep=torch.tensor([3, 7]), class_labels=torch.tensor([1, 2]))
-    return block, (torch.randn(2, 64, 16),), kwargs
-
-
-def _joint(context_pre_only=False, dual=False):
-    torch.manual_seed(0)
-    block = JointTransformerBlock(
-        16, 2, 8, context_pre_only=context_pre_only, qk_norm="rms_norm", use_dual_attention=dual
-    ).eval()
-    return (
-        block,
-        (),
-        dict(
-            hidden_states=torch.randn(2, 64, 16), encoder_hidden_states=torch.randn(2, 5, 16), temb=torch.randn(2, 16)
-        ),
-    )
-
-
-@functools.cache
-def _flux():
-    torch.manual_seed(0)
-    return diffusers.FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=4,
-        num_layers=1,
-        num_single_layers=1,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        pooled_projection_dim=32,
-        axes_dims_rope=(4, 6, 6),
-    )
-
-
-def _flux_block(single):
-    model = _flux()
-    ids = torch.stack([torch.zeros(64), torch.arange(64) // 8, torch.arange(64) % 8], dim=1)
-
-    def call(m):
-        return m(
-            hidden_states=torch.randn(2, 64, 4),
-            encoder_hidden_states=torch.randn(2, 5, 32),  # noqa: E731
-            pooled_projections=torch.randn(2, 32),
-            timestep=torch.tensor([0.5, 0.5]),
-            img_ids=ids,
-            txt_ids=torch.zeros(5, 3),
-        )
-
-    return _capture(model, model.single_transformer_blocks[0] if single else model.transformer_blocks[0], call)
-
-
-def _cogvideox():
-    from diffusers.models.embeddings import get_3d_rotary_pos_embed
-
-    torch.manual_seed(0)
-    model = diffusers.CogVideoXTransformer3DModel(
-        num_attention_heads=2,
-        attention_head_dim=16,
-        in_channels=4,
-        out_channels=4,
-        num_layers=1,
-        sample_width=8,
-        sample_height=8,
-        sample_frames=9,
-        patch_size=2,
-        text_embed_dim=32,
-        time_embed_dim=16,
-        use_rotary_positional_embeddings=True,
-        max_text_seq_length=5,
-    )
-    rope = get_3d_rotary_pos_embed(16, ((0, 0), (4, 4)), (4, 4), 3)
-
-    def call(m):
-        return m(
-            hidden_states=torch.randn(2, 3, 4, 8, 8),
-            encoder_hidden_states=torch.randn(2, 5, 32),  # noqa
-            timestep=torch.tensor([10, 10]),
-            image_rotary_emb=rope,
-        )
-
-    return _capture(model, model.transformer_blocks[0], call)
-
-
-def _wan(per_token_timestep=False):
-    torch.manual_seed(0)
-    model = diffusers.WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=16,
-        in_channels=4,
-        out_channels=4,
-        text_dim=32,
-        freq_dim=32,
-        ffn_dim=64,
-        num_layers=1,
-        rope_max_seq_len=32,
-    )
-    t = torch.randint(0, 1000, (2, 48)) if per_token_timestep else torch.tensor([10, 10])  # Wan 2.2 ti2v: [B, L]
-
-    def call(m):
-        return m(
-            hidden_states=torch.randn(2, 4, 3, 8, 8),
-            timestep=t,  # noqa: E731
-            encoder_hidden_states=torch.randn(2, 5, 32),
-        )
-
-    return _capture(model, model.blocks[0], call)
-
-
-def _ltx():
-    torch.manual_seed(0)
-    model = diffusers.LTXVideoTransformer3DModel(
-        in_channels=8,
-        out_channels=8,
-        patch_size=1,
-        patch_size_t=1,
-        num_attention_heads=2,
-        attention_head_dim=16,
-        cross_attention_dim=32,
-        num_layers=1,
-        caption_channels=32,
-    )
-
-    def call(m):
-        return m(
-            hidden_states=torch.randn(2, 48, 8),
-            encoder_hidden_states=torch.randn(2, 5, 32),  # noqa
-            timestep=torch.tensor([10, 10]),
-            encoder_attention_mask=torch.ones(2, 5),
-            num_frames=3,
-            height=4,
-            width=4,
-        )
-
-    return _capture(model, model.transformer_blocks[0], call)
-
-
-IMAGE, VIDEO = (8, 8), (3, 4, 4)
-CASES = {  # name -> (builder, token grid)
-    "unet-basic": (_basic, IMAGE),
-    "pixart-basic": (lambda: _basic("ada_norm_single"), IMAGE),
-    "dit-basic": (lambda: _basic("ada_norm_zero"), IMAGE),
-    "sd3-joint": (_joint, IMAGE),
-    "sd3-joint-last": (lambda: _joint(context_pre_only=True), IMAGE),
-    "sd35-joint-dual": (lambda: _joint(dual=True), IMAGE),
-    "flux-double": (lambda: _flux_block(False), IMAGE),
-    "flux-single": (lambda: _flux_block(True), IMAGE),
-    "cogvideox": (_cogvideox, VIDEO),
-    "wan": (_wan, VIDEO),
-    "wan22-ti2v": (lambda: _wan(True), VIDEO),
-    "ltx-video": (_ltx, VIDEO),
-}
-
-
-@functools.cache
-def _case(name):
-    """``(block, args, kwargs, grid)`` of a case, built once (the tests never modify the block)."""
-    return CASES[name][0]() + (CASES[name][1],)
 
 
 def _hidden(args, kwargs):
@@ -239,7 +59,7 @@ def _same_map(grid, fraction=0.3, seed=1):
 # ---------------------------------------------------------------------------------------------- exactness
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_every_token_unstable_equals_the_stock_block_bit_for_bit_and_refreshes_the_caches(case):
-    block, args, kwargs, grid = _case(case)
+    block, args, kwargs, grid = block_case(case)
     x = _hidden(args, kwargs)
     x_new = x + 0.5 * torch.randn(x.shape, generator=torch.Generator().manual_seed(5))
     pruner, out = _pruned_pair(block, args, kwargs, torch.ones((2,) + grid, dtype=torch.bool), x_new)
@@ -252,7 +72,7 @@ def test_every_token_unstable_equals_the_stock_block_bit_for_bit_and_refreshes_t
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_refresh_then_prune_at_the_same_input_returns_the_stock_outputs_for_kept_and_text_tokens(case):
-    block, args, kwargs, grid = _case(case)
+    block, args, kwargs, grid = block_case(case)
     reference = _stock(block, args, kwargs)
     pruner, out = _pruned_pair(block, args, kwargs, _same_map(grid))
     assert pruner.stats["tokens_in"] < 0.7 * pruner.stats["tokens_total"] and not pruner.fallbacks
@@ -268,7 +88,7 @@ def test_refresh_then_prune_at_the_same_input_returns_the_stock_outputs_for_kept
 def test_pruned_tokens_attend_to_the_cached_keys_and_values_of_stable_tokens(case):
     """Refresh at X, prune at X': kept tokens (and text) get the stock block's output at the input that is X'
     on the kept tokens and X on the stable ones; stable tokens keep the stock output at X."""
-    block, args, kwargs, grid = _case(case)
+    block, args, kwargs, grid = block_case(case)
     x = _hidden(args, kwargs)
     x_new = x + 0.5 * torch.randn(x.shape, generator=torch.Generator().manual_seed(7))
     unstable = _same_map(grid)
@@ -290,7 +110,7 @@ def test_pruned_tokens_attend_to_the_cached_keys_and_values_of_stable_tokens(cas
 def test_the_cache_holds_each_tokens_latest_keys_values_and_outputs(case):
     """Refresh at X0, prune at X1 keeping A, prune at X2 keeping B: a token kept at step 1 but not at step 2
     contributes its step-1 keys/values (and output), the others their refresh ones."""
-    block, args, kwargs, grid = _case(case)
+    block, args, kwargs, grid = block_case(case)
     gen = torch.Generator().manual_seed(11)
     x0 = _hidden(args, kwargs)
     x1, x2 = (x0 + 0.5 * torch.randn(x0.shape, generator=gen) for _ in range(2))
@@ -315,7 +135,7 @@ def test_the_cache_holds_each_tokens_latest_keys_values_and_outputs(case):
 
 @pytest.mark.parametrize("case", ["sd3-joint", "flux-double", "ltx-video"])
 def test_a_row_refreshing_after_a_skip_and_a_pruned_row_share_one_call_exactly(case):
-    block, args, kwargs, grid = _case(case)
+    block, args, kwargs, grid = block_case(case)
     x = _hidden(args, kwargs)
     x_new = x + 0.5 * torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
     unstable = _same_map(grid)
@@ -348,7 +168,7 @@ def _count_rows(module, seen):
 
 @pytest.mark.parametrize("case", ["unet-basic", "sd3-joint"])
 def test_tokens_through_projections_and_mlp_match_the_map_per_sample(case):
-    block, args, kwargs, _ = _case(case)
+    block, args, kwargs, _ = block_case(case)
     attn = block.attn1 if case == "unet-basic" else block.attn
     unstable = torch.zeros(2, 8, 8, dtype=torch.bool)
     unstable[0, :3] = True  # sample 0: 24 unstable tokens
@@ -371,7 +191,7 @@ def test_tokens_through_projections_and_mlp_match_the_map_per_sample(case):
 
 
 def test_cache_bytes_count_block_outputs_and_self_attention_keys_values():
-    block, args, kwargs = _joint(dual=True)
+    block, args, kwargs = joint_block(dual=True)
     pruner, _ = _pruned_pair(block, args, kwargs, _same_map(IMAGE))
     outputs = 2 * 64 * 16 * 4  # rows x tokens x width x float32
     kv = 2 * 2 * (2 * 2 * 64 * 8 * 4)  # (attn, attn2) x (K, V) x rows x heads x tokens x head_dim x float32
@@ -381,12 +201,12 @@ def test_cache_bytes_count_block_outputs_and_self_attention_keys_values():
 
 # ---------------------------------------------------------------------------------------------- fallbacks
 def test_a_processor_that_bypasses_sdpa_falls_back_to_whole_block_pruning_with_a_warning():
-    block, args, kwargs = _basic()
+    block, args, kwargs = basic_block()
     block.attn1.set_processor(AttnProcessor())  # the pre-2.0 processor: no scaled_dot_product_attention call
     with pytest.warns(RuntimeWarning, match="runs without context"):
         pruner, out = _pruned_pair(block, args, kwargs, _same_map(IMAGE))
     assert "AttnProcessor" in pruner.fallbacks["b"] and pruner.kv_cache_bytes() == 0
-    _, legacy = _pruned_pair(_basic()[0], args, kwargs, _same_map(IMAGE), context=False)
+    _, legacy = _pruned_pair(basic_block()[0], args, kwargs, _same_map(IMAGE), context=False)
     torch.testing.assert_close(out[0], legacy[0], **TOL)
 
 
@@ -413,7 +233,7 @@ def test_declared_output_structure_is_enforced():
 
 
 def test_a_bound_forward_given_with_the_class_name_uses_the_block_for_context():
-    block, args, kwargs = _basic()  # how a hook that holds only ``module.forward`` calls the pruner
+    block, args, kwargs = basic_block()  # how a hook that holds only ``module.forward`` calls the pruner
     pruner = TokenPruner(CFG)
     with torch.no_grad():
         _plan(pruner, 5, _same_map(IMAGE))
