@@ -15,19 +15,15 @@ import json
 from pathlib import Path
 
 from benchmarks.merge_results import merged_note
-from benchmarks.methods import TOLERANCES
-from benchmarks.render import DOCS_END, RESULTS_DIR, _replace_section, load_for_storage
+from benchmarks.methods import TOLERANCES, dial_method
+from benchmarks.render import DOCS_END, RESULTS_DIR, _replace_section, draw_pareto, load_for_storage
 
-__all__ = ["DIAL_BEGIN", "dial_points", "dial_check", "render_dial", "update_dial"]
+__all__ = ["DIAL_BEGIN", "dial_points", "dial_check", "plot_name", "render_dial", "update_dial"]
 
 DIAL_BEGIN = "<!-- begin generated: sada bench-report docs/results/bench-dial-results.json --dial -->"
 STORED = "bench-dial-results.json"
 MIN_COUNTS = 6
 MIN_RATIO = 3.0
-
-
-def _name(tolerance: float) -> str:
-    return f"SADA, tolerance {tolerance:g}"
 
 
 def dial_points(cell: dict) -> list[tuple[float, float, float | None, float | None]]:
@@ -41,7 +37,7 @@ def dial_points(cell: dict) -> list[tuple[float, float, float | None, float | No
         (0.0, float(cell["baseline_nfe"]), base.get("PSNR vs ODE"), None)
     ]
     for tolerance in TOLERANCES:
-        row = rows.get(_name(tolerance))
+        row = rows.get(dial_method(tolerance))
         if row and "NFE" in row:
             points.append((tolerance, float(row["NFE"]), row.get("PSNR vs ODE"), row.get("Δ vs peer")))
     return points
@@ -114,14 +110,25 @@ def render_dial(results: dict) -> str:
         f"The dial goal (>= {MIN_COUNTS} distinct evaluation counts, monotone, from 1.00x to >= {MIN_RATIO:g}x): "
         f"met in {met} of {len(cells)} cells.",
         "",
-        DOCS_END,
+        "Each cell's front: PSNR against the ODE solution over evaluations per sample, every plain grid the cell "
+        "ran as a line, the dial's points joined in tolerance order and labelled with their tolerance (a range where "
+        "several gave the same run; `= default` marks the default's point, the large dot; 0 is the full run).",
+        "",
     ]
+    lines += [f"![The dial, {cell['name']}]({RESULTS_DIR}/img/{plot_name(cell)})" for cell in cells]
+    lines += ["", DOCS_END]
     return "\n".join(lines) + "\n"
 
 
+def plot_name(cell: dict) -> str:
+    """The file name of a cell's dial plot in the results folder's ``img/``."""
+    return f"dial-pareto-{cell['name'].replace('/', '-')}.png"
+
+
 def update_dial(results_path, page_path) -> Path:
-    """Store the results (without per-image arrays) as ``results/bench-dial-results.json`` beside ``page_path``
-    and replace the page's generated dial section. Returns the stored JSON's path."""
+    """Store the results (without per-image arrays) as ``results/bench-dial-results.json`` beside ``page_path``,
+    draw each dial cell's Pareto plot from them into ``results/img/`` (:func:`plot_name`) and replace the page's
+    generated dial section. Returns the stored JSON's path."""
     page_path = Path(page_path)
     data = load_for_storage(results_path)
     text = render_dial(data)
@@ -130,5 +137,10 @@ def update_dial(results_path, page_path) -> Path:
     stored = page_path.parent / RESULTS_DIR / STORED
     stored.parent.mkdir(parents=True, exist_ok=True)
     stored.write_text(json.dumps(data, indent=1) + "\n")
+    images = stored.parent / "img"
+    images.mkdir(exist_ok=True)
+    for cell in data["cells"]:
+        if len(dial_points(cell)) > 1:
+            draw_pareto(cell, images / plot_name(cell), compact=True)
     _replace_section(page_path, DIAL_BEGIN, text)
     return stored

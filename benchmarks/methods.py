@@ -77,11 +77,16 @@ def main_methods(cell, full_grid) -> list[Method]:
     return out
 
 
+def dial_method(tolerance: float) -> str:
+    """The method name of the accuracy dial's point at ``tolerance`` (a row of the ``tolerance`` group)."""
+    return f"SADA, tolerance {tolerance:g}"
+
+
 def tolerance_methods() -> list[Method]:
     """The accuracy dial at every tolerance of :data:`TOLERANCES` (the adapter default's other settings)."""
     return [
         Method(
-            f"SADA, tolerance {t:g}",
+            dial_method(t),
             "tolerance",
             "sada",
             SADAConfig(schedule=ErrorControl(tolerance=t)),

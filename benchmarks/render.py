@@ -305,6 +305,19 @@ def _copy_plot(source: Path, target: Path, compact: bool) -> None:
         image.convert("RGB").quantize(colors=64).save(target, optimize=True)
 
 
+def draw_pareto(cell: dict, target: Path, compact: bool) -> None:
+    """Draw a cell's Pareto plot from its stored rows (:func:`benchmarks.plots.save_pareto`) into ``target``;
+    ``compact`` as for :func:`_copy_plot`. A page's plots are thus redrawn from the results it stores."""
+    import tempfile
+
+    from benchmarks.plots import save_pareto
+
+    with tempfile.TemporaryDirectory() as tmp:
+        drawn = Path(tmp) / "pareto.png"
+        save_pareto(cell, drawn)
+        _copy_plot(drawn, target, compact)
+
+
 def results_folder(page_path, matrix: bool = False) -> Path:
     """Where a page's generated files go: the :data:`RESULTS_DIR` folder beside the benchmarks page
     (``docs/results/``); the matrix page lives in that folder itself (``docs/results/benchmark-matrix.md``)."""
@@ -324,8 +337,8 @@ def load_for_storage(results_path) -> dict:
 def update_docs(results_path, page_path, matrix: bool = False) -> Path:
     """Regenerate a docs page from a run: store the results (without per-image arrays) in the page's
     :func:`results_folder` (``bench-results.json``; ``matrix=True``: ``bench-matrix-results.json``), copy the
-    figures from the run's folder into its ``img/`` (the main cells' Pareto plots and sample grids; ``matrix=True``:
-    every cell's Pareto plot) and replace the page's generated section; ``matrix=True`` also regenerates the matrix
+    figures into its ``img/`` (the main cells' Pareto plots, redrawn from the stored results, and sample grids,
+    copied from the run's folder; ``matrix=True``: every cell's Pareto plot) and replace the page's generated section; ``matrix=True`` also regenerates the matrix
     summary of the ``benchmarks.md`` that holds the results folder, where it has one (:data:`SUMMARY_BEGIN`).
     Returns the stored JSON's path."""
     results_path, page_path = Path(results_path), Path(page_path)
@@ -340,12 +353,15 @@ def update_docs(results_path, page_path, matrix: bool = False) -> Path:
     images.mkdir(parents=True, exist_ok=True)
     stored.write_text(json.dumps(data, indent=1) + "\n")
     main_cells = {c.name for c in DEFAULT_CELLS}
+    prefix = "matrix" if matrix else "bench"
     for cell in data["cells"]:
+        if not (matrix or cell["name"] in main_cells):
+            continue
         slug = cell["name"].replace("/", "-")
-        for kind in ("pareto",) if matrix else ("pareto", "grid"):
-            source = results_path.parent / f"{kind}-{slug}.png"
-            if source.is_file() and (matrix or cell["name"] in main_cells):
-                _copy_plot(source, images / f"{'matrix' if matrix else 'bench'}-{kind}-{slug}.png", compact=matrix)
+        draw_pareto(cell, images / f"{prefix}-pareto-{slug}.png", compact=matrix)
+        source = results_path.parent / f"grid-{slug}.png"  # sample images: not in the results, copied from the run
+        if not matrix and source.is_file():
+            _copy_plot(source, images / f"{prefix}-grid-{slug}.png", compact=False)
     _replace_section(page_path, begin, text)
     summary = folder.parent / "benchmarks.md"
     if matrix and summary.is_file() and SUMMARY_BEGIN in summary.read_text():

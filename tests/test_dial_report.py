@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 
 from benchmarks.cli import main
-from benchmarks.dial_report import DIAL_BEGIN, dial_check, dial_points, render_dial, update_dial
-from benchmarks.methods import TOLERANCES
+from benchmarks.dial_report import DIAL_BEGIN, dial_check, dial_points, plot_name, render_dial, update_dial
+from benchmarks.methods import TOLERANCES, dial_method
+from benchmarks.plots import dial_labels
 from benchmarks.render import DOCS_END
 
 
@@ -68,6 +69,25 @@ def test_render_shows_each_point_and_tallies_the_goal():
     assert "met in 1 of 2 cells" in text
 
 
+def test_each_distinct_dial_point_is_labelled_with_its_tolerance_or_their_range_and_the_default_point_is_marked():
+    rows = [
+        {"method": "baseline", "NFE": 50.0, "PSNR vs ODE": 45.0},
+        {"method": "SADA", "NFE": 22.0, "PSNR vs ODE": 44.0},
+    ]
+    points = [(48.0, 45.1), (30.0, 44.5), (22.0, 44.0), (22.0, 44.0), (22.0, 44.0), (15.0, 41.0), (12.0, 38.0)]
+    rows += [{"method": dial_method(t), "NFE": n, "PSNR vs ODE": p} for t, (n, p) in zip(TOLERANCES, points)]
+    labels = dial_labels({"name": "a", "rows": rows})
+    assert labels == [
+        (50.0, 45.0, "0"),
+        (48.0, 45.1, "0.0005"),
+        (30.0, 44.5, "0.001"),
+        (22.0, 44.0, "0.002-0.01 = default"),
+        (15.0, 41.0, "0.02"),
+        (12.0, 38.0, "0.05"),
+    ]  # 0.1 did not run: no label; the full run starts the dial
+    assert dial_labels({"name": "b", "rows": rows[:2]}) == []  # no dial run, no labels (the matrix cells)
+
+
 def test_render_without_a_tolerance_group_says_how_to_run_it():
     cell = _cell("a", [])
     with pytest.raises(ValueError, match="--groups tolerance"):
@@ -83,6 +103,8 @@ def test_update_stores_the_json_and_replaces_only_the_section(tmp_path):
     stored = json.loads((tmp_path / "results" / "bench-dial-results.json").read_text())
     assert all("psnr_ode_per_image" not in row for row in stored["cells"][0]["rows"])
     assert page.read_text() == f"head\n{render_dial(stored)}tail\n"
+    assert "![The dial, a/x/50](results/img/dial-pareto-a-x-50.png)" in page.read_text()
+    assert (tmp_path / "results" / "img" / plot_name(stored["cells"][0])).stat().st_size > 1000  # drawn from the data
     page.write_text("no marker\n")
     with pytest.raises(ValueError, match="needs exactly one"):
         update_dial(run, page)
