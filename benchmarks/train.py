@@ -1,4 +1,6 @@
-"""Train, save, load and sample the tiny real benchmark models (16x16 sklearn digits, class-conditional).
+"""Train and evaluate the tiny real benchmark models (16x16 sklearn digits, class-conditional).
+
+Their bundles are written, loaded offline and sampled by :mod:`benchmarks.bundles`.
 
 Shipped bundles (under ``benchmarks/assets/``), all loadable offline:
 
