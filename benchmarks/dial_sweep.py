@@ -166,6 +166,7 @@ def sweep(
     seeds,
     host="diffusers",
     unipc_corrector_off_on_skips=False,
+    after_skips=None,
 ):
     from sada.config import SADAConfig
 
@@ -176,6 +177,10 @@ def sweep(
         from benchmarks.unipc_corrector import switch_corrector_off_on_skips
 
         switch_corrector_off_on_skips(cell)
+    if after_skips is not None:
+        from benchmarks.history_refinement import refine_history_after_skips
+
+        refined = refine_history_after_skips(cell, after_skips)
     per_step = cell.per_step
     rows = []
     for steps in steps_list:
@@ -201,6 +206,8 @@ def sweep(
                 f"plain at equal NFE {peer:6.2f}  delta {value - peer:+6.2f}",
                 flush=True,
             )
+    if after_skips is not None:
+        print(f"skipped steps re-estimated after the fact ({after_skips}): {refined['refined']}", flush=True)
     cell.close()
     return rows
 
@@ -217,6 +224,14 @@ def main(argv=None) -> int:
         action="store_true",
         help="an experiment (not adopted): UniPC's corrector off on every step SADA skipped",
     )
+    parser.add_argument(
+        "--after-skips",
+        choices=("history", "corrector", "replay"),
+        default=None,
+        help="an experiment (promising, not in the library; UniPC / DPM-Solver++): once the network runs again, the "
+        "skipped steps re-estimated by interpolation -- in the scheduler's history, for UniPC's corrector only, or "
+        "the skipped stretch re-integrated (replay)",
+    )
     args = parser.parse_args(argv)
     overrides = overrides_of(args)
     tolerances = [None] if not args.tolerances else args.tolerances
@@ -231,6 +246,7 @@ def main(argv=None) -> int:
         args.seeds,
         host=args.host,
         unipc_corrector_off_on_skips=args.unipc_corrector_off_on_skips,
+        after_skips=args.after_skips,
     )
     return 0
 

@@ -250,3 +250,48 @@ def test_the_corrector_experiment_switches_unipc_off_exactly_on_the_steps_no_net
     runner.pipe.scheduler = DDIMScheduler()
     with pytest.raises(ValueError, match="needs a UniPC scheduler, got DDIMScheduler"):
         switch_corrector_off_on_skips(runner)
+
+
+@pytest.mark.parametrize("name", ["UniPCMultistepScheduler", "DPMSolverMultistepScheduler"])
+def test_the_replay_experiment_erases_a_skipped_steps_error_when_the_clean_predictions_are_quadratic_in_sigma(name):
+    """Once the network runs after a skip, the skipped stretch is re-integrated with the interpolated clean
+    prediction: where the clean predictions are exactly quadratic in sigma, a wrong output on the skipped step
+    leaves no trace -- the run equals the plain one fed the exact outputs."""
+    from types import SimpleNamespace
+
+    import diffusers
+    import torch
+
+    import benchmarks.history_refinement as refinement
+
+    cls = getattr(diffusers, name)
+    config = dict(prediction_type="sample", use_karras_sigmas=True)
+    runner = SimpleNamespace(pipe=SimpleNamespace(scheduler=cls(**config)), counter=SimpleNamespace(rows=0))
+    state = refinement.refine_history_after_skips(runner, "replay")
+    patched, plain = runner.pipe.scheduler, cls(**config)
+    for scheduler in (patched, plain):
+        scheduler.set_timesteps(8)
+    gen = torch.Generator().manual_seed(0)
+    a, b, c = (torch.randn(1, 2, 4, 4, generator=gen, dtype=torch.float64) for _ in range(3))
+    history_runner = SimpleNamespace(pipe=SimpleNamespace(scheduler=cls(**config)), counter=runner.counter)
+    refinement.refine_history_after_skips(history_runner, "history")
+    unreplayed = history_runner.pipe.scheduler
+    unreplayed.set_timesteps(8)
+    x = y = z = torch.randn(1, 2, 4, 4, generator=gen, dtype=torch.float64) * 10
+    # the network ran on every step but step 3; stop before the last step, which returns its clean prediction
+    for i, rows in enumerate([2, 4, 6, 6, 8, 10]):
+        runner.counter.rows = rows
+        sigma = float(plain.sigmas[i])
+        exact = a + b * sigma + c * sigma**2  # the clean prediction, quadratic in sigma
+        wrong = exact + 5.0 if i == 3 else exact  # a skip's estimate that missed
+        x = patched.step(wrong, patched.timesteps[i], x).prev_sample
+        y = plain.step(exact, plain.timesteps[i], y).prev_sample
+        z = unreplayed.step(wrong, unreplayed.timesteps[i], z).prev_sample
+    assert state["refined"] == 1
+    torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-9)
+    assert (z - y).abs().max() > 0.01  # refining only the history leaves the missed estimate in the sample
+    runner.pipe.scheduler = diffusers.DDIMScheduler()
+    with pytest.raises(ValueError, match="needs a UniPC or DPM-Solver"):
+        refinement.refine_history_after_skips(runner)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        refinement.refine_history_after_skips(runner, "redo")
