@@ -291,7 +291,43 @@ def test_the_replay_experiment_erases_a_skipped_steps_error_when_the_clean_predi
     torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-9)
     assert (z - y).abs().max() > 0.01  # refining only the history leaves the missed estimate in the sample
     runner.pipe.scheduler = diffusers.DDIMScheduler()
-    with pytest.raises(ValueError, match="needs a UniPC or DPM-Solver"):
+    with pytest.raises(ValueError, match="needs a UniPC, DPM-Solver"):
         refinement.refine_history_after_skips(runner)
     with pytest.raises(ValueError, match="mode must be one of"):
         refinement.refine_history_after_skips(runner, "redo")
+
+
+def test_the_replay_experiment_on_flow_euler_erases_a_skipped_velocitys_error_for_quadratic_clean_predictions():
+    from types import SimpleNamespace
+
+    import diffusers
+    import torch
+
+    import benchmarks.history_refinement as refinement
+
+    cls = diffusers.FlowMatchEulerDiscreteScheduler
+    counter = SimpleNamespace(rows=0)
+    runner = SimpleNamespace(pipe=SimpleNamespace(scheduler=cls()), counter=counter)
+    state = refinement.refine_history_after_skips(runner, "replay")
+    patched, plain, unreplayed = runner.pipe.scheduler, cls(), cls()
+    for scheduler in (patched, plain, unreplayed):
+        scheduler.set_timesteps(8)
+    gen = torch.Generator().manual_seed(0)
+    a, b, c = (torch.randn(1, 2, 4, 4, generator=gen) for _ in range(3))
+    x = y = z = torch.randn(1, 2, 4, 4, generator=gen)
+    for i, rows in enumerate([2, 4, 6, 6, 8, 10]):  # step 3 skipped
+        counter.rows = rows
+        sigma = float(plain.sigmas[i])
+        exact = a + b * sigma + c * sigma**2  # the clean prediction, quadratic in sigma
+
+        def velocity(sample, missed=0.0):  # what a network with that clean prediction returns at ``sample``
+            return (sample - exact) / sigma + missed
+
+        x = patched.step(velocity(x, 3.0 if i == 3 else 0.0), patched.timesteps[i], x).prev_sample
+        y = plain.step(velocity(y), plain.timesteps[i], y).prev_sample
+        z = unreplayed.step(velocity(z, 3.0 if i == 3 else 0.0), unreplayed.timesteps[i], z).prev_sample
+    assert state["refined"] == 1
+    torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+    assert (z - y).abs().max() > 0.1  # without the replay the missed velocity stays in the sample
+    with pytest.raises(ValueError, match="only mode 'replay' applies"):
+        refinement.refine_history_after_skips(SimpleNamespace(pipe=SimpleNamespace(scheduler=cls())), "history")
