@@ -39,6 +39,20 @@ def _quadratic_at(points, sigma):
     return out
 
 
+def _enter_step(scheduler, runner, state, reset, timestep):
+    """At the start of a scheduler step: a new run resets ``state``; returns the step's index, its ``sigma`` and
+    whether the network ran for it (the runner's row counter moved since the last step)."""
+    if scheduler.step_index is None:  # a new run
+        reset()
+        scheduler._init_step_index(timestep)
+    rows = runner.counter.rows
+    computed = state["rows"] is None or rows != state["rows"]
+    state["rows"] = rows
+    i = scheduler.step_index
+    state["timesteps"][i] = timestep
+    return i, float(scheduler.sigmas[i]), computed
+
+
 def _copy_state(scheduler) -> dict:
     return {k: (list(v) if isinstance(v, list) else v) for k, v in scheduler.__dict__.items()}
 
@@ -73,15 +87,7 @@ def refine_history_after_skips(runner, mode: str = "replay") -> dict:
             return forced if forced is not None else super().convert_model_output(*args, **kwargs)
 
         def step(self, model_output, timestep, sample, *args, **kwargs):
-            if self.step_index is None:  # a new run
-                reset()
-                self._init_step_index(timestep)
-            rows = runner.counter.rows
-            computed = state["rows"] is None or rows != state["rows"]
-            state["rows"] = rows
-            i = self.step_index
-            sigma = float(self.sigmas[i])
-            state["timesteps"][i] = timestep
+            i, sigma, computed = _enter_step(self, runner, state, reset, timestep)
             refine = computed and state["skipped"] and len(state["real"]) >= POINTS - 1
             x0 = self.convert_model_output(model_output, sample=sample)  # at the sample the network saw
             points = state["real"][-(POINTS - 1) :] + [(sigma, x0)] if refine else None
@@ -155,15 +161,7 @@ def _replay_flow_euler(runner) -> dict:
 
     class Replayed(type(scheduler)):
         def step(self, model_output, timestep, sample, *args, **kwargs):
-            if self.step_index is None:  # a new run
-                reset()
-                self._init_step_index(timestep)
-            rows = runner.counter.rows
-            computed = state["rows"] is None or rows != state["rows"]
-            state["rows"] = rows
-            i = self.step_index
-            sigma = float(self.sigmas[i])
-            state["timesteps"][i] = timestep
+            i, sigma, computed = _enter_step(self, runner, state, reset, timestep)
             x0 = sample - sigma * model_output  # at the sample the network saw
             if computed and state["skipped"] and len(state["real"]) >= POINTS - 1:
                 points = state["real"][-(POINTS - 1) :] + [(sigma, x0)]
