@@ -53,8 +53,9 @@ def _enter_step(scheduler, runner, state, reset, timestep):
     return i, float(scheduler.sigmas[i]), computed
 
 
-def _copy_state(scheduler) -> dict:
-    return {k: (list(v) if isinstance(v, list) else v) for k, v in scheduler.__dict__.items()}
+def _copy_state(attributes: dict) -> dict:
+    """A scheduler's attributes with its lists (the history) copied, so stepping on does not change the copy."""
+    return {k: (list(v) if isinstance(v, list) else v) for k, v in attributes.items()}
 
 
 def refine_history_after_skips(runner, mode: str = "replay") -> dict:
@@ -97,7 +98,7 @@ def refine_history_after_skips(runner, mode: str = "replay") -> dict:
                 self._refine_history(i, points)
             if computed:
                 state["skipped"] = {}
-                state["snap"] = (i, sample, _copy_state(self))
+                state["snap"] = (i, sample, _copy_state(self.__dict__))
             else:
                 state["skipped"][i] = sigma
             state["force_x0"], state["at"] = x0, i
@@ -112,7 +113,7 @@ def refine_history_after_skips(runner, mode: str = "replay") -> dict:
         def _replay(self, i, points):
             """Re-integrate from the last computed step to step ``i``; returns the new sample at ``i``."""
             c, x, saved = state["snap"]
-            self.__dict__.update({k: (list(v) if isinstance(v, list) else v) for k, v in saved.items()})
+            self.__dict__.update(_copy_state(saved))
             for j in range(c, i):  # the computed step c with its own clean prediction, then the skipped ones
                 state["force_x0"] = state["real"][-1][1] if j == c else _quadratic_at(points, state["skipped"][j])
                 x = super().step(state["force_x0"], state["timesteps"][j], x, return_dict=False)[0]
