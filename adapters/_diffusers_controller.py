@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from sada.adapters._diffusers_replay import SchedulerReplay, replay_applies
 from sada.adapters._diffusers_scheduler import SchedulerInfo, describe_scheduler, early_end_note, step_noise_reason
 from sada.adapters._other_caches import check_at_run
 from sada.config import SADAConfig
@@ -45,6 +46,7 @@ class Run:
     second_stage: bool = False
     compute: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # rows that compute at ``step``
     done: bool = False
+    replay: SchedulerReplay | None = None  # re-integrates skipped stretches (Numerics.reintegrate)
 
     @property
     def engine(self):
@@ -111,6 +113,8 @@ class Controller:
             self.last_note, self.last_session = self.run.note, None
             return self.run
         grid, calls = info.grid_for_run(scheduler, pos)
+        replays, replay_note = replay_applies(self.config, info, self.engine_factory is None, grid)
+        notes = [n for n in [early_end_note(scheduler, grid), replay_note] if n]
         session = SADASession(
             grid,
             info.kind,
@@ -119,10 +123,12 @@ class Controller:
             sample_scaling=info.scaling,
             solver_order=info.order,
             engine_factory=self.engine_factory,
-            host_notes=tuple(n for n in [early_end_note(scheduler, grid)] if n is not None),
+            host_notes=tuple(notes),
             **self._lockstep_arguments(),
         )
         self.run = Run(session, grid, info, calls, note=session.note, offset=offset)
+        if replays and isinstance(session.engine, SADAEngine):
+            self.run.replay = SchedulerReplay(session)
         self.last_note, self.last_session = session.note, session
         if self.pruner is not None:
             self.pruner.reset()
@@ -167,6 +173,10 @@ class Controller:
             run.compute = session.plan(0, sample, edm_sigma=float(run.grid.edm_sigma[0]))
         self._record_rows(session, n, sample.shape[0])
         model_output = session.complete(n, sample, model_output, edm_sigma=float(run.grid.edm_sigma[n]), record=False)
+        if run.replay is not None:
+            sample, model_output = run.replay.before_step(
+                n, scheduler, original, timestep, sample, model_output, run.compute
+            )
         return self._advance(run, scheduler, original(model_output, timestep, sample, *args, **kwargs))
 
     def _advance(self, run: Run, scheduler, result):

@@ -172,6 +172,11 @@ def sweep(
 
     if unipc_corrector_off_on_skips and host != "diffusers":  # checked before the model and references load
         raise ValueError(f"--unipc-corrector-off-on-skips needs --host diffusers, got {host!r}")
+    if after_skips is not None and config.get("reintegrate") is not False:
+        raise ValueError(
+            "--after-skips refines the scheduler's history on top of the run: pass --config '{\"reintegrate\": false}' "
+            "so the library's re-integration (Numerics.reintegrate) does not stack with it"
+        )
     cell = RUNNERS[host](model_name, sampler, overrides, first_seed, seeds)
     if unipc_corrector_off_on_skips:
         from benchmarks.unipc_corrector import switch_corrector_off_on_skips
@@ -226,11 +231,11 @@ def main(argv=None) -> int:
     )
     parser.add_argument(
         "--after-skips",
-        choices=("history", "corrector", "replay"),
+        choices=("history", "corrector"),
         default=None,
-        help="an experiment (promising, not in the library; UniPC / DPM-Solver++): once the network runs again, the "
-        "skipped steps re-estimated by interpolation -- in the scheduler's history, for UniPC's corrector only, or "
-        "the skipped stretch re-integrated (replay)",
+        help="an experiment (not adopted; UniPC / DPM-Solver++, with --config '{\"reintegrate\": false}'): once the "
+        "network runs again, the skipped steps still in the scheduler's history re-estimated by interpolation -- "
+        "for the predictor and the corrector, or for UniPC's corrector only",
     )
     args = parser.parse_args(argv)
     overrides = overrides_of(args)

@@ -110,6 +110,20 @@ def sd_embeds(batch, seed=0):
     return torch.randn(batch, 6, 32, generator=g), torch.randn(batch, 6, 32, generator=g)
 
 
+def sd_call(pipe, steps=30, batch=2, seed=0, **kwargs):
+    """A latent-output call of :func:`sd_pipeline` on 16x16 images with classifier-free guidance."""
+    pos, neg = sd_embeds(batch, seed)
+    options = dict(height=16, width=16, output_type="latent", guidance_scale=5.0)
+    options.update(kwargs)
+    return pipe(
+        prompt_embeds=pos,
+        negative_prompt_embeds=neg,
+        num_inference_steps=steps,
+        generator=torch.Generator().manual_seed(seed),
+        **options,
+    ).images
+
+
 def sdxl_pipeline(scheduler_name="EulerDiscreteScheduler"):
     import diffusers
 

@@ -199,14 +199,15 @@ def test_decisions_equal_the_torch_engine_fed_with_the_same_trajectory():
         return original_step(self, model_output, timestep, sample, *args, **kwargs)
 
     type(pipe.scheduler).step = spy
+    config = SADAConfig(reintegrate=False)  # the solver steps once per call (re-integration: test_reintegration.py)
     try:
-        with sada_d.enabled(pipe, SADAConfig()) as handle:
+        with sada_d.enabled(pipe, config) as handle:
             _sd_call(pipe, batch=3)
             grid = handle._controller.run.grid
             decisions = handle.trace.decisions.copy()
     finally:
         type(pipe.scheduler).step = original_step
-    engine = SADAEngine(SADAConfig(), grid, "epsilon")
+    engine = SADAEngine(config, grid, "epsilon")
     for n, (output, sample) in enumerate(seen):
         compute = engine.plan(n, sample)
         np.testing.assert_array_equal(compute, decisions[n] == Decision.COMPUTE, err_msg=f"step {n}")

@@ -349,6 +349,12 @@ class Numerics(_Part):
         step_error_rms: with a :class:`StepSchedule`, also veto a skip whose embedded local-error estimate, a
             relative RMS (error RMS over estimate RMS), exceeds this; ``None`` off. Corrected mode only (formerly
             ``error_tolerance``; not :attr:`ErrorControl.tolerance`, which is a ratio of two local errors).
+        reintegrate: once the network runs again after skipped steps, re-integrate the skipped stretch with the
+            clean predictions interpolated between the computed steps around it (the host's solver stepped again,
+            no network; docs/theory.md). ``None``: where the host can step its solver again (diffusers) and the
+            solver evaluates the model once per step -- always at order >= 2 (DPM-Solver++ 2M/3M, UniPC, DEIS),
+            from the dial's tolerance 0.01 on at first order (Euler, flow Euler, DDIM); ``True``: on every such
+            solver; ``False``: never. Not in paper mode.
     """
 
     mode: Mode = Mode.CORRECTED
@@ -357,6 +363,7 @@ class Numerics(_Part):
     abscissa: Abscissa | None = None
     lagrange_target: LagrangeTarget | None = None
     step_error_rms: float | None = None
+    reintegrate: bool | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "mode", choice(Mode, "mode", self.mode, optional=False))
@@ -371,6 +378,12 @@ class Numerics(_Part):
                     "step_error_rms needs mode='corrected' (its error estimate uses the corrected "
                     "estimator's noise history)"
                 )
+        if self.reintegrate is not None and not isinstance(self.reintegrate, bool):
+            raise TypeError(f"reintegrate must be True, False or None, got {self.reintegrate!r}")
+        if self.reintegrate and self.mode == Mode.PAPER:
+            raise ValueError(
+                "reintegrate=True needs mode='corrected': paper mode hands the solver the official outputs"
+            )
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,141 @@
+"""Re-integrating a skipped stretch on a diffusers scheduler (:mod:`sada.torch_backend.reintegration`).
+
+At every step where some row computes, :class:`SchedulerReplay` keeps the scheduler's state (its attributes, the
+history lists copied, the tensors shared: a diffusers scheduler rebinds its history entries, it does not write into
+them) and the sample. When a row computes again after skipped steps, the state of its last computed step ``c`` is
+restored and the unchanged ``step`` of the scheduler's class runs again from ``c`` to the new step with the
+interpolated clean predictions (as model outputs synthesised at the re-integrated samples); the rows that
+re-integrate then take the re-integrated sample and scheduler state, the others keep theirs. Arithmetic only: the
+network does not run again.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from sada.config import Mode
+from sada.torch_backend.reintegration import StretchNodes
+from sada.trajectory import synthesise_output, to_x0
+
+__all__ = ["SchedulerReplay", "replay_applies", "FIRST_ORDER_FROM"]
+
+
+FIRST_ORDER_FROM = 0.01  # a first-order solver re-integrates from this tolerance on (chosen on the tuning seeds)
+
+
+def replay_applies(config, info, engine_is_sada: bool, grid=None) -> tuple[bool, str]:
+    """Whether a run re-integrates its skipped stretches, and the trace note saying so (or why not).
+
+    ``Numerics.reintegrate``: ``None`` (default) re-integrates on a solver that evaluates the model once per step if
+    it is of order >= 2 (DPM-Solver++ 2M/3M, UniPC, DEIS) or, first order (Euler, flow Euler, DDIM), when the run's
+    dial tolerance is at least :data:`FIRST_ORDER_FROM` (``grid``: the run's, for the tolerance it resolves to);
+    ``True`` on any solver with one evaluation per step; ``False`` never. Paper mode never re-integrates (its outputs
+    are the official ones)."""
+    wanted = config.numerics.reintegrate
+    if wanted is False or not engine_is_sada or config.never_skips or config.numerics.mode == Mode.PAPER:
+        return False, ""
+    if info.two_stage:
+        reason = f"{info.name} evaluates the model twice per step"
+        return False, (f"no re-integration of skipped steps: {reason}" if wanted else "")
+    if wanted is None and info.order < 2:
+        step = None if grid is None else grid.median_log_snr_step
+        tolerance = getattr(config.for_solver(info.order, step).schedule, "tolerance", None)
+        if tolerance is None or tolerance < FIRST_ORDER_FROM:
+            return False, ""
+    return True, (
+        "skipped stretches are re-integrated once the network runs again (the interpolated clean predictions, "
+        f"{info.name} stepped again without the network)"
+    )
+
+
+def _copy_state(attributes: dict) -> dict:
+    """A scheduler's attributes with its lists copied, so stepping on does not change the copy."""
+    return {k: (list(v) if isinstance(v, list) else v) for k, v in attributes.items()}
+
+
+def _mix(current, replayed, rows: torch.Tensor | None, batch: int):
+    """``replayed`` on ``rows`` (a bool mask, ``None``: all), ``current`` elsewhere, for a state attribute."""
+    if rows is None or current is replayed:
+        return replayed
+    if isinstance(current, torch.Tensor) and isinstance(replayed, torch.Tensor):
+        if current.shape == replayed.shape and current.ndim >= 1 and current.shape[0] == batch:
+            return torch.where(rows.view((-1,) + (1,) * (current.ndim - 1)), replayed, current)
+        return replayed
+    if isinstance(current, list) and isinstance(replayed, list) and len(current) == len(replayed):
+        return [_mix(a, b, rows, batch) for a, b in zip(current, replayed)]
+    return replayed
+
+
+class SchedulerReplay:
+    """The solver states and clean predictions of one run on a diffusers scheduler (one evaluation per step)."""
+
+    def __init__(self, session):
+        self.session, self.grid, self.kind = session, session.grid, session.engine.kind
+        self.timesteps: dict = {}  # step -> the timestep the pipeline passed (stepped again with the same object)
+        self.nodes = StretchNodes(session.grid)
+        self.states: dict[int, tuple[dict, torch.Tensor]] = {}  # step -> (scheduler state, sample) before stepping
+
+    def before_step(self, step: int, scheduler, original, timestep, sample, model_output, computed: np.ndarray):
+        """The sample and model output that step ``step`` should take: re-integrated for the rows that computed
+        after skipped steps, unchanged elsewhere. Keeps the state of a step where some row computes; the trace's
+        ``extras["reintegrated_steps"]`` counts, per step, the skipped (row, step) pairs re-integrated there."""
+        if step == 0:
+            self.nodes.reset()
+            self.states.clear()
+            self.timesteps.clear()
+        self.timesteps[step] = timestep
+        alpha, sigma = float(self.grid.alpha[step]), float(self.grid.sigma[step])
+        canonical = self.session.canonical(sample, step)
+        x0 = to_x0(self.kind, model_output, canonical, alpha, sigma)
+        computed = np.asarray(computed, bool)
+        if computed.size != sample.shape[0]:  # a batch the plan does not describe: leave it alone
+            return sample, model_output
+        starts = self.nodes.push(step, x0, computed)  # a non-finite node gives a non-finite stretch: rejected below
+        if starts:
+            sample, model_output = self._reintegrate(step, scheduler, original, sample, model_output, x0, starts)
+        if computed.any():
+            self.states[step] = (_copy_state(scheduler.__dict__), sample.clone())
+            oldest = self.nodes.oldest_start()
+            for old in [s for s in self.states if s < oldest]:
+                del self.states[old]
+        return sample, model_output
+
+    def _reintegrate(self, step, scheduler, original, sample, model_output, x0, starts):
+        batch = sample.shape[0]
+        current = _copy_state(scheduler.__dict__)
+        merged, new_sample, moved = current, sample, np.zeros(batch, bool)
+        for start, rows in sorted(starts.items()):
+            state, x = self.states[start]
+            scheduler.__dict__.update(_copy_state(state))
+            x = self._step_again(start, step, scheduler, original, x)
+            ok = rows & _finite_rows(x)  # a row whose re-integration is not finite keeps its own run
+            if not ok.any():
+                continue
+            mask = None if ok.all() else torch.as_tensor(ok, device=sample.device)
+            replayed = _copy_state(scheduler.__dict__)
+            merged = {k: _mix(merged.get(k), v, mask, batch) for k, v in replayed.items()}
+            new_sample, moved = _mix(new_sample, x, mask, batch), moved | ok
+            counts = self.session.trace.extras.setdefault("reintegrated_steps", {})
+            counts[step] = counts.get(step, 0) + int(ok.sum()) * (step - start - 1)
+        scheduler.__dict__.update(merged)
+        if not moved.any():
+            return sample, model_output
+        alpha, sigma = float(self.grid.alpha[step]), float(self.grid.sigma[step])
+        held = synthesise_output(self.kind, x0, self.session.canonical(new_sample, step), alpha, sigma)
+        mask = torch.as_tensor(moved, device=sample.device).view((-1,) + (1,) * (sample.ndim - 1))
+        return new_sample, torch.where(mask, held.to(model_output.dtype), model_output)
+
+    def _step_again(self, start: int, step: int, scheduler, original, x):
+        """Step the restored scheduler from ``start`` (its computed clean prediction) over the skipped levels (the
+        interpolated ones) up to ``step``; returns the re-integrated sample at ``step``."""
+        for j in range(start, step):
+            x0_j = self.nodes.computed_x0() if j == start else self.nodes.interpolate(j)
+            alpha, sigma = float(self.grid.alpha[j]), float(self.grid.sigma[j])
+            output = synthesise_output(self.kind, x0_j, self.session.canonical(x, j), alpha, sigma).to(x.dtype)
+            x = original(output, self.timesteps[j], x, return_dict=False)[0]
+        return x
+
+
+def _finite_rows(x: torch.Tensor) -> np.ndarray:
+    return torch.isfinite(x).flatten(1).all(dim=1).cpu().numpy()
