@@ -85,21 +85,25 @@ class SchedulerReplay:
             self.states.clear()
             self.timesteps.clear()
         self.timesteps[step] = timestep
-        alpha, sigma = float(self.grid.alpha[step]), float(self.grid.sigma[step])
-        canonical = self.session.canonical(sample, step)
-        x0 = to_x0(self.kind, model_output, canonical, alpha, sigma)
         computed = np.asarray(computed, bool)
-        if computed.size != sample.shape[0]:  # a batch the plan does not describe: leave it alone
+        # a step no row computes leaves nothing to record; a batch the plan does not describe is left alone
+        if computed.size != sample.shape[0] or not computed.any():
             return sample, model_output
+        alpha, sigma = float(self.grid.alpha[step]), float(self.grid.sigma[step])
+        x0 = to_x0(self.kind, model_output, self.session.canonical(sample, step), alpha, sigma)
         starts = self.nodes.push(step, x0, computed)  # a non-finite node gives a non-finite stretch: rejected below
         if starts:
             sample, model_output = self._reintegrate(step, scheduler, original, sample, model_output, x0, starts)
-        if computed.any():
-            self.states[step] = (_copy_state(scheduler.__dict__), sample.clone())
-            oldest = self.nodes.oldest_start()
-            for old in [s for s in self.states if s < oldest]:
-                del self.states[old]
+        self.states[step] = (_copy_state(scheduler.__dict__), sample.clone())
+        oldest = self.nodes.oldest_start()
+        for old in [s for s in self.states if s < oldest]:
+            del self.states[old]
         return sample, model_output
+
+    def _output(self, x0: torch.Tensor, x: torch.Tensor, step: int) -> torch.Tensor:
+        """The model output from which the solver at sample ``x`` of ``step`` recovers ``x0``."""
+        alpha, sigma = float(self.grid.alpha[step]), float(self.grid.sigma[step])
+        return synthesise_output(self.kind, x0, self.session.canonical(x, step), alpha, sigma).to(x.dtype)
 
     def _reintegrate(self, step, scheduler, original, sample, model_output, x0, starts):
         batch = sample.shape[0]
@@ -121,19 +125,16 @@ class SchedulerReplay:
         scheduler.__dict__.update(merged)
         if not moved.any():
             return sample, model_output
-        alpha, sigma = float(self.grid.alpha[step]), float(self.grid.sigma[step])
-        held = synthesise_output(self.kind, x0, self.session.canonical(new_sample, step), alpha, sigma)
+        held = self._output(x0, new_sample, step).to(model_output.dtype)
         mask = torch.as_tensor(moved, device=sample.device).view((-1,) + (1,) * (sample.ndim - 1))
-        return new_sample, torch.where(mask, held.to(model_output.dtype), model_output)
+        return new_sample, torch.where(mask, held, model_output)
 
     def _step_again(self, start: int, step: int, scheduler, original, x):
         """Step the restored scheduler from ``start`` (its computed clean prediction) over the skipped levels (the
         interpolated ones) up to ``step``; returns the re-integrated sample at ``step``."""
         for j in range(start, step):
             x0_j = self.nodes.computed_x0() if j == start else self.nodes.interpolate(j)
-            alpha, sigma = float(self.grid.alpha[j]), float(self.grid.sigma[j])
-            output = synthesise_output(self.kind, x0_j, self.session.canonical(x, j), alpha, sigma).to(x.dtype)
-            x = original(output, self.timesteps[j], x, return_dict=False)[0]
+            x = original(self._output(x0_j, x, j), self.timesteps[j], x, return_dict=False)[0]
         return x
 
 
