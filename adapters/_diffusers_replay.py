@@ -5,8 +5,8 @@ history lists copied, the tensors shared: a diffusers scheduler rebinds its hist
 them) and the sample. When a row computes again after skipped steps, the state of its last computed step ``c`` is
 restored and the unchanged ``step`` of the scheduler's class runs again from ``c`` to the new step with the
 interpolated clean predictions (as model outputs synthesised at the re-integrated samples); the rows that
-re-integrate then take the re-integrated sample and scheduler state, the others keep theirs. Arithmetic only: the
-network does not run again.
+re-integrate then take the re-integrated sample and scheduler state, the others keep theirs, and the new step keeps
+the network's noise estimate at the moved sample. Arithmetic only: the network does not run again.
 """
 
 from __future__ import annotations
@@ -70,8 +70,11 @@ def _mix(current, replayed, rows: torch.Tensor | None, batch: int):
 class SchedulerReplay:
     """The solver states and clean predictions of one run on a diffusers scheduler (one evaluation per step)."""
 
-    def __init__(self, session):
+    def __init__(self, session, hold: str = "noise"):
+        if hold not in ("noise", "clean"):
+            raise ValueError(f"hold must be 'noise' (the default) or 'clean', got {hold!r}")
         self.session, self.grid, self.kind = session, session.grid, session.engine.kind
+        self.hold = hold  # what step n keeps of the network's output when its sample is re-integrated
         self.timesteps: dict = {}  # step -> the timestep the pipeline passed (stepped again with the same object)
         self.nodes = StretchNodes(session.grid)
         self.states: dict[int, tuple[dict, torch.Tensor]] = {}  # step -> (scheduler state, sample) before stepping
@@ -125,9 +128,19 @@ class SchedulerReplay:
         scheduler.__dict__.update(merged)
         if not moved.any():
             return sample, model_output
-        held = self._output(x0, new_sample, step).to(model_output.dtype)
+        held = self._output(self._moved_with_the_sample(x0, sample, new_sample, step), new_sample, step)
         mask = torch.as_tensor(moved, device=sample.device).view((-1,) + (1,) * (sample.ndim - 1))
-        return new_sample, torch.where(mask, held, model_output)
+        return new_sample, torch.where(mask, held.to(model_output.dtype), model_output)
+
+    def _moved_with_the_sample(self, x0, sample, new_sample, step: int) -> torch.Tensor:
+        """The clean prediction at the re-integrated sample, to first order: the network's noise estimate at step
+        ``step`` is held and its clean prediction moves with the sample, ``x0 + (x' - x) / alpha`` (in the
+        schedule's scaling). Holding ``x0`` itself instead (the denoiser's Jacobian taken as 0 rather than ``1 / alpha``)
+        was measured worse wherever stretches are long (docs/theory.md)."""
+        if self.hold == "clean":
+            return x0
+        shift = self.session.canonical(new_sample, step) - self.session.canonical(sample, step)
+        return x0 + shift.to(x0.dtype) / float(self.grid.alpha[step])
 
     def _step_again(self, start: int, step: int, scheduler, original, x):
         """Step the restored scheduler from ``start`` (its computed clean prediction) over the skipped levels (the

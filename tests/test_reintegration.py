@@ -16,7 +16,7 @@ from sada.adapters._diffusers_scheduler import describe_scheduler  # noqa: E402
 from sada.policy import Decision  # noqa: E402
 from sada.torch_backend.reintegration import StretchNodes, stretch_abscissae  # noqa: E402
 from sada.torch_backend.session import SADASession  # noqa: E402
-from sada.trajectory import RectifiedFlowSchedule, StepGrid  # noqa: E402
+from sada.trajectory import RectifiedFlowSchedule, StepGrid, to_eps  # noqa: E402
 from tests import diffusers_fixtures as fx  # noqa: E402
 
 C, S = int(Decision.COMPUTE), int(Decision.SKIP_LAGRANGE)
@@ -84,16 +84,17 @@ def _scheduler(name, prediction):
     return cls(prediction_type=prediction, use_karras_sigmas=True)
 
 
-def _run(name, decisions, prediction="sample", reintegrate=True):
+def _run(name, decisions, prediction="sample", reintegrate=True, hold="clean"):
     """A run of ``name`` (Karras sigmas, float64) fed the exact clean predictions ``a + b s + c s^2`` where the plan
-    computes and wrong ones where it skips; returns the final sample and the trace's re-integration counts."""
+    computes and wrong ones where it skips; returns the final sample and the trace's re-integration counts. This
+    model's clean prediction does not depend on the sample, so the replay holds the clean prediction (``hold``)."""
     scheduler = _scheduler(name, prediction)
     scheduler.set_timesteps(len(decisions))
     info = describe_scheduler(scheduler)
     grid, calls = info.grid_for_run(scheduler, 0)
     decisions = np.asarray(decisions, np.int8)
     session = SADASession(grid, info.kind, SADAConfig(), replay=decisions, solver_order=info.order)
-    replay = SchedulerReplay(session) if reintegrate else None
+    replay = SchedulerReplay(session, hold=hold) if reintegrate else None
     gen = torch.Generator().manual_seed(0)
     batch = decisions.shape[1]
     a, b, c = (torch.randn(batch, 2, 4, 4, generator=gen, dtype=torch.float64) for _ in range(3))
@@ -133,7 +134,8 @@ def _run(name, decisions, prediction="sample", reintegrate=True):
 )
 def test_reintegration_erases_each_rows_skips_when_the_clean_predictions_are_quadratic_in_sigma(name, prediction):
     """Two samples skipping different stretches (steps 3; steps 4-5) re-integrate separately, each from its own last
-    computed step, and both end where the run fed the exact outputs on every step ends."""
+    computed step, and both end where the run fed the exact outputs on every step ends (the replay holding the clean
+    prediction, which this model keeps whatever the sample)."""
     plan = np.array([[C, C], [C, C], [C, C], [S, C], [C, S], [C, S], [C, C], [C, C], [C, C]])
     exact, _ = _run(name, np.full_like(plan, C), prediction)
     replayed, counts = _run(name, plan, prediction)
@@ -142,6 +144,48 @@ def test_reintegration_erases_each_rows_skips_when_the_clean_predictions_are_qua
     torch.testing.assert_close(replayed, exact, rtol=tol, atol=tol)
     assert counts == {4: 1, 6: 2}  # sample 0's one skipped step at step 4, sample 1's two at step 6
     assert (kept - exact).abs().amax(dim=(1, 2, 3)).min() > 1e-4  # without it, both samples keep an error
+
+
+@pytest.mark.parametrize(
+    "name, prediction",
+    [
+        ("DPMSolverMultistepScheduler", "epsilon"),
+        ("UniPCMultistepScheduler", "sample"),
+        ("FlowMatchEulerDiscreteScheduler", "flow"),
+    ],
+)
+def test_the_default_replay_holds_the_networks_noise_estimate_at_the_reintegrated_sample(name, prediction):
+    """Where a row computes after skips, step ``n`` gets the re-integrated sample and an output whose noise estimate
+    there is the network's at its own sample (its clean prediction moved by ``(x' - x) / alpha``); rows that did not
+    re-integrate keep the network's output bit for bit."""
+    scheduler = _scheduler(name, prediction)
+    scheduler.set_timesteps(9)
+    info = describe_scheduler(scheduler)
+    grid, calls = info.grid_for_run(scheduler, 0)
+    plan = np.array([[C, C], [C, C], [C, C], [S, C], [C, C], [C, C], [C, C], [C, C], [C, C]], np.int8)
+    session = SADASession(grid, info.kind, SADAConfig(), replay=plan, solver_order=info.order)
+    replay, original = SchedulerReplay(session), type(scheduler).step.__get__(scheduler)
+    with pytest.raises(ValueError, match="hold must be 'noise' .* got 'both'"):
+        SchedulerReplay(session, hold="both")
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 2, 4, 4, generator=gen, dtype=torch.float64) * float(getattr(scheduler, "init_noise_sigma", 1))
+    for n in range(5):
+        compute = session.plan(n, x)
+        network = torch.randn(2, 2, 4, 4, generator=gen, dtype=torch.float64)
+        out = session.complete(n, x, network)
+        stepped_x, stepped_out = replay.before_step(n, scheduler, original, scheduler.timesteps[n], x, out, compute)
+        if n == 4:  # row 0 re-integrates its skipped step 3 here, row 1 computed throughout
+            alpha, sigma = float(grid.alpha[n]), float(grid.sigma[n])
+            canon = session.canonical
+
+            def eps(output, sample):
+                return to_eps(info.kind, output, canon(sample, n), alpha, sigma)
+
+            assert not torch.equal(stepped_x[0], x[0]) and torch.equal(stepped_x[1], x[1])
+            torch.testing.assert_close(eps(stepped_out, stepped_x)[0], eps(network, x)[0], rtol=1e-9, atol=1e-9)
+            assert torch.equal(stepped_out[1], network[1])
+        x = original(stepped_out, calls[n], stepped_x, return_dict=False)[0].to(torch.float64)
+    assert replay.session.trace.extras["reintegrated_steps"] == {4: 1}
 
 
 def test_reintegration_applies_by_the_solver_order_and_the_setting():

@@ -6,7 +6,8 @@ of the two computed steps before the stretch and the new one *interpolates* them
 extrapolation's (its node polynomial is bounded by the nodes around the point, see
 :func:`sada.reference.interpolation_error_bound`). A host that can step its solver again (arithmetic only, no
 network) re-integrates the stretch from the last computed step with these interpolated clean predictions and takes
-step ``n`` from the re-integrated sample, holding the new clean prediction fixed.
+step ``n`` from the re-integrated sample, the network's noise estimate at step ``n`` held (its clean prediction moved with
+the sample: :mod:`sada.adapters._diffusers_replay`).
 
 :class:`StretchNodes` keeps, per row, the clean predictions of the last three computed steps and which step each row
 last computed; it says which rows re-integrate at a step and returns the interpolated clean predictions. The host
