@@ -14,39 +14,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sada.config import Mode
-from sada.torch_backend.reintegration import StretchNodes
+from sada.torch_backend.reintegration import FIRST_ORDER_FROM, StretchNodes, replay_applies
 from sada.trajectory import synthesise_output, to_x0
 
 __all__ = ["SchedulerReplay", "replay_applies", "FIRST_ORDER_FROM"]
-
-
-FIRST_ORDER_FROM = 0.01  # a first-order solver re-integrates from this tolerance on (chosen on the tuning seeds)
-
-
-def replay_applies(config, info, engine_is_sada: bool, grid=None) -> tuple[bool, str]:
-    """Whether a run re-integrates its skipped stretches, and the trace note saying so (or why not).
-
-    ``Numerics.reintegrate``: ``None`` (default) re-integrates on a solver that evaluates the model once per step if
-    it is of order >= 2 (DPM-Solver++ 2M/3M, UniPC, DEIS) or, first order (Euler, flow Euler, DDIM), when the run's
-    dial tolerance is at least :data:`FIRST_ORDER_FROM` (``grid``: the run's, for the tolerance it resolves to);
-    ``True`` on any solver with one evaluation per step; ``False`` never. Paper mode never re-integrates (its outputs
-    are the official ones)."""
-    wanted = config.numerics.reintegrate
-    if wanted is False or not engine_is_sada or config.never_skips or config.numerics.mode == Mode.PAPER:
-        return False, ""
-    if info.two_stage:
-        reason = f"{info.name} evaluates the model twice per step"
-        return False, (f"no re-integration of skipped steps: {reason}" if wanted else "")
-    if wanted is None and info.order < 2:
-        step = None if grid is None else grid.median_log_snr_step
-        tolerance = getattr(config.for_solver(info.order, step).schedule, "tolerance", None)
-        if tolerance is None or tolerance < FIRST_ORDER_FROM:
-            return False, ""
-    return True, (
-        "skipped stretches are re-integrated once the network runs again (the interpolated clean predictions, "
-        f"{info.name} stepped again without the network)"
-    )
 
 
 def _copy_state(attributes: dict) -> dict:

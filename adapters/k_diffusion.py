@@ -27,13 +27,17 @@ depth, as CompVis- and ComfyUI-style hosts pass it -- is sliced with the rows th
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from sada.adapters._k_import import load_sampling
+from sada.adapters._k_replay import LINEAR_STEPS, SamplerReplay
 from sada.config import SADAConfig
 from sada.errors import SADAWarning
+from sada.torch_backend.engine import SADAEngine
+from sada.torch_backend.reintegration import replay_applies
 from sada.torch_backend.rows import slice_rows
 from sada.torch_backend.session import SADASession, WarnOnce
 from sada.trace import Trace
@@ -46,6 +50,23 @@ TWO_STAGE = frozenset({"sample_heun", "sample_dpm_2"})
 # each sampler's order: schedule-free SADA compares its estimates with the sampler's own local error
 ORDERS = {"sample_euler": 1, "sample_heun": 2, "sample_dpm_2": 2, "sample_dpmpp_2m": 2, "sample_lms": 4}
 OWN_LEVELS = frozenset({"sample_dpm_fast", "sample_dpm_adaptive"})
+
+
+class _Sampler(NamedTuple):
+    """What :func:`sada.torch_backend.reintegration.replay_applies` reads of the declared sampler."""
+
+    name: str
+    order: int
+    two_stage: bool
+
+
+def _replay_blocker(name: str | None) -> str | None:
+    """Why re-integration cannot steer this sampler (``None``: it can; its step is linear in what it holds)."""
+    if name is None:
+        return "the k-diffusion sampler was not declared (sampler=...), so its step is unknown"
+    if name not in LINEAR_STEPS:
+        return f"{name}'s step is not one the denoiser can steer (k-diffusion: {', '.join(sorted(LINEAR_STEPS))})"
+    return None
 
 
 def _is_stochastic(name: str) -> bool:
@@ -143,16 +164,22 @@ class SADADenoiser:
         schedule = self._schedule_arg if self._schedule_arg is not None else _schedule_for(self.inner_model, sig)
         self.sigmas, self.schedule, self._sigmas_arg = sig, schedule, sigmas
         self.grid = StepGrid.from_edm_sigmas(schedule, sig)
+        name, order = self.sampler, ORDERS.get(self.sampler, 2)
+        solver = _Sampler(name or "the sampler", order, name in TWO_STAGE)
+        replays, replay_note = replay_applies(self.config, solver, True, self.grid, _replay_blocker(name))
         self.session = SADASession(
             self.grid,
             "sample",
             self.config,
             sample_scaling="edm",
-            solver_order=ORDERS.get(self.sampler, 2),
+            solver_order=order,
             lockstep=self._lockstep_arg,
             network=self.inner_model,
-            host_notes=tuple(n for n in [_early_end_note(schedule, self.grid)] if n is not None),
+            host_notes=tuple(n for n in [_early_end_note(schedule, self.grid), replay_note] if n),
         )
+        self._replay = None  # re-integrates skipped stretches (Numerics.reintegrate; adapters/_k_replay.py)
+        if replays and isinstance(self.session.engine, SADAEngine):
+            self._replay = SamplerReplay(self.session, name, sig)
         self._expected = None
 
     def sample(self, sampler: Callable, x: torch.Tensor, sigmas=None, **kwargs):
@@ -271,6 +298,8 @@ class SADADenoiser:
         compute = self.session.plan(k, x)
         out = self._run_rows(x, sigma, extra_args, compute, k)
         out = self.session.complete(k, x, out, record=False)
+        if self._replay is not None:
+            out = self._replay.output(k, x, out, compute)
         self._expected = k + 1
         if self._two_stage and self.sigmas[k + 1] > 0:
             self._stage2_of, self._stage_compute = k, compute

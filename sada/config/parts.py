@@ -351,7 +351,8 @@ class Numerics(_Part):
             ``error_tolerance``; not :attr:`ErrorControl.tolerance`, which is a ratio of two local errors).
         reintegrate: once the network runs again after skipped steps, re-integrate the skipped stretch with the
             clean predictions interpolated between the computed steps around it (the host's solver stepped again,
-            no network; docs/theory.md). ``None``: where the host can step its solver again (diffusers) and the
+            no network; docs/theory.md). ``None``: where the host can step its solver again (diffusers' schedulers;
+            k-diffusion's ``sample_euler`` and ``sample_dpmpp_2m``, steered through the denoiser's output) and the
             solver evaluates the model once per step -- always at order >= 2 (DPM-Solver++ 2M/3M, UniPC, DEIS),
             from the dial's tolerance 0.01 on at first order (Euler, flow Euler, DDIM); ``True``: on every such
             solver; ``False``: never. Not in paper mode.

@@ -20,13 +20,44 @@ import numpy as np
 import torch
 
 from sada import kernels
+from sada.config import Mode
 from sada.torch_backend.rings import TensorRing
 from sada.trajectory import StepGrid
 
-__all__ = ["StretchNodes", "stretch_abscissae", "NODES"]
+__all__ = ["StretchNodes", "stretch_abscissae", "replay_applies", "NODES", "FIRST_ORDER_FROM"]
 
 NODES = 3  # the interpolant's nodes: two computed steps before the stretch and the one after (a cubic, 4, measured
 # worse on UniPC at 50 steps)
+
+
+FIRST_ORDER_FROM = 0.01  # a first-order solver re-integrates from this tolerance on (chosen on the tuning seeds)
+
+
+def replay_applies(config, solver, engine_is_sada: bool, grid=None, cannot: str | None = None) -> tuple[bool, str]:
+    """Whether a run re-integrates its skipped stretches, and the trace note saying so (or why not).
+
+    ``solver``: the host's solver, with ``name``, ``order`` and ``two_stage`` (evaluates the model twice per step);
+    ``cannot``: why the host cannot step this solver again (``None``: it can). ``Numerics.reintegrate``: ``None``
+    (default) re-integrates on a solver that evaluates the model once per step if it is of order >= 2 (DPM-Solver++
+    2M/3M, UniPC, DEIS) or, first order (Euler, flow Euler, DDIM), when the run's dial tolerance is at least
+    :data:`FIRST_ORDER_FROM` (``grid``: the run's, for the tolerance it resolves to); ``True`` on any solver the host
+    can step again with one evaluation per step; ``False`` never. Paper mode never re-integrates (its outputs are the
+    official ones)."""
+    wanted = config.numerics.reintegrate
+    if wanted is False or not engine_is_sada or config.never_skips or config.numerics.mode == Mode.PAPER:
+        return False, ""
+    reason = f"{solver.name} evaluates the model twice per step" if solver.two_stage else cannot
+    if reason:
+        return False, (f"no re-integration of skipped steps: {reason}" if wanted else "")
+    if wanted is None and solver.order < 2:
+        step = None if grid is None else grid.median_log_snr_step
+        tolerance = getattr(config.for_solver(solver.order, step).schedule, "tolerance", None)
+        if tolerance is None or tolerance < FIRST_ORDER_FROM:
+            return False, ""
+    return True, (
+        "skipped stretches are re-integrated once the network runs again (the interpolated clean predictions, "
+        f"{solver.name} stepped again without the network)"
+    )
 
 
 def stretch_abscissae(grid: StepGrid) -> np.ndarray:
