@@ -14,7 +14,7 @@ from sada import SADAConfig  # noqa: E402
 from sada.adapters._diffusers_replay import SchedulerReplay, replay_applies  # noqa: E402
 from sada.adapters._diffusers_scheduler import describe_scheduler  # noqa: E402
 from sada.policy import Decision  # noqa: E402
-from sada.torch_backend.reintegration import StretchNodes, stretch_abscissae  # noqa: E402
+from sada.torch_backend.reintegration import FIRST_ORDER_FINE_GRID, StretchNodes, stretch_abscissae  # noqa: E402
 from sada.torch_backend.session import SADASession  # noqa: E402
 from sada.trajectory import RectifiedFlowSchedule, StepGrid, to_eps  # noqa: E402
 from tests import diffusers_fixtures as fx  # noqa: E402
@@ -203,6 +203,14 @@ def test_reintegration_applies_by_the_solver_order_and_the_setting():
         and replay_applies(SADAConfig(tolerance=0.02), euler, True)[0]
     )
     assert not replay_applies(SADAConfig(tolerance=0.005), euler, True)[0]
+    # ... and at any tolerance on a fine grid (median log-SNR step <= 0.08: long runs of skips)
+    for steps, fine in [(120, True), (30, False)]:
+        scheduler = fx.scheduler("EulerDiscreteScheduler")
+        scheduler.set_timesteps(steps)
+        grid, _ = euler.grid_for_run(scheduler, 0)
+        assert (grid.median_log_snr_step <= FIRST_ORDER_FINE_GRID) is fine
+        assert replay_applies(SADAConfig(), euler, True, grid)[0] is fine
+        assert replay_applies(SADAConfig(tolerance=0.001), euler, True, grid)[0] is fine
     assert not replay_applies(SADAConfig(acc_range=(10, 47)), euler, True)[0]  # a step schedule has no tolerance
     assert replay_applies(SADAConfig(acc_range=(10, 47)), unipc, True)[0]
     assert replay_applies(SADAConfig(reintegrate=True), flow, True)[0]

@@ -354,8 +354,9 @@ class Numerics(_Part):
             no network; docs/theory.md). ``None``: where the host can step its solver again (diffusers' schedulers;
             k-diffusion's ``sample_euler`` and ``sample_dpmpp_2m``, steered through the denoiser's output) and the
             solver evaluates the model once per step -- always at order >= 2 (DPM-Solver++ 2M/3M, UniPC, DEIS),
-            from the dial's tolerance 0.01 on at first order (Euler, flow Euler, DDIM); ``True``: on every such
-            solver; ``False``: never. Not in paper mode.
+            at first order (Euler, flow Euler, DDIM) from the dial's tolerance 0.01 on or on a fine grid (median
+            log-SNR step at most 0.08, about 75 Karras steps and more); ``True``: on every such solver; ``False``:
+            never. Not in paper mode.
     """
 
     mode: Mode = Mode.CORRECTED

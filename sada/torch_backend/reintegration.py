@@ -21,16 +21,18 @@ import torch
 
 from sada import kernels
 from sada.config import Mode
+from sada.config.dial import DIAL_BY_ORDER
 from sada.torch_backend.rings import TensorRing
 from sada.trajectory import StepGrid
 
-__all__ = ["StretchNodes", "stretch_abscissae", "replay_applies", "NODES", "FIRST_ORDER_FROM"]
+__all__ = ["StretchNodes", "stretch_abscissae", "replay_applies", "NODES", "FIRST_ORDER_FROM", "FIRST_ORDER_FINE_GRID"]
 
 NODES = 3  # the interpolant's nodes: two computed steps before the stretch and the one after (a cubic, 4, measured
 # worse on UniPC at 50 steps)
 
 
 FIRST_ORDER_FROM = 0.01  # a first-order solver re-integrates from this tolerance on (chosen on the tuning seeds)
+FIRST_ORDER_FINE_GRID = DIAL_BY_ORDER["higher"]["fine_log_snr_step"]  # ... and at any tolerance on a grid this fine
 
 
 def replay_applies(config, solver, engine_is_sada: bool, grid=None, cannot: str | None = None) -> tuple[bool, str]:
@@ -40,7 +42,9 @@ def replay_applies(config, solver, engine_is_sada: bool, grid=None, cannot: str 
     ``cannot``: why the host cannot step this solver again (``None``: it can). ``Numerics.reintegrate``: ``None``
     (default) re-integrates on a solver that evaluates the model once per step if it is of order >= 2 (DPM-Solver++
     2M/3M, UniPC, DEIS) or, first order (Euler, flow Euler, DDIM), when the run's dial tolerance is at least
-    :data:`FIRST_ORDER_FROM` (``grid``: the run's, for the tolerance it resolves to); ``True`` on any solver the host
+    :data:`FIRST_ORDER_FROM` or its grid is fine (median log-SNR step at most :data:`FIRST_ORDER_FINE_GRID`, about 75
+    Karras steps and more: long runs of skips) (``grid``: the run's, for the tolerance it resolves to and its
+    median log-SNR step); ``True`` on any solver the host
     can step again with one evaluation per step; ``False`` never. Paper mode never re-integrates (its outputs are the
     official ones)."""
     wanted = config.numerics.reintegrate
@@ -52,7 +56,8 @@ def replay_applies(config, solver, engine_is_sada: bool, grid=None, cannot: str 
     if wanted is None and solver.order < 2:
         step = None if grid is None else grid.median_log_snr_step
         tolerance = getattr(config.for_solver(solver.order, step).schedule, "tolerance", None)
-        if tolerance is None or tolerance < FIRST_ORDER_FROM:
+        fine = step is not None and step <= FIRST_ORDER_FINE_GRID
+        if tolerance is None or (tolerance < FIRST_ORDER_FROM and not fine):
             return False, ""
     return True, (
         "skipped stretches are re-integrated once the network runs again (the interpolated clean predictions, "
