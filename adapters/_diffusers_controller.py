@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from sada.adapters._diffusers_replay import SchedulerReplay, replay_applies
+from sada.adapters._diffusers_replay import SchedulerReplay
 from sada.adapters._diffusers_scheduler import SchedulerInfo, describe_scheduler, early_end_note, step_noise_reason
 from sada.adapters._other_caches import check_at_run
 from sada.config import SADAConfig
 from sada.torch_backend.compiled import is_compiled
 from sada.torch_backend.engine import SADAEngine
+from sada.torch_backend.reintegration import replay_applies
 from sada.torch_backend.session import SADASession, WarnOnce
 from sada.trace import Trace
 from sada.trajectory import StepGrid

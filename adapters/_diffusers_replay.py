@@ -14,10 +14,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sada.torch_backend.reintegration import FIRST_ORDER_FROM, StretchNodes, replay_applies
+from sada.torch_backend.reintegration import StretchNodes
 from sada.trajectory import synthesise_output, to_x0
 
-__all__ = ["SchedulerReplay", "replay_applies", "FIRST_ORDER_FROM"]
+__all__ = ["SchedulerReplay"]
 
 
 def _copy_state(attributes: dict) -> dict:

@@ -65,6 +65,7 @@ class SamplerReplay:
         self.states: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}  # step -> (x*, D*_{step-1})
         self.consumed: torch.Tensor | None = None  # D*_{i-1}: what the re-integrating run's solver consumed
         self.returned: torch.Tensor | None = None  # R_{i-1}: what the sampler holds as its previous output
+        self.steering = False  # a stretch was re-integrated this run: R differs from D from then on
 
     def output(self, step: int, x: torch.Tensor, denoised: torch.Tensor, computed: np.ndarray) -> torch.Tensor:
         """The output to return to the sampler at ``step`` (sample ``x``, completed outputs ``denoised``)."""
@@ -72,6 +73,7 @@ class SamplerReplay:
             self.nodes.reset()
             self.states.clear()
             self.consumed = self.returned = None
+            self.steering = False
         computed = np.asarray(computed, bool)
         x_run, d_run, previous = x, denoised, self.consumed
         if computed.size == x.shape[0] and computed.any():
@@ -82,6 +84,10 @@ class SamplerReplay:
             oldest = self.nodes.oldest_start()
             for old in [s for s in self.states if s < oldest]:
                 del self.states[old]
+        self.steering = self.steering or x_run is not x
+        if not self.steering:  # both corrections are zero: the sampler gets the outputs unchanged
+            self.consumed = self.returned = denoised
+            return denoised
         a, b, c = step_coefficients(self.sampler, self.sigmas, step)
         correction = (x_run - x) * a
         if c != 0.0 and previous is not None and self.returned is not None:

@@ -11,10 +11,15 @@ diffusers = pytest.importorskip("diffusers")
 
 import sada.adapters.diffusers as sada_d  # noqa: E402
 from sada import SADAConfig  # noqa: E402
-from sada.adapters._diffusers_replay import SchedulerReplay, replay_applies  # noqa: E402
+from sada.adapters._diffusers_replay import SchedulerReplay  # noqa: E402
 from sada.adapters._diffusers_scheduler import describe_scheduler  # noqa: E402
 from sada.policy import Decision  # noqa: E402
-from sada.torch_backend.reintegration import FIRST_ORDER_FINE_GRID, StretchNodes, stretch_abscissae  # noqa: E402
+from sada.torch_backend.reintegration import (  # noqa: E402
+    FIRST_ORDER_FINE_GRID,
+    StretchNodes,
+    replay_applies,
+    stretch_abscissae,
+)
 from sada.torch_backend.session import SADASession  # noqa: E402
 from sada.trajectory import RectifiedFlowSchedule, StepGrid, to_eps  # noqa: E402
 from tests import diffusers_fixtures as fx  # noqa: E402
