@@ -125,6 +125,7 @@ class Controller:
             solver_order=info.order,
             engine_factory=self.engine_factory,
             host_notes=tuple(notes),
+            reintegrates=replays,
             **self._lockstep_arguments(),
         )
         self.run = Run(session, grid, info, calls, note=session.note, offset=offset)

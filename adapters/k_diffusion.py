@@ -176,6 +176,7 @@ class SADADenoiser:
             lockstep=self._lockstep_arg,
             network=self.inner_model,
             host_notes=tuple(n for n in [_early_end_note(schedule, self.grid), replay_note] if n),
+            reintegrates=replays,
         )
         self._replay = None  # re-integrates skipped stretches (Numerics.reintegrate; adapters/_k_replay.py)
         if replays and isinstance(self.session.engine, SADAEngine):

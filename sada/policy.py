@@ -12,7 +12,8 @@
 
 :class:`ErrorControlPolicy` runs the schedule-free :class:`~sada.config.ErrorControl`: step ``n + 1`` is skipped
 with the multistep estimate wherever the engine found its error acceptable, at most ``max_interval`` times in a
-row, never one of the last two steps. Each sample has its own counter, so in per-sample mode sample ``i``'s decisions depend
+row, never one of the last ``protected_tail`` steps (two; one on a run whose host re-integrates skipped stretches on a
+VP / VE grid: :func:`sada.torch_backend.reintegration.protected_tail`). Each sample has its own counter, so in per-sample mode sample ``i``'s decisions depend
 only on its own flags. :class:`AdaptiveDiffusionPolicy` is the baseline of Ye et al. (2024).
 """
 
@@ -125,18 +126,18 @@ class SkipPolicy(_Policy):
 
 class ErrorControlPolicy(_Policy):
     """The schedule-free decision machine (:class:`~sada.config.ErrorControl`): skip wherever the engine's error
-    test passes, at most ``max_interval`` steps in a row, never one of the last two steps (skipping the
-    second-to-last step cost up to 11 dB on the shipped flow model at 25 steps: docs/benchmarks.md)."""
+    test passes, at most ``max_interval`` steps in a row, never one of the last ``protected_tail`` steps (default two:
+    skipping the second-to-last step cost up to 11 dB on the shipped flow model at 25 steps, docs/benchmarks.md; a
+    host that re-integrates skipped stretches may pass one, :func:`sada.torch_backend.reintegration.protected_tail`)."""
 
-    protected_tail = 2  # the last steps that always run the network
-
-    def __init__(self, config: SADAConfig | ErrorControl, num_steps: int, batch_size: int = 1):
+    def __init__(self, config: SADAConfig | ErrorControl, num_steps: int, batch_size: int = 1, protected_tail: int = 2):
         schedule = config.schedule if isinstance(config, SADAConfig) else config
         if isinstance(schedule, StepSchedule) or not isinstance(getattr(schedule, "max_interval", None), int):
             raise TypeError(
                 f"ErrorControlPolicy runs an ErrorControl (or another schedule-free part with an int "
                 f"max_interval), got {type(schedule).__name__}"
             )
+        self.protected_tail = as_int("protected_tail", protected_tail, minimum=1)  # the last steps that always compute
         super().__init__(schedule, num_steps, batch_size)
 
     def is_node(self, step: int) -> bool:
@@ -156,13 +157,25 @@ class ErrorControlPolicy(_Policy):
         return self._commit(step, out, None)
 
 
-def make_policy(config: SADAConfig, num_steps: int, batch_size: int = 1) -> SkipPolicy | ErrorControlPolicy:
+def make_policy(
+    config: SADAConfig, num_steps: int, batch_size: int = 1, protected_tail: int | None = None
+) -> SkipPolicy | ErrorControlPolicy:
     """The decision machine of ``config``'s schedule: :class:`SkipPolicy` for a :class:`StepSchedule`,
-    :class:`ErrorControlPolicy` (skip where the rule's test allows) for :class:`ErrorControl` and any other part."""
+    :class:`ErrorControlPolicy` (skip where the rule's test allows) for :class:`ErrorControl` and any other part.
+    ``protected_tail``: the last steps an :class:`ErrorControlPolicy` never skips (``None``: its default, two); a
+    :class:`StepSchedule` keeps its own ``acc_range``, so passing one with it is an error."""
     if not isinstance(config, SADAConfig):
         raise TypeError(f"config must be a SADAConfig, got {type(config).__name__}")
-    cls = SkipPolicy if isinstance(config.schedule, StepSchedule) else ErrorControlPolicy
-    return cls(config, num_steps, batch_size)
+    if isinstance(config.schedule, StepSchedule):
+        if protected_tail is not None:
+            raise ValueError(
+                f"protected_tail={protected_tail!r} applies to a schedule-free part; a StepSchedule's acc_range sets "
+                "its last skippable step"
+            )
+        return SkipPolicy(config, num_steps, batch_size)
+    if protected_tail is None:
+        return ErrorControlPolicy(config, num_steps, batch_size)
+    return ErrorControlPolicy(config, num_steps, batch_size, protected_tail)
 
 
 def simulate(config: SADAConfig, num_steps: int, stable_pattern) -> np.ndarray:

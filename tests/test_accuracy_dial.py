@@ -16,7 +16,7 @@ from sada.config import (
     StepSchedule,
     higher_order_max_interval,
 )
-from sada.policy import Decision, ErrorControlPolicy
+from sada.policy import Decision, ErrorControlPolicy, make_policy
 from tests.dial_helpers import HOSTS, run_dial, runs_of_skips
 
 
@@ -111,7 +111,27 @@ def test_the_last_two_steps_always_run_the_network(host, steps):
     d = engine.policy.decisions
     assert (d[-2:] == Decision.COMPUTE).all()
     assert (d != Decision.COMPUTE).any()  # it does skip elsewhere
-    assert ErrorControlPolicy.protected_tail == 2
+    assert engine.policy.protected_tail == 2
+
+
+@pytest.mark.parametrize("steps", [9, 15, 50])  # counts where three skips in a row reach the second-to-last step
+def test_with_a_protected_tail_of_one_only_the_last_step_always_runs_the_network(steps):
+    config = SADAConfig(schedule=ErrorControl(tolerance=0.9, max_interval=3))
+    engine, _ = run_dial(config, "vp", "epsilon", 2, steps, batch=4, protected_tail=1)
+    d = engine.policy.decisions
+    assert engine.policy.protected_tail == 1
+    assert (d[-1] == Decision.COMPUTE).all()
+    assert (d[-2] != Decision.COMPUTE).any()  # the second-to-last step skips where the cap allows it
+    assert runs_of_skips(d[:, 0]).max() <= 3
+
+
+def test_the_protected_tail_is_refused_by_name_when_it_is_not_a_positive_int_or_meets_a_step_schedule():
+    with pytest.raises(ValueError, match="protected_tail must be >= 1, got 0"):
+        ErrorControlPolicy(ErrorControl(max_interval=2), num_steps=10, protected_tail=0)
+    with pytest.raises(ValueError, match="protected_tail must be an int >= 1 or None, got True"):
+        run_dial(SADAConfig(), protected_tail=True)
+    with pytest.raises(ValueError, match="protected_tail=1 applies to a schedule-free part"):
+        make_policy(SADAConfig(acc_range=(10, 47)), 50, 1, protected_tail=1)
 
 
 def test_the_policy_refuses_a_skip_of_the_second_to_last_step_even_when_allowed():

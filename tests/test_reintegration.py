@@ -17,6 +17,7 @@ from sada.policy import Decision  # noqa: E402
 from sada.torch_backend.reintegration import (  # noqa: E402
     FIRST_ORDER_FINE_GRID,
     StretchNodes,
+    protected_tail,
     replay_applies,
     stretch_abscissae,
 )
@@ -247,3 +248,27 @@ def test_a_unipc_pipeline_reintegrates_by_default_and_says_so_in_the_trace():
     assert "reintegrated_steps" not in trace_off.extras
     assert not any("re-integrated" in text for _, text in trace_off.notes)
     assert not torch.equal(on, off) and torch.isfinite(on).all()
+
+
+def test_a_reintegrating_run_protects_only_the_last_step_on_a_vp_grid_and_the_last_two_on_a_flow_grid():
+    scheduler = fx.scheduler("UniPCMultistepScheduler")
+    scheduler.set_timesteps(20)
+    vp, _ = describe_scheduler(scheduler).grid_for_run(scheduler, 0)
+    assert vp.family == "vp" and protected_tail(vp) == 1
+    assert protected_tail(_vp_grid()) == 2  # a rectified-flow grid
+    with pytest.raises(TypeError, match="grid must be a StepGrid, got list"):
+        protected_tail([1.0, 0.5])
+
+
+def test_a_unipc_pipeline_that_reintegrates_lets_the_second_to_last_step_skip_and_says_so():
+    pipe = fx.sd_pipeline("UniPCMultistepScheduler")
+    skipped_second_to_last = {}
+    for reintegrate in (None, False):
+        with sada_d.enabled(pipe, SADAConfig(tolerance=0.1, reintegrate=reintegrate)) as handle:
+            fx.sd_call(pipe, steps=10)  # at 10 steps the cap of 0.1 reaches the second-to-last step
+            trace = handle.trace
+        assert (trace.decisions[-1] == Decision.COMPUTE).all()
+        skipped_second_to_last[reintegrate] = bool((trace.decisions[-2] != Decision.COMPUTE).any())
+        noted = any("the second-to-last step may skip" in text for _, text in trace.notes)
+        assert noted is (reintegrate is None)
+    assert skipped_second_to_last == {None: True, False: False}

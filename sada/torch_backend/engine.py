@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from sada import kernels
-from sada.config import SADAConfig, Variant
+from sada.config import SADAConfig, StepSchedule, Variant
 from sada.engine.contract import StepSequence
 from sada.engine.rules.base import rule_class
 from sada.errors import ExactRunWarning
@@ -88,6 +88,8 @@ class SADAEngine(StepSequence):
             (for compiled networks, which recompile for each new row count: :mod:`sada.torch_backend.compiled`).
         lockstep_note: the trace note of a lockstep run (default: a generic one; an adapter passes why lockstep is
             on, e.g. :data:`sada.torch_backend.compiled.LOCKSTEP_NOTE`).
+        protected_tail: the last steps a schedule-free part never skips (``None``: the policy's default, two; a
+            host that re-integrates skipped stretches passes :func:`sada.torch_backend.reintegration.protected_tail`).
     """
 
     def __init__(
@@ -102,8 +104,14 @@ class SADAEngine(StepSequence):
         solver_order: int = 2,
         lockstep: bool = False,
         lockstep_note: str | None = None,
+        protected_tail: int | None = None,
     ):
         self._configure(config, grid, kind, sample_scaling)
+        if protected_tail is not None and (
+            isinstance(protected_tail, bool) or not isinstance(protected_tail, int) or protected_tail < 1
+        ):
+            raise ValueError(f"protected_tail must be an int >= 1 or None, got {protected_tail!r}")
+        self.protected_tail = protected_tail  # the last steps that always compute (None: the policy's default, two)
         if not isinstance(lockstep, bool):
             raise TypeError(f"lockstep must be a bool, got {lockstep!r}")
         if lockstep_note is not None and not isinstance(lockstep_note, str):
@@ -183,9 +191,9 @@ class SADAEngine(StepSequence):
         if replay is not None and replay.shape != (self.num_steps, run.num_samples):
             raise ValueError(f"replay must have shape ({self.num_steps}, {run.num_samples}), got {replay.shape}")
         self._run = run
-        self.policy = make_policy(
-            self.config.for_solver(self.solver_order, self.grid.median_log_snr_step), self.num_steps, run.num_samples
-        )
+        config = self.config.for_solver(self.solver_order, self.grid.median_log_snr_step)
+        tail = None if isinstance(config.schedule, StepSchedule) else self.protected_tail
+        self.policy = make_policy(config, self.num_steps, run.num_samples, tail)
         self.trace = Trace(self.num_steps, run.num_samples)
         if self.lockstep:
             self.trace.note(0, self.lockstep_note)

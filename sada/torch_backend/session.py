@@ -29,6 +29,7 @@ from sada.errors import ExactRunWarning, RunTooShortError, SADAWarning
 from sada.policy import Decision
 from sada.torch_backend.compiled import LOCKSTEP_NOTE, resolve_lockstep
 from sada.torch_backend.engine import SADAEngine
+from sada.torch_backend.reintegration import protected_tail
 from sada.trace import Trace
 from sada.trajectory import NoiseSchedule, StepGrid
 
@@ -111,6 +112,9 @@ class SADASession:
         engine_factory: ``engine_factory(grid, kind)`` builds another engine with the same contract instead.
         host_notes: what the host adapter found about the run's grid (e.g. a grid that ends far above the noise
             table's smallest level), added to the trace at step 0 of every run.
+        reintegrates: the host re-integrates skipped stretches once the network runs again
+            (:mod:`sada.torch_backend.reintegration`); then the second-to-last step may skip on a VP / VE grid
+            (:func:`~sada.torch_backend.reintegration.protected_tail`).
 
     Raises :class:`~sada.errors.ConfigError` for a configuration the grid cannot serve. A grid too short for any
     skip is not an error: every step computes, and :meth:`summary` says so.
@@ -131,6 +135,7 @@ class SADASession:
         network=None,
         engine_factory=None,
         host_notes: tuple[str, ...] = (),
+        reintegrates: bool = False,
     ):
         if isinstance(grid, NoiseSchedule):
             if times is None:
@@ -147,6 +152,8 @@ class SADASession:
                 f"solver_order must be a positive int (1 for Euler/DDIM, 2 for DPM-Solver++ 2M or "
                 f"Heun, ...), got {solver_order!r}"
             )
+        if not isinstance(reintegrates, bool):
+            raise TypeError(f"reintegrates must be a bool, got {reintegrates!r}")
         if engine_factory is not None and not callable(engine_factory):
             raise TypeError(f"engine_factory must be callable as engine_factory(grid, kind), got {engine_factory!r}")
         self.grid, self.kind, self.sample_scaling = grid, kind, sample_scaling
@@ -174,6 +181,7 @@ class SADASession:
                     sample_scaling=sample_scaling,
                     solver_order=int(solver_order),
                     lockstep=self.lockstep,
+                    protected_tail=protected_tail(grid) if reintegrates else None,
                 )
         if isinstance(host_notes, str) or not all(isinstance(n, str) for n in host_notes):
             raise TypeError(f"host_notes must be a sequence of strings, got {host_notes!r}")
