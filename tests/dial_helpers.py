@@ -10,9 +10,9 @@ from sada.torch_backend.engine import SADAEngine
 HOSTS = {"first": ("flow", "flow_velocity", 1), "higher": ("vp", "epsilon", 2)}
 
 
-def run_dial(config, family="vp", kind="epsilon", order=2, steps=50, batch=3, seed=0, protected_tail=None):
+def run_dial(config, family="vp", kind="epsilon", order=2, steps=50, batch=3, seed=0, reintegrates=False):
     grid = _grid(family, steps)
-    engine = SADAEngine(config, grid, kind, solver_order=order, protected_tail=protected_tail)
+    engine = SADAEngine(config, grid, kind, solver_order=order, reintegrates=reintegrates)
     x = torch.randn(batch, 1, 16, 16, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     x = x * float(grid.sigma[0]) if family != "flow" else x
     with torch.no_grad():

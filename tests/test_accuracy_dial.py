@@ -115,9 +115,9 @@ def test_the_last_two_steps_always_run_the_network(host, steps):
 
 
 @pytest.mark.parametrize("steps", [9, 15, 50])  # counts where three skips in a row reach the second-to-last step
-def test_with_a_protected_tail_of_one_only_the_last_step_always_runs_the_network(steps):
+def test_a_reintegrating_run_at_a_loose_tolerance_protects_only_its_last_step_on_a_vp_grid(steps):
     config = SADAConfig(schedule=ErrorControl(tolerance=0.9, max_interval=3))
-    engine, _ = run_dial(config, "vp", "epsilon", 2, steps, batch=4, protected_tail=1)
+    engine, _ = run_dial(config, "vp", "epsilon", 2, steps, batch=4, reintegrates=True)
     d = engine.policy.decisions
     assert engine.policy.protected_tail == 1
     assert (d[-1] == Decision.COMPUTE).all()
@@ -125,22 +125,26 @@ def test_with_a_protected_tail_of_one_only_the_last_step_always_runs_the_network
     assert runs_of_skips(d[:, 0]).max() <= 3
 
 
+@pytest.mark.parametrize(
+    "family, kind, tolerance, tail",
+    [("vp", "epsilon", 0.01, 1), ("vp", "epsilon", 0.005, 2), ("flow", "flow_velocity", 0.9, 2)],
+)
+def test_the_tail_of_a_reintegrating_run_is_one_step_only_from_tolerance_0_01_on_a_vp_grid(
+    family, kind, tolerance, tail
+):
+    config = SADAConfig(schedule=ErrorControl(tolerance=tolerance, max_interval=3))
+    engine, _ = run_dial(config, family, kind, 2, 15, reintegrates=True)
+    assert engine.policy.protected_tail == tail
+    assert (engine.policy.decisions[-tail:] == Decision.COMPUTE).all()
+
+
 def test_the_protected_tail_is_refused_by_name_when_it_is_not_a_positive_int_or_meets_a_step_schedule():
     with pytest.raises(ValueError, match="protected_tail must be >= 1, got 0"):
         ErrorControlPolicy(ErrorControl(max_interval=2), num_steps=10, protected_tail=0)
-    with pytest.raises(ValueError, match="protected_tail must be an int >= 1 or None, got True"):
-        run_dial(SADAConfig(), protected_tail=True)
+    with pytest.raises(TypeError, match="reintegrates must be a bool, got 1"):
+        run_dial(SADAConfig(), reintegrates=1)
     with pytest.raises(ValueError, match="protected_tail=1 applies to a schedule-free part"):
         make_policy(SADAConfig(acc_range=(10, 47)), 50, 1, protected_tail=1)
-
-
-def test_the_policy_refuses_a_skip_of_the_second_to_last_step_even_when_allowed():
-    policy = ErrorControlPolicy(ErrorControl(max_interval=4), num_steps=10, batch_size=2)
-    for step in range(9):
-        out = policy.decide(step, can_skip=np.ones(2, bool))
-        expected = Decision.COMPUTE if step + 1 >= 8 or policy.cons_skip.max() > 4 else out[0]
-        assert out[0] == expected
-    assert (policy.decisions[8:] == Decision.COMPUTE).all() and (policy.decisions[1:8] != Decision.COMPUTE).any()
 
 
 @pytest.mark.parametrize("host", sorted(HOSTS))

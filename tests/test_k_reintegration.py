@@ -145,7 +145,7 @@ def test_samplers_the_denoiser_cannot_steer_do_not_reintegrate_and_say_why_when_
         assert any(why in note for note in wrapped.session.engine.host_notes)
     heun = kd.wrap(_Mixture(), _sigmas(50), SADAConfig(reintegrate=True), sampler="sample_heun")
     assert heun._replay is None and any("twice per step" in n for n in heun.session.engine.host_notes)
-    assert heun.session.engine.protected_tail is None  # a run that does not re-integrate keeps the last two steps
+    assert not heun.session.engine.reintegrates  # a run that does not re-integrate keeps the last two steps
 
 
 def test_a_steered_k_diffusion_run_computes_only_its_last_step_for_sure_and_may_skip_the_one_before():
@@ -158,6 +158,6 @@ def test_a_steered_k_diffusion_run_computes_only_its_last_step_for_sure_and_may_
         d = wrapped.trace.decisions
         assert (d[-1] == C).all()
         skipped[reintegrate] = bool((d[-2] != C).any())
-        assert wrapped.session.engine.protected_tail == (1 if reintegrate is None else None)
+        assert wrapped.session.engine.policy.protected_tail == (1 if reintegrate is None else 2)
     assert skipped == {None: True, False: False}
     assert kd.wrap(_Mixture(), _sigmas(50), SADAConfig(reintegrate=False), sampler="sample_dpmpp_2m")._replay is None

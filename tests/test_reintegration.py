@@ -250,14 +250,17 @@ def test_a_unipc_pipeline_reintegrates_by_default_and_says_so_in_the_trace():
     assert not torch.equal(on, off) and torch.isfinite(on).all()
 
 
-def test_a_reintegrating_run_protects_only_the_last_step_on_a_vp_grid_and_the_last_two_on_a_flow_grid():
+def test_a_reintegrating_run_protects_only_the_last_step_on_a_vp_grid_at_a_loose_dial_else_the_last_two():
     scheduler = fx.scheduler("UniPCMultistepScheduler")
     scheduler.set_timesteps(20)
     vp, _ = describe_scheduler(scheduler).grid_for_run(scheduler, 0)
-    assert vp.family == "vp" and protected_tail(vp) == 1
-    assert protected_tail(_vp_grid()) == 2  # a rectified-flow grid
+    assert vp.family == "vp" and protected_tail(vp, 0.03) == 1 and protected_tail(vp, 0.01) == 1
+    assert protected_tail(vp, 0.005) == 2 and protected_tail(vp, None) == 2  # a tight dial, a step schedule
+    assert protected_tail(_vp_grid(), 0.1) == 2  # a rectified-flow grid
     with pytest.raises(TypeError, match="grid must be a StepGrid, got list"):
-        protected_tail([1.0, 0.5])
+        protected_tail([1.0, 0.5], 0.03)
+    with pytest.raises(TypeError, match="tolerance must be a number or None, got '0.03'"):
+        protected_tail(vp, "0.03")
 
 
 def test_a_unipc_pipeline_that_reintegrates_lets_the_second_to_last_step_skip_and_says_so():

@@ -206,7 +206,9 @@ class ErrorControl(_Part):
     and skips freely at high noise, where the ODE contracts errors. Large steps (few steps, the end of the run) and
     rough stretches of the trajectory compute; smooth stretches skip, several steps in a row on a first-order
     solver. A skip needs three stored predictions (a line and the quadratic that checks it), so while a longer
-    history fills the pair is one degree lower. The last two steps always run the network.
+    history fills the pair is one degree lower. The last two steps always run the network (the last one alone on a
+    run whose host re-integrates skipped stretches on a VP / VE grid, from tolerance 0.01: the second-to-last step,
+    skipped, is re-integrated; :func:`sada.torch_backend.reintegration.protected_tail`).
 
     A field left ``None`` takes the host solver's value (:data:`DIAL_BY_ORDER`, :meth:`for_solver`): first order
     (Euler, DDIM, flow Euler) ``tolerance=0.002, history=2, max_interval=6`` (0.005 on a grid coarser than a median

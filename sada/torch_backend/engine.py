@@ -37,6 +37,7 @@ from sada.engine.rules.base import rule_class
 from sada.errors import ExactRunWarning
 from sada.policy import Decision, ErrorControlPolicy, SkipPolicy, make_policy
 from sada.torch_backend import rules as _rules  # noqa: F401  (registers the torch rules)
+from sada.torch_backend.reintegration import protected_tail
 from sada.torch_backend.rules.history import row_mask
 from sada.trace import Trace
 from sada.trajectory import StepGrid
@@ -88,8 +89,9 @@ class SADAEngine(StepSequence):
             (for compiled networks, which recompile for each new row count: :mod:`sada.torch_backend.compiled`).
         lockstep_note: the trace note of a lockstep run (default: a generic one; an adapter passes why lockstep is
             on, e.g. :data:`sada.torch_backend.compiled.LOCKSTEP_NOTE`).
-        protected_tail: the last steps a schedule-free part never skips (``None``: the policy's default, two; a
-            host that re-integrates skipped stretches passes :func:`sada.torch_backend.reintegration.protected_tail`).
+        reintegrates: the host re-integrates skipped stretches (:mod:`sada.torch_backend.reintegration`): then a
+            schedule-free part may skip the second-to-last step where
+            :func:`~sada.torch_backend.reintegration.protected_tail` allows it (read at the start of every run).
     """
 
     def __init__(
@@ -104,14 +106,12 @@ class SADAEngine(StepSequence):
         solver_order: int = 2,
         lockstep: bool = False,
         lockstep_note: str | None = None,
-        protected_tail: int | None = None,
+        reintegrates: bool = False,
     ):
         self._configure(config, grid, kind, sample_scaling)
-        if protected_tail is not None and (
-            isinstance(protected_tail, bool) or not isinstance(protected_tail, int) or protected_tail < 1
-        ):
-            raise ValueError(f"protected_tail must be an int >= 1 or None, got {protected_tail!r}")
-        self.protected_tail = protected_tail  # the last steps that always compute (None: the policy's default, two)
+        if not isinstance(reintegrates, bool):
+            raise TypeError(f"reintegrates must be a bool, got {reintegrates!r}")
+        self.reintegrates = reintegrates
         if not isinstance(lockstep, bool):
             raise TypeError(f"lockstep must be a bool, got {lockstep!r}")
         if lockstep_note is not None and not isinstance(lockstep_note, str):
@@ -192,7 +192,9 @@ class SADAEngine(StepSequence):
             raise ValueError(f"replay must have shape ({self.num_steps}, {run.num_samples}), got {replay.shape}")
         self._run = run
         config = self.config.for_solver(self.solver_order, self.grid.median_log_snr_step)
-        tail = None if isinstance(config.schedule, StepSchedule) else self.protected_tail
+        tail = None  # the policy's default: the last two steps
+        if self.reintegrates and not isinstance(config.schedule, StepSchedule):
+            tail = protected_tail(self.grid, getattr(config.schedule, "tolerance", None))
         self.policy = make_policy(config, self.num_steps, run.num_samples, tail)
         self.trace = Trace(self.num_steps, run.num_samples)
         if self.lockstep:

@@ -33,6 +33,7 @@ __all__ = [
     "NODES",
     "FIRST_ORDER_FROM",
     "FIRST_ORDER_FINE_GRID",
+    "TAIL_FROM",
 ]
 
 NODES = 3  # the interpolant's nodes: two computed steps before the stretch and the one after (a cubic, 4, measured
@@ -41,6 +42,9 @@ NODES = 3  # the interpolant's nodes: two computed steps before the stretch and 
 
 FIRST_ORDER_FROM = 0.01  # a first-order solver re-integrates from this tolerance on (chosen on the tuning seeds)
 FIRST_ORDER_FINE_GRID = DIAL_BY_ORDER["higher"]["fine_log_snr_step"]  # ... and at any tolerance on a grid this fine
+TAIL_FROM = (
+    FIRST_ORDER_FROM  # from this tolerance on, a re-integrating run on a VP / VE grid protects only its last step
+)
 
 
 def replay_applies(config, solver, engine_is_sada: bool, grid=None, cannot: str | None = None) -> tuple[bool, str]:
@@ -61,33 +65,40 @@ def replay_applies(config, solver, engine_is_sada: bool, grid=None, cannot: str 
     reason = f"{solver.name} evaluates the model twice per step" if solver.two_stage else cannot
     if reason:
         return False, (f"no re-integration of skipped steps: {reason}" if wanted else "")
+    step = None if grid is None else grid.median_log_snr_step
+    tolerance = getattr(config.for_solver(solver.order, step).schedule, "tolerance", None)
     if wanted is None and solver.order < 2:
-        step = None if grid is None else grid.median_log_snr_step
-        tolerance = getattr(config.for_solver(solver.order, step).schedule, "tolerance", None)
         fine = step is not None and step <= FIRST_ORDER_FINE_GRID
         if tolerance is None or (tolerance < FIRST_ORDER_FROM and not fine):
             return False, ""
-    tail = "" if grid is None or protected_tail(grid) > 1 else "; the second-to-last step may skip"
+    tail = "" if grid is None or protected_tail(grid, tolerance) > 1 else "; the second-to-last step may skip"
     return True, (
         "skipped stretches are re-integrated once the network runs again (the interpolated clean predictions, "
         f"{solver.name} stepped again without the network){tail}"
     )
 
 
-def protected_tail(grid: StepGrid) -> int:
+def protected_tail(grid: StepGrid, tolerance: float | None) -> int:
     """The last steps that always run the network on a run that re-integrates its skipped stretches: the last one on
-    a VP / VE grid, the last two on a rectified-flow grid.
+    a VP / VE grid from the dial's ``tolerance`` :data:`TAIL_FROM` on, else the last two (a rectified-flow grid, a
+    tighter tolerance, or none: a step schedule).
 
     Without re-integration the last two steps always compute (a skipped second-to-last step stays an extrapolation:
     up to 11 dB lost on the shipped flow model at 25 steps). Re-integrated, a skipped second-to-last step is replaced
-    by the interpolant through the last step's clean prediction, and on the shipped U-Net (DPM-Solver++ 2M / 3M,
-    UniPC, k-diffusion's 2M, Karras and exponential sigmas, 15-100 steps) letting it skip saved one evaluation for
-    0-1 dB, ahead of the same solver's plain grid at the saved count (UniPC at 50 steps, held-out seeds: 14
-    evaluations at 51.60 dB -> 13 at 51.70). On the shipped flow model at shift 3 it lost 0.5-1.6 dB at 50 steps and
-    up to 6 dB at 15, so a flow grid keeps two (docs/benchmarks.md, "The protected tail")."""
+    by the interpolant through the last step's clean prediction, but the last step's network evaluation still sees
+    the sample the skip moved, and what the held noise estimate does not undo stays in the final sample. On the
+    shipped U-Net (DPM-Solver++ 2M / 3M, UniPC, k-diffusion's 2M, Karras and exponential sigmas, 15-100 steps, the
+    dial's loose half) letting it skip saved one evaluation for 0-1.5 dB, ahead of the same solver's plain grid at the
+    saved count (UniPC at 50 steps and 0.1, held-out seeds: 14 evaluations at 51.60 dB -> 13 at 51.70); at the tight
+    end (0.0005, DPM-Solver++ 2M, 50 Karras steps) it cost 1.4 dB for 0.7 evaluations. On the shipped flow model at
+    shift 3 it lost 0.2-1.6 dB at 50 steps and up to 6 dB at 15, so a flow grid keeps two (docs/benchmarks.md, "The
+    protected tail")."""
     if not isinstance(grid, StepGrid):
         raise TypeError(f"grid must be a StepGrid, got {type(grid).__name__}")
-    return 2 if grid.family == "flow" else 1
+    if tolerance is not None and (isinstance(tolerance, bool) or not isinstance(tolerance, (int, float))):
+        raise TypeError(f"tolerance must be a number or None, got {tolerance!r}")
+    loose = tolerance is not None and tolerance >= TAIL_FROM
+    return 1 if loose and grid.family != "flow" else 2
 
 
 def stretch_abscissae(grid: StepGrid) -> np.ndarray:

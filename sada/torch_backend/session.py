@@ -29,7 +29,6 @@ from sada.errors import ExactRunWarning, RunTooShortError, SADAWarning
 from sada.policy import Decision
 from sada.torch_backend.compiled import LOCKSTEP_NOTE, resolve_lockstep
 from sada.torch_backend.engine import SADAEngine
-from sada.torch_backend.reintegration import protected_tail
 from sada.trace import Trace
 from sada.trajectory import NoiseSchedule, StepGrid
 
@@ -113,8 +112,8 @@ class SADASession:
         host_notes: what the host adapter found about the run's grid (e.g. a grid that ends far above the noise
             table's smallest level), added to the trace at step 0 of every run.
         reintegrates: the host re-integrates skipped stretches once the network runs again
-            (:mod:`sada.torch_backend.reintegration`); then the second-to-last step may skip on a VP / VE grid
-            (:func:`~sada.torch_backend.reintegration.protected_tail`).
+            (:mod:`sada.torch_backend.reintegration`); then the second-to-last step may skip on a VP / VE grid from
+            the dial's tolerance 0.01 (:func:`~sada.torch_backend.reintegration.protected_tail`).
 
     Raises :class:`~sada.errors.ConfigError` for a configuration the grid cannot serve. A grid too short for any
     skip is not an error: every step computes, and :meth:`summary` says so.
@@ -181,7 +180,7 @@ class SADASession:
                     sample_scaling=sample_scaling,
                     solver_order=int(solver_order),
                     lockstep=self.lockstep,
-                    protected_tail=protected_tail(grid) if reintegrates else None,
+                    reintegrates=reintegrates,
                 )
         if isinstance(host_notes, str) or not all(isinstance(n, str) for n in host_notes):
             raise TypeError(f"host_notes must be a sequence of strings, got {host_notes!r}")
