@@ -24,11 +24,13 @@ TOLERANCES = {  # the dial past and below each solver's default (first order 0.0
 # the default at other step counts on the second- and third-order solvers (chosen before any was run): SADA's
 # points, like the plain solvers', span step counts, so its envelope is compared with theirs (Euler and Heun lie
 # 20 dB below these solvers at every compute level, so they are left out). Below about 38 steps the default skips
-# every other step from step 3 to the third-to-last, so each even count takes one skip more than the odd count below
-# it and lands on its own evaluation count (16 -> 10, 18 -> 11, ..., 36 -> 20); an odd count shares the evaluations of
-# the even one above it with one step less. Every even count from 16 to 60, so that SADA's points are as dense in
-# compute as the plain solvers' (PLAIN_STEPS: every count); 15 and 25 are the matrix's step counts
-SADA_STEPS = tuple(sorted({15, 25, *range(16, 61, 2), 80, 100} - {STEPS}))  # at 50 steps: the sada group
+# every other step from step 3 to the second-to-last (these solvers re-integrate, so only the last step is
+# protected), so each odd count takes one skip more than the even count below it and lands on its own evaluation
+# count (15 -> 9, 17 -> 10, ..., 37 -> 20); an even count shares the evaluations of the odd one above it with one step
+# less (with the last two steps protected, the release before, it was the other way round: the even counts from 16
+# were measured first and are kept). Every count from 15 to 37 and every even one to 60, so that SADA's points are as
+# dense in compute as the plain solvers' (PLAIN_STEPS: every count); 15 and 25 are the matrix's step counts
+SADA_STEPS = tuple(sorted({*range(15, 38), *range(16, 61, 2), 80, 100} - {STEPS}))  # at 50 steps: the sada group
 SADA_STEPS_SOLVERS = ("dpmpp_2m", "dpmpp_3m", "unipc")
 # and the dial one notch below the default (0.02: every other step at most, two in a row on a fine grid) at every
 # even count from 52 to 140 steps (50 is the sada group's), so that SADA's points fill the compute between the
