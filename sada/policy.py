@@ -13,8 +13,8 @@
 :class:`ErrorControlPolicy` runs the schedule-free :class:`~sada.config.ErrorControl`: step ``n + 1`` is skipped
 with the multistep estimate wherever the engine found its error acceptable, at most ``max_interval`` times in a
 row, never one of the last ``protected_tail`` steps (two; one on a run whose host re-integrates skipped stretches on a
-VP / VE grid: :func:`sada.torch_backend.reintegration.protected_tail`). Each sample has its own counter, so in per-sample mode sample ``i``'s decisions depend
-only on its own flags. :class:`AdaptiveDiffusionPolicy` is the baseline of Ye et al. (2024).
+VP / VE grid from the dial's tolerance 0.01: :func:`sada.torch_backend.reintegration.protected_tail`). Each sample has
+its own counter, so in per-sample mode sample ``i``'s decisions depend only on its own flags. :class:`AdaptiveDiffusionPolicy` is the baseline of Ye et al. (2024).
 """
 
 from __future__ import annotations

@@ -42,9 +42,8 @@ NODES = 3  # the interpolant's nodes: two computed steps before the stretch and 
 
 FIRST_ORDER_FROM = 0.01  # a first-order solver re-integrates from this tolerance on (chosen on the tuning seeds)
 FIRST_ORDER_FINE_GRID = DIAL_BY_ORDER["higher"]["fine_log_snr_step"]  # ... and at any tolerance on a grid this fine
-TAIL_FROM = (
-    FIRST_ORDER_FROM  # from this tolerance on, a re-integrating run on a VP / VE grid protects only its last step
-)
+# from this tolerance on, a re-integrating run on a VP / VE grid protects only its last step (protected_tail)
+TAIL_FROM = FIRST_ORDER_FROM
 
 
 def replay_applies(config, solver, engine_is_sada: bool, grid=None, cannot: str | None = None) -> tuple[bool, str]:
